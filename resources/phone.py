@@ -1,0 +1,29 @@
+"""Phone numbers in E.164, the only form stored and sent."""
+
+from __future__ import annotations
+
+import phonenumbers
+
+
+class InvalidPhoneNumber(ValueError):
+    pass
+
+
+def to_e164(raw: str, default_region: str | None = None) -> str:
+    """Normalise `raw` to E.164 (`+15551234567`) or raise `InvalidPhoneNumber` saying why.
+
+    Without a `default_region` the number must carry its country code, with or without
+    the leading `+` (WhatsApp's `wa_id` has none).
+    """
+    text = (raw or "").strip()
+    if not text:
+        raise InvalidPhoneNumber("phone number is empty")
+    if default_region is None and not text.startswith("+"):
+        text = "+" + text
+    try:
+        number = phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException as error:
+        raise InvalidPhoneNumber(f"{raw!r} is not a phone number: {error}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidPhoneNumber(f"{raw!r} is not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

@@ -1,0 +1,128 @@
+"""The outbound message queue (SQS, FIFO or standard) and its dead-letter queue.
+
+`dagster-aws` ships no SQS resource; this one mirrors `S3Resource`'s settings
+(region, endpoint) so both point at the same AWS account or local server.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from dagster import ConfigurableResource
+from pydantic import PrivateAttr
+
+from resources import settings
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    visible: int
+    in_flight: int
+    delayed: int
+    dead_letter: int
+
+
+class SQSResource(ConfigurableResource):
+    """Names rather than URLs: the URL is resolved once, so the same settings work
+    against AWS and the local server."""
+
+    queue_name: str = settings.BY_NAME["SQS_QUEUE_NAME"].default
+    dlq_name: str = settings.BY_NAME["SQS_DLQ_NAME"].default
+    max_receive_count: int = 3
+    region_name: str = settings.BY_NAME["AWS_REGION"].default
+    endpoint_url: str | None = None
+
+    _client: Any = PrivateAttr(default=None)
+    _urls: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> SQSResource:
+        return cls(
+            queue_name=settings.get("SQS_QUEUE_NAME"),
+            dlq_name=settings.get("SQS_DLQ_NAME"),
+            max_receive_count=int(settings.get("SQS_MAX_RECEIVE_COUNT")),
+            region_name=settings.get("AWS_REGION"),
+            endpoint_url=settings.get("AWS_ENDPOINT_URL"),
+        )
+
+    @property
+    def is_fifo(self) -> bool:
+        return self.queue_name.endswith(".fifo")
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = boto3.session.Session().client(
+                "sqs",
+                region_name=self.region_name,
+                endpoint_url=self.endpoint_url,
+                config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+            )
+        return self._client
+
+    def url(self, name: str | None = None) -> str:
+        name = name or self.queue_name
+        if name not in self._urls:
+            self._urls[name] = self.client.get_queue_url(QueueName=name)["QueueUrl"]
+        return self._urls[name]
+
+    def ensure_queues(self) -> None:
+        """Create the DLQ and the queue with its redrive policy; a no-op when they exist."""
+        fifo = {"FifoQueue": "true"} if self.is_fifo else {}
+        dlq_url = self.client.create_queue(
+            QueueName=self.dlq_name,
+            Attributes={**fifo, "MessageRetentionPeriod": str(14 * 24 * 3600)},
+        )["QueueUrl"]
+        dlq_arn = self.client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(self.max_receive_count)}
+        self.client.create_queue(
+            QueueName=self.queue_name,
+            Attributes={
+                **fifo,
+                "VisibilityTimeout": "60",
+                "ReceiveMessageWaitTimeSeconds": "20",
+                "RedrivePolicy": json.dumps(redrive),
+            },
+        )
+        self._urls[self.dlq_name] = dlq_url
+
+    def send_batch(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """One `SendMessageBatch` (at most 10 entries); returns SQS's Successful/Failed lists."""
+        return self.client.send_message_batch(QueueUrl=self.url(), Entries=entries)
+
+    def receive(self, max_messages: int = 10, wait_seconds: int = 20) -> list[dict[str, Any]]:
+        response = self.client.receive_message(
+            QueueUrl=self.url(),
+            MaxNumberOfMessages=max_messages,
+            WaitTimeSeconds=wait_seconds,
+            AttributeNames=["ApproximateReceiveCount"],
+        )
+        return response.get("Messages", [])
+
+    def delete(self, receipt_handle: str) -> None:
+        self.client.delete_message(QueueUrl=self.url(), ReceiptHandle=receipt_handle)
+
+    def depth(self) -> QueueDepth:
+        def attrs(url: str) -> dict[str, str]:
+            return self.client.get_queue_attributes(
+                QueueUrl=url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
+            )["Attributes"]
+
+        main, dead = attrs(self.url()), attrs(self.url(self.dlq_name))
+        return QueueDepth(
+            visible=int(main["ApproximateNumberOfMessages"]),
+            in_flight=int(main["ApproximateNumberOfMessagesNotVisible"]),
+            delayed=int(main["ApproximateNumberOfMessagesDelayed"]),
+            dead_letter=int(dead["ApproximateNumberOfMessages"]),
+        )

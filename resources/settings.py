@@ -1,0 +1,169 @@
+"""Every environment variable the platform reads, with its default, in one table.
+
+The README's configuration table, the production start-up check and the
+resources' defaults are all derived from this table, so a setting is added in
+exactly one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    help: str
+    secret: bool = False
+    required_in_production: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "APP_ENV",
+        "development",
+        "`development` fills every unset endpoint with an embedded service; "
+        "`production` refuses to start while a required setting is missing.",
+    ),
+    Setting(
+        "STATE_DIR",
+        ".state",
+        "Local state: the embedded Postgres data directory and `DAGSTER_HOME`.",
+    ),
+    Setting(
+        "DATABASE_URL",
+        None,
+        "PostgreSQL URL of the platform's tables. Unset in development: embedded Postgres.",
+        secret=True,
+        required_in_production=True,
+    ),
+    Setting(
+        "DAGSTER_POSTGRES_URL",
+        None,
+        "PostgreSQL URL of Dagster's runs, events and schedules (may equal `DATABASE_URL`). "
+        "Unset in development: a `dagster` database on the embedded server.",
+        secret=True,
+        required_in_production=True,
+    ),
+    Setting(
+        "AWS_ENDPOINT_URL",
+        None,
+        "S3/SQS endpoint. Unset in development: a local S3+SQS server on loopback; "
+        "unset in production: AWS itself.",
+    ),
+    Setting("AWS_REGION", "us-east-1", "AWS region of the bucket and queues."),
+    Setting(
+        "S3_BUCKET",
+        "whatsapp-campaigns",
+        "Bucket for generated media, inbound media and archives.",
+        required_in_production=True,
+    ),
+    Setting(
+        "SQS_QUEUE_NAME",
+        "whatsapp-messages.fifo",
+        "Queue of outbound message payloads; a `.fifo` name makes a FIFO queue.",
+    ),
+    Setting(
+        "SQS_DLQ_NAME",
+        "whatsapp-messages-dlq.fifo",
+        "Dead-letter queue that receives payloads after `SQS_MAX_RECEIVE_COUNT` receives.",
+    ),
+    Setting("SQS_MAX_RECEIVE_COUNT", "3", "Receives before a payload moves to the DLQ."),
+    Setting(
+        "WHATSAPP_ACCESS_TOKEN",
+        None,
+        "Graph API bearer token. Unset: dev mode, nothing is sent and ids are `dev_{phone}_{template}`.",
+        secret=True,
+        required_in_production=True,
+    ),
+    Setting(
+        "WHATSAPP_PHONE_NUMBER_ID",
+        "dev-phone-number",
+        "Sending phone number ID of the WhatsApp Business account.",
+        required_in_production=True,
+    ),
+    Setting("WHATSAPP_BUSINESS_ACCOUNT_ID", None, "WhatsApp Business account (WABA) ID."),
+    Setting(
+        "WHATSAPP_APP_SECRET",
+        None,
+        "Meta app secret that signs webhooks (`X-Hub-Signature-256`).",
+        secret=True,
+        required_in_production=True,
+    ),
+    Setting(
+        "WHATSAPP_VERIFY_TOKEN",
+        "dev-verify-token",
+        "Token echoed in the webhook verification handshake.",
+        secret=True,
+        required_in_production=True,
+    ),
+    Setting(
+        "WHATSAPP_API_BASE_URL",
+        "https://graph.facebook.com",
+        "Graph API base URL (a local fake in tests and benchmarks).",
+    ),
+    Setting("WHATSAPP_API_VERSION", "v25.0", "Graph API version."),
+    Setting(
+        "GOOGLE_API_KEY",
+        None,
+        "Gemini API key. Unset: a clearly labelled offline responder answers instead.",
+        secret=True,
+    ),
+    Setting("CHAT_MODEL", "gemini-2.5-flash", "Gemini model the agent uses."),
+    Setting(
+        "ADMIN_API_TOKEN",
+        "dev-admin-token",
+        "Bearer token of the operator API.",
+        secret=True,
+        required_in_production=True,
+    ),
+    Setting("HOST", "127.0.0.1", "Interface the local stack binds to."),
+    Setting("EMBEDDED_POSTGRES_PORT", "54329", "Port of the embedded PostgreSQL in `make dev`."),
+    Setting("DAGSTER_PORT", "3000", "Port of the Dagster UI in `make dev`."),
+    Setting("WEBHOOK_PORT", "8000", "Port of the webhook app in `make dev`."),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+class MissingSetting(RuntimeError):
+    """A required setting is absent; the message names the variable."""
+
+
+class InvalidSetting(ValueError):
+    """A setting's value cannot be used; the message names the variable, never the value."""
+
+
+def is_production() -> bool:
+    return get("APP_ENV") == "production"
+
+
+def get(name: str) -> str | None:
+    """The variable's value, or its documented default when unset or empty."""
+    value = os.environ.get(name)
+    return value if value else BY_NAME[name].default
+
+
+def require(name: str) -> str:
+    """The variable's value; missing → `MissingSetting` naming it."""
+    value = get(name)
+    if value is None:
+        raise MissingSetting(f"missing required setting {name}: {BY_NAME[name].help}")
+    return value
+
+
+def check_production(names: tuple[str, ...] | None = None) -> None:
+    """In production, fail at start-up on the first required setting that is unset.
+
+    Defaults do not count: a production deployment states every required value.
+    """
+    if not is_production():
+        return
+    wanted = names or tuple(s.name for s in SETTINGS if s.required_in_production)
+    for name in wanted:
+        if not os.environ.get(name):
+            raise MissingSetting(
+                f"missing required setting {name} (APP_ENV=production): {BY_NAME[name].help}"
+            )

@@ -1,0 +1,57 @@
+"""The status machines that are the contract between the parts (ARCHITECTURE.md).
+
+Both the Dagster side and the webhook app move rows only through these rules; the
+database's check constraints hold the set of statuses, these hold the moves.
+"""
+
+from __future__ import annotations
+
+CAMPAIGN_MOVES: dict[str, frozenset[str]] = {
+    "draft": frozenset({"approved", "cancelled"}),
+    "approved": frozenset({"asset_generation", "asset_generated", "paused", "cancelled", "failed"}),
+    "asset_generation": frozenset({"asset_generated", "failed", "paused", "cancelled"}),
+    "asset_generated": frozenset({"ready_to_launch", "paused", "cancelled"}),
+    "ready_to_launch": frozenset({"running", "paused", "cancelled", "failed"}),
+    "running": frozenset({"completed", "paused", "cancelled", "failed"}),
+    "paused": frozenset({"approved", "asset_generated", "ready_to_launch", "running", "cancelled"}),
+    "failed": frozenset({"approved", "cancelled"}),
+    "completed": frozenset(),
+    "cancelled": frozenset(),
+}
+
+MEMBER_MOVES: dict[str, frozenset[str]] = {
+    "pending": frozenset(
+        {"asset_generating", "asset_generated", "ready_to_send", "failed", "skipped"}
+    ),
+    "asset_generating": frozenset({"asset_generated", "failed", "pending"}),
+    "asset_generated": frozenset({"ready_to_send", "failed", "skipped"}),
+    "ready_to_send": frozenset({"failed", "skipped"}),
+    "failed": frozenset({"pending"}),
+    "skipped": frozenset({"pending"}),
+}
+
+# Receipts arrive out of order and more than once: a message only moves forwards, and
+# `failed` is final. `received` is the single status of inbound messages.
+MESSAGE_RANK: dict[str, int] = {
+    "pending": 0,
+    "sending": 1,
+    "sent": 2,
+    "delivered": 3,
+    "read": 4,
+    "failed": 5,
+}
+
+
+def campaign_sources(target: str) -> list[str]:
+    """Every campaign status from which `target` may be reached."""
+    return sorted(s for s, moves in CAMPAIGN_MOVES.items() if target in moves)
+
+
+def member_sources(target: str) -> list[str]:
+    return sorted(s for s, moves in MEMBER_MOVES.items() if target in moves)
+
+
+def message_may_move(current: str, new: str) -> bool:
+    if current == "failed":
+        return False
+    return MESSAGE_RANK[new] > MESSAGE_RANK[current]

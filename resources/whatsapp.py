@@ -1,0 +1,146 @@
+"""WhatsApp Cloud API client (Graph API over httpx), shared by the sender worker and the webhook app.
+
+Without an access token the client is in dev mode (seed 2): nothing leaves the machine and
+the returned message ids look like `dev_{phone}_{template}`, so the whole flow runs offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from dagster import ConfigurableResource
+from pydantic import PrivateAttr
+
+from resources import settings
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    wamid: str
+    recipient_wa_id: str | None = None
+
+
+class GraphAPIError(Exception):
+    """An error answer of the Graph API, kept whole so callers can classify it by `code`."""
+
+    def __init__(
+        self,
+        http_status: int,
+        code: int | None,
+        title: str,
+        subcode: int | None = None,
+        details: str | None = None,
+    ) -> None:
+        super().__init__(f"Graph API error {code} (HTTP {http_status}): {title}")
+        self.http_status = http_status
+        self.code = code
+        self.subcode = subcode
+        self.title = title
+        self.details = details
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> GraphAPIError:
+        try:
+            error = response.json().get("error", {})
+        except ValueError:
+            error = {}
+        return cls(
+            http_status=response.status_code,
+            code=error.get("code"),
+            subcode=error.get("error_subcode"),
+            title=error.get("error_user_title") or error.get("message") or response.reason_phrase,
+            details=(error.get("error_data") or {}).get("details"),
+        )
+
+
+class WhatsAppClient:
+    """One pooled HTTP connection set to the Graph API; thread-safe, reuse it."""
+
+    def __init__(
+        self,
+        access_token: str | None,
+        phone_number_id: str,
+        base_url: str,
+        api_version: str,
+        timeout_seconds: float,
+        max_connections: int,
+    ) -> None:
+        self.dev_mode = not access_token
+        self.phone_number_id = phone_number_id
+        self._http = httpx.Client(
+            base_url=f"{base_url.rstrip('/')}/{api_version}",
+            headers={"Authorization": f"Bearer {access_token}"} if access_token else {},
+            timeout=httpx.Timeout(timeout_seconds, connect=5.0),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    def send(
+        self, to: str, message: dict[str, Any], phone_number_id: str | None = None
+    ) -> SentMessage:
+        """Send one message; `message` holds `type` and its object (`text`, `template`, …)."""
+        if self.dev_mode:
+            label = message.get("template", {}).get("name") or message["type"]
+            return SentMessage(wamid=f"dev_{to.lstrip('+')}_{label}")
+        body = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            **message,
+        }
+        response = self._http.post(
+            f"/{phone_number_id or self.phone_number_id}/messages", json=body
+        )
+        if response.is_error:
+            raise GraphAPIError.from_response(response)
+        data = response.json()
+        contacts = data.get("contacts") or [{}]
+        return SentMessage(
+            wamid=data["messages"][0]["id"], recipient_wa_id=contacts[0].get("wa_id")
+        )
+
+    def media_url(self, media_id: str) -> dict[str, Any]:
+        """Metadata of an inbound media id: a short-lived `url`, `mime_type`, `file_size`."""
+        response = self._http.get(f"/{media_id}")
+        if response.is_error:
+            raise GraphAPIError.from_response(response)
+        return response.json()
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class WhatsAppResource(ConfigurableResource):
+    access_token: str | None = None
+    phone_number_id: str = settings.BY_NAME["WHATSAPP_PHONE_NUMBER_ID"].default
+    base_url: str = settings.BY_NAME["WHATSAPP_API_BASE_URL"].default
+    api_version: str = settings.BY_NAME["WHATSAPP_API_VERSION"].default
+    timeout_seconds: float = 10.0
+    max_connections: int = 64
+
+    _client: WhatsAppClient | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_env(cls) -> WhatsAppResource:
+        return cls(
+            access_token=settings.get("WHATSAPP_ACCESS_TOKEN"),
+            phone_number_id=settings.get("WHATSAPP_PHONE_NUMBER_ID"),
+            base_url=settings.get("WHATSAPP_API_BASE_URL"),
+            api_version=settings.get("WHATSAPP_API_VERSION"),
+        )
+
+    @property
+    def client(self) -> WhatsAppClient:
+        if self._client is None:
+            self._client = WhatsAppClient(
+                self.access_token,
+                self.phone_number_id,
+                self.base_url,
+                self.api_version,
+                self.timeout_seconds,
+                self.max_connections,
+            )
+        return self._client
