@@ -1,0 +1,22 @@
+"""Partition definitions shared by the asset families.
+
+Campaign partition keys are campaign ids (UUIDs), never user-typed names: Dagster breaks on
+`,` `/` `|` `[` `]` and `...` in keys.
+"""
+
+from __future__ import annotations
+
+import re
+
+import dagster as dg
+
+campaign_partitions = dg.DynamicPartitionsDefinition(name="campaigns")
+
+_FORBIDDEN = re.compile(r"[,/|\[\]]|\.\.\.")
+
+
+def campaign_partition_key(campaign_id: object) -> str:
+    key = str(campaign_id)
+    if not key or _FORBIDDEN.search(key):
+        raise ValueError(f"not a valid campaign partition key: {key!r}")
+    return key
