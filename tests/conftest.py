@@ -1,0 +1,110 @@
+"""One embedded stack per test session (Postgres + S3/SQS on loopback); each test that needs
+the database gets a fresh, migrated copy, so tests never see each other's rows."""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+import sqlalchemy as sa
+
+warnings.filterwarnings("ignore", module="platformdirs")
+
+from pipelines.local_stack import APP_DATABASE, Stack, local_stack  # noqa: E402
+from resources.postgres import PostgresResource, create_engine  # noqa: E402
+from resources.queue import SQSResource  # noqa: E402
+from resources.storage import S3Storage  # noqa: E402
+
+# Settings a developer's shell may carry must not point the suite at real services.
+_OUTSIDE = (
+    "DATABASE_URL",
+    "DAGSTER_POSTGRES_URL",
+    "AWS_ENDPOINT_URL",
+    "APP_ENV",
+    "WHATSAPP_ACCESS_TOKEN",
+    "GOOGLE_API_KEY",
+    "DAGSTER_HOME",
+)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    for name in _OUTSIDE:
+        os.environ.pop(name, None)
+    with local_stack(tmp_path_factory.mktemp("state")) as running:
+        yield running
+
+
+def _admin(stack: Stack) -> psycopg2.extensions.connection:
+    conn = psycopg2.connect(stack.postgres.url("postgres"))
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def make_database(stack: Stack) -> Iterator:
+    """Factory of throwaway databases: migrated (a copy of the stack's) or empty."""
+    created: list[str] = []
+    admin = _admin(stack)
+
+    def make(migrated: bool = True) -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        template = APP_DATABASE if migrated else "template0"
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        created.append(name)
+        return stack.postgres.url(name)
+
+    yield make
+    with admin.cursor() as cur:
+        for name in created:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def database_url(make_database, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = make_database()
+    monkeypatch.setenv("DATABASE_URL", url)
+    return url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres(database_url: str) -> Iterator[PostgresResource]:
+    resource = PostgresResource(database_url=database_url)
+    yield resource
+    resource.engine.dispose()
+
+
+@pytest.fixture
+def s3(stack: Stack) -> S3Storage:
+    storage = S3Storage.from_env().model_copy(update={"bucket": f"test-{uuid.uuid4().hex[:12]}"})
+    storage.ensure_bucket()
+    return storage
+
+
+@pytest.fixture
+def sqs(stack: Stack) -> SQSResource:
+    suffix = uuid.uuid4().hex[:10]
+    queue = SQSResource.from_env().model_copy(
+        update={"queue_name": f"messages-{suffix}.fifo", "dlq_name": f"dlq-{suffix}.fifo"}
+    )
+    queue.ensure_queues()
+    return queue
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,120 @@
+"""A stand-in for the WhatsApp Cloud API (Graph API) on loopback.
+
+It checks what a real client must get right — the bearer token, the URL shape, and each
+message type's documented body — and answers with realistic ids, or with the error the
+test asks for (a Graph error code, an HTTP status, a delay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+MESSAGE_TYPES = {
+    "text",
+    "template",
+    "image",
+    "video",
+    "document",
+    "audio",
+    "interactive",
+    "reaction",
+}
+MEDIA_TYPES = {"image", "video", "document", "audio"}
+
+
+@dataclass
+class Failure:
+    code: int
+    title: str
+    http_status: int = 400
+    subcode: int | None = None
+
+
+@dataclass
+class FakeGraph:
+    access_token: str = "test-token"
+    delay_seconds: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    _failures: list[Failure] = field(default_factory=list)
+    _ids: itertools.count = field(default_factory=itertools.count)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail_next(self, failure: Failure, times: int = 1) -> None:
+        with self._lock:
+            self._failures.extend([failure] * times)
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"])
+            ]
+        )
+
+    async def _messages(self, request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {self.access_token}":
+            return _error(401, 190, "Invalid OAuth access token")
+        if not request.path_params["version"].startswith("v"):
+            return _error(400, 100, "Unknown path components")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 100, "Invalid JSON body")
+        problem = _validate(body)
+        if problem:
+            return _error(400, 100, f"Invalid parameter: {problem}")
+        with self._lock:
+            self.requests.append(body)
+            failure = self._failures.pop(0) if self._failures else None
+            number = next(self._ids)
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
+        if failure:
+            return _error(failure.http_status, failure.code, failure.title, failure.subcode)
+        wamid = "wamid." + base64.b64encode(f"{body['to']}:{number}".encode()).decode()
+        return JSONResponse(
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": body["to"], "wa_id": body["to"].lstrip("+")}],
+                "messages": [{"id": wamid, "message_status": "accepted"}],
+            }
+        )
+
+
+def _validate(body: dict[str, Any]) -> str | None:
+    if body.get("messaging_product") != "whatsapp":
+        return "messaging_product must be whatsapp"
+    if not str(body.get("to", "")).lstrip("+").isdigit():
+        return "to must be a phone number"
+    kind = body.get("type", "text")
+    if kind not in MESSAGE_TYPES:
+        return f"type {kind!r} is not supported"
+    content = body.get(kind)
+    if not isinstance(content, dict):
+        return f"{kind} object is missing"
+    if kind == "text" and not content.get("body"):
+        return "text.body is required"
+    if kind == "template" and not (content.get("name") and content.get("language", {}).get("code")):
+        return "template.name and template.language.code are required"
+    if kind in MEDIA_TYPES and not (content.get("link") or content.get("id")):
+        return f"{kind}.link or {kind}.id is required"
+    if kind == "audio" and "caption" in content:
+        return "audio has no caption"
+    return None
+
+
+def _error(status: int, code: int, title: str, subcode: int | None = None) -> JSONResponse:
+    error = {"message": title, "type": "OAuthException", "code": code, "fbtrace_id": "Afake"}
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    error["error_data"] = {"messaging_product": "whatsapp", "details": title}
+    return JSONResponse({"error": error}, status_code=status)

@@ -1,0 +1,74 @@
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from pipelines.definitions import defs, resources
+from pipelines.partitions import campaign_partition_key
+from resources.chat import ChatModelResource
+from resources.postgres import PostgresResource
+from resources.queue import SQSResource
+from resources.storage import S3Storage
+from resources.whatsapp import WhatsAppResource
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_workspace_validates_with_the_dagster_cli(repo_root):
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+def test_resources_resolve_from_the_environment_in_a_run(stack, database_url):
+    """An asset run receives working resources built from the environment (EnvVar)."""
+
+    @dg.asset
+    def probe(
+        postgres: PostgresResource,
+        s3: S3Storage,
+        sqs: SQSResource,
+        whatsapp: WhatsAppResource,
+        chat_model: ChatModelResource,
+    ) -> dict:
+        with postgres.engine.connect() as conn:
+            version = conn.execute(
+                sa.text("SELECT max(version) FROM schema_migrations")
+            ).scalar_one()
+        s3.ensure_bucket()
+        return {
+            "version": version,
+            "dev_mode": whatsapp.client.dev_mode,
+            "offline": chat_model.offline,
+            "queue": sqs.url(),
+        }
+
+    result = dg.materialize([probe], resources=resources())
+    assert result.success
+    value = result.output_for_node("probe")
+    assert value["version"] >= 1
+    assert value["dev_mode"] and value["offline"]
+    assert value["queue"].endswith(".fifo")
+
+
+@pytest.mark.parametrize("bad", ["a,b", "a/b", "a|b", "[x]", "a...b", ""])
+def test_campaign_partition_keys_refuse_what_dagster_cannot_hold(bad):
+    with pytest.raises(ValueError):
+        campaign_partition_key(bad)
+
+
+def test_campaign_partition_keys_are_campaign_ids():
+    assert (
+        campaign_partition_key("0b5cbd2c-8d3e-4a55-9a63-0c4a3b6bb8c1")
+        == "0b5cbd2c-8d3e-4a55-9a63-0c4a3b6bb8c1"
+    )

@@ -1,0 +1,39 @@
+import pytest
+from starlette.testclient import TestClient
+
+from pipelines.local_stack import EmbeddedPostgres
+from resources.settings import MissingSetting
+from webhook_app.app import REQUIRED_IN_PRODUCTION, app
+
+
+def test_health_checks_the_database(database_url):
+    with TestClient(app) as client:
+        response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json()["database"] == "ok"
+
+
+def test_health_answers_503_while_the_database_is_down_and_recovers(tmp_path, monkeypatch):
+    server = EmbeddedPostgres(tmp_path / "pg")
+    server.start()
+    monkeypatch.setenv("DATABASE_URL", server.url("postgres"))
+    try:
+        with TestClient(app) as client:
+            assert client.get("/health").status_code == 200
+            server.stop()
+            down = client.get("/health")
+            assert down.status_code == 503
+            assert down.json()["status"] == "unavailable"
+            server.start()
+            assert client.get("/health").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_production_refuses_to_start_without_its_secrets(database_url, monkeypatch):
+    monkeypatch.setenv("APP_ENV", "production")
+    for name in REQUIRED_IN_PRODUCTION:
+        monkeypatch.setenv(name, database_url if name == "DATABASE_URL" else "set")
+    monkeypatch.delenv("WHATSAPP_APP_SECRET")
+    with pytest.raises(MissingSetting, match="WHATSAPP_APP_SECRET"), TestClient(app):
+        pass
