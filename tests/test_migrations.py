@@ -77,6 +77,14 @@ def test_a_badly_named_migration_file_is_refused(tmp_path):
         discover(tmp_path)
 
 
-def test_migration_files_are_numbered_without_gaps():
+def test_two_migration_files_cannot_share_a_number(tmp_path):
+    (tmp_path / "001_core.sql").write_text("SELECT 1;")
+    (tmp_path / "001_more.sql").write_text("SELECT 1;")
+    with pytest.raises(ValueError, match="share a number"):
+        discover(tmp_path)
+
+
+def test_the_shipped_migrations_start_at_one_and_increase():
     versions = [m.version for m in discover(SQL_DIR)]
-    assert versions == list(range(1, len(versions) + 1))
+    assert versions[0] == 1
+    assert versions == sorted(set(versions))

@@ -37,3 +37,21 @@ def test_production_refuses_to_start_without_its_secrets(database_url, monkeypat
     monkeypatch.delenv("WHATSAPP_APP_SECRET")
     with pytest.raises(MissingSetting, match="WHATSAPP_APP_SECRET"), TestClient(app):
         pass
+
+
+def test_admin_routes_need_the_bearer_token(monkeypatch):
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from webhook_app.auth import requires_admin
+
+    @requires_admin
+    async def secret(request):
+        return PlainTextResponse("ok")
+
+    monkeypatch.setenv("ADMIN_API_TOKEN", "t0ken")
+    client = TestClient(Starlette(routes=[Route("/x", secret)]))
+    assert client.get("/x").status_code == 401
+    assert client.get("/x", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/x", headers={"Authorization": "Bearer t0ken"}).text == "ok"

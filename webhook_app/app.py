@@ -49,4 +49,8 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "database": "ok"})
 
 
-app = Starlette(routes=[Route("/health", health)], lifespan=lifespan)
+routes = [
+    Route("/health", health),
+]
+
+app = Starlette(routes=routes, lifespan=lifespan)
