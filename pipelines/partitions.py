@@ -12,6 +12,13 @@ import dagster as dg
 
 campaign_partitions = dg.DynamicPartitionsDefinition(name="campaigns")
 
+run_date_partitions = dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone="UTC")
+
+# One partition per campaign run: the campaign, and the date of the occurrence.
+campaign_run_partitions = dg.MultiPartitionsDefinition(
+    {"campaign": campaign_partitions, "date": run_date_partitions}
+)
+
 _FORBIDDEN = re.compile(r"[,/|\[\]]|\.\.\.")
 
 
