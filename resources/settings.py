@@ -123,6 +123,37 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EMBEDDED_POSTGRES_PORT", "54329", "Port of the embedded PostgreSQL in `make dev`."),
     Setting("DAGSTER_PORT", "3000", "Port of the Dagster UI in `make dev`."),
     Setting("WEBHOOK_PORT", "8000", "Port of the webhook app in `make dev`."),
+    # Personalised media (campaign_media)
+    Setting(
+        "MAX_CONCURRENT_GENERATIONS",
+        "5",
+        "Sandbox worker processes that run media generators in parallel, per campaign run.",
+    ),
+    Setting(
+        "MEDIA_TIMEOUT_SECONDS",
+        "60",
+        "Wall-clock limit of one generator call; the worker is killed and replaced after it.",
+    ),
+    Setting("MEDIA_MEMORY_MB", "512", "Address-space limit (`RLIMIT_AS`) of each sandbox worker."),
+    Setting("MEDIA_CPU_SECONDS", "30", "CPU-time limit of one generator call."),
+    Setting(
+        "MEDIA_MAX_ATTEMPTS", "3", "Attempts per audience member before its media is `failed`."
+    ),
+    Setting(
+        "MEDIA_RETRY_BACKOFF_SECONDS",
+        "1",
+        "First retry delay of a failed generation; doubles with each further attempt.",
+    ),
+    Setting(
+        "MEDIA_FAILURE_THRESHOLD",
+        "0.1",
+        "Share of failed members above which a campaign goes to `failed` instead of `asset_generated`.",
+    ),
+    Setting(
+        "MEDIA_STUCK_MINUTES",
+        "30",
+        "Members in `asset_generating` this long with no live run are reset to `pending`.",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -1,0 +1,95 @@
+"""The sensors that start and recover media generation.
+
+`campaign_media_sensor` turns approved campaigns into runs: each gets a `campaigns`
+partition and one run named by the moment its generation began, so a campaign approved
+again later gets a new run and a repeated tick gets none. `media_recovery_sensor` is seed 1's
+startup and runtime recovery: members claimed long ago by a run that is gone go back to
+`pending`, and a campaign left in `asset_generation` with no live run is requested again.
+"""
+
+import dagster as dg
+
+from assets_defs.media import store
+from assets_defs.media.asset import campaign_media, live_runs
+from assets_defs.media.sandbox import positive_float
+from pipelines.partitions import campaign_partition_key, campaign_partitions
+from resources.postgres import PostgresResource
+
+CAMPAIGNS_PER_TICK = 50
+# A campaign the approval sensor just moved has its run created within the same tick; give
+# the daemon this long before treating the campaign as orphaned.
+ORPHAN_GRACE_SECONDS = 120
+
+
+def media_run_request(campaign_id: str, run_key: str) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=f"campaign_media:{run_key}",
+        partition_key=campaign_id,
+        tags={"campaign": campaign_id},
+    )
+
+
+@dg.sensor(
+    asset_selection=[campaign_media],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def campaign_media_sensor(
+    context: dg.SensorEvaluationContext, postgres: PostgresResource
+) -> dg.SensorResult:
+    """Approved campaigns: with a generator → a `campaign_media` run; without → straight to
+    `asset_generated`."""
+    with postgres.engine.begin() as conn:
+        without_media = store.approve_without_media(conn, CAMPAIGNS_PER_TICK)
+        starting = store.begin_generation(conn, CAMPAIGNS_PER_TICK)
+    if without_media:
+        context.log.info(
+            f"{len(without_media)} approved campaign(s) have no active generator:"
+            " asset_generated, members left pending"
+        )
+    keys = [campaign_partition_key(campaign_id) for campaign_id, _ in starting]
+    return dg.SensorResult(
+        run_requests=[
+            media_run_request(key, f"{key}:{began.isoformat()}")
+            for key, (_, began) in zip(keys, starting, strict=True)
+        ],
+        dynamic_partitions_requests=[campaign_partitions.build_add_request(keys)] if keys else [],
+    )
+
+
+@dg.sensor(
+    asset_selection=[campaign_media],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def media_recovery_sensor(
+    context: dg.SensorEvaluationContext, postgres: PostgresResource
+) -> dg.SensorResult:
+    """Resets stuck members and re-requests orphaned campaigns; only where no run is live."""
+    stuck_minutes = positive_float("MEDIA_STUCK_MINUTES")
+    instance = context.instance
+    with postgres.engine.begin() as conn:
+        for campaign_id in store.campaigns_with_stuck_members(conn, stuck_minutes):
+            if not live_runs(instance, str(campaign_id)):
+                reset = store.reset_stuck_members(conn, campaign_id, stuck_minutes)
+                context.log.info(f"campaign {campaign_id}: {reset} stuck member(s) back to pending")
+        orphans = [
+            str(campaign_id)
+            for campaign_id in store.campaigns_generating(
+                conn, ORPHAN_GRACE_SECONDS, CAMPAIGNS_PER_TICK
+            )
+            if not live_runs(instance, str(campaign_id))
+        ]
+    requests = []
+    for campaign_id in orphans:
+        last = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": campaign_id}), limit=1)
+        # One request per dead run: its id names the next one.
+        after = f"after:{last[0].run_id}" if last else "orphaned"
+        requests.append(media_run_request(campaign_id, f"{campaign_id}:{after}"))
+        context.log.info(f"campaign {campaign_id} is in asset_generation with no live run")
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=(
+            [campaign_partitions.build_add_request(orphans)] if orphans else []
+        ),
+    )

@@ -1,0 +1,252 @@
+"""The media capability's reads and writes: claiming members, recording outcomes, and the
+campaign's moves `approved → asset_generation → asset_generated | failed`.
+
+Every move is set-based SQL guarded by the source state of `resources/status.py`, so two
+runs, a sensor and an operator can act at once without a member being done twice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from psycopg2.extras import execute_values
+
+from assets_defs.media.sandbox import Generator
+from resources.campaigns import audience_counts, set_campaign_status
+from resources.status import member_sources
+
+# Members whose media exist, at this stage or any later one.
+GENERATED = ("asset_generated", "ready_to_send")
+
+
+@dataclass(frozen=True)
+class ClaimedMember:
+    id: UUID
+    name: str | None
+    msisdn: str
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MemberResult:
+    id: UUID
+    status: str  # asset_generated | failed
+    keys: dict[str, str]
+    version: int | None
+    attempts: int
+    error: str | None = None
+
+
+def active_generator(conn: sa.Connection, campaign_id: str) -> Generator | None:
+    row = conn.execute(
+        sa.text(
+            "SELECT g.template_id, g.version, g.file_name, g.file_content AS source"
+            " FROM campaigns c JOIN asset_generate_files g"
+            " ON g.template_id = c.template_id AND g.is_active WHERE c.id = :c"
+        ),
+        {"c": campaign_id},
+    ).one_or_none()
+    return Generator(**row._mapping) if row else None
+
+
+def campaign_status(conn: sa.Connection, campaign_id: str) -> str | None:
+    return conn.execute(
+        sa.text("SELECT status FROM campaigns WHERE id = :c"), {"c": campaign_id}
+    ).scalar_one_or_none()
+
+
+def start_generation(conn: sa.Connection, campaign_id: str) -> None:
+    """`approved → asset_generation` (a campaign the sensor moved, or resumed, is there already)."""
+    if campaign_status(conn, campaign_id) == "approved":
+        set_campaign_status(conn, campaign_id, "asset_generation")
+        conn.execute(
+            sa.text("UPDATE campaigns SET asset_generation_started_at = now() WHERE id = :c"),
+            {"c": campaign_id},
+        )
+    conn.execute(
+        sa.text(
+            "UPDATE campaigns SET asset_generation_status = 'running'"
+            " WHERE id = :c AND status = 'asset_generation'"
+        ),
+        {"c": campaign_id},
+    )
+
+
+def approve_without_media(conn: sa.Connection, limit: int) -> list[UUID]:
+    """Approved campaigns whose template has no active generator need no media:
+    `approved → asset_generated`, members left `pending` for dispatch."""
+    return list(
+        conn.execute(
+            sa.text(
+                "UPDATE campaigns SET status = 'asset_generated', status_reason = NULL"
+                " WHERE id IN (SELECT c.id FROM campaigns c WHERE c.status = 'approved'"
+                "   AND NOT EXISTS (SELECT 1 FROM asset_generate_files g"
+                "     WHERE g.template_id = c.template_id AND g.is_active)"
+                "   ORDER BY c.updated_at LIMIT :n FOR UPDATE SKIP LOCKED)"
+                " AND status = 'approved' RETURNING id"
+            ),
+            {"n": limit},
+        ).scalars()
+    )
+
+
+def begin_generation(conn: sa.Connection, limit: int) -> list[tuple[UUID, datetime]]:
+    """Approved campaigns with an active generator: `approved → asset_generation`.
+
+    Returns each campaign with the time its generation began, which names its run.
+    """
+    rows = conn.execute(
+        sa.text(
+            "UPDATE campaigns SET status = 'asset_generation', status_reason = NULL,"
+            " asset_generation_status = 'pending', asset_generation_started_at = now(),"
+            " asset_generation_completed_at = NULL"
+            " WHERE id IN (SELECT c.id FROM campaigns c WHERE c.status = 'approved'"
+            "   AND EXISTS (SELECT 1 FROM asset_generate_files g"
+            "     WHERE g.template_id = c.template_id AND g.is_active)"
+            "   ORDER BY c.updated_at LIMIT :n FOR UPDATE SKIP LOCKED)"
+            " AND status = 'approved' RETURNING id, asset_generation_started_at"
+        ),
+        {"n": limit},
+    )
+    return [(row.id, row.asset_generation_started_at) for row in rows]
+
+
+def campaigns_generating(conn: sa.Connection, idle_seconds: float, limit: int) -> list[UUID]:
+    """Campaigns in `asset_generation` untouched for `idle_seconds`: candidates for recovery."""
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT id FROM campaigns WHERE status = 'asset_generation'"
+                " AND updated_at < now() - make_interval(secs => :s)"
+                " ORDER BY updated_at LIMIT :n"
+            ),
+            {"s": idle_seconds, "n": limit},
+        ).scalars()
+    )
+
+
+def campaigns_with_stuck_members(conn: sa.Connection, minutes: float) -> list[UUID]:
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT DISTINCT campaign_id FROM campaign_audience"
+                " WHERE status = 'asset_generating'"
+                " AND status_changed_at < now() - make_interval(secs => :m * 60)"
+            ),
+            {"m": minutes},
+        ).scalars()
+    )
+
+
+def reset_stuck_members(conn: sa.Connection, campaign_id: UUID, minutes: float) -> int:
+    """`asset_generating → pending` for members claimed more than `minutes` ago."""
+    return conn.execute(
+        sa.text(
+            "UPDATE campaign_audience SET status = 'pending', status_changed_at = now()"
+            " WHERE campaign_id = :c AND status = 'asset_generating'"
+            " AND status_changed_at < now() - make_interval(secs => :m * 60)"
+        ),
+        {"c": campaign_id, "m": minutes},
+    ).rowcount
+
+
+def release_claims(conn: sa.Connection, campaign_id: str) -> int:
+    """Return members a dead run had claimed to `pending`; only call with no other live run."""
+    return conn.execute(
+        sa.text(
+            "UPDATE campaign_audience SET status = 'pending', status_changed_at = now()"
+            " WHERE campaign_id = :c AND status = 'asset_generating'"
+        ),
+        {"c": campaign_id},
+    ).rowcount
+
+
+def claim_members(conn: sa.Connection, campaign_id: str, limit: int) -> list[ClaimedMember]:
+    """Move up to `limit` pending members to `asset_generating` and return them.
+
+    SKIP LOCKED lets concurrent claimers take disjoint sets; the campaign must still be in
+    `asset_generation`, so pausing or cancelling it stops the run at its next claim.
+    """
+    rows = conn.execute(
+        sa.text(
+            "UPDATE campaign_audience SET status = 'asset_generating', status_changed_at = now()"
+            " WHERE id IN (SELECT a.id FROM campaign_audience a JOIN campaigns c"
+            "   ON c.id = a.campaign_id AND c.status = 'asset_generation'"
+            "   WHERE a.campaign_id = :c AND a.status = ANY(:sources)"
+            "   LIMIT :n FOR UPDATE OF a SKIP LOCKED)"
+            " RETURNING id, name, msisdn, attributes"
+        ),
+        {"c": campaign_id, "n": limit, "sources": member_sources("asset_generating")},
+    )
+    return [ClaimedMember(**row._mapping) for row in rows]
+
+
+def record_results(conn: sa.Connection, results: list[MemberResult]) -> None:
+    """Store a batch of outcomes in one statement; a member no longer claimed is left alone."""
+    if not results:
+        return
+    cursor = conn.connection.dbapi_connection.cursor()
+    execute_values(
+        cursor,
+        "UPDATE campaign_audience a SET status = v.status, generated_asset_urls = v.keys::jsonb,"
+        " generator_version = v.version::integer, attempts = a.attempts + v.attempts::integer,"
+        " last_error = v.error, status_changed_at = now()"
+        " FROM (VALUES %s) AS v (id, status, keys, version, attempts, error)"
+        " WHERE a.id = v.id::uuid AND a.status = 'asset_generating'",
+        [
+            (str(r.id), r.status, json.dumps(r.keys), r.version, r.attempts, r.error)
+            for r in results
+        ],
+        page_size=1000,
+    )
+
+
+@dataclass(frozen=True)
+class Completion:
+    status: str
+    failure_ratio: float | None = None
+    reason: str | None = None
+
+
+def complete(conn: sa.Connection, campaign_id: str, failure_threshold: float) -> Completion:
+    """Close the campaign's generation once no member is left to generate.
+
+    Without an active generator the members left `pending` need no media (the contract with
+    dispatch). Above the failure threshold the campaign goes to `failed` with the reason.
+    """
+    status = campaign_status(conn, campaign_id)
+    if status not in ("approved", "asset_generation"):  # paused, cancelled: not ours to move
+        return Completion(status or "missing")
+    counts = audience_counts(conn, campaign_id)
+    left = counts.get("pending", 0) + counts.get("asset_generating", 0)
+    if left and active_generator(conn, campaign_id) is not None:
+        return Completion(status)
+    failed = counts.get("failed", 0)
+    finished = failed + sum(counts.get(s, 0) for s in GENERATED)
+    ratio = failed / finished if finished else 0.0
+    if ratio > failure_threshold:
+        target = "failed"
+        reason = (
+            f"{failed} of {finished} members ({ratio:.1%}) failed media generation,"
+            f" above the {failure_threshold:.0%} threshold"
+        )
+    else:
+        target, reason = "asset_generated", None
+    set_campaign_status(conn, campaign_id, target, reason)
+    conn.execute(
+        sa.text(
+            "UPDATE campaigns SET asset_generation_status = :g, asset_failure_ratio = :r,"
+            " asset_generation_completed_at = now() WHERE id = :c"
+        ),
+        {
+            "g": "failed" if target == "failed" else "completed",
+            "r": ratio,
+            "c": campaign_id,
+        },
+    )
+    return Completion(target, ratio, reason)

@@ -1,0 +1,243 @@
+"""The sandbox on its own: what user generator code can and cannot do, and what it returns."""
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from assets_defs.media.sandbox import (
+    Generator,
+    Limits,
+    MemberInput,
+    WorkerPool,
+    validate_files,
+)
+
+MEMBER = MemberInput({"offer": "10% off", "code": "C001"}, "Ada", "+12025550100")
+FAST = Limits(workers=1, timeout_seconds=10, memory_mb=512, cpu_seconds=10)
+
+
+def generator(source: str, version: int = 1) -> Generator:
+    return Generator(
+        template_id=1, version=version, file_name="gen.py", source=textwrap.dedent(source)
+    )
+
+
+@pytest.fixture
+def pool(tmp_path):
+    with WorkerPool(FAST, tmp_path) as running:
+        yield running
+
+
+def run(pool: WorkerPool, source: str, version: int = 1, preview: bool = False):
+    return pool.generate(generator(source, version), MEMBER, pool.fresh_member_dir(), preview)
+
+
+def test_the_demo_generator_renders_an_image_and_a_json_file(pool, repo_root):
+    source = (repo_root / "assets_defs" / "generators" / "demo_offer.py").read_text()
+    outcome = run(pool, source, preview=True)
+    assert outcome.ok, outcome.error
+    by_type = {f.asset_type: f for f in outcome.files}
+    assert set(by_type) == {"image", "json"}
+    assert by_type["image"].content_type == "image/jpeg"
+    assert by_type["image"].path.read_bytes()[:3] == b"\xff\xd8\xff"
+    assert json.loads(by_type["json"].path.read_text())["code"] == "C001"
+    assert outcome.preview and len(outcome.preview) < 50_000
+
+
+def test_a_syntax_error_fails_with_the_line_and_is_not_retried(pool):
+    outcome = run(pool, "def generate_asset(attributes, name, msisdn, temp_dir)\n    pass\n")
+    assert not outcome.ok
+    assert "gen.py does not compile" in outcome.error and "line 1" in outcome.error
+    assert outcome.retryable is False
+
+
+def test_a_module_without_generate_asset_is_refused(pool):
+    outcome = run(pool, "x = 1\n")
+    assert "defines no generate_asset" in outcome.error
+
+
+def test_an_exception_is_reported_with_where_it_was_raised(pool):
+    outcome = run(
+        pool,
+        """
+        def generate_asset(attributes, name, msisdn, temp_dir):
+            raise ValueError("no offer for " + name)
+        """,
+    )
+    assert outcome.error == "ValueError: no offer for Ada at gen.py line 3"
+    assert outcome.retryable
+
+
+def test_an_endless_loop_is_killed_at_the_wall_clock_limit_and_the_worker_replaced(tmp_path):
+    limits = Limits(workers=1, timeout_seconds=2, memory_mb=512, cpu_seconds=60)
+    with WorkerPool(limits, tmp_path) as pool:
+        outcome = run(pool, "def generate_asset(a, n, m, t):\n    while True:\n        pass\n")
+        assert "timed out after 2 s" in outcome.error
+        after = run(pool, "def generate_asset(a, n, m, t):\n    return None\n")
+        assert "returned nothing" in after.error  # a fresh worker answered
+
+
+def test_cpu_time_is_capped_per_member(tmp_path):
+    limits = Limits(workers=1, timeout_seconds=30, memory_mb=512, cpu_seconds=1)
+    with WorkerPool(limits, tmp_path) as pool:
+        outcome = run(pool, "def generate_asset(a, n, m, t):\n    while True:\n        pass\n")
+        assert outcome.error == "CPU time limit exceeded; worker replaced"
+
+
+def test_allocating_4_gib_fails_the_member_not_the_worker(pool):
+    outcome = run(
+        pool,
+        """
+        def generate_asset(attributes, name, msisdn, temp_dir):
+            blob = bytearray(4 * 1024 ** 3)
+            return {"document": "x.pdf"}
+        """,
+    )
+    assert outcome.error == "memory limit exceeded (MemoryError)"
+
+
+def test_no_secret_reaches_the_generator(pool, monkeypatch):
+    secrets = {
+        "DATABASE_URL": "postgresql://u:hunter2@db/x",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+        "AWS_ACCESS_KEY_ID": "aws-id",
+        "WHATSAPP_ACCESS_TOKEN": "wa-token",
+        "WHATSAPP_APP_SECRET": "wa-secret",
+        "GOOGLE_API_KEY": "gemini-key",
+        "SOME_NEW_TOKEN": "unlisted",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    # Workers inherit nothing from the parent's environment but the allow-list, whenever
+    # they started.
+    with WorkerPool(FAST, pool.work_dir) as fresh:
+        outcome = run(
+            fresh,
+            """
+            import json, os
+            def generate_asset(attributes, name, msisdn, temp_dir):
+                with open("env.json", "w") as f:
+                    json.dump(dict(os.environ), f)
+                return {"json": "env.json"}
+            """,
+        )
+    seen = json.loads(outcome.files[0].path.read_text())
+    assert not set(seen) & set(secrets)
+    assert not set(seen.values()) & set(secrets.values())
+    assert set(seen) <= {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH"}
+
+
+def test_a_path_outside_temp_dir_is_refused(pool):
+    outcome = run(
+        pool,
+        """
+        def generate_asset(attributes, name, msisdn, temp_dir):
+            return {"document": "/etc/hostname"}
+        """,
+    )
+    assert outcome.error == "document: /etc/hostname is outside temp_dir"
+
+
+def test_a_symlink_out_of_temp_dir_is_refused(pool):
+    outcome = run(
+        pool,
+        """
+        import os
+        def generate_asset(attributes, name, msisdn, temp_dir):
+            os.symlink("/etc/hostname", "leak.txt")
+            return {"text": "leak.txt"}
+        """,
+    )
+    assert outcome.error == "text: leak.txt is outside temp_dir"
+
+
+def test_a_directory_is_refused(pool):
+    outcome = run(
+        pool,
+        """
+        import os
+        def generate_asset(attributes, name, msisdn, temp_dir):
+            os.mkdir("pictures.jpg")
+            return {"image": os.path.join(temp_dir, "pictures.jpg")}
+        """,
+    )
+    assert outcome.error.endswith("pictures.jpg is not a regular file")
+
+
+def test_a_50_mb_image_is_over_whatsapps_limit(pool):
+    outcome = run(
+        pool,
+        """
+        def generate_asset(attributes, name, msisdn, temp_dir):
+            with open("big.jpg", "wb") as f:
+                f.write(b"\\xff\\xd8\\xff" + bytes(50 * 1024 * 1024))
+            return {"image": "big.jpg"}
+        """,
+    )
+    assert outcome.error == "image: big.jpg is 50.0 MB, over WhatsApp's 5 MB limit for image"
+
+
+def test_returning_nothing_is_refused(pool):
+    outcome = run(pool, "def generate_asset(attributes, name, msisdn, temp_dir):\n    pass\n")
+    assert outcome.error == "generate_asset returned nothing (None); expected {asset_type: path}"
+
+
+@pytest.mark.parametrize(
+    ("result", "message"),
+    [
+        ({}, "generate_asset returned no files"),
+        (["a.jpg"], "generate_asset returned list; expected {asset_type: path}"),
+        ({"sticker": "a.webp"}, "unknown asset type 'sticker'"),
+        ({"image": "a.gif"}, "a.gif has an extension that is not allowed for image"),
+        ({"image": "fake.jpg"}, "fake.jpg is not a JPEG or PNG image"),
+        ({"video": "missing.mp4"}, "video: missing.mp4 does not exist"),
+        ({"image": 42}, "image: expected a file path, got 42"),
+    ],
+)
+def test_returned_values_are_validated(tmp_path, result, message):
+    (tmp_path / "a.gif").write_bytes(b"GIF89a")
+    (tmp_path / "fake.jpg").write_text("not an image")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_files(result, tmp_path)
+
+
+def test_output_is_captured_and_the_source_compiled_once_per_worker_and_version(pool):
+    source = """
+        import os, sys
+        print("module loaded")
+        CALLS = []
+        def generate_asset(attributes, name, msisdn, temp_dir):
+            CALLS.append(name)
+            print(f"call {len(CALLS)} for {name}")
+            print("warning!", file=sys.stderr)
+            with open("calls.txt", "w") as f:
+                f.write(str(len(CALLS)))
+            return {"text": "calls.txt"}
+        """
+    first, second = run(pool, source), run(pool, source)
+    assert first.output == "module loaded\ncall 1 for Ada\nwarning!\n"
+    assert second.output == "call 2 for Ada\nwarning!\n"
+    assert second.files[0].path.read_text() == "2"
+    newer = run(pool, source, version=2)
+    assert newer.output.startswith("module loaded\ncall 1")
+
+
+def test_each_member_gets_a_fresh_temp_dir_as_working_directory(pool):
+    source = """
+        import os
+        def generate_asset(attributes, name, msisdn, temp_dir):
+            listing = os.listdir(".")
+            with open("seen.txt", "w") as f:
+                f.write(os.getcwd() + "|" + ",".join(listing))
+            return {"text": "seen.txt"}
+        """
+    first, second = run(pool, source), run(pool, source)
+    cwd_first, listed_first = first.files[0].path.read_text().split("|")
+    cwd_second, listed_second = second.files[0].path.read_text().split("|")
+    assert cwd_first != cwd_second
+    assert listed_first == listed_second == ""
+    assert Path(cwd_second) == second.files[0].path.parent
+    assert os.path.basename(cwd_second) == "files"
