@@ -96,7 +96,25 @@ def summary(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
         "audience": sum(counts.values()),
         "audience_by_status": counts,
         "migrations": migrations,
+        "media_generated": counts.get("asset_generated", 0) + counts.get("ready_to_send", 0),
+        "media_failed": counts.get("failed", 0),
     }
+
+
+def generate_demo_media(campaign_id: UUID) -> None:
+    """Materialise `campaign_media` for the campaign, as the approval sensor's run would."""
+    import dagster as dg
+
+    from assets_defs.media import campaign_media
+    from pipelines.definitions import resources
+    from pipelines.partitions import campaign_partition_key, campaign_partitions
+
+    key = campaign_partition_key(campaign_id)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(campaign_partitions.name, [key])
+        dg.materialize(
+            [campaign_media], partition_key=key, resources=resources(), instance=instance
+        )
 
 
 def run_demo() -> dict[str, Any]:
@@ -107,6 +125,7 @@ def run_demo() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="waflow-demo-") as state, local_stack(Path(state)):
         postgres = PostgresResource.from_env()
         campaign_id = load_demo(postgres.engine)
+        generate_demo_media(campaign_id)
         result = summary(postgres.engine, campaign_id)
         postgres.engine.dispose()
     result["seconds"] = round(time.monotonic() - started, 1)

@@ -109,4 +109,5 @@ def test_demo_prints_a_json_summary_as_its_last_line(repo_root):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["audience"] == 50
-    assert summary["campaign_status"] == "approved"
+    assert summary["campaign_status"] == "asset_generated"
+    assert (summary["media_generated"], summary["media_failed"]) == (50, 0)

@@ -5,6 +5,9 @@ partition and one run named by the moment its generation began, so a campaign ap
 again later gets a new run and a repeated tick gets none. `media_recovery_sensor` is seed 1's
 startup and runtime recovery: members claimed long ago by a run that is gone go back to
 `pending`, and a campaign left in `asset_generation` with no live run is requested again.
+
+Neither keeps a Dagster cursor: the campaign's own status is the mark. A campaign leaves
+`approved` in the same statement that selects it, so each is read once, whatever the ticks do.
 """
 
 import dagster as dg
