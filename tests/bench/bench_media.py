@@ -1,0 +1,154 @@
+"""Media generation end to end (sandbox pool, upload to the local S3 server, database updates)
+against the same-run baseline: a plain loop calling the same `generate_asset` in one
+process, writing to local disk; and the run's peak memory over 10,000 members."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import psutil
+
+from pipelines.demo import DEMO_GENERATOR
+from pipelines.local_stack import free_port, local_stack, port_is_free
+from resources.postgres import PostgresResource
+from tests.bench import Figure, benchmark
+from tests.media_campaigns import create_campaign, versioned
+
+MEMBERS = 1_000
+RSS_MEMBERS = 10_000
+
+
+def baseline_members_per_s(count: int) -> float:
+    spec = importlib.util.spec_from_file_location("demo_offer", DEMO_GENERATOR)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as root:
+        started = time.perf_counter()
+        for i in range(count):
+            temp_dir = Path(root) / str(i)
+            temp_dir.mkdir()
+            module.generate_asset(
+                {"offer": "20% off", "code": f"C{i:04d}"}, f"Customer {i}", "+12025550100", temp_dir
+            )
+        return count / (time.perf_counter() - started)
+
+
+def materialize(engine, source: str, members: int) -> float:
+    """Seconds to materialise `campaign_media` for a new campaign of `members`."""
+    from assets_defs.media import campaign_media
+    from pipelines.definitions import resources
+
+    campaign_id, _ = create_campaign(engine, members, source)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("campaigns", [str(campaign_id)])
+        started = time.perf_counter()
+        result = dg.materialize(
+            [campaign_media],
+            partition_key=str(campaign_id),
+            resources=resources(),
+            instance=instance,
+            raise_on_error=True,
+        )
+        elapsed = time.perf_counter() - started
+    metadata = result.asset_materializations_for_node("campaign_media")[0].metadata
+    assert metadata["generated"].value == members, metadata
+    return elapsed
+
+
+class PeakRSS:
+    """Samples the resident memory of this process and its children (the sandbox workers)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(0.1):
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    if process.name() not in ("postgres", "moto_server"):
+                        total += process.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+
+@contextmanager
+def s3_server() -> Iterator[None]:
+    """The local S3 server in its own process, as S3 is in production: its CPU and the
+    objects it holds are not the run's."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="local",
+        AWS_SECRET_ACCESS_KEY="local",
+        AWS_SESSION_TOKEN="local",
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while port_is_free("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield
+    finally:
+        server.terminate()
+        server.wait()
+
+
+@benchmark("media")
+def media() -> list[Figure]:
+    for name in ("DATABASE_URL", "AWS_ENDPOINT_URL", "DAGSTER_HOME", "DAGSTER_POSTGRES_URL"):
+        os.environ.pop(name, None)
+    os.environ.setdefault("MEDIA_RETRY_BACKOFF_SECONDS", "0.1")
+    with (
+        tempfile.TemporaryDirectory() as state,
+        s3_server(),
+        local_stack(Path(state)),
+    ):
+        engine = PostgresResource.from_env().engine
+        baseline = baseline_members_per_s(MEMBERS)
+        elapsed = materialize(engine, DEMO_GENERATOR.read_text(), MEMBERS)
+        with PeakRSS() as rss:
+            materialize(engine, versioned(1), RSS_MEMBERS)
+        engine.dispose()
+    return [
+        Figure(
+            "media_members_per_s",
+            round(MEMBERS / elapsed, 1),
+            "members/s",
+            "media_plain_loop_members_per_s",
+            round(baseline, 1),
+            ">= 1.0x baseline (1,000 members, demo generator)",
+        ),
+        Figure(
+            "media_peak_rss_mb",
+            round(rss.peak / 2**20, 1),
+            "MB",
+            target="< 400 MB (10,000 members, light JSON generator; run + sandbox workers)",
+        ),
+    ]
