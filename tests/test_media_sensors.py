@@ -141,3 +141,34 @@ def test_after_a_dead_run_the_next_request_is_named_by_it(engine, postgres, inst
     assert [r.run_key for r in result.run_requests] == [
         f"campaign_media:{campaign_id}:after:{dead}"
     ]
+
+
+def test_a_campaign_whose_runs_keep_failing_is_failed_not_retried_for_ever(
+    engine, postgres, instance
+):
+    campaign_id, _ = create_campaign(engine, 2, versioned(1))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE campaigns SET asset_generation_started_at = now() - interval '1 hour'"
+                " WHERE id = :c"
+            ),
+            {"c": campaign_id},
+        )
+    age(engine, campaign_id, minutes=45)
+    for _ in range(3):
+        instance.add_run(
+            dg.DagsterRun(
+                job_name="__ASSET_JOB",
+                run_id=str(uuid.uuid4()),
+                status=dg.DagsterRunStatus.FAILURE,
+                tags={"dagster/partition": str(campaign_id)},
+            )
+        )
+
+    result = tick(media_recovery_sensor, instance, postgres)
+
+    assert result.run_requests == []
+    campaign = campaign_row(engine, campaign_id)
+    assert campaign.status == "failed"
+    assert campaign.status_reason.startswith("3 campaign_media runs failed (last: ")

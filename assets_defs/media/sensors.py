@@ -22,6 +22,9 @@ CAMPAIGNS_PER_TICK = 50
 # A campaign the approval sensor just moved has its run created within the same tick; give
 # the daemon this long before treating the campaign as orphaned.
 ORPHAN_GRACE_SECONDS = 120
+# A campaign whose runs keep dying (not its members failing: those are recorded) is failed
+# rather than retried for ever.
+MAX_FAILED_RUNS = 3
 
 
 def media_run_request(campaign_id: str, run_key: str) -> dg.RunRequest:
@@ -71,25 +74,39 @@ def media_recovery_sensor(
     """Resets stuck members and re-requests orphaned campaigns; only where no run is live."""
     stuck_minutes = positive_float("MEDIA_STUCK_MINUTES")
     instance = context.instance
+    requests = []
+    orphans = []
     with postgres.engine.begin() as conn:
         for campaign_id in store.campaigns_with_stuck_members(conn, stuck_minutes):
             if not live_runs(instance, str(campaign_id)):
                 reset = store.reset_stuck_members(conn, campaign_id, stuck_minutes)
                 context.log.info(f"campaign {campaign_id}: {reset} stuck member(s) back to pending")
-        orphans = [
-            str(campaign_id)
-            for campaign_id in store.campaigns_generating(
-                conn, ORPHAN_GRACE_SECONDS, CAMPAIGNS_PER_TICK
+        generating = store.campaigns_generating(conn, ORPHAN_GRACE_SECONDS, CAMPAIGNS_PER_TICK)
+        for campaign_id, began in generating:
+            key = str(campaign_id)
+            if live_runs(instance, key):
+                continue
+            failed = instance.get_runs(
+                dg.RunsFilter(
+                    tags={"dagster/partition": key},
+                    statuses=[dg.DagsterRunStatus.FAILURE],
+                    created_after=began,
+                ),
+                limit=MAX_FAILED_RUNS,
             )
-            if not live_runs(instance, str(campaign_id))
-        ]
-    requests = []
-    for campaign_id in orphans:
-        last = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": campaign_id}), limit=1)
-        # One request per dead run: its id names the next one.
-        after = f"after:{last[0].run_id}" if last else "orphaned"
-        requests.append(media_run_request(campaign_id, f"{campaign_id}:{after}"))
-        context.log.info(f"campaign {campaign_id} is in asset_generation with no live run")
+            if len(failed) >= MAX_FAILED_RUNS:
+                store.fail_generation(
+                    conn,
+                    key,
+                    f"{MAX_FAILED_RUNS} campaign_media runs failed (last: {failed[0].run_id})",
+                )
+                continue
+            last = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": key}), limit=1)
+            # One request per dead run: its id names the next one.
+            after = f"after:{last[0].run_id}" if last else "orphaned"
+            requests.append(media_run_request(key, f"{key}:{after}"))
+            orphans.append(key)
+            context.log.info(f"campaign {key} is in asset_generation with no live run")
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=(

@@ -116,17 +116,31 @@ def begin_generation(conn: sa.Connection, limit: int) -> list[tuple[UUID, dateti
     return [(row.id, row.asset_generation_started_at) for row in rows]
 
 
-def campaigns_generating(conn: sa.Connection, idle_seconds: float, limit: int) -> list[UUID]:
-    """Campaigns in `asset_generation` untouched for `idle_seconds`: candidates for recovery."""
-    return list(
-        conn.execute(
-            sa.text(
-                "SELECT id FROM campaigns WHERE status = 'asset_generation'"
-                " AND updated_at < now() - make_interval(secs => :s)"
-                " ORDER BY updated_at LIMIT :n"
-            ),
-            {"s": idle_seconds, "n": limit},
-        ).scalars()
+def campaigns_generating(
+    conn: sa.Connection, idle_seconds: float, limit: int
+) -> list[tuple[UUID, datetime | None]]:
+    """Campaigns in `asset_generation` untouched for `idle_seconds` (candidates for recovery),
+    with the time their generation began."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT id, asset_generation_started_at FROM campaigns"
+            " WHERE status = 'asset_generation'"
+            " AND updated_at < now() - make_interval(secs => :s)"
+            " ORDER BY updated_at LIMIT :n"
+        ),
+        {"s": idle_seconds, "n": limit},
+    )
+    return [(row.id, row.asset_generation_started_at) for row in rows]
+
+
+def fail_generation(conn: sa.Connection, campaign_id: str, reason: str) -> None:
+    set_campaign_status(conn, campaign_id, "failed", reason)
+    conn.execute(
+        sa.text(
+            "UPDATE campaigns SET asset_generation_status = 'failed',"
+            " asset_generation_completed_at = now() WHERE id = :c"
+        ),
+        {"c": campaign_id},
     )
 
 
