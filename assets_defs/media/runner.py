@@ -136,7 +136,7 @@ class CampaignMediaRun:
     def _generate_all(
         self, pool: WorkerPool, threads: ThreadPoolExecutor, started: float, already_done: int
     ) -> None:
-        in_flight: dict[Future[store.MemberResult], store.ClaimedMember] = {}
+        in_flight: set[Future[store.MemberResult]] = set()
         results: list[store.MemberResult] = []
         exhausted = False
         last_progress = started
@@ -145,12 +145,12 @@ class CampaignMediaRun:
                 claimed, generator = self._claim(self._window - len(in_flight))
                 exhausted = not claimed
                 for member in claimed:
-                    in_flight[threads.submit(self._member, pool, member, generator)] = member
+                    in_flight.add(threads.submit(self._member, pool, member, generator))
             if not in_flight:
                 break
             done, _ = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in done:
-                del in_flight[future]
+                in_flight.discard(future)
                 results.append(self._count(future.result()))
             if len(results) >= self._window or (exhausted and not in_flight):
                 self._record(results)

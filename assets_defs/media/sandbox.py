@@ -32,7 +32,7 @@ from resources import settings
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
 
 # Variables a generator may see; everything else (credentials, URLs, tokens) is left out.
-ALLOWED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH")
+ALLOWED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 MB = 1024 * 1024
 
