@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from assets_defs.media.runner import Policy
 from assets_defs.media.sandbox import (
     Generator,
     Limits,
@@ -14,6 +15,7 @@ from assets_defs.media.sandbox import (
     WorkerPool,
     validate_files,
 )
+from resources import settings
 
 MEMBER = MemberInput({"offer": "10% off", "code": "C001"}, "Ada", "+12025550100")
 FAST = Limits(workers=1, timeout_seconds=10, memory_mb=512, cpu_seconds=10)
@@ -241,3 +243,27 @@ def test_each_member_gets_a_fresh_temp_dir_as_working_directory(pool):
     assert listed_first == listed_second == ""
     assert Path(cwd_second) == second.files[0].path.parent
     assert os.path.basename(cwd_second) == "files"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MAX_CONCURRENT_GENERATIONS", "five", "MAX_CONCURRENT_GENERATIONS must be a positive"),
+        ("MAX_CONCURRENT_GENERATIONS", "2.5", "MAX_CONCURRENT_GENERATIONS must be a whole number"),
+        ("MEDIA_TIMEOUT_SECONDS", "-1", "MEDIA_TIMEOUT_SECONDS must be a positive"),
+        ("MEDIA_FAILURE_THRESHOLD", "1.5", "MEDIA_FAILURE_THRESHOLD must be between 0 and 1"),
+    ],
+)
+def test_unusable_settings_are_refused_by_name(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(settings.InvalidSetting, match=message):
+        Limits.from_settings()
+        Policy.from_settings()
+
+
+def test_the_defaults_are_the_documented_ones(monkeypatch):
+    for name in ("MAX_CONCURRENT_GENERATIONS", "MEDIA_TIMEOUT_SECONDS", "MEDIA_MEMORY_MB"):
+        monkeypatch.delenv(name, raising=False)
+    assert Limits.from_settings() == Limits(
+        workers=5, timeout_seconds=60, memory_mb=512, cpu_seconds=30
+    )
