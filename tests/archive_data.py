@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from assets_defs.archive.policy import today
 from resources import campaigns
+from resources.storage import S3Storage
 
 # Every kind of value a message row holds: NULLs, JSON, quotes, backslashes, non-ASCII
 # text and microsecond timestamps, so that a round trip is checked where it could break.
@@ -142,3 +143,8 @@ def manifest_rows(engine: sa.Engine, kind: str) -> list[sa.Row]:
             ),
             {"k": kind},
         ).all()
+
+
+def storage_config(s3) -> S3Storage:
+    """The test's bucket as resource config (for code that rebuilds resources from it)."""
+    return S3Storage(bucket=s3.bucket, endpoint_url=s3.endpoint_url, region_name=s3.region_name)

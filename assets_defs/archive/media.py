@@ -106,7 +106,7 @@ def download(client: httpx.Client, row: MediaRow, max_bytes: int, target) -> Dow
             content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
             if not content_type.startswith(CONTENT_TYPES[row.media_type]):
                 raise MediaFailure(
-                    f"content type {content_type or 'missing'} is not a {row.media_type}"
+                    f"content type {content_type or 'missing'} is not allowed for {row.media_type} media"
                 )
             declared = int(response.headers.get("content-length") or 0)
             if declared > max_bytes:

@@ -49,6 +49,7 @@ def put_verified(
             Key=key,
             Body=body,
             ContentType=content_type,
+            ChecksumAlgorithm="SHA256",
             ChecksumSHA256=sha256_base64(sha256),
         )
     expected = StoredObject(key, size, sha256)
