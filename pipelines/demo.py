@@ -99,6 +99,21 @@ def summary(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
     }
 
 
+def archive_demo(postgres: PostgresResource, campaign_id: UUID) -> dict[str, int]:
+    """Messages and media dated past their thresholds, archived by the archive assets."""
+    from assets_defs.archive.demo import archive_history
+    from resources.storage import S3Storage
+
+    with postgres.engine.connect() as conn:
+        campaign = campaigns.get_campaign(conn, campaign_id)
+    return archive_history(
+        postgres,
+        S3Storage.from_env(),
+        campaign.organisation_id,
+        settings.get("WHATSAPP_PHONE_NUMBER_ID"),
+    )
+
+
 def run_demo() -> dict[str, Any]:
     """The whole flow once, headless, on a fresh embedded stack."""
     from pipelines.local_stack import local_stack
@@ -108,6 +123,7 @@ def run_demo() -> dict[str, Any]:
         postgres = PostgresResource.from_env()
         campaign_id = load_demo(postgres.engine)
         result = summary(postgres.engine, campaign_id)
+        result.update(archive_demo(postgres, campaign_id))
         postgres.engine.dispose()
     result["seconds"] = round(time.monotonic() - started, 1)
     return result

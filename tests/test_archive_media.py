@@ -12,7 +12,6 @@ from tests.archive_data import (
     manifest_rows,
     midnight,
     organisation,
-    resources,
     run_archive,
     storage_config,
 )

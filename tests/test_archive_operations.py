@@ -143,3 +143,21 @@ def test_lifecycle_rules_are_applied_once_and_keep_the_buckets_other_rules(s3):
             (90, "GLACIER"),
             (270, "DEEP_ARCHIVE"),
         ]
+
+
+def test_the_demo_history_is_archived_by_the_assets(engine, postgres, s3, monkeypatch):
+    from assets_defs.archive.demo import MEDIA_FILES, MESSAGE_DAYS, MESSAGES_PER_DAY
+    from pipelines.demo import archive_demo, load_demo
+
+    campaign = load_demo(engine)
+    monkeypatch.setenv("S3_BUCKET", s3.bucket)
+    counts = archive_demo(postgres, campaign)
+
+    assert counts == {
+        "messages_archived": MESSAGE_DAYS * MESSAGES_PER_DAY,
+        "media_archived": MEDIA_FILES,
+    }
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM messages")).scalar_one() == 0
+        statuses = conn.execute(sa.text("SELECT DISTINCT status FROM media")).scalars().all()
+    assert statuses == ["archived"]

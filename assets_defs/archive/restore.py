@@ -8,7 +8,6 @@ restore can be repeated or resumed.
 
 import gzip
 import hashlib
-import json
 import tempfile
 from dataclasses import dataclass
 from datetime import date
