@@ -6,7 +6,7 @@ A new user sees the archive work on day one instead of in 90 days.
 from __future__ import annotations
 
 import io
-from datetime import timedelta
+from datetime import date, timedelta
 from uuid import UUID
 
 import dagster as dg
@@ -48,8 +48,10 @@ def _png(shade: int) -> bytes:
     return out.getvalue()
 
 
-def create_history(engine: sa.Engine, s3: S3Storage, organisation_id: UUID, phone: str) -> list:
-    """Insert the past messages and media; returns the (first, last) days of each kind."""
+def create_history(
+    engine: sa.Engine, s3: S3Storage, organisation_id: UUID, phone: str
+) -> tuple[list[date], date]:
+    """Insert the past messages and media; returns the days of messages and the day of media."""
     policy = ArchivePolicy.from_env()
     message_days = [
         today() - timedelta(days=policy.message_threshold_days + 30 + n)
@@ -86,14 +88,15 @@ def create_history(engine: sa.Engine, s3: S3Storage, organisation_id: UUID, phon
                     "created": day_bounds(media_day)[0] + timedelta(hours=9, minutes=n),
                 },
             )
-    return [(min(message_days), max(message_days)), (media_day, media_day)]
+    return message_days, media_day
 
 
 def archive_history(
     postgres: PostgresResource, s3: S3Storage, organisation_id: UUID, phone: str
 ) -> dict[str, int]:
     """Create the history, archive it with the real assets, and count what was archived."""
-    (first, last), (media_day, _) = create_history(postgres.engine, s3, organisation_id, phone)
+    message_days, media_day = create_history(postgres.engine, s3, organisation_id, phone)
+    first, last = min(message_days), max(message_days)
     resources = {"postgres": postgres, "s3": dg.ResourceDefinition.hardcoded_resource(s3)}
     for asset, start, end in (
         (message_archive, first, last),

@@ -15,11 +15,13 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path, PurePosixPath
+from typing import IO
 from urllib.parse import urlparse
 
 import dagster as dg
 import httpx
 import sqlalchemy as sa
+from botocore.exceptions import ClientError
 
 from assets_defs.archive import manifests
 from assets_defs.archive.manifests import Manifest
@@ -93,7 +95,7 @@ def extension(content_type: str | None, name: str | None) -> str:
     return suffix if 1 < len(suffix) <= 6 else ".bin"
 
 
-def download(client: httpx.Client, row: MediaRow, max_bytes: int, target) -> Download:
+def download(client: httpx.Client, row: MediaRow, max_bytes: int, target: IO[bytes]) -> Download:
     """Stream one URL into `target`, refusing what is too big or not the promised kind."""
     try:
         with client.stream("GET", row.source_url) as response:
@@ -127,9 +129,10 @@ def download(client: httpx.Client, row: MediaRow, max_bytes: int, target) -> Dow
 
 
 def download_with_retries(
-    client: httpx.Client, row: MediaRow, max_bytes: int, target, config: MediaRunConfig
+    client: httpx.Client, row: MediaRow, max_bytes: int, target: IO[bytes], config: MediaRunConfig
 ) -> Download:
-    for attempt in range(config.retries + 1):
+    attempt = 0
+    while True:
         target.seek(0)
         target.truncate()
         try:
@@ -139,8 +142,8 @@ def download_with_retries(
                 if attempt:
                     raise MediaFailure(f"{failure} (after {attempt + 1} attempts)") from None
                 raise
-            time.sleep(config.retry_backoff_seconds * 2**attempt)
-    raise AssertionError("unreachable")
+        time.sleep(config.retry_backoff_seconds * 2**attempt)
+        attempt += 1
 
 
 def archive_one(
@@ -154,7 +157,15 @@ def archive_one(
     """Archive one record; returns the verified object and its content type."""
     if row.s3_key:
         key = media_key(day, row.id, extension(row.mime_type, row.s3_key))
-        return copy_verified(s3, row.s3_bucket or s3.bucket, row.s3_key, key), row.mime_type
+        source_bucket = row.s3_bucket or s3.bucket
+        try:
+            return copy_verified(s3, source_bucket, row.s3_key, key), row.mime_type
+        except ClientError as error:
+            if error.response["Error"]["Code"] not in ("404", "NoSuchKey"):
+                raise
+            raise MediaFailure(
+                f"stored object s3://{source_bucket}/{row.s3_key} is missing"
+            ) from None
     if not row.source_url:
         raise MediaFailure("no source URL and no stored object to archive")
     with tempfile.NamedTemporaryFile(prefix="media-archive-") as target:
@@ -256,7 +267,7 @@ def archive_media_day(
     day: date,
     policy: ArchivePolicy,
     config: MediaRunConfig,
-    log,
+    log: dg.DagsterLogManager,
 ) -> MediaDay:
     result = MediaDay(day)
     for row in pending_media(engine, day):

@@ -11,6 +11,7 @@ import hashlib
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -80,7 +81,9 @@ class _Batch:
 class _BatchWriter:
     """The file COPY writes into (one row per call): cuts rows into gzipped batch files."""
 
-    def __init__(self, directory: Path, batch_size: int, on_batch) -> None:
+    def __init__(
+        self, directory: Path, batch_size: int, on_batch: Callable[["_Batch"], None]
+    ) -> None:
         self._directory = directory
         self._batch_size = batch_size
         self._on_batch = on_batch

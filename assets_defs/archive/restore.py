@@ -15,6 +15,8 @@ from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
+from botocore.exceptions import ClientError
+from botocore.response import StreamingBody
 
 from assets_defs.archive import manifests
 from assets_defs.archive.messages import KIND
@@ -69,7 +71,7 @@ def _download_verified(s3: S3Storage, found: list[manifests.Manifest], scratch: 
         for number, expected in enumerate(manifest.objects()):
             path = scratch / f"{manifest.day}-{number}.json.gz"
             digest = hashlib.sha256()
-            body = s3.client.get_object(Bucket=s3.bucket, Key=expected.key)["Body"]
+            body = _open(s3, expected.key)
             with path.open("wb") as out:
                 for chunk in body.iter_chunks(1 << 20):
                     digest.update(chunk)
@@ -83,6 +85,22 @@ def _download_verified(s3: S3Storage, found: list[manifests.Manifest], scratch: 
                 )
             paths.append(path)
     return paths
+
+
+def _open(s3: S3Storage, key: str) -> StreamingBody:
+    try:
+        return s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"]
+    except ClientError as error:
+        code = error.response["Error"]["Code"]
+        if code in ("404", "NoSuchKey"):
+            reason = "is missing"
+        elif code == "InvalidObjectState":
+            reason = "is in Glacier/Deep Archive: restore it to S3 first (s3api restore-object)"
+        else:
+            raise
+        raise ArchiveMismatch(
+            f"refusing to restore: s3://{s3.bucket}/{key} {reason}; nothing was imported"
+        ) from None
 
 
 def _import(conn: sa.Connection, path: Path) -> int:
