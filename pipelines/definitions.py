@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets_defs.archive import defs as archive_defs
+from assets_defs import archive
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource
@@ -58,5 +58,5 @@ def resources() -> dict[str, dg.ConfigurableResource]:
 
 defs = dg.Definitions.merge(
     dg.Definitions(resources=resources()),
-    archive_defs,
+    archive.defs,
 )

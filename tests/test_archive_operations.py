@@ -161,3 +161,11 @@ def test_the_demo_history_is_archived_by_the_assets(engine, postgres, s3, monkey
         assert conn.execute(sa.text("SELECT count(*) FROM messages")).scalar_one() == 0
         statuses = conn.execute(sa.text("SELECT DISTINCT status FROM media")).scalars().all()
     assert statuses == ["archived"]
+
+
+def test_the_code_location_module_holds_one_definitions_object():
+    """`dagster … -m pipelines.definitions` refuses a module with two Definitions."""
+    import pipelines.definitions as module
+
+    found = [value for value in vars(module).values() if isinstance(value, dg.Definitions)]
+    assert found == [module.defs]
