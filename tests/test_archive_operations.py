@@ -169,3 +169,15 @@ def test_the_code_location_module_holds_one_definitions_object():
 
     found = [value for value in vars(module).values() if isinstance(value, dg.Definitions)]
     assert found == [module.defs]
+
+
+def test_waflow_archive_setup_applies_the_rules(s3, database_url, tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main
+
+    monkeypatch.setenv("S3_BUCKET", s3.bucket)
+    assert main(["--state-dir", str(tmp_path), "archive", "setup"]) == 0
+    assert f"bucket {s3.bucket}: 2 lifecycle rules in force" in capsys.readouterr().out
+    assert {rule["ID"] for rule in current_rules(s3)} == {
+        "waflow-archived-messages",
+        "waflow-archived-media",
+    }
