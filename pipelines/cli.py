@@ -100,6 +100,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archive_restore(args: argparse.Namespace) -> int:
+    from assets_defs.archive.restore import parse_day, restore_range
+    from pipelines.local_stack import local_stack
+    from resources.postgres import PostgresResource
+    from resources.storage import S3Storage
+
+    first, last = parse_day(args.first), parse_day(args.last)
+    with local_stack(_state_dir(args)):
+        result = restore_range(
+            PostgresResource.from_env().engine, S3Storage.from_env(), first, last
+        )
+    print(
+        f"restored {result.rows_inserted} of {result.rows_in_archive} archived messages"
+        f" ({result.days} days, {result.files} files; the rest were already there)"
+    )
+    return 0
+
+
+def cmd_archive_setup(args: argparse.Namespace) -> int:
+    from assets_defs.archive.lifecycle import apply_lifecycle_rules
+    from pipelines.local_stack import local_stack
+    from resources.storage import S3Storage
+
+    with local_stack(_state_dir(args)):
+        storage = S3Storage.from_env()
+        rules = apply_lifecycle_rules(storage)
+    print(f"bucket {storage.bucket}: {len(rules)} lifecycle rules in force")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="waflow", description=__doc__.splitlines()[0])
     top.add_argument("--state-dir", help="local state folder (default: $STATE_DIR or .state)")
@@ -114,14 +144,29 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "demo", help="run the whole flow once, headless; JSON summary last"
     ).set_defaults(run=cmd_demo)
+    archive = commands.add_parser("archive", help="message and media archive").add_subparsers(
+        dest="archive_command", required=True
+    )
+    restore = archive.add_parser(
+        "restore", help="re-import archived messages of a date range (checksums verified first)"
+    )
+    restore.add_argument("--from", dest="first", required=True, metavar="YYYY-MM-DD")
+    restore.add_argument("--to", dest="last", required=True, metavar="YYYY-MM-DD")
+    restore.set_defaults(run=cmd_archive_restore)
+    archive.add_parser(
+        "setup", help="apply the archive prefixes' lifecycle rules to the bucket (idempotent)"
+    ).set_defaults(run=cmd_archive_setup)
     return top
 
 
 def explain(error: BaseException) -> str | None:
     """One line for a failure a user can fix, or None for a bug."""
+    from assets_defs.archive.objects import ArchiveMismatch
+    from assets_defs.archive.restore import RestoreRefused
     from pipelines.local_stack import StackError
 
-    if isinstance(error, (StackError, settings.MissingSetting, settings.InvalidSetting)):
+    expected = (StackError, settings.MissingSetting, settings.InvalidSetting)
+    if isinstance(error, (*expected, RestoreRefused, ArchiveMismatch)):
         return str(error)
     if isinstance(error, sa.exc.OperationalError):
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)

@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets_defs import media
+from assets_defs import archive, media
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource
@@ -59,4 +59,5 @@ def resources() -> dict[str, dg.ConfigurableResource]:
 defs = dg.Definitions.merge(
     dg.Definitions(resources=resources()),
     media.defs,
+    archive.defs,
 )

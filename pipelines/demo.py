@@ -117,6 +117,21 @@ def generate_demo_media(campaign_id: UUID) -> None:
         )
 
 
+def archive_demo(postgres: PostgresResource, campaign_id: UUID) -> dict[str, int]:
+    """Messages and media dated past their thresholds, archived by the archive assets."""
+    from assets_defs.archive.demo import archive_history
+    from resources.storage import S3Storage
+
+    with postgres.engine.connect() as conn:
+        campaign = campaigns.get_campaign(conn, campaign_id)
+    return archive_history(
+        postgres,
+        S3Storage.from_env(),
+        campaign.organisation_id,
+        settings.get("WHATSAPP_PHONE_NUMBER_ID"),
+    )
+
+
 def run_demo() -> dict[str, Any]:
     """The whole flow once, headless, on a fresh embedded stack."""
     from pipelines.local_stack import local_stack
@@ -127,6 +142,7 @@ def run_demo() -> dict[str, Any]:
         campaign_id = load_demo(postgres.engine)
         generate_demo_media(campaign_id)
         result = summary(postgres.engine, campaign_id)
+        result.update(archive_demo(postgres, campaign_id))
         postgres.engine.dispose()
     result["seconds"] = round(time.monotonic() - started, 1)
     return result

@@ -286,6 +286,7 @@ def provision() -> tuple[list[int], int]:
 
     Returns the migrations applied now and the schema version.
     """
+    from assets_defs.archive.lifecycle import apply_lifecycle_rules
     from resources.migrations import schema_version
     from resources.postgres import PostgresResource
     from resources.queue import SQSResource
@@ -298,7 +299,9 @@ def provision() -> tuple[list[int], int]:
     finally:
         postgres.engine.dispose()
     if not settings.is_production():  # production infrastructure is provisioned by its owners
-        S3Storage.from_env().ensure_bucket()
+        storage = S3Storage.from_env()
+        storage.ensure_bucket()
+        apply_lifecycle_rules(storage)
         SQSResource.from_env().ensure_queues()
     return migrated, version
 

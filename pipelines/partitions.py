@@ -27,3 +27,7 @@ def campaign_partition_key(campaign_id: object) -> str:
     if not key or _FORBIDDEN.search(key):
         raise ValueError(f"not a valid campaign partition key: {key!r}")
     return key
+
+
+# One partition per UTC day of archived messages and media.
+archive_day_partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC")

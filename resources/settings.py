@@ -154,6 +154,32 @@ SETTINGS: tuple[Setting, ...] = (
         "30",
         "Members in `asset_generating` this long with no live run are reset to `pending`.",
     ),
+    # Archival (message_archive, media_archive, restore)
+    Setting(
+        "ARCHIVE_THRESHOLD_DAYS",
+        "90",
+        "Messages of a day are archived (and deleted from Postgres) once the day is this many days old.",
+    ),
+    Setting(
+        "MEDIA_THRESHOLD_DAYS",
+        "30",
+        "Media of a day are moved to the archive prefix once the day is this many days old.",
+    ),
+    Setting(
+        "ARCHIVE_BATCH_SIZE",
+        "100000",
+        "Messages per archive file (seed 5's `BATCH_SIZE`); one gzipped JSON Lines file per batch.",
+    ),
+    Setting(
+        "MEDIA_MAX_BYTES",
+        "104857600",
+        "Largest media file the media archive downloads; a larger one is recorded as failed.",
+    ),
+    Setting(
+        "MEDIA_DOWNLOAD_TIMEOUT_SECONDS",
+        "30",
+        "Connect and read timeout of one media download attempt.",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

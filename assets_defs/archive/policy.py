@@ -1,0 +1,79 @@
+"""When a day may be archived, and how big the pieces are: read from the settings at run time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from resources import settings
+
+
+class ArchiveRefused(RuntimeError):
+    """A requested day cannot be archived (too recent, or busy); nothing was touched."""
+
+
+@dataclass(frozen=True)
+class ArchivePolicy:
+    message_threshold_days: int
+    media_threshold_days: int
+    batch_size: int
+    media_max_bytes: int
+    media_timeout_seconds: float
+
+    @classmethod
+    def from_env(cls) -> ArchivePolicy:
+        policy = cls(
+            message_threshold_days=_int("ARCHIVE_THRESHOLD_DAYS"),
+            media_threshold_days=_int("MEDIA_THRESHOLD_DAYS"),
+            batch_size=_int("ARCHIVE_BATCH_SIZE"),
+            media_max_bytes=_int("MEDIA_MAX_BYTES"),
+            media_timeout_seconds=float(settings.get("MEDIA_DOWNLOAD_TIMEOUT_SECONDS")),
+        )
+        if policy.batch_size < 1 or policy.media_max_bytes < 1:
+            raise settings.InvalidSetting("ARCHIVE_BATCH_SIZE and MEDIA_MAX_BYTES must be positive")
+        return policy
+
+
+def _int(name: str) -> int:
+    try:
+        return int(settings.get(name))
+    except ValueError:
+        raise settings.InvalidSetting(f"{name} must be a whole number") from None
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+def last_eligible_day(threshold_days: int, on: date | None = None) -> date:
+    """The newest day that is `threshold_days` old: every day up to it may be archived."""
+    return (on or today()) - timedelta(days=threshold_days)
+
+
+def refuse_too_new(days: list[date], threshold_days: int, setting: str) -> None:
+    """Refuse the whole run before anything is read when any day is too recent."""
+    newest = last_eligible_day(threshold_days)
+    too_new = [day for day in days if day > newest]
+    if too_new:
+        raise ArchiveRefused(
+            f"partition {too_new[0].isoformat()} is newer than {setting} ({threshold_days} days):"
+            f" only days up to {newest.isoformat()} can be archived today; nothing was touched"
+        )
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def days_between(start: datetime, end: datetime) -> Iterator[date]:
+    """The UTC days of a partition time window (end exclusive)."""
+    day = start.astimezone(UTC).date()
+    while datetime.combine(day, time.min, tzinfo=UTC) < end:
+        yield day
+        day += timedelta(days=1)
+
+
+def day_prefix(root: str, day: date) -> str:
+    return f"{root}/year={day:%Y}/month={day:%m}/day={day:%d}/"
