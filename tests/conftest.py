@@ -90,7 +90,13 @@ def postgres(database_url: str) -> Iterator[PostgresResource]:
 
 @pytest.fixture
 def s3(stack: Stack) -> S3Storage:
-    storage = S3Storage.from_env().model_copy(update={"bucket": f"test-{uuid.uuid4().hex[:12]}"})
+    # Built from config, not `model_copy`: Dagster rebuilds resources from their config.
+    base = S3Storage.from_env()
+    storage = S3Storage(
+        bucket=f"test-{uuid.uuid4().hex[:12]}",
+        endpoint_url=base.endpoint_url,
+        region_name=base.region_name,
+    )
     storage.ensure_bucket()
     return storage
 
@@ -98,8 +104,13 @@ def s3(stack: Stack) -> S3Storage:
 @pytest.fixture
 def sqs(stack: Stack) -> SQSResource:
     suffix = uuid.uuid4().hex[:10]
-    queue = SQSResource.from_env().model_copy(
-        update={"queue_name": f"messages-{suffix}.fifo", "dlq_name": f"dlq-{suffix}.fifo"}
+    base = SQSResource.from_env()
+    queue = SQSResource(
+        queue_name=f"messages-{suffix}.fifo",
+        dlq_name=f"dlq-{suffix}.fifo",
+        max_receive_count=base.max_receive_count,
+        region_name=base.region_name,
+        endpoint_url=base.endpoint_url,
     )
     queue.ensure_queues()
     return queue
