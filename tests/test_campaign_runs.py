@@ -9,9 +9,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from assets_defs.dispatch import recurrence, runs
 from assets_defs.dispatch.sensors import campaign_run_sensor, plan_tick
 from pipelines.definitions import defs
+from resources import campaign_runs as runs
+from resources import recurrence
 from resources.campaigns import Member
 from tests.dispatch_fixtures import campaign_status, ready_campaign
 

@@ -5,10 +5,10 @@ from datetime import date
 
 import dagster as dg
 
-from assets_defs.dispatch import runs
 from assets_defs.dispatch.dispatcher import Dispatch, load_spec, run_counts
 from assets_defs.dispatch.payloads import MediaUrl
 from pipelines.partitions import campaign_run_partitions
+from resources import campaign_runs as runs
 from resources import settings
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource

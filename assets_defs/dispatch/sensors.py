@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 import dagster as dg
 import sqlalchemy as sa
 
-from assets_defs.dispatch import recurrence, runs
 from assets_defs.dispatch.asset import dispatched_batches
 from pipelines.partitions import campaign_partition_key, campaign_partitions
+from resources import campaign_runs as runs
+from resources import recurrence
 from resources.postgres import PostgresResource
 
 CAMPAIGNS_PER_TICK = 200

@@ -15,7 +15,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from assets_defs.dispatch import recurrence
+from resources import recurrence
 from resources.campaigns import set_campaign_status
 
 # Campaigns whose media is ready and which may still have occurrences to send.
