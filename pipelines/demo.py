@@ -10,6 +10,7 @@ import json
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -85,17 +86,58 @@ def load_demo(engine: sa.Engine, members: int = 50) -> UUID:
         return campaign
 
 
+def dispatch_demo(engine: sa.Engine, campaign_id: UUID) -> None:
+    """What the campaign-run sensor and `dispatched_batches` do in `make dev`, run once.
+
+    The media capability moves an approved campaign to `asset_generated` once its media is
+    rendered; until that step runs here, the demo moves it itself (its members then have no
+    generated image, and the dispatch fails them with that reason).
+    """
+    import dagster as dg
+
+    from assets_defs.dispatch.asset import dispatched_batches
+    from assets_defs.dispatch.sensors import plan_tick
+    from pipelines.definitions import resources
+
+    with engine.begin() as conn:
+        if campaigns.get_campaign(conn, campaign_id).status == "approved":
+            campaigns.set_campaign_status(conn, campaign_id, "asset_generated")
+    plan = plan_tick(engine, datetime.now(UTC))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("campaigns", sorted({r.campaign_id for r in plan.to_launch}))
+    for run in plan.to_launch:
+        dg.materialize(
+            [dispatched_batches],
+            partition_key=dg.MultiPartitionKey(
+                {"campaign": run.campaign_id, "date": run.run_date.isoformat()}
+            ),
+            resources=resources(),
+            instance=instance,
+        )
+
+
 def summary(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
     with engine.connect() as conn:
         campaign = campaigns.get_campaign(conn, campaign_id)
         counts = campaigns.audience_counts(conn, campaign_id)
         migrations = conn.execute(sa.text("SELECT count(*) FROM schema_migrations")).scalar_one()
+        runs, queued, failed, skipped = conn.execute(
+            sa.text(
+                "SELECT count(*), COALESCE(sum(queued), 0), COALESCE(sum(failed), 0),"
+                " COALESCE(sum(skipped), 0) FROM campaign_runs WHERE campaign_id = :c"
+            ),
+            {"c": campaign_id},
+        ).one()
     return {
         "campaign_id": str(campaign_id),
         "campaign_status": campaign.status if campaign else None,
         "audience": sum(counts.values()),
         "audience_by_status": counts,
         "migrations": migrations,
+        "campaign_runs": runs,
+        "messages_queued": queued,
+        "messages_failed": failed,
+        "messages_skipped": skipped,
     }
 
 
@@ -107,6 +149,7 @@ def run_demo() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="waflow-demo-") as state, local_stack(Path(state)):
         postgres = PostgresResource.from_env()
         campaign_id = load_demo(postgres.engine)
+        dispatch_demo(postgres.engine, campaign_id)
         result = summary(postgres.engine, campaign_id)
         postgres.engine.dispose()
     result["seconds"] = round(time.monotonic() - started, 1)

@@ -75,6 +75,7 @@ def test_a_due_campaign_gets_one_run_and_a_run_request_for_its_partition(engine,
         instance=instance, definitions=defs, resources={"postgres": postgres}
     ) as context:
         result = campaign_run_sensor(context)
+        instance.add_dynamic_partitions("campaigns", [str(campaign_id)])
         again = campaign_run_sensor(context)
 
     (request,) = result.run_requests
@@ -90,6 +91,7 @@ def test_a_due_campaign_gets_one_run_and_a_run_request_for_its_partition(engine,
     assert campaign_status(engine, campaign_id) == "ready_to_launch"
     # The next tick records nothing new and asks for the same run (Dagster skips its key).
     assert [r.run_key for r in again.run_requests] == [request.run_key]
+    assert again.dynamic_partitions_requests == []
     assert count_runs(engine) == 1
 
 

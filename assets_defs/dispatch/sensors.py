@@ -20,6 +20,7 @@ from assets_defs.dispatch.asset import dispatched_batches
 from pipelines.partitions import campaign_partition_key, campaign_partitions
 from resources import campaign_runs as runs
 from resources import recurrence
+from resources.campaigns import InvalidTransition
 from resources.postgres import PostgresResource
 
 CAMPAIGNS_PER_TICK = 200
@@ -44,11 +45,15 @@ def plan_tick(engine: sa.Engine, now: datetime, cursor: str = "") -> TickPlan:
         due = recurrence.due_occurrence(
             campaign.recurrence, campaign.start_at, campaign.end_at, now
         )
-        with engine.begin() as conn:
-            if due is not None:
-                plan.recorded.append(runs.record_run(conn, campaign.id, recurrence.utc_date(due)))
-            elif runs.complete_ended(conn, campaign, now):
-                plan.completed.append(campaign.id)
+        try:
+            with engine.begin() as conn:
+                if due is not None:
+                    run = runs.record_run(conn, campaign.id, recurrence.utc_date(due))
+                    plan.recorded.append(run)
+                elif runs.complete_ended(conn, campaign, now):
+                    plan.completed.append(campaign.id)
+        except (runs.CannotRun, InvalidTransition):
+            continue  # paused or cancelled since it was read: nothing to do for it now
     with engine.connect() as conn:
         plan.to_launch = runs.pending_runs(conn, RUNS_PER_TICK)
     return plan
@@ -76,11 +81,17 @@ def campaign_run_sensor(
     plan = plan_tick(postgres.engine, datetime.now(UTC), context.cursor or "")
     if plan.completed:
         context.log.info(f"completed after their end date: {', '.join(plan.completed)}")
-    campaigns = sorted({run.campaign_id for run in plan.to_launch})
+    new_campaigns = sorted(
+        {
+            run.campaign_id
+            for run in plan.to_launch
+            if not context.instance.has_dynamic_partition(campaign_partitions.name, run.campaign_id)
+        }
+    )
     return dg.SensorResult(
         run_requests=[run_request(run) for run in plan.to_launch],
         dynamic_partitions_requests=(
-            [campaign_partitions.build_add_request(campaigns)] if campaigns else []
+            [campaign_partitions.build_add_request(new_campaigns)] if new_campaigns else []
         ),
         cursor=plan.cursor,
     )
