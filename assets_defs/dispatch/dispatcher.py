@@ -34,6 +34,10 @@ from resources.queue import SQSResource
 from resources.status import member_sources
 
 PAGE_SIZE = 1000
+# SQS's answers are written in groups of about this many messages: one transaction per batch
+# costs more than the sending. A row sent but not yet marked when a run dies is sent again by
+# the retry, and dropped by the FIFO deduplication or by the sender's `pending` check.
+RECORD_EVERY = 200
 # Members a run may still send to: not yet decided, or sent by an earlier run of a recurring
 # campaign.
 CANDIDATE_STATUSES = ("pending", "asset_generated", "ready_to_send")
@@ -99,6 +103,7 @@ class Dispatch:
         self.log = log
         self.stats = AttemptStats()
         self._in_flight: set[Future] = set()
+        self._answered: list[queueing.BatchOutcome] = []
 
     def run(self) -> AttemptStats:
         started = time.perf_counter()
@@ -275,7 +280,8 @@ class Dispatch:
             self._in_flight.add(pool.submit(queueing.send, self.sqs, batch, self.retry_seconds))
 
     def _settle(self, keep: int, raise_errors: bool = True) -> None:
-        """Record finished batches until at most `keep` are in flight."""
+        """Wait until at most `keep` batches are in flight, recording SQS's answers (all of
+        them once nothing is left in flight)."""
         while len(self._in_flight) > keep:
             done, self._in_flight = wait(self._in_flight, return_when=FIRST_COMPLETED)
             if not raise_errors:
@@ -283,11 +289,18 @@ class Dispatch:
                 done |= self._in_flight
                 wait(self._in_flight)
                 self._in_flight = set()
-            outcomes = [f.result() for f in done if f.exception() is None]
-            self._record(outcomes)
+            self._answered += [f.result() for f in done if f.exception() is None]
             errors = [f.exception() for f in done if f.exception() is not None]
+            if errors or len(self._answered) * queueing.BATCH_SIZE >= RECORD_EVERY:
+                self._flush()
             if errors and raise_errors:
                 raise errors[0]
+        if keep == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._record(self._answered)
+        self._answered = []
 
     def _record(self, outcomes: list[queueing.BatchOutcome]) -> None:
         sent = [m for o in outcomes for m in o.sent]
