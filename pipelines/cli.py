@@ -7,9 +7,14 @@ naming the cause and exit 1; tracebacks are for bugs.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
@@ -130,6 +135,106 @@ def cmd_archive_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _platform_engine(args: argparse.Namespace) -> Iterator[sa.Engine]:
+    """The platform database: `DATABASE_URL` when set (e.g. the one `make dev` runs),
+    else the embedded stack in the state folder."""
+    from pipelines.local_stack import local_stack
+    from resources.postgres import PostgresResource
+
+    if os.environ.get("DATABASE_URL"):
+        postgres = PostgresResource.from_env()
+        postgres.migrate()
+        yield postgres.engine
+        postgres.engine.dispose()
+        return
+    with local_stack(_state_dir(args)):
+        postgres = PostgresResource.from_env()
+        yield postgres.engine
+        postgres.engine.dispose()
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return json.loads(text)
+
+
+def cmd_campaigns(args: argparse.Namespace) -> int:
+    """The operator API's operations (`resources.campaign_admin`), printed as JSON."""
+    from resources import campaign_admin as admin
+    from resources.queue import SQSResource
+
+    with _platform_engine(args) as engine:
+        operations = {
+            "create-organisation": lambda: admin.create_organisation(
+                engine, {"name": args.name, "phone_number_id": args.phone_number_id}
+            ),
+            "templates": lambda: admin.list_templates(engine, args.organisation),
+            "create-template": lambda: admin.create_template(engine, _read_json(args.file)),
+            "update-template": lambda: admin.update_template(
+                engine, args.template_id, _read_json(args.file)
+            ),
+            "create": lambda: admin.create_campaign(engine, _read_json(args.file)),
+            "upload-contacts": lambda: admin.import_contacts(
+                engine, args.organisation_id, Path(args.csv).read_text()
+            ),
+            "upload-audience": lambda: admin.import_audience(
+                engine, args.campaign_id, Path(args.csv).read_text()
+            ),
+            "approve": lambda: admin.approve_campaign(engine, args.campaign_id),
+            "status": lambda: admin.campaign_status(engine, args.campaign_id),
+            "audience": lambda: admin.list_audience(
+                engine, args.campaign_id, args.status, args.limit, args.after
+            ),
+            "process": lambda: admin.process_messages(engine, args.campaign_id),
+            "sqs-status": lambda: admin.queue_status(SQSResource.from_env()),
+        }
+        result = operations[args.operation]()
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _campaign_commands(commands: argparse._SubParsersAction) -> None:
+    campaigns = commands.add_parser(
+        "campaigns", help="operate campaigns (the operator API's operations)"
+    )
+    campaigns.set_defaults(run=cmd_campaigns)
+    ops = campaigns.add_subparsers(dest="operation", required=True)
+    org = ops.add_parser("create-organisation", help="create an organisation")
+    org.add_argument("--name", required=True)
+    org.add_argument("--phone-number-id", help="its sending phone number ID")
+    ops.add_parser("templates", help="list templates").add_argument("--organisation")
+    ops.add_parser(
+        "create-template", help="create a template from a JSON file (- for stdin)"
+    ).add_argument("file")
+    update = ops.add_parser("update-template", help="change a template from a JSON file")
+    update.add_argument("template_id", type=int)
+    update.add_argument("file")
+    ops.add_parser(
+        "create", help="create a draft campaign from a JSON file (- for stdin)"
+    ).add_argument("file")
+    contacts = ops.add_parser("upload-contacts", help="import contacts from CSV (all or nothing)")
+    contacts.add_argument("organisation_id")
+    contacts.add_argument("csv")
+    audience_csv = ops.add_parser(
+        "upload-audience", help="add a draft campaign's audience from CSV"
+    )
+    audience_csv.add_argument("campaign_id")
+    audience_csv.add_argument("csv")
+    for name, text in (
+        ("approve", "approve a draft campaign"),
+        ("status", "a campaign's status, audience counts and runs"),
+        ("process", "record today's run now; the campaign-run sensor launches it"),
+    ):
+        ops.add_parser(name, help=text).add_argument("campaign_id")
+    audience = ops.add_parser("audience", help="list a campaign's members, one page")
+    audience.add_argument("campaign_id")
+    audience.add_argument("--status")
+    audience.add_argument("--limit", type=int, default=100)
+    audience.add_argument("--after", help="the previous page's next_after")
+    ops.add_parser("sqs-status", help="queue depth, in flight and dead-letter depth")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="waflow", description=__doc__.splitlines()[0])
     top.add_argument("--state-dir", help="local state folder (default: $STATE_DIR or .state)")
@@ -156,6 +261,7 @@ def parser() -> argparse.ArgumentParser:
     archive.add_parser(
         "setup", help="apply the archive prefixes' lifecycle rules to the bucket (idempotent)"
     ).set_defaults(run=cmd_archive_setup)
+    _campaign_commands(commands)
     return top
 
 
@@ -164,10 +270,24 @@ def explain(error: BaseException) -> str | None:
     from assets_defs.archive.objects import ArchiveMismatch
     from assets_defs.archive.restore import RestoreRefused
     from pipelines.local_stack import StackError
+    from resources import campaign_admin
 
-    expected = (StackError, settings.MissingSetting, settings.InvalidSetting)
-    if isinstance(error, (*expected, RestoreRefused, ArchiveMismatch)):
+    expected = (
+        StackError,
+        settings.MissingSetting,
+        settings.InvalidSetting,
+        campaign_admin.InvalidInput,
+        campaign_admin.NotFound,
+        campaign_admin.Conflict,
+        RestoreRefused,
+        ArchiveMismatch,
+    )
+    if isinstance(error, expected):
         return str(error)
+    if isinstance(error, json.JSONDecodeError):
+        return f"the JSON input is not valid: {error}"
+    if isinstance(error, FileNotFoundError):
+        return f"no such file: {error.filename}"
     if isinstance(error, sa.exc.OperationalError):
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
         return f"cannot connect to PostgreSQL (DATABASE_URL): {reason}"

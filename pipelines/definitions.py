@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets_defs import archive, media
+from assets_defs import archive, dispatch, media
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource
@@ -60,4 +60,5 @@ defs = dg.Definitions.merge(
     dg.Definitions(resources=resources()),
     media.defs,
     archive.defs,
+    dispatch.defs,
 )

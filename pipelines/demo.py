@@ -10,6 +10,7 @@ import json
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -85,19 +86,60 @@ def load_demo(engine: sa.Engine, members: int = 50) -> UUID:
         return campaign
 
 
+def dispatch_demo(engine: sa.Engine, campaign_id: UUID) -> None:
+    """What the campaign-run sensor and `dispatched_batches` do in `make dev`, run once."""
+    import dagster as dg
+
+    from assets_defs.dispatch.asset import dispatched_batches
+    from assets_defs.dispatch.sensors import plan_tick
+    from pipelines.definitions import resources
+
+    plan = plan_tick(engine, datetime.now(UTC))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("campaigns", sorted({r.campaign_id for r in plan.to_launch}))
+    for run in plan.to_launch:
+        dg.materialize(
+            [dispatched_batches],
+            partition_key=dg.MultiPartitionKey(
+                {"campaign": run.campaign_id, "date": run.run_date.isoformat()}
+            ),
+            resources=resources(),
+            instance=instance,
+        )
+
+
 def summary(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
     with engine.connect() as conn:
         campaign = campaigns.get_campaign(conn, campaign_id)
         counts = campaigns.audience_counts(conn, campaign_id)
         migrations = conn.execute(sa.text("SELECT count(*) FROM schema_migrations")).scalar_one()
+        runs, queued, failed, skipped = conn.execute(
+            sa.text(
+                "SELECT count(*), COALESCE(sum(queued), 0), COALESCE(sum(failed), 0),"
+                " COALESCE(sum(skipped), 0) FROM campaign_runs WHERE campaign_id = :c"
+            ),
+            {"c": campaign_id},
+        ).one()
+        media_generated, media_failed = conn.execute(
+            sa.text(
+                "SELECT count(*) FILTER (WHERE generator_version IS NOT NULL),"
+                " count(*) FILTER (WHERE status = 'failed' AND generator_version IS NULL)"
+                " FROM campaign_audience WHERE campaign_id = :c"
+            ),
+            {"c": campaign_id},
+        ).one()
     return {
         "campaign_id": str(campaign_id),
         "campaign_status": campaign.status if campaign else None,
         "audience": sum(counts.values()),
         "audience_by_status": counts,
         "migrations": migrations,
-        "media_generated": counts.get("asset_generated", 0) + counts.get("ready_to_send", 0),
-        "media_failed": counts.get("failed", 0),
+        "media_generated": media_generated,
+        "media_failed": media_failed,
+        "campaign_runs": runs,
+        "messages_queued": queued,
+        "messages_failed": failed,
+        "messages_skipped": skipped,
     }
 
 
@@ -141,6 +183,7 @@ def run_demo() -> dict[str, Any]:
         postgres = PostgresResource.from_env()
         campaign_id = load_demo(postgres.engine)
         generate_demo_media(campaign_id)
+        dispatch_demo(postgres.engine, campaign_id)
         result = summary(postgres.engine, campaign_id)
         result.update(archive_demo(postgres, campaign_id))
         postgres.engine.dispose()

@@ -12,7 +12,10 @@ import dagster as dg
 
 campaign_partitions = dg.DynamicPartitionsDefinition(name="campaigns")
 
-run_date_partitions = dg.DailyPartitionsDefinition(start_date="2025-01-01", timezone="UTC")
+# `end_offset=1`: today's run date is a partition from the start of the day, not tomorrow.
+run_date_partitions = dg.DailyPartitionsDefinition(
+    start_date="2025-01-01", timezone="UTC", end_offset=1
+)
 
 # One partition per campaign run: the campaign, and the date of the occurrence.
 campaign_run_partitions = dg.MultiPartitionsDefinition(

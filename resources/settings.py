@@ -180,6 +180,29 @@ SETTINGS: tuple[Setting, ...] = (
         "30",
         "Connect and read timeout of one media download attempt.",
     ),
+    # Campaign runs and dispatch to SQS
+    Setting(
+        "MEDIA_PUBLIC_BASE_URL",
+        None,
+        "Public base URL of the media bucket (e.g. a CDN); payloads then carry base URL + key. "
+        "Unset: presigned S3 URLs.",
+    ),
+    Setting(
+        "MEDIA_URL_EXPIRY_SECONDS",
+        "604800",
+        "Validity of the presigned media URLs in queued payloads (default 7 days).",
+    ),
+    Setting(
+        "DISPATCH_CONCURRENCY",
+        "8",
+        "`SendMessageBatch` calls a dispatch run keeps in flight at once.",
+    ),
+    Setting(
+        "DISPATCH_SQS_RETRY_SECONDS",
+        "120",
+        "How long a dispatch run keeps retrying an unreachable SQS endpoint before it fails "
+        "(its unqueued messages stay pending for the retry).",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

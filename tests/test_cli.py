@@ -109,5 +109,11 @@ def test_demo_prints_a_json_summary_as_its_last_line(repo_root):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["audience"] == 50
-    assert summary["campaign_status"] == "asset_generated"
     assert (summary["media_generated"], summary["media_failed"]) == (50, 0)
+    assert summary["campaign_runs"] == 1
+    assert summary["campaign_status"] == "completed"
+    dispatched = (
+        summary["messages_queued"] + summary["messages_failed"] + summary["messages_skipped"]
+    )
+    assert dispatched == summary["audience"]
+    assert summary["messages_queued"] == 50

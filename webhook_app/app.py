@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from resources import settings
 from resources.postgres import PostgresResource
+from webhook_app import campaign_api
 
 REQUIRED_IN_PRODUCTION = (
     "DATABASE_URL",
@@ -51,6 +52,7 @@ async def health(request: Request) -> JSONResponse:
 
 routes = [
     Route("/health", health),
+    *campaign_api.routes,
 ]
 
 app = Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,114 @@
+"""`dispatched_batches`: one campaign run's messages on the SQS queue, partitioned by campaign
+and run date, with the check that every eligible member was queued, failed or skipped."""
+
+from datetime import date
+
+import dagster as dg
+
+from assets_defs.dispatch.dispatcher import Dispatch, load_spec, run_counts
+from assets_defs.dispatch.payloads import MediaUrl
+from pipelines.partitions import campaign_run_partitions
+from resources import campaign_runs as runs
+from resources import settings
+from resources.postgres import PostgresResource
+from resources.queue import SQSResource
+from resources.storage import S3Storage
+
+ACCOUNTED_CHECK = "every_member_accounted_for"
+
+
+def media_url_builder(s3: S3Storage) -> MediaUrl:
+    """Public base URL + key when `MEDIA_PUBLIC_BASE_URL` is set, else a presigned URL."""
+    base = settings.get("MEDIA_PUBLIC_BASE_URL")
+    if base:
+        return lambda key: f"{base.rstrip('/')}/{key.lstrip('/')}"
+    expires_in = int(settings.get("MEDIA_URL_EXPIRY_SECONDS"))
+    return lambda key: s3.presigned_url(key, expires_in)
+
+
+def partition_of(context: dg.AssetExecutionContext) -> tuple[str, date]:
+    key = context.partition_key
+    if not isinstance(key, dg.MultiPartitionKey):
+        raise dg.Failure(f"expected a campaign × date partition, got {key!r}")
+    dimensions = key.keys_by_dimension
+    return dimensions["campaign"], date.fromisoformat(dimensions["date"])
+
+
+@dg.asset(
+    partitions_def=campaign_run_partitions,
+    check_specs=[dg.AssetCheckSpec(ACCOUNTED_CHECK, asset="dispatched_batches")],
+    retry_policy=dg.RetryPolicy(
+        max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+    ),
+    pool="sqs_dispatch",
+    group_name="dispatch",
+    kinds={"sqs", "postgres"},
+)
+def dispatched_batches(
+    context: dg.AssetExecutionContext,
+    postgres: PostgresResource,
+    sqs: SQSResource,
+    s3: S3Storage,
+) -> dg.MaterializeResult:
+    """Every eligible member of the campaign run gets one message row and one SQS payload
+    (or is failed / skipped with its reason); re-running the partition sends nothing twice."""
+    campaign_id, run_date = partition_of(context)
+    engine = postgres.engine
+    with engine.begin() as conn:
+        try:
+            run = runs.record_run(conn, campaign_id, run_date)
+        except runs.CannotRun as error:
+            raise dg.Failure(str(error)) from None
+    with runs.dispatch_lock(engine, run.id):
+        with engine.begin() as conn:
+            try:
+                runs.start_run(conn, run)
+            except runs.CannotRun as error:
+                raise dg.Failure(str(error)) from None
+            spec = load_spec(conn, campaign_id, settings.get("WHATSAPP_PHONE_NUMBER_ID"))
+        dispatch = Dispatch(
+            engine,
+            sqs,
+            spec,
+            run.id,
+            media_url_builder(s3),
+            concurrency=int(settings.get("DISPATCH_CONCURRENCY")),
+            retry_seconds=float(settings.get("DISPATCH_SQS_RETRY_SECONDS")),
+            log=context.log.info,
+        )
+        try:
+            stats = dispatch.run()
+        except Exception as error:
+            with engine.begin() as conn:
+                runs.fail_run(conn, run.id, f"{type(error).__name__}: {error}")
+            raise
+        with engine.begin() as conn:
+            counts = run_counts(conn, campaign_id, run.id)
+            completed = runs.finish_run(conn, run, counts.queued, counts.failed, counts.skipped)
+    depth = sqs.depth()
+    accounted = counts.queued + counts.failed + counts.skipped
+    return dg.MaterializeResult(
+        metadata={
+            "campaign_run_id": run.id,
+            "queued": counts.queued,
+            "failed": counts.failed,
+            "skipped": counts.skipped,
+            "eligible": counts.eligible,
+            "batches": stats.batches,
+            "messages_per_second": dg.MetadataValue.float(
+                round(stats.sent / stats.seconds, 1) if stats.seconds else 0.0
+            ),
+            "queue_depth_after": depth.visible,
+            "queue_in_flight_after": depth.in_flight,
+            "dead_letter_depth_after": depth.dead_letter,
+            "campaign_completed": completed,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=ACCOUNTED_CHECK,
+                passed=accounted == counts.eligible,
+                metadata={"accounted": accounted, "eligible": counts.eligible},
+                description="queued + failed + skipped = eligible members",
+            )
+        ],
+    )

@@ -1,0 +1,366 @@
+"""One campaign run, from the audience table to the queue, exactly once and in constant memory.
+
+Members are read in keyset pages. For each page one transaction stores a `pending` message row
+per valid member (unique per run and member) and marks invalid members `failed` and opted-out
+ones `skipped`; the new rows then go to SQS, several batches in flight, and the transaction that
+records SQS's answer sets `queued_at` and moves the members to `ready_to_send`. A run that
+was killed resumes by first sending its rows still pending without `queued_at`; a FIFO
+queue's deduplication id (run + member) covers rows sent just before the kill, and the sender
+refuses a row that is no longer `pending`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from psycopg2.extras import execute_values
+
+from assets_defs.dispatch import queueing
+from assets_defs.dispatch.payloads import (
+    CampaignSpec,
+    InvalidPayload,
+    MediaUrl,
+    Prepared,
+    Recipient,
+    body,
+    prepare,
+)
+from resources.queue import SQSResource
+from resources.status import member_sources
+
+PAGE_SIZE = 1000
+# SQS's answers are written in groups of about this many messages: one transaction per batch
+# costs more than the sending. A row sent but not yet marked when a run dies is sent again by
+# the retry, and dropped by the FIFO deduplication or by the sender's `pending` check.
+RECORD_EVERY = 200
+# Members a run may still send to: not yet decided, or sent by an earlier run of a recurring
+# campaign.
+CANDIDATE_STATUSES = ("pending", "asset_generated", "ready_to_send")
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    queued: int
+    failed: int
+    skipped: int
+    eligible: int
+
+
+@dataclass
+class AttemptStats:
+    batches: int = 0
+    sent: int = 0
+    seconds: float = 0.0
+
+
+def load_spec(conn: sa.Connection, campaign_id: str, default_phone_number_id: str) -> CampaignSpec:
+    row = conn.execute(
+        sa.text(
+            "SELECT c.id::text, c.organisation_id::text, c.message_type, c.phone_number_id,"
+            " c.message_content, c.media_caption, t.name, t.language, t.parameters"
+            " FROM campaigns c LEFT JOIN templates t ON t.id = c.template_id WHERE c.id = :c"
+        ),
+        {"c": campaign_id},
+    ).one()
+    return CampaignSpec(
+        id=row[0],
+        organisation_id=row[1],
+        message_type=row[2],
+        phone_number_id=row[3] or default_phone_number_id,
+        message_content=row[4],
+        media_caption=row[5],
+        template_name=row[6],
+        template_language=row[7],
+        template_parameters=row[8] or [],
+    )
+
+
+class Dispatch:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        sqs: SQSResource,
+        spec: CampaignSpec,
+        run_id: int,
+        media_url: MediaUrl,
+        *,
+        concurrency: int = 8,
+        retry_seconds: float = 120.0,
+        log: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.engine = engine
+        self.sqs = sqs
+        self.spec = spec
+        self.run_id = run_id
+        self.media_url = media_url
+        self.concurrency = concurrency
+        self.retry_seconds = retry_seconds
+        self.log = log
+        self.stats = AttemptStats()
+        self._in_flight: set[Future] = set()
+        self._answered: list[queueing.BatchOutcome] = []
+
+    def run(self) -> AttemptStats:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="sqs-send") as pool:
+            try:
+                for rows in self._unqueued_pages():
+                    self._submit(pool, rows)
+                for page in self._candidate_pages():
+                    self._submit(pool, self._prepare(page))
+                self._settle(0)
+            finally:
+                # Whatever SQS accepted is recorded even when the run stops on an error.
+                self._settle(0, raise_errors=False)
+        self.stats.seconds = time.perf_counter() - started
+        return self.stats
+
+    def _unqueued_pages(self) -> Iterator[list[queueing.Outgoing]]:
+        """Rows an earlier attempt stored but did not get onto the queue."""
+        after = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT id, campaign_audience_id::text, peer_phone, payload FROM messages"
+                        " WHERE campaign_run_id = :r AND status = 'pending' AND queued_at IS NULL"
+                        " AND id > :after ORDER BY id LIMIT :n"
+                    ),
+                    {"r": self.run_id, "after": after, "n": PAGE_SIZE},
+                ).all()
+            if not rows:
+                return
+            after = rows[-1][0]
+            self.log(f"resuming {len(rows)} messages stored by an earlier attempt")
+            yield [
+                queueing.Outgoing(mid, member, self.run_id, to, body({**payload, "messageId": mid}))
+                for mid, member, to, payload in rows
+            ]
+
+    def _candidate_pages(self) -> Iterator[list[Recipient]]:
+        after = ""
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT a.id::text, a.msisdn, a.name, a.attributes, a.generated_asset_urls,"
+                        " ct.id, ct.name, ct.attributes, COALESCE(ct.opted_out, false)"
+                        " FROM campaign_audience a LEFT JOIN contacts ct ON ct.id = a.contact_id"
+                        " WHERE a.campaign_id = :c AND a.id > CAST(:after AS uuid)"
+                        " AND a.status = ANY(:statuses)"
+                        " AND a.dispatch_run_id IS DISTINCT FROM :r"
+                        " ORDER BY a.id LIMIT :n"
+                    ),
+                    {
+                        "c": self.spec.id,
+                        "after": after or "00000000-0000-0000-0000-000000000000",
+                        "statuses": list(CANDIDATE_STATUSES),
+                        "r": self.run_id,
+                        "n": PAGE_SIZE,
+                    },
+                ).all()
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [
+                Recipient(
+                    member_id=r[0],
+                    msisdn=r[1],
+                    name=r[2],
+                    attributes=r[3],
+                    asset_keys=r[4],
+                    contact_id=r[5],
+                    contact_name=r[6],
+                    contact_attributes=r[7] or {},
+                    opted_out=r[8],
+                )
+                for r in rows
+            ]
+
+    def _prepare(self, page: list[Recipient]) -> list[queueing.Outgoing]:
+        """Store the page's decisions in one transaction; returns the new rows to queue."""
+        valid: list[Prepared] = []
+        failed: dict[str, str] = {}
+        skipped: dict[str, str] = {}
+        for recipient in page:
+            if recipient.opted_out:
+                skipped[recipient.member_id] = "contact opted out"
+                continue
+            try:
+                valid.append(prepare(self.spec, recipient, self.media_url))
+            except InvalidPayload as error:
+                failed[recipient.member_id] = str(error)
+        with self.engine.begin() as conn:
+            inserted = self._insert_messages(conn, valid)
+            for item in valid:
+                if item.recipient.member_id not in inserted:
+                    skipped[item.recipient.member_id] = (
+                        f"another member of this campaign has the number {item.to}"
+                    )
+            conn.execute(
+                sa.text(
+                    "UPDATE campaign_audience SET dispatch_run_id = :r WHERE id = ANY(CAST(:ids AS uuid[]))"
+                ),
+                {"r": self.run_id, "ids": list(inserted)},
+            )
+            self._decide(conn, "failed", failed)
+            self._decide(conn, "skipped", skipped)
+        return [
+            queueing.Outgoing(
+                inserted[item.recipient.member_id],
+                item.recipient.member_id,
+                self.run_id,
+                item.to,
+                body({**item.payload, "messageId": inserted[item.recipient.member_id]}),
+            )
+            for item in valid
+            if item.recipient.member_id in inserted
+        ]
+
+    def _insert_messages(self, conn: sa.Connection, valid: list[Prepared]) -> dict[str, int]:
+        """Insert the pending rows; a row that already exists (same run and member, or same
+        run and recipient) is left alone. Returns member id → message id of the new rows."""
+        if not valid:
+            return {}
+        cursor = conn.connection.dbapi_connection.cursor()
+        rows = execute_values(
+            cursor,
+            "INSERT INTO messages (organisation_id, contact_id, campaign_run_id,"
+            " campaign_audience_id, direction, sender_type, phone_number_id, peer_phone,"
+            " message_type, body, payload, status)"
+            " VALUES %s ON CONFLICT DO NOTHING RETURNING campaign_audience_id::text, id",
+            [
+                (
+                    self.spec.organisation_id,
+                    item.recipient.contact_id,
+                    self.run_id,
+                    item.recipient.member_id,
+                    self.spec.phone_number_id,
+                    item.to,
+                    self.spec.message_type,
+                    item.payload.get("messageContent") or item.payload.get("caption"),
+                    json.dumps(item.payload),
+                )
+                for item in valid
+            ],
+            template="(%s, %s, %s, %s, 'outbound', 'campaign', %s, %s, %s, %s, %s::jsonb, 'pending')",
+            page_size=PAGE_SIZE,
+            fetch=True,
+        )
+        return dict(rows)
+
+    def _decide(self, conn: sa.Connection, status: str, reasons: dict[str, str]) -> None:
+        """Move members to `failed`/`skipped` with their reasons, along the status machine."""
+        if not reasons:
+            return
+        conn.execute(
+            sa.text(
+                "UPDATE campaign_audience a SET status = :s, last_error = v.reason,"
+                " status_changed_at = now(), dispatch_run_id = :r"
+                " FROM unnest(CAST(:ids AS uuid[]), CAST(:reasons AS text[])) AS v(id, reason)"
+                " WHERE a.id = v.id AND a.status = ANY(:sources)"
+            ),
+            {
+                "s": status,
+                "r": self.run_id,
+                "ids": list(reasons),
+                "reasons": list(reasons.values()),
+                "sources": member_sources(status),
+            },
+        )
+
+    def _submit(self, pool: ThreadPoolExecutor, rows: list[queueing.Outgoing]) -> None:
+        for batch in queueing.pack(rows):
+            self._settle(2 * self.concurrency - 1)
+            self._in_flight.add(pool.submit(queueing.send, self.sqs, batch, self.retry_seconds))
+
+    def _settle(self, keep: int, raise_errors: bool = True) -> None:
+        """Wait until at most `keep` batches are in flight, recording SQS's answers (all of
+        them once nothing is left in flight)."""
+        while len(self._in_flight) > keep:
+            done, self._in_flight = wait(self._in_flight, return_when=FIRST_COMPLETED)
+            if not raise_errors:
+                # On the way out: let the rest finish so their answers are recorded too.
+                done |= self._in_flight
+                wait(self._in_flight)
+                self._in_flight = set()
+            self._answered += [f.result() for f in done if f.exception() is None]
+            errors = [f.exception() for f in done if f.exception() is not None]
+            if errors or len(self._answered) * queueing.BATCH_SIZE >= RECORD_EVERY:
+                self._flush()
+            if errors and raise_errors:
+                raise errors[0]
+        if keep == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._record(self._answered)
+        self._answered = []
+
+    def _record(self, outcomes: list[queueing.BatchOutcome]) -> None:
+        sent = [m for o in outcomes for m in o.sent]
+        failed = [(m, reason) for o in outcomes for m, reason in o.failed]
+        self.stats.batches += sum(o.calls for o in outcomes)
+        self.stats.sent += len(sent)
+        if not sent and not failed:
+            return
+        with self.engine.begin() as conn:
+            if sent:
+                conn.execute(
+                    sa.text(
+                        "UPDATE messages SET queued_at = now()"
+                        " WHERE id = ANY(:ids) AND queued_at IS NULL"
+                    ),
+                    {"ids": [m.message_id for m in sent]},
+                )
+                conn.execute(
+                    sa.text(
+                        "UPDATE campaign_audience SET status = 'ready_to_send', last_error = NULL,"
+                        " status_changed_at = now()"
+                        " WHERE id = ANY(CAST(:ids AS uuid[])) AND status = ANY(:sources)"
+                    ),
+                    {
+                        "ids": [m.member_id for m in sent],
+                        "sources": member_sources("ready_to_send"),
+                    },
+                )
+            if failed:
+                conn.execute(
+                    sa.text(
+                        "UPDATE messages m SET status = 'failed', failed_at = now(),"
+                        " error_title = 'not queued', error_detail = v.reason"
+                        " FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[])) AS v(id, reason)"
+                        " WHERE m.id = v.id AND m.status = 'pending'"
+                    ),
+                    {
+                        "ids": [m.message_id for m, _ in failed],
+                        "reasons": [reason for _, reason in failed],
+                    },
+                )
+                self._decide(conn, "failed", {m.member_id: reason for m, reason in failed})
+
+
+def run_counts(conn: sa.Connection, campaign_id: str, run_id: int) -> RunCounts:
+    """The run's outcome read from the tables (not from the attempt's memory), so a re-run
+    reports the whole run: every eligible member is queued, failed or skipped exactly once."""
+    members = conn.execute(
+        sa.text(
+            "SELECT count(*) FILTER (WHERE dispatch_run_id = :r AND status = 'failed'),"
+            " count(*) FILTER (WHERE dispatch_run_id = :r AND status = 'skipped'),"
+            " count(*) FILTER (WHERE dispatch_run_id = :r OR status = ANY(:candidates))"
+            " FROM campaign_audience WHERE campaign_id = :c"
+        ),
+        {"r": run_id, "c": campaign_id, "candidates": list(CANDIDATE_STATUSES)},
+    ).one()
+    queued = conn.execute(
+        sa.text(
+            "SELECT count(*) FROM messages WHERE campaign_run_id = :r AND queued_at IS NOT NULL"
+        ),
+        {"r": run_id},
+    ).scalar_one()
+    return RunCounts(queued=queued, failed=members[0], skipped=members[1], eligible=members[2])

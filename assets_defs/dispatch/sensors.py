@@ -1,0 +1,97 @@
+"""`campaign_run_sensor`: records each due occurrence of every campaign whose media is ready and
+requests the `dispatched_batches` run of its partition.
+
+A tick reads a bounded page of campaigns (its cursor is the last campaign id seen, wrapping
+around), so it stays light however many campaigns exist. Recording a run is an idempotent
+insert on (campaign, run date) and every run request's key is derived from the same pair, so
+racing ticks or daemons create one run and launch it once. Runs recorded elsewhere (the
+operator's process-messages) are launched by the same pending-run scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import dagster as dg
+import sqlalchemy as sa
+
+from assets_defs.dispatch.asset import dispatched_batches
+from pipelines.partitions import campaign_partition_key, campaign_partitions
+from resources import campaign_runs as runs
+from resources import recurrence
+from resources.campaigns import InvalidTransition
+from resources.postgres import PostgresResource
+
+CAMPAIGNS_PER_TICK = 200
+RUNS_PER_TICK = 100
+
+
+@dataclass
+class TickPlan:
+    recorded: list[runs.CampaignRun] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+    to_launch: list[runs.CampaignRun] = field(default_factory=list)
+    cursor: str = ""
+
+
+def plan_tick(engine: sa.Engine, now: datetime, cursor: str = "") -> TickPlan:
+    """Record due runs, complete campaigns whose end passed, and list the runs to launch."""
+    plan = TickPlan()
+    with engine.connect() as conn:
+        campaigns = runs.active_campaigns(conn, cursor, CAMPAIGNS_PER_TICK)
+    plan.cursor = campaigns[-1].id if len(campaigns) == CAMPAIGNS_PER_TICK else ""
+    for campaign in campaigns:
+        due = recurrence.due_occurrence(
+            campaign.recurrence, campaign.start_at, campaign.end_at, now
+        )
+        try:
+            with engine.begin() as conn:
+                if due is not None:
+                    run = runs.record_run(conn, campaign.id, recurrence.utc_date(due))
+                    plan.recorded.append(run)
+                elif runs.complete_ended(conn, campaign, now):
+                    plan.completed.append(campaign.id)
+        except (runs.CannotRun, InvalidTransition):
+            continue  # paused or cancelled since it was read: nothing to do for it now
+    with engine.connect() as conn:
+        plan.to_launch = runs.pending_runs(conn, RUNS_PER_TICK)
+    return plan
+
+
+def run_request(run: runs.CampaignRun) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=runs.run_key(run.campaign_id, run.run_date),
+        partition_key=dg.MultiPartitionKey(
+            {"campaign": campaign_partition_key(run.campaign_id), "date": run.run_date.isoformat()}
+        ),
+        asset_selection=[dispatched_batches.key],
+        tags={"campaign": run.campaign_id, "campaign_run_id": str(run.id)},
+    )
+
+
+@dg.sensor(
+    minimum_interval_seconds=30,
+    asset_selection=[dispatched_batches],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def campaign_run_sensor(
+    context: dg.SensorEvaluationContext, postgres: PostgresResource
+) -> dg.SensorResult:
+    plan = plan_tick(postgres.engine, datetime.now(UTC), context.cursor or "")
+    if plan.completed:
+        context.log.info(f"completed after their end date: {', '.join(plan.completed)}")
+    new_campaigns = sorted(
+        {
+            run.campaign_id
+            for run in plan.to_launch
+            if not context.instance.has_dynamic_partition(campaign_partitions.name, run.campaign_id)
+        }
+    )
+    return dg.SensorResult(
+        run_requests=[run_request(run) for run in plan.to_launch],
+        dynamic_partitions_requests=(
+            [campaign_partitions.build_add_request(new_campaigns)] if new_campaigns else []
+        ),
+        cursor=plan.cursor,
+    )

@@ -1,0 +1,459 @@
+"""What an operator does to campaigns, once, for both the operator API and the CLI: create
+organisations, templates and campaigns, import contacts and audiences, approve, follow a
+campaign's progress, request its dispatch now, and look at the queue.
+
+Every function takes plain values and returns JSON-ready dicts; bad input raises
+`InvalidInput` listing every problem, a missing row `NotFound`, a refused status change
+`Conflict`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from psycopg2.extras import execute_values
+
+from resources import campaign_runs, campaigns, contact_csv, recurrence
+from resources.queue import SQSResource
+
+MESSAGE_TYPES = ("template", "text", "image", "video", "document", "audio")
+TEMPLATE_TYPES = ("text", "image", "video", "document")
+PARAMETER_TYPES = ("header", "body", "button")
+PARAMETER_SOURCES = ("contact.", "attributes.", "asset.", "literal:")
+MEMBER_STATUSES = (
+    "pending",
+    "asset_generating",
+    "asset_generated",
+    "ready_to_send",
+    "failed",
+    "skipped",
+)
+MAX_PAGE = 500
+
+
+class InvalidInput(ValueError):
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(
+            "; ".join(f"{e.get('field', e.get('line'))}: {e['error']}" for e in errors)
+        )
+        self.errors = errors
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(RuntimeError):
+    pass
+
+
+def _uuid(value: Any, name: str) -> str:
+    try:
+        return str(UUID(str(value)))
+    except ValueError:
+        raise InvalidInput([{"field": name, "error": "must be a UUID"}]) from None
+
+
+def _require(data: dict[str, Any], *names: str) -> list[dict[str, str]]:
+    return [{"field": n, "error": "is required"} for n in names if data.get(n) in (None, "")]
+
+
+def _timestamp(data: dict[str, Any], name: str, errors: list) -> datetime | None:
+    value = data.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        errors.append({"field": name, "error": "must be an ISO 8601 date-time"})
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def create_organisation(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
+    errors = _require(data, "name")
+    limit = data.get("messaging_limit", 250)
+    if limit not in (None, 250, 2000, 10000, 100000):
+        errors.append(
+            {"field": "messaging_limit", "error": "must be 250, 2000, 10000, 100000 or null"}
+        )
+    if errors:
+        raise InvalidInput(errors)
+    with engine.begin() as conn:
+        organisation = campaigns.create_organisation(conn, data["name"], limit)
+        if data.get("phone_number_id"):
+            campaigns.add_phone_number(conn, organisation, str(data["phone_number_id"]))
+    return {"id": str(organisation), "name": data["name"]}
+
+
+def _check_parameters(parameters: Any, errors: list) -> None:
+    if not isinstance(parameters, list):
+        errors.append({"field": "parameters", "error": "must be a list"})
+        return
+    for i, p in enumerate(parameters):
+        where = f"parameters[{i}]"
+        if not isinstance(p, dict):
+            errors.append({"field": where, "error": "must be an object"})
+            continue
+        if p.get("type") not in PARAMETER_TYPES:
+            errors.append(
+                {"field": f"{where}.type", "error": f"must be one of {', '.join(PARAMETER_TYPES)}"}
+            )
+        if p.get("valueType") not in TEMPLATE_TYPES:
+            errors.append(
+                {
+                    "field": f"{where}.valueType",
+                    "error": f"must be one of {', '.join(TEMPLATE_TYPES)}",
+                }
+            )
+        if not str(p.get("source", "")).startswith(PARAMETER_SOURCES):
+            errors.append(
+                {
+                    "field": f"{where}.source",
+                    "error": "must be contact.<field>, attributes.<key>, asset.<type> or literal:<text>",
+                }
+            )
+
+
+def create_template(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
+    errors = _require(data, "organisation_id", "name")
+    if data.get("message_type", "text") not in TEMPLATE_TYPES:
+        errors.append(
+            {"field": "message_type", "error": f"must be one of {', '.join(TEMPLATE_TYPES)}"}
+        )
+    _check_parameters(data.get("parameters", []), errors)
+    if errors:
+        raise InvalidInput(errors)
+    with engine.begin() as conn:
+        try:
+            template = campaigns.create_template(
+                conn,
+                _uuid(data["organisation_id"], "organisation_id"),
+                data["name"],
+                language=data.get("language", "en"),
+                message_type=data.get("message_type", "text"),
+                body=data.get("body"),
+                parameters=data.get("parameters", []),
+                category=data.get("category", "marketing"),
+            )
+        except sa.exc.IntegrityError as error:
+            raise InvalidInput([{"field": "template", "error": _constraint(error)}]) from None
+    return get_template(engine, template)
+
+
+def get_template(engine: sa.Engine, template_id: int) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                sa.text(
+                    "SELECT id, organisation_id::text, name, language, category, message_type, body,"
+                    " parameters, status FROM templates WHERE id = :id"
+                ),
+                {"id": template_id},
+            )
+            .mappings()
+            .one_or_none()
+        )
+    if row is None:
+        raise NotFound(f"template {template_id} does not exist")
+    return dict(row)
+
+
+def list_templates(engine: sa.Engine, organisation_id: str | None = None) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        ids = (
+            conn.execute(
+                sa.text(
+                    "SELECT id FROM templates WHERE CAST(:o AS uuid) IS NULL OR organisation_id = CAST(:o AS uuid)"
+                    " ORDER BY id"
+                ),
+                {"o": _uuid(organisation_id, "organisation_id") if organisation_id else None},
+            )
+            .scalars()
+            .all()
+        )
+    return [get_template(engine, i) for i in ids]
+
+
+def update_template(engine: sa.Engine, template_id: int, data: dict[str, Any]) -> dict[str, Any]:
+    allowed = {"body", "parameters", "status", "category", "message_type"}
+    errors = [{"field": k, "error": "cannot be changed"} for k in data if k not in allowed]
+    if "parameters" in data:
+        _check_parameters(data["parameters"], errors)
+    if errors:
+        raise InvalidInput(errors)
+    get_template(engine, template_id)
+    with engine.begin() as conn:
+        for name, value in data.items():
+            try:
+                conn.execute(
+                    sa.text(
+                        f"UPDATE templates SET {name} = CAST(:v AS {'jsonb' if name == 'parameters' else 'text'}) WHERE id = :id"
+                    ),
+                    {"v": json.dumps(value) if name == "parameters" else value, "id": template_id},
+                )
+            except sa.exc.IntegrityError as error:
+                raise InvalidInput([{"field": name, "error": _constraint(error)}]) from None
+    return get_template(engine, template_id)
+
+
+def create_campaign(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
+    errors = _require(data, "organisation_id", "name", "message_type")
+    message_type = data.get("message_type")
+    if message_type and message_type not in MESSAGE_TYPES:
+        errors.append(
+            {"field": "message_type", "error": f"must be one of {', '.join(MESSAGE_TYPES)}"}
+        )
+    if message_type == "template":
+        errors += _require(data, "template_id")
+    if message_type == "text":
+        errors += _require(data, "message_content")
+    if data.get("recurrence", "once") not in recurrence.RECURRENCES:
+        errors.append(
+            {"field": "recurrence", "error": f"must be one of {', '.join(recurrence.RECURRENCES)}"}
+        )
+    start_at = _timestamp(data, "start_at", errors)
+    end_at = _timestamp(data, "end_at", errors)
+    if start_at and end_at and end_at < start_at:
+        errors.append({"field": "end_at", "error": "must not be before start_at"})
+    if errors:
+        raise InvalidInput(errors)
+    organisation = _uuid(data["organisation_id"], "organisation_id")
+    with engine.begin() as conn:
+        if data.get("template_id") is not None:
+            owner = conn.execute(
+                sa.text("SELECT organisation_id::text FROM templates WHERE id = :t"),
+                {"t": data["template_id"]},
+            ).scalar_one_or_none()
+            if owner != organisation:
+                raise InvalidInput(
+                    [{"field": "template_id", "error": "no such template in this organisation"}]
+                )
+        try:
+            campaign = campaigns.create_campaign(
+                conn,
+                organisation,
+                data["name"],
+                message_type=message_type,
+                template_id=data.get("template_id"),
+                message_content=data.get("message_content"),
+                media_caption=data.get("media_caption"),
+                recurrence=data.get("recurrence", "once"),
+                start_at=start_at,
+                end_at=end_at,
+                phone_number_id=data.get("phone_number_id"),
+            )
+        except sa.exc.IntegrityError as error:
+            raise InvalidInput([{"field": "campaign", "error": _constraint(error)}]) from None
+    return campaign_status(engine, campaign)
+
+
+def approve_campaign(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
+    campaign_id = _uuid(campaign_id, "campaign_id")
+    with engine.begin() as conn:
+        _campaign(conn, campaign_id)
+        members = conn.execute(
+            sa.text("SELECT count(*) FROM campaign_audience WHERE campaign_id = :c"),
+            {"c": campaign_id},
+        ).scalar_one()
+        if not members:
+            raise Conflict("a campaign needs an audience before it is approved")
+        try:
+            campaigns.set_campaign_status(conn, campaign_id, "approved")
+        except campaigns.InvalidTransition as error:
+            raise Conflict(str(error)) from None
+    return campaign_status(engine, campaign_id)
+
+
+def import_contacts(engine: sa.Engine, organisation_id: str, text: str) -> dict[str, Any]:
+    """Create or update the organisation's contacts (name, attributes merged, opt-out)."""
+    organisation_id = _uuid(organisation_id, "organisation_id")
+    try:
+        rows = contact_csv.parse(text, allow_opt_out=True)
+    except contact_csv.InvalidCSV as error:
+        raise InvalidInput(error.errors) from None
+    with engine.begin() as conn:
+        if not conn.execute(
+            sa.text("SELECT 1 FROM organisations WHERE id = :o"), {"o": organisation_id}
+        ).scalar():
+            raise NotFound(f"organisation {organisation_id} does not exist")
+        cursor = conn.connection.dbapi_connection.cursor()
+        execute_values(
+            cursor,
+            "INSERT INTO contacts (organisation_id, phone, name, attributes, opted_out, opted_out_at)"
+            " VALUES %s ON CONFLICT (organisation_id, phone) DO UPDATE SET"
+            " name = COALESCE(EXCLUDED.name, contacts.name),"
+            " attributes = contacts.attributes || EXCLUDED.attributes,"
+            " opted_out = EXCLUDED.opted_out,"
+            " opted_out_at = CASE WHEN EXCLUDED.opted_out AND NOT contacts.opted_out THEN now()"
+            " WHEN EXCLUDED.opted_out THEN contacts.opted_out_at END",
+            [
+                (
+                    organisation_id,
+                    r.phone,
+                    r.name,
+                    json.dumps(r.attributes),
+                    r.opted_out,
+                    r.opted_out,
+                )
+                for r in rows
+            ],
+            template="(%s, %s, %s, %s::jsonb, %s, CASE WHEN %s THEN now() END)",
+            page_size=1000,
+        )
+    return {"imported": len(rows)}
+
+
+def import_audience(engine: sa.Engine, campaign_id: str, text: str) -> dict[str, Any]:
+    """Add members to a campaign that is still a draft (numbers normalised, repeats refused)."""
+    campaign_id = _uuid(campaign_id, "campaign_id")
+    try:
+        rows = contact_csv.parse(text)
+    except contact_csv.InvalidCSV as error:
+        raise InvalidInput(error.errors) from None
+    with engine.begin() as conn:
+        campaign = _campaign(conn, campaign_id)
+        if campaign.status != "draft":
+            raise Conflict(
+                f"campaign {campaign_id} is {campaign.status}; audiences change only while it is a draft"
+            )
+        added = campaigns.add_audience(
+            conn, campaign_id, [campaigns.Member(r.phone, r.name, r.attributes) for r in rows]
+        )
+    return {"imported": added, "already_present": len(rows) - added}
+
+
+def campaign_status(engine: sa.Engine, campaign_id: str | UUID) -> dict[str, Any]:
+    campaign_id = _uuid(campaign_id, "campaign_id")
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                sa.text(
+                    "SELECT id::text, organisation_id::text, name, status, status_reason, recurrence,"
+                    " start_at, end_at, message_type, template_id FROM campaigns WHERE id = :c"
+                ),
+                {"c": campaign_id},
+            )
+            .mappings()
+            .one_or_none()
+        )
+        if row is None:
+            raise NotFound(f"campaign {campaign_id} does not exist")
+        run_rows = conn.execute(
+            sa.text(
+                "SELECT id, run_date, status, status_reason, queued, failed, skipped, dispatched_at"
+                " FROM campaign_runs WHERE campaign_id = :c ORDER BY run_date DESC LIMIT 50"
+            ),
+            {"c": campaign_id},
+        ).mappings()
+        messages = conn.execute(
+            sa.text(
+                "SELECT m.status, count(*) FROM messages m JOIN campaign_runs r ON r.id = m.campaign_run_id"
+                " WHERE r.campaign_id = :c GROUP BY m.status"
+            ),
+            {"c": campaign_id},
+        )
+        return _jsonable(
+            {
+                **row,
+                "audience": campaigns.audience_counts(conn, campaign_id),
+                "messages": dict(messages.all()),
+                "runs": [dict(r) for r in run_rows],
+            }
+        )
+
+
+def list_audience(
+    engine: sa.Engine,
+    campaign_id: str,
+    status: str | None = None,
+    limit: int = 100,
+    after: str | None = None,
+) -> dict[str, Any]:
+    """One page of members in id order; pass `next_after` back as `after` for the next page."""
+    campaign_id = _uuid(campaign_id, "campaign_id")
+    errors = []
+    if status is not None and status not in MEMBER_STATUSES:
+        errors.append({"field": "status", "error": f"must be one of {', '.join(MEMBER_STATUSES)}"})
+    if not 1 <= limit <= MAX_PAGE:
+        errors.append({"field": "limit", "error": f"must be between 1 and {MAX_PAGE}"})
+    if errors:
+        raise InvalidInput(errors)
+    after = _uuid(after, "after") if after else "00000000-0000-0000-0000-000000000000"
+    with engine.connect() as conn:
+        _campaign(conn, campaign_id)
+        rows = (
+            conn.execute(
+                sa.text(
+                    "SELECT id::text, msisdn, name, attributes, status, last_error, generated_asset_urls,"
+                    " status_changed_at FROM campaign_audience WHERE campaign_id = :c AND id > CAST(:after AS uuid)"
+                    " AND (CAST(:s AS text) IS NULL OR status = :s) ORDER BY id LIMIT :n"
+                ),
+                {"c": campaign_id, "after": after, "s": status, "n": limit},
+            )
+            .mappings()
+            .all()
+        )
+    items = [dict(r) for r in rows]
+    return _jsonable(
+        {"items": items, "next_after": items[-1]["id"] if len(items) == limit else None}
+    )
+
+
+def process_messages(
+    engine: sa.Engine, campaign_id: str, today: date | None = None
+) -> dict[str, Any]:
+    """Record today's run of the campaign now; the campaign-run sensor launches its
+    `dispatched_batches` partition on its next tick (within 30 s)."""
+    campaign_id = _uuid(campaign_id, "campaign_id")
+    run_date = today or datetime.now(UTC).date()
+    with engine.begin() as conn:
+        campaign = _campaign(conn, campaign_id)
+        if campaign.end_at is not None and datetime.now(UTC) > campaign.end_at:
+            raise Conflict(f"campaign {campaign_id} ended at {campaign.end_at.isoformat()}")
+        try:
+            run = campaign_runs.record_run(conn, campaign_id, run_date)
+        except campaign_runs.CannotRun as error:
+            raise Conflict(str(error)) from None
+    return {
+        "campaign_id": campaign_id,
+        "campaign_run_id": run.id,
+        "run_date": run.run_date.isoformat(),
+        "run_status": run.status,
+        "partition": {"campaign": campaign_id, "date": run.run_date.isoformat()},
+        "launch": "the campaign-run sensor requests this partition's run on its next tick",
+    }
+
+
+def queue_status(sqs: SQSResource) -> dict[str, Any]:
+    depth = sqs.depth()
+    return {
+        "queue": sqs.queue_name,
+        "dead_letter_queue": sqs.dlq_name,
+        "fifo": sqs.is_fifo,
+        "visible": depth.visible,
+        "in_flight": depth.in_flight,
+        "delayed": depth.delayed,
+        "dead_letter": depth.dead_letter,
+    }
+
+
+def _campaign(conn: sa.Connection, campaign_id: str) -> campaigns.Campaign:
+    campaign = campaigns.get_campaign(conn, campaign_id)
+    if campaign is None:
+        raise NotFound(f"campaign {campaign_id} does not exist")
+    return campaign
+
+
+def _constraint(error: sa.exc.IntegrityError) -> str:
+    return str(error.orig).strip().splitlines()[0]
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(
+        json.dumps(value, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v))
+    )

@@ -1,0 +1,200 @@
+"""The operator API for campaigns (bearer `ADMIN_API_TOKEN`): thin HTTP handlers over
+`resources.campaign_admin`, which the CLI calls too.
+
+Bad input answers 422 with every problem listed, a missing row 404, a refused status change
+409; CSV uploads take the file as the request body (`Content-Type: text/csv`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from resources import campaign_admin as admin
+from resources.queue import SQSResource
+from webhook_app.auth import requires_admin
+
+MAX_CSV_BYTES = 20 * 1024 * 1024
+
+
+@functools.cache
+def _sqs() -> SQSResource:
+    return SQSResource.from_env()
+
+
+def _engine(request: Request):
+    return request.app.state.postgres.engine
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        data = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise admin.InvalidInput([{"field": "body", "error": "must be a JSON object"}]) from None
+    if not isinstance(data, dict):
+        raise admin.InvalidInput([{"field": "body", "error": "must be a JSON object"}])
+    return data
+
+
+async def _csv(request: Request) -> str:
+    raw = await request.body()
+    if len(raw) > MAX_CSV_BYTES:
+        raise admin.InvalidInput([{"field": "body", "error": f"over {MAX_CSV_BYTES:,} bytes"}])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise admin.InvalidInput([{"field": "body", "error": "must be UTF-8 text"}]) from None
+
+
+def operation(status_code: int = 200) -> Callable:
+    """Guard with the admin token and map the operations' errors onto HTTP answers."""
+
+    def wrap(handler: Callable) -> Callable:
+        @requires_admin
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            try:
+                return JSONResponse(await handler(request), status_code=status_code)
+            except admin.InvalidInput as error:
+                return JSONResponse({"error": "invalid input", "errors": error.errors}, 422)
+            except admin.NotFound as error:
+                return JSONResponse({"error": "not found", "detail": str(error)}, 404)
+            except admin.Conflict as error:
+                return JSONResponse({"error": "conflict", "detail": str(error)}, 409)
+
+        return endpoint
+
+    return wrap
+
+
+def _path(request: Request, name: str) -> str:
+    return str(request.path_params[name])
+
+
+@operation(201)
+async def create_organisation(request: Request) -> Any:
+    return await run_in_threadpool(
+        admin.create_organisation, _engine(request), await _json(request)
+    )
+
+
+@operation(200)
+async def upload_contacts(request: Request) -> Any:
+    text = await _csv(request)
+    return await run_in_threadpool(
+        admin.import_contacts, _engine(request), _path(request, "organisation_id"), text
+    )
+
+
+@operation(200)
+async def list_templates(request: Request) -> Any:
+    organisation = request.query_params.get("organisation_id")
+    return await run_in_threadpool(admin.list_templates, _engine(request), organisation)
+
+
+@operation(201)
+async def create_template(request: Request) -> Any:
+    return await run_in_threadpool(admin.create_template, _engine(request), await _json(request))
+
+
+@operation(200)
+async def get_template(request: Request) -> Any:
+    return await run_in_threadpool(
+        admin.get_template, _engine(request), request.path_params["template_id"]
+    )
+
+
+@operation(200)
+async def update_template(request: Request) -> Any:
+    return await run_in_threadpool(
+        admin.update_template,
+        _engine(request),
+        request.path_params["template_id"],
+        await _json(request),
+    )
+
+
+@operation(201)
+async def create_campaign(request: Request) -> Any:
+    return await run_in_threadpool(admin.create_campaign, _engine(request), await _json(request))
+
+
+@operation(200)
+async def upload_audience(request: Request) -> Any:
+    text = await _csv(request)
+    return await run_in_threadpool(
+        admin.import_audience, _engine(request), _path(request, "campaign_id"), text
+    )
+
+
+@operation(200)
+async def approve_campaign(request: Request) -> Any:
+    return await run_in_threadpool(
+        admin.approve_campaign, _engine(request), _path(request, "campaign_id")
+    )
+
+
+@operation(200)
+async def campaign_status(request: Request) -> Any:
+    return await run_in_threadpool(
+        admin.campaign_status, _engine(request), _path(request, "campaign_id")
+    )
+
+
+@operation(200)
+async def list_audience(request: Request) -> Any:
+    query = request.query_params
+    try:
+        limit = int(query.get("limit", "100"))
+    except ValueError:
+        raise admin.InvalidInput([{"field": "limit", "error": "must be a number"}]) from None
+    return await run_in_threadpool(
+        admin.list_audience,
+        _engine(request),
+        _path(request, "campaign_id"),
+        query.get("status"),
+        limit,
+        query.get("after"),
+    )
+
+
+@operation(202)
+async def process_messages(request: Request) -> Any:
+    return await run_in_threadpool(
+        admin.process_messages, _engine(request), _path(request, "campaign_id")
+    )
+
+
+@requires_admin
+async def sqs_status(request: Request) -> Response:
+    try:
+        return JSONResponse(await run_in_threadpool(admin.queue_status, _sqs()))
+    except (BotoCoreError, ClientError) as error:
+        return JSONResponse(
+            {"error": "queue unavailable", "detail": f"{type(error).__name__}: {error}"}, 503
+        )
+
+
+routes = [
+    Route("/api/organisations", create_organisation, methods=["POST"]),
+    Route("/api/organisations/{organisation_id:uuid}/contacts", upload_contacts, methods=["POST"]),
+    Route("/api/templates", list_templates, methods=["GET"]),
+    Route("/api/templates", create_template, methods=["POST"]),
+    Route("/api/templates/{template_id:int}", get_template, methods=["GET"]),
+    Route("/api/templates/{template_id:int}", update_template, methods=["PATCH"]),
+    Route("/api/campaigns", create_campaign, methods=["POST"]),
+    Route("/api/campaigns/sqs-status", sqs_status, methods=["GET"]),
+    Route("/api/campaigns/{campaign_id:uuid}/audience", upload_audience, methods=["POST"]),
+    Route("/api/campaigns/{campaign_id:uuid}/audience", list_audience, methods=["GET"]),
+    Route("/api/campaigns/{campaign_id:uuid}/approve", approve_campaign, methods=["POST"]),
+    Route("/api/campaigns/{campaign_id:uuid}/status", campaign_status, methods=["GET"]),
+    Route("/api/campaigns/{campaign_id:uuid}/process-messages", process_messages, methods=["POST"]),
+]
