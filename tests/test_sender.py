@@ -1,11 +1,14 @@
 import json
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from pipelines.sender import store
+from pipelines.sender.errors import ErrorClass, classify
 from pipelines.sender.payload import MalformedPayload, parse
+from resources.whatsapp import GraphAPIError
 from tests.fake_graph import Failure, FakeGraph, _validate
 from tests.sending import (
     PHONE_NUMBER_ID,
@@ -217,13 +220,8 @@ def test_a_connection_that_cannot_be_made_is_retried_like_a_5xx(engine, sqs):
     [
         (131026, "Message undeliverable"),
         (132001, "Template name does not exist in the translation"),
-        (132000, "Number of parameters does not match"),
-        (132015, "Template is paused"),
-        (100, "Invalid parameter"),
         (190, "Access token has expired"),
         (131030, "Recipient phone number not in allowed list"),
-        (368, "Temporarily blocked for policy violations"),
-        (131051, "Unsupported message type"),
     ],
 )
 def test_permanent_errors_fail_at_once_with_code_and_title(engine, sqs, graph, code, title):
@@ -237,6 +235,37 @@ def test_permanent_errors_fail_at_once_with_code_and_title(engine, sqs, graph, c
     assert failed.failed_at is not None
     depth = sqs.depth()
     assert (depth.visible, depth.in_flight, depth.dead_letter) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("code", "http_status", "expected"),
+    [
+        (130429, 400, ErrorClass.RETRYABLE),
+        (131056, 400, ErrorClass.RETRYABLE),
+        (131000, 500, ErrorClass.RETRYABLE),
+        (133004, 503, ErrorClass.RETRYABLE),
+        (131047, 400, ErrorClass.PERMANENT),
+        (131051, 400, ErrorClass.PERMANENT),
+        (132000, 400, ErrorClass.PERMANENT),
+        (132007, 400, ErrorClass.PERMANENT),
+        (132012, 400, ErrorClass.PERMANENT),
+        (132015, 400, ErrorClass.PERMANENT),
+        (132016, 400, ErrorClass.PERMANENT),
+        (100, 400, ErrorClass.PERMANENT),
+        (368, 403, ErrorClass.PERMANENT),
+        (250, 403, ErrorClass.PERMANENT),
+        (999999, 503, ErrorClass.RETRYABLE),
+        (999999, 429, ErrorClass.RETRYABLE),
+        (999999, 400, ErrorClass.PERMANENT),
+    ],
+)
+def test_errors_are_classified_by_graph_code_not_http_status(code, http_status, expected):
+    assert classify(GraphAPIError(http_status, code, "title")).kind is expected
+
+
+def test_a_connection_broken_after_the_request_left_is_never_retried():
+    assert classify(httpx.ReadTimeout("slow")).kind is ErrorClass.AMBIGUOUS
+    assert classify(httpx.ConnectError("refused")).kind is ErrorClass.RETRYABLE
 
 
 def test_free_form_messages_outside_the_24_hour_window_are_not_sent(engine, sqs, graph):

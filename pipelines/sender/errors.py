@@ -83,11 +83,8 @@ def classify(error: Exception) -> Classified:
         return _classify_graph(error)
     if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
         return Classified(R, None, f"network: {type(error).__name__}")
-    if isinstance(error, httpx.TransportError):
-        return Classified(
-            ErrorClass.AMBIGUOUS, None, f"network after sending: {type(error).__name__}"
-        )
-    raise error
+    # The request may have left (a read timeout, a dropped connection, an unreadable answer).
+    return Classified(ErrorClass.AMBIGUOUS, None, f"unclear outcome: {type(error).__name__}")
 
 
 def _classify_graph(error: GraphAPIError) -> Classified:
