@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 
+from assets_defs import reports
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource
@@ -57,4 +58,5 @@ def resources() -> dict[str, dg.ConfigurableResource]:
 
 defs = dg.Definitions.merge(
     dg.Definitions(resources=resources()),
+    reports.defs,
 )

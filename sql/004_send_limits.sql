@@ -71,3 +71,6 @@ BEGIN
     SELECT COALESCE(array_agg(recipient), '{}') INTO fresh FROM inserted;
     RETURN counted || fresh;
 END $$;
+
+-- The delivery-report sensor reads campaign messages changed since its cursor.
+CREATE INDEX messages_campaign_updated_idx ON messages (updated_at) WHERE campaign_run_id IS NOT NULL;
