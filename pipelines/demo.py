@@ -99,6 +99,101 @@ def summary(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
     }
 
 
+def queue_demo_messages(engine: sa.Engine, campaign_id: UUID) -> int:
+    """Queue one seed-3 payload per demo member, as the dispatch step does (a stand-in until
+    the dispatch capability runs in the demo): a `pending` message row per member of today's
+    run, then its payload with `messageId` and `phoneNumberId`."""
+    from resources.queue import SQSResource
+    from resources.storage import S3Storage
+
+    with engine.begin() as conn:
+        run_id = conn.execute(
+            sa.text(
+                "INSERT INTO campaign_runs (campaign_id, run_date, status) VALUES (:c, current_date,"
+                " 'dispatched') ON CONFLICT (campaign_id, run_date) DO UPDATE SET status = 'dispatched'"
+                " RETURNING id"
+            ),
+            {"c": campaign_id},
+        ).scalar_one()
+        rows = conn.execute(
+            sa.text(
+                "INSERT INTO messages (organisation_id, contact_id, campaign_run_id,"
+                " campaign_audience_id, direction, sender_type, phone_number_id, peer_phone,"
+                " message_type, status)"
+                " SELECT c.organisation_id, a.contact_id, :r, a.id, 'outbound', 'campaign',"
+                " c.phone_number_id, a.msisdn, 'template', 'pending'"
+                " FROM campaign_audience a JOIN campaigns c ON c.id = a.campaign_id"
+                " WHERE a.campaign_id = :c ON CONFLICT DO NOTHING"
+                " RETURNING id, campaign_audience_id, peer_phone, organisation_id, phone_number_id"
+            ),
+            {"r": run_id, "c": campaign_id},
+        ).all()
+        members = {
+            str(m.id): m
+            for m in conn.execute(
+                sa.text(
+                    "SELECT id, name, attributes FROM campaign_audience WHERE campaign_id = :c"
+                ),
+                {"c": campaign_id},
+            )
+        }
+    s3, sqs = S3Storage.from_env(), SQSResource.from_env()
+    entries = []
+    for row in rows:
+        member = members[str(row.campaign_audience_id)]
+        image = s3.presigned_url(f"campaigns/{campaign_id}/{member.id}/image.jpg", 7 * 24 * 3600)
+        body = {
+            "organizationId": str(row.organisation_id),
+            "campaignId": str(campaign_id),
+            "campaignAudienceId": str(member.id),
+            "to": row.peer_phone,
+            "templateName": "demo_offer",
+            "templateLanguage": "en",
+            "templateParameters": [
+                {"type": "header", "valueType": "image", "value": image},
+                {"type": "body", "valueType": "text", "value": member.name},
+                {"type": "body", "valueType": "text", "value": member.attributes["offer"]},
+            ],
+            "messageId": row.id,
+            "phoneNumberId": row.phone_number_id,
+        }
+        entries.append(
+            {
+                "Id": str(len(entries) % 10),
+                "MessageBody": json.dumps(body),
+                "MessageGroupId": row.peer_phone.lstrip("+"),
+                "MessageDeduplicationId": f"{run_id}-{member.id}",
+            }
+        )
+    for start in range(0, len(entries), 10):
+        sqs.send_batch(entries[start : start + 10])
+    return len(entries)
+
+
+def send_queued(engine: sa.Engine, campaign_id: UUID) -> dict[str, int]:
+    """Run one sender worker until the queue is empty; without `WHATSAPP_ACCESS_TOKEN` it
+    is in dev mode, so nothing leaves the machine."""
+    from pipelines.sender.worker import SenderConfig, Worker
+    from resources.queue import SQSResource
+    from resources.whatsapp import WhatsAppResource
+
+    client = WhatsAppResource.from_env().client
+    Worker(engine, SQSResource.from_env(), client, SenderConfig(lanes=2, wait_seconds=1)).run(
+        drain=True
+    )
+    with engine.connect() as conn:
+        counts = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT m.status, count(*) FROM messages m JOIN campaign_runs r"
+                    " ON r.id = m.campaign_run_id WHERE r.campaign_id = :c GROUP BY m.status"
+                ),
+                {"c": campaign_id},
+            ).all()
+        )
+    return {"messages_sent": counts.get("sent", 0), "send_failed": counts.get("failed", 0)}
+
+
 def run_demo() -> dict[str, Any]:
     """The whole flow once, headless, on a fresh embedded stack."""
     from pipelines.local_stack import local_stack
@@ -107,7 +202,10 @@ def run_demo() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="waflow-demo-") as state, local_stack(Path(state)):
         postgres = PostgresResource.from_env()
         campaign_id = load_demo(postgres.engine)
+        queue_demo_messages(postgres.engine, campaign_id)
+        sending = send_queued(postgres.engine, campaign_id)
         result = summary(postgres.engine, campaign_id)
+        result.update(sending)
         postgres.engine.dispose()
     result["seconds"] = round(time.monotonic() - started, 1)
     return result

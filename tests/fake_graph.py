@@ -72,7 +72,10 @@ class FakeGraph:
     async def _stats(self, request: Request) -> JSONResponse:
         """What a benchmark in another process needs: how many sends arrived, and when."""
         with self._lock:
-            return JSONResponse({"count": len(self.requests), "times": list(self.request_times)})
+            stats: dict[str, Any] = {"count": len(self.requests)}
+            if "times" in request.query_params:
+                stats["times"] = list(self.request_times)
+        return JSONResponse(stats)
 
     async def _messages(self, request: Request) -> JSONResponse:
         if request.headers.get("authorization") != f"Bearer {self.access_token}":

@@ -60,7 +60,7 @@ def make_run(
             conn,
             campaign,
             [
-                campaigns.Member(f"+1202555{first_number + i:04d}", f"Customer {i}")
+                campaigns.Member(f"+1{2025550000 + first_number + i}", f"Customer {i}")
                 for i in range(members)
             ],
         )

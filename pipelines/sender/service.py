@@ -32,6 +32,7 @@ def run(drain: bool = False, install_signals: bool = True) -> Counter[str]:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: worker.stop())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s sender %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     logging.getLogger("waflow.sender").info(
         "sending from %s%s",
         sqs.queue_name,
