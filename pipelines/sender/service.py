@@ -31,8 +31,11 @@ def run(drain: bool = False, install_signals: bool = True) -> Counter[str]:
     if install_signals:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: worker.stop())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s sender %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    # Libraries stay at WARNING: httpx and botocore log every request at INFO.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s sender %(levelname)s %(message)s"
+    )
+    logging.getLogger("waflow.sender").setLevel(logging.INFO)
     logging.getLogger("waflow.sender").info(
         "sending from %s%s",
         sqs.queue_name,
