@@ -141,6 +141,9 @@ class Worker:
             except sa.exc.DBAPIError as error:
                 log.warning("database unavailable before sending; payloads come back: %s", error)
                 self._stopping.wait(2.0)
+            except (BotoCoreError, ClientError) as error:
+                log.warning("SQS refused a request; the payloads come back: %s", error)
+                self._stopping.wait(2.0)
 
     def _queue_is_empty(self) -> bool:
         depth = self.sqs.depth()

@@ -30,6 +30,7 @@ LIMIT_PER_SECOND = 80
 LIMITED_SECONDS = 40
 WINDOW_SECONDS = 10
 BACKLOG = 300
+STALL_SECONDS = 15
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -96,11 +97,36 @@ def _send_all(
             started = started or time.perf_counter()
         else:
             time.sleep(0.02)
-    while _recorded(engine, run.campaign_run_id) < count:
+    requeued, progress, last_change = 0, -1, time.monotonic()
+    while (done := _recorded(engine, run.campaign_run_id)) < count:
+        if done != progress:
+            progress, last_change = done, time.monotonic()
+        elif time.monotonic() - last_change > STALL_SECONDS:
+            # The local SQS server is not thread-safe and loses the odd message under
+            # concurrent receives; queue the still-pending rows again, as a re-run of the
+            # dispatch would (the claim keeps a second copy from being sent twice).
+            pending = _pending(engine, run.campaign_run_id)
+            enqueue(sqs, [bodies[run.message_ids.index(i)] for i in pending])
+            requeued += len(pending)
+            last_change = time.monotonic()
         time.sleep(0.05)
+    if requeued:
+        print(f"requeued {requeued} payloads the local SQS server lost", flush=True)
     wall = time.perf_counter() - started
     process.send_signal(signal.SIGTERM)
     return _cpu_and_wait(process), wall
+
+
+def _pending(engine: sa.Engine, campaign_run_id: int) -> list[int]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.text(
+                    "SELECT id FROM messages WHERE campaign_run_id = :r AND status = 'pending'"
+                ),
+                {"r": campaign_run_id},
+            ).scalars()
+        )
 
 
 def _recorded(engine: sa.Engine, campaign_run_id: int) -> int:
