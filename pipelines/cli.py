@@ -78,6 +78,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             int(settings.get("WEBHOOK_PORT")),
             "/health",
         ),
+        Service("sender", [sys.executable, "-m", "pipelines.cli", "sender"]),
     ]
     check_ports(services)
     with local_stack(_state_dir(args), int(settings.get("EMBEDDED_POSTGRES_PORT"))) as stack:
@@ -95,6 +96,36 @@ def cmd_load_demo(args: argparse.Namespace) -> int:
 
     with local_stack(_state_dir(args)):
         print(load_demo(PostgresResource.from_env().engine))
+    return 0
+
+
+def cmd_sender(args: argparse.Namespace) -> int:
+    from pipelines.sender.service import run
+
+    stats = run(drain=args.drain)
+    print(" ".join(f"{key}={value}" for key, value in sorted(stats.items())) or "nothing to send")
+    return 0
+
+
+def cmd_sender_stuck(args: argparse.Namespace) -> int:
+    from pipelines.sender.store import stuck_in_sending
+    from resources.postgres import create_engine
+
+    engine = create_engine(settings.require("DATABASE_URL"))
+    threshold = (
+        args.older_than
+        if args.older_than is not None
+        else float(settings.get("SENDER_STUCK_AFTER_SECONDS"))
+    )
+    with engine.connect() as conn:
+        rows = stuck_in_sending(conn, threshold)
+    engine.dispose()
+    for row in rows:
+        print(
+            f"message {row.id}\trun {row.campaign_run_id}\tto {row.peer_phone}"
+            f"\tsending since {row.sending_at.isoformat()}\tattempts {row.attempts}"
+        )
+    print(f"{len(rows)} message(s) in sending for more than {threshold:g} s", file=sys.stderr)
     return 0
 
 
@@ -262,6 +293,18 @@ def parser() -> argparse.ArgumentParser:
         "setup", help="apply the archive prefixes' lifecycle rules to the bucket (idempotent)"
     ).set_defaults(run=cmd_archive_setup)
     _campaign_commands(commands)
+    sender = commands.add_parser(
+        "sender", help="send queued messages until SIGTERM (the sender worker)"
+    )
+    sender.add_argument("--drain", action="store_true", help="exit once the queue is empty")
+    sender.set_defaults(run=cmd_sender)
+    stuck = commands.add_parser(
+        "sender-stuck", help="list messages left in sending (never re-sent automatically)"
+    )
+    stuck.add_argument(
+        "--older-than", type=float, help="seconds (default SENDER_STUCK_AFTER_SECONDS)"
+    )
+    stuck.set_defaults(run=cmd_sender_stuck)
     return top
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets_defs import archive, dispatch, media
+from assets_defs import archive, dispatch, media, reports
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource
@@ -61,4 +61,5 @@ defs = dg.Definitions.merge(
     media.defs,
     archive.defs,
     dispatch.defs,
+    reports.defs,
 )

@@ -174,6 +174,30 @@ def archive_demo(postgres: PostgresResource, campaign_id: UUID) -> dict[str, int
     )
 
 
+def send_queued(engine: sa.Engine, campaign_id: UUID) -> dict[str, int]:
+    """Run one sender worker until the queue is empty; without `WHATSAPP_ACCESS_TOKEN` it
+    is in dev mode, so nothing leaves the machine."""
+    from pipelines.sender.worker import SenderConfig, Worker
+    from resources.queue import SQSResource
+    from resources.whatsapp import WhatsAppResource
+
+    client = WhatsAppResource.from_env().client
+    Worker(engine, SQSResource.from_env(), client, SenderConfig(lanes=2, wait_seconds=1)).run(
+        drain=True
+    )
+    with engine.connect() as conn:
+        counts = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT m.status, count(*) FROM messages m JOIN campaign_runs r"
+                    " ON r.id = m.campaign_run_id WHERE r.campaign_id = :c GROUP BY m.status"
+                ),
+                {"c": campaign_id},
+            ).all()
+        )
+    return {"messages_sent": counts.get("sent", 0), "send_failed": counts.get("failed", 0)}
+
+
 def run_demo() -> dict[str, Any]:
     """The whole flow once, headless, on a fresh embedded stack."""
     from pipelines.local_stack import local_stack
@@ -184,7 +208,9 @@ def run_demo() -> dict[str, Any]:
         campaign_id = load_demo(postgres.engine)
         generate_demo_media(campaign_id)
         dispatch_demo(postgres.engine, campaign_id)
+        sending = send_queued(postgres.engine, campaign_id)
         result = summary(postgres.engine, campaign_id)
+        result.update(sending)
         result.update(archive_demo(postgres, campaign_id))
         postgres.engine.dispose()
     result["seconds"] = round(time.monotonic() - started, 1)

@@ -203,6 +203,34 @@ SETTINGS: tuple[Setting, ...] = (
         "How long a dispatch run keeps retrying an unreachable SQS endpoint before it fails "
         "(its unqueued messages stay pending for the retry).",
     ),
+    # Sender worker
+    Setting(
+        "SENDER_LANES",
+        "8",
+        "Receive loops per sender worker; each has up to 10 requests in flight.",
+    ),
+    Setting(
+        "SENDER_VISIBILITY_SECONDS",
+        "60",
+        "How long a received payload stays hidden from other workers while one sends it.",
+    ),
+    Setting("SENDER_WAIT_SECONDS", "20", "SQS long-poll wait of each receive (0-20)."),
+    Setting("SENDER_MAX_ATTEMPTS", "3", "Attempts of a retryable send before the row fails."),
+    Setting(
+        "SENDER_RETRY_BASE_SECONDS",
+        "10",
+        "First retry delay; it doubles with each attempt (by SQS visibility).",
+    ),
+    Setting(
+        "SENDER_LIMIT_WAIT_SECONDS",
+        "300",
+        "How long a payload over the messaging limit waits before it is tried again.",
+    ),
+    Setting(
+        "SENDER_STUCK_AFTER_SECONDS",
+        "1800",
+        "A row in `sending` longer than this is reported as stuck (never re-sent automatically).",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -42,6 +42,13 @@ MESSAGE_RANK: dict[str, int] = {
 }
 
 
+# The one backwards move of a message: an attempt that failed with a retryable error before
+# WhatsApp accepted the message (no wamid stored, no receipt applied) returns the row from
+# `sending` to `pending`, so the next attempt claims it with the same compare-and-set.
+# A row whose request may have reached WhatsApp stays `sending`: it is never re-sent.
+RETRY_BEFORE_ACCEPTED: tuple[str, str] = ("sending", "pending")
+
+
 def campaign_sources(target: str) -> list[str]:
     """Every campaign status from which `target` may be reached."""
     return sorted(s for s, moves in CAMPAIGN_MOVES.items() if target in moves)

@@ -7,10 +7,12 @@ test asks for (a Graph error code, an HTTP status, a delay).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import itertools
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +47,7 @@ class FakeGraph:
     access_token: str = "test-token"
     delay_seconds: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    request_times: list[float] = field(default_factory=list)
     _failures: list[Failure] = field(default_factory=list)
     _ids: itertools.count = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -53,12 +56,26 @@ class FakeGraph:
         with self._lock:
             self._failures.extend([failure] * times)
 
+    def fail_sequence(self, failures: list[Failure]) -> None:
+        """Answer the next requests with these failures, in order, then succeed again."""
+        with self._lock:
+            self._failures.extend(failures)
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
-                Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"])
+                Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
+                Route("/_fake/stats", self._stats),
             ]
         )
+
+    async def _stats(self, request: Request) -> JSONResponse:
+        """What a benchmark in another process needs: how many sends arrived, and when."""
+        with self._lock:
+            stats: dict[str, Any] = {"count": len(self.requests)}
+            if "times" in request.query_params:
+                stats["times"] = list(self.request_times)
+        return JSONResponse(stats)
 
     async def _messages(self, request: Request) -> JSONResponse:
         if request.headers.get("authorization") != f"Bearer {self.access_token}":
@@ -74,6 +91,7 @@ class FakeGraph:
             return _error(400, 100, f"Invalid parameter: {problem}")
         with self._lock:
             self.requests.append(body)
+            self.request_times.append(time.time())
             failure = self._failures.pop(0) if self._failures else None
             number = next(self._ids)
         if self.delay_seconds:
@@ -109,6 +127,32 @@ def _validate(body: dict[str, Any]) -> str | None:
         return f"{kind}.link or {kind}.id is required"
     if kind == "audio" and "caption" in content:
         return "audio has no caption"
+    opaque = body.get("biz_opaque_callback_data")
+    if opaque is not None and not (isinstance(opaque, str) and len(opaque) <= 512):
+        return "biz_opaque_callback_data must be a string of at most 512 characters"
+    if kind == "template":
+        return _validate_components(content.get("components", []))
+    return None
+
+
+def _validate_components(components: Any) -> str | None:
+    if not isinstance(components, list):
+        return "template.components must be a list"
+    for component in components:
+        if component.get("type") not in ("header", "body", "button"):
+            return f"component type {component.get('type')!r} is not supported"
+        if component["type"] == "button" and not (
+            component.get("sub_type") and str(component.get("index", "")).isdigit()
+        ):
+            return "button components need sub_type and index"
+        for parameter in component.get("parameters", []):
+            kind = parameter.get("type")
+            if kind == "text" and not parameter.get("text"):
+                return "text parameters need text"
+            if kind in MEDIA_TYPES and not (parameter.get(kind) or {}).get("link"):
+                return f"{kind} parameters need {kind}.link"
+            if kind not in ("text", "currency", "date_time", *MEDIA_TYPES):
+                return f"parameter type {kind!r} is not supported"
     return None
 
 
@@ -118,3 +162,19 @@ def _error(status: int, code: int, title: str, subcode: int | None = None) -> JS
         error["error_subcode"] = subcode
     error["error_data"] = {"messaging_product": "whatsapp", "details": title}
     return JSONResponse({"error": error}, status_code=status)
+
+
+def main() -> None:
+    """Serve a fake Graph API in its own process (benchmarks keep its CPU out of the worker's)."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--token", default="test-token")
+    args = parser.parse_args()
+    fake = FakeGraph(access_token=args.token)
+    uvicorn.run(fake.app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -117,3 +117,4 @@ def test_demo_prints_a_json_summary_as_its_last_line(repo_root):
     )
     assert dispatched == summary["audience"]
     assert summary["messages_queued"] == 50
+    assert (summary["messages_sent"], summary["send_failed"]) == (50, 0)  # dev mode: dev_ ids

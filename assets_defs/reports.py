@@ -1,0 +1,209 @@
+"""Delivery reports: what became of each campaign run's messages, refreshed while receipts
+arrive, and the check that surfaces messages a crashed sender left in `sending`."""
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import dagster as dg
+import sqlalchemy as sa
+
+from pipelines.partitions import campaign_partitions, campaign_run_partitions, run_date_partitions
+from pipelines.sender.store import stuck_in_sending
+from resources import settings
+from resources.postgres import PostgresResource
+
+STAGES = ("queued", "sent", "delivered", "read", "failed", "replied", "pending", "sending")
+# Rows committed late carry an older `updated_at` than the cursor; re-reading this much
+# behind it catches them, and the run_key (run + last change) keeps repeats from re-running.
+CURSOR_OVERLAP_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Funnel:
+    campaign_run_id: int
+    stages: dict[str, int]
+    failed_by_code: list[tuple[str, str, int]]
+
+
+def delivery_funnel(conn: sa.Connection, campaign_run_id: int) -> Funnel:
+    stages = conn.execute(
+        sa.text(
+            "SELECT count(*) AS queued,"
+            " count(*) FILTER (WHERE sent_at IS NOT NULL OR status IN ('sent', 'delivered', 'read')) AS sent,"
+            " count(*) FILTER (WHERE delivered_at IS NOT NULL OR status IN ('delivered', 'read')) AS delivered,"
+            " count(*) FILTER (WHERE read_at IS NOT NULL OR status = 'read') AS read,"
+            " count(*) FILTER (WHERE status = 'failed') AS failed,"
+            " count(*) FILTER (WHERE status = 'pending') AS pending,"
+            " count(*) FILTER (WHERE status = 'sending') AS sending,"
+            " count(*) FILTER (WHERE sent_at IS NOT NULL AND EXISTS ("
+            "   SELECT 1 FROM messages i WHERE i.direction = 'inbound'"
+            "   AND i.organisation_id = m.organisation_id AND i.peer_phone = m.peer_phone"
+            "   AND i.created_at >= m.sent_at)) AS replied"
+            " FROM messages m WHERE campaign_run_id = :r"
+        ),
+        {"r": campaign_run_id},
+    ).one()
+    failures = conn.execute(
+        sa.text(
+            "SELECT COALESCE(error_code::text, '-') AS code, min(error_title) AS title, count(*)"
+            " FROM messages WHERE campaign_run_id = :r AND status = 'failed'"
+            " GROUP BY error_code ORDER BY count(*) DESC"
+        ),
+        {"r": campaign_run_id},
+    ).all()
+    return Funnel(
+        campaign_run_id,
+        {stage: getattr(stages, stage) for stage in STAGES},
+        [(code, title or "", count) for code, title, count in failures],
+    )
+
+
+def _funnel_table(funnel: Funnel) -> dg.TableMetadataValue:
+    queued = funnel.stages["queued"] or 1
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord(
+                {"stage": stage, "messages": count, "share": f"{100 * count / queued:.1f}%"}
+            )
+            for stage, count in funnel.stages.items()
+        ],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("stage", "string"),
+                dg.TableColumn("messages", "int"),
+                dg.TableColumn("share", "string", description="of queued"),
+            ]
+        ),
+    )
+
+
+def _failures_table(funnel: Funnel) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord({"error_code": code, "title": title, "messages": count})
+            for code, title, count in funnel.failed_by_code
+        ],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("error_code", "string"),
+                dg.TableColumn("title", "string"),
+                dg.TableColumn("messages", "int"),
+            ]
+        ),
+    )
+
+
+def _bar_chart(funnel: Funnel) -> str:
+    widest = max(funnel.stages.values()) or 1
+    lines = [
+        f"{stage:<9} {'█' * round(30 * count / widest):<30} {count}"
+        for stage, count in funnel.stages.items()
+    ]
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
+@dg.asset(partitions_def=campaign_run_partitions, group_name="reports")
+def campaign_delivery_report(
+    context: dg.AssetExecutionContext, postgres: PostgresResource
+) -> dg.MaterializeResult:
+    """The funnel of one campaign run: queued → sent → delivered → read, failures by error
+    code, and recipients who replied."""
+    keys = context.partition_key.keys_by_dimension
+    with postgres.engine.connect() as conn:
+        run_id = conn.execute(
+            sa.text("SELECT id FROM campaign_runs WHERE campaign_id = :c AND run_date = :d"),
+            {"c": keys["campaign"], "d": date.fromisoformat(keys["date"])},
+        ).scalar_one_or_none()
+        if run_id is None:
+            raise dg.Failure(
+                f"campaign {keys['campaign']} has no run on {keys['date']}: nothing to report"
+            )
+        funnel = delivery_funnel(conn, run_id)
+    return dg.MaterializeResult(
+        metadata={
+            "campaign_run_id": run_id,
+            **{stage: dg.MetadataValue.int(count) for stage, count in funnel.stages.items()},
+            "funnel": _funnel_table(funnel),
+            "failed_by_code": _failures_table(funnel),
+            "chart": dg.MetadataValue.md(_bar_chart(funnel)),
+        }
+    )
+
+
+@dg.asset_check(asset=campaign_delivery_report, blocking=False)
+def messages_stuck_in_sending(postgres: PostgresResource) -> dg.AssetCheckResult:
+    """Rows a sender left in `sending` longer than `SENDER_STUCK_AFTER_SECONDS`: never re-sent
+    automatically (the request may have reached WhatsApp); an operator has to look."""
+    threshold = float(settings.get("SENDER_STUCK_AFTER_SECONDS"))
+    with postgres.engine.connect() as conn:
+        stuck = stuck_in_sending(conn, threshold)
+    return dg.AssetCheckResult(
+        passed=not stuck,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "stuck_messages": len(stuck),
+            "message_ids": dg.MetadataValue.text(", ".join(str(s.id) for s in stuck[:50])),
+            "listing": dg.MetadataValue.text("waflow sender-stuck"),
+        },
+    )
+
+
+@dg.sensor(
+    asset_selection=[campaign_delivery_report],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def campaign_delivery_report_sensor(
+    context: dg.SensorEvaluationContext, postgres: PostgresResource
+) -> dg.SensorResult:
+    """Re-materialise the report of every campaign run whose messages changed (sends and
+    receipts both touch `messages.updated_at`); one run per run and change."""
+    since = (
+        datetime.fromisoformat(context.cursor)
+        if context.cursor
+        else datetime(1970, 1, 1, tzinfo=UTC)
+    )
+    first_day = date.fromisoformat(run_date_partitions.get_first_partition_key())
+    last_day = date.fromisoformat(run_date_partitions.get_last_partition_key())
+    with postgres.engine.connect() as conn:
+        changed = conn.execute(
+            sa.text(
+                "SELECT r.id, r.campaign_id, r.run_date, max(m.updated_at) AS changed_at"
+                " FROM messages m JOIN campaign_runs r ON r.id = m.campaign_run_id"
+                " WHERE m.updated_at > :since - make_interval(secs => :overlap)"
+                " AND r.run_date BETWEEN :first AND :last"
+                " GROUP BY r.id ORDER BY changed_at LIMIT 200"
+            ),
+            {
+                "since": since,
+                "overlap": CURSOR_OVERLAP_SECONDS,
+                "first": first_day,
+                "last": last_day,
+            },
+        ).all()
+    if not changed:
+        return dg.SensorResult(skip_reason="no message changed since the last tick")
+    campaigns = sorted({str(row.campaign_id) for row in changed})
+    missing = [c for c in campaigns if not context.instance.has_dynamic_partition("campaigns", c)]
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                partition_key=dg.MultiPartitionKey(
+                    {"campaign": str(row.campaign_id), "date": row.run_date.isoformat()}
+                ),
+                run_key=f"delivery-report-{row.id}-{row.changed_at.isoformat()}",
+            )
+            for row in changed
+        ],
+        dynamic_partitions_requests=[campaign_partitions.build_add_request(missing)]
+        if missing
+        else [],
+        cursor=max(max(row.changed_at for row in changed), since).isoformat(),
+    )
+
+
+defs = dg.Definitions(
+    assets=[campaign_delivery_report],
+    asset_checks=[messages_stuck_in_sending],
+    sensors=[campaign_delivery_report_sensor],
+)

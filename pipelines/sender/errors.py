@@ -1,0 +1,98 @@
+"""Which failed sends are worth another attempt, decided by the Graph API error `code`.
+
+WhatsApp answers its throughput and pair-rate errors (130429, 131056) and most others with
+HTTP 400, so the HTTP status says little; the code does. Source of the table: Meta's
+"Error codes" page of the WhatsApp Cloud API
+(https://developers.facebook.com/documentation/business-messaging/whatsapp/support/error-codes).
+
+A network failure is retryable only when the request cannot have reached WhatsApp (the
+connection was never made); after the request left, WhatsApp may have accepted it, and a
+retry could reach the recipient twice, so such a row stays `sending` and is surfaced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import httpx
+
+from resources.whatsapp import GraphAPIError
+
+
+class ErrorClass(Enum):
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+    AMBIGUOUS = "ambiguous"
+
+
+R, P = ErrorClass.RETRYABLE, ErrorClass.PERMANENT
+
+GRAPH_ERRORS: dict[int, tuple[ErrorClass, str]] = {
+    1: (R, "API unknown: possibly a temporary outage"),
+    2: (R, "API service: temporary downtime or overload"),
+    4: (R, "API too many calls: app rate limit"),
+    80007: (R, "WhatsApp Business account rate limit"),
+    130429: (R, "Rate limit hit: phone number throughput"),
+    131000: (R, "Something went wrong"),
+    131016: (R, "Service unavailable"),
+    131048: (R, "Spam rate limit hit"),
+    131056: (R, "Pair rate limit hit: too many messages to this recipient"),
+    133004: (R, "Server temporarily unavailable"),
+    0: (P, "AuthException: access token invalid or expired"),
+    3: (P, "API method: capability or permissions issue"),
+    10: (P, "Permission denied"),
+    100: (P, "Invalid parameter"),
+    190: (P, "Access token has expired"),
+    368: (P, "Temporarily blocked for policy violations"),
+    130472: (P, "Recipient is part of an experiment"),
+    131008: (P, "Required parameter is missing"),
+    131009: (P, "Parameter value is not valid"),
+    131021: (P, "Recipient cannot be sender"),
+    131026: (P, "Message undeliverable"),
+    131030: (P, "Recipient phone number not in allowed list"),
+    131031: (P, "Account has been locked"),
+    131042: (P, "Business eligibility payment issue"),
+    131045: (P, "Incorrect certificate"),
+    131047: (P, "Re-engagement message: more than 24 hours since the customer last replied"),
+    131049: (P, "Not delivered to maintain healthy ecosystem engagement"),
+    131051: (P, "Unsupported message type"),
+    131052: (P, "Media download error"),
+    131053: (P, "Media upload error"),
+    132000: (P, "Template parameter count mismatch"),
+    132001: (P, "Template does not exist"),
+    132005: (P, "Template hydrated text too long"),
+    132007: (P, "Template format character policy violated"),
+    132012: (P, "Template parameter format mismatch"),
+    132015: (P, "Template is paused"),
+    132016: (P, "Template is disabled"),
+    135000: (P, "Generic user error"),
+}
+PERMISSION_CODES = range(200, 300)  # "API permission": not granted or revoked
+
+
+@dataclass(frozen=True)
+class Classified:
+    kind: ErrorClass
+    code: int | None
+    title: str
+
+
+def classify(error: Exception) -> Classified:
+    if isinstance(error, GraphAPIError):
+        return _classify_graph(error)
+    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return Classified(R, None, f"network: {type(error).__name__}")
+    # The request may have left (a read timeout, a dropped connection, an unreadable answer).
+    return Classified(ErrorClass.AMBIGUOUS, None, f"unclear outcome: {type(error).__name__}")
+
+
+def _classify_graph(error: GraphAPIError) -> Classified:
+    known = GRAPH_ERRORS.get(error.code) if error.code is not None else None
+    if known:
+        return Classified(known[0], error.code, error.title or known[1])
+    if error.code in PERMISSION_CODES:
+        return Classified(P, error.code, error.title)
+    # An unlisted code: trust the transport's hint (429 and 5xx are temporary).
+    temporary = error.http_status == 429 or error.http_status >= 500
+    return Classified(R if temporary else P, error.code, error.title)

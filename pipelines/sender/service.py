@@ -1,0 +1,48 @@
+"""Runs a sender worker from the environment until SIGTERM/SIGINT (or until the queue is
+drained), as `waflow sender` and the demo do."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections import Counter
+
+from pipelines.sender.worker import SenderConfig, Worker
+from resources import settings
+from resources.postgres import create_engine
+from resources.queue import SQSResource
+from resources.whatsapp import WhatsAppClient
+
+
+def run(drain: bool = False, install_signals: bool = True) -> Counter[str]:
+    settings.check_production(("DATABASE_URL", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_PHONE_NUMBER_ID"))
+    config = SenderConfig.from_env()
+    engine = create_engine(settings.require("DATABASE_URL"), pool_size=config.lanes + 2)
+    sqs = SQSResource.from_env()
+    client = WhatsAppClient(
+        settings.get("WHATSAPP_ACCESS_TOKEN"),
+        settings.get("WHATSAPP_PHONE_NUMBER_ID"),
+        settings.get("WHATSAPP_API_BASE_URL"),
+        settings.get("WHATSAPP_API_VERSION"),
+        timeout_seconds=30.0,
+        max_connections=config.lanes * 10,
+    )
+    worker = Worker(engine, sqs, client, config)
+    if install_signals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: worker.stop())
+    # Libraries stay at WARNING: httpx and botocore log every request at INFO.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s sender %(levelname)s %(message)s"
+    )
+    logging.getLogger("waflow.sender").setLevel(logging.INFO)
+    logging.getLogger("waflow.sender").info(
+        "sending from %s%s",
+        sqs.queue_name,
+        " (dev mode: nothing leaves)" if client.dev_mode else "",
+    )
+    try:
+        return worker.run(drain=drain)
+    finally:
+        client.close()
+        engine.dispose()

@@ -1,0 +1,371 @@
+"""The receive → limit → claim → send → record loop, run by several lanes in one process.
+
+Each lane handles one received batch (≤ 10 payloads) at a time with a handful of database
+round trips for the whole batch; its sends run concurrently on a shared thread pool, each
+at the time slot the shared throughput limit gave it. The SQS message is deleted only after
+the row records the result, so a crash at any point loses nothing: the payload comes back,
+and the row's status says whether it may still be sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipelines.sender import store
+from pipelines.sender.errors import ErrorClass, classify
+from pipelines.sender.payload import MalformedPayload, Payload, parse
+from resources import settings
+from resources.queue import SQSResource
+from resources.whatsapp import WhatsAppClient
+
+log = logging.getLogger("waflow.sender")
+
+MAX_VISIBILITY_SECONDS = 12 * 3600  # SQS's ceiling
+RECEIVE_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId"]
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    lanes: int = 8
+    visibility_seconds: int = 60
+    wait_seconds: int = 20
+    max_attempts: int = 3
+    retry_base_seconds: float = 10.0
+    limit_wait_seconds: float = 300.0
+
+    @classmethod
+    def from_env(cls) -> SenderConfig:
+        def number(name: str, kind: type = int, low: float = 0, high: float | None = None):
+            raw = settings.get(name)
+            try:
+                value = kind(raw)
+            except (TypeError, ValueError):
+                raise settings.InvalidSetting(f"{name} must be a number") from None
+            if value < low or (high is not None and value > high):
+                raise settings.InvalidSetting(f"{name} must be between {low} and {high or '∞'}")
+            return value
+
+        return cls(
+            lanes=number("SENDER_LANES", int, 1, 64),
+            visibility_seconds=number("SENDER_VISIBILITY_SECONDS", int, 1, MAX_VISIBILITY_SECONDS),
+            wait_seconds=number("SENDER_WAIT_SECONDS", int, 0, 20),
+            max_attempts=number("SENDER_MAX_ATTEMPTS", int, 1, 10),
+            retry_base_seconds=number("SENDER_RETRY_BASE_SECONDS", float, 0),
+            limit_wait_seconds=number("SENDER_LIMIT_WAIT_SECONDS", float, 1),
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    message: dict[str, Any]
+    payload: Payload
+    send_at: float = 0.0
+
+    @property
+    def receipt(self) -> str:
+        return self.message["ReceiptHandle"]
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        sqs: SQSResource,
+        client: WhatsAppClient,
+        config: SenderConfig | None = None,
+    ) -> None:
+        self.engine = engine
+        self.sqs = sqs
+        self.client = client
+        self.config = config or SenderConfig()
+        self.stats: Counter[str] = Counter()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(self.config.lanes * 10, thread_name_prefix="send")
+
+    def stop(self) -> None:
+        """Stop receiving; lanes finish and record what is in flight, then return."""
+        self._stopping.set()
+
+    def run(self, drain: bool = False) -> Counter[str]:
+        """Run until `stop()`, or with `drain` until the queue holds nothing more."""
+        lanes = [
+            threading.Thread(target=self._lane, args=(drain,), name=f"lane-{i}", daemon=True)
+            for i in range(self.config.lanes)
+        ]
+        for lane in lanes:
+            lane.start()
+        for lane in lanes:
+            while lane.is_alive():
+                lane.join(timeout=0.5)
+        self._pool.shutdown(wait=True)
+        return self.stats
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += n
+
+    def _lane(self, drain: bool) -> None:
+        while not self._stopping.is_set():
+            try:
+                messages = self.sqs.client.receive_message(
+                    QueueUrl=self.sqs.url(),
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=self.config.wait_seconds,
+                    VisibilityTimeout=self.config.visibility_seconds,
+                    AttributeNames=RECEIVE_ATTRIBUTES,
+                ).get("Messages", [])
+            except (BotoCoreError, ClientError) as error:
+                log.warning("cannot receive from SQS: %s", error)
+                self._stopping.wait(2.0)
+                continue
+            if not messages:
+                if drain and self._queue_is_empty():
+                    return
+                continue
+            if self._stopping.is_set():
+                self._release(messages)
+                return
+            try:
+                self._process(messages)
+            except sa.exc.DBAPIError as error:
+                log.warning("database unavailable before sending; payloads come back: %s", error)
+                self._stopping.wait(2.0)
+            except (BotoCoreError, ClientError) as error:
+                log.warning("SQS refused a request; the payloads come back: %s", error)
+                self._stopping.wait(2.0)
+
+    def _queue_is_empty(self) -> bool:
+        depth = self.sqs.depth()
+        return depth.visible + depth.in_flight + depth.delayed == 0
+
+    def _process(self, messages: list[dict[str, Any]]) -> None:
+        jobs = []
+        for message in messages:
+            try:
+                jobs.append(Job(message, parse(message["Body"])))
+            except MalformedPayload as error:
+                self._dead_letter(message, str(error), error.message_id)
+        jobs = self._admit(jobs)
+        if not jobs:
+            return
+        jobs = self._schedule(jobs)
+        first = min(job.send_at for job in jobs)
+        if self._stopping.wait(max(0.0, first - time.monotonic())):
+            self._release([job.message for job in jobs])
+            return
+        try:
+            claimed = store.claim(self.engine, [job.payload.message_id for job in jobs])
+        except sa.exc.DBAPIError:
+            self._postpone([job.message for job in jobs], 5)
+            raise
+        sending, outcomes, done = [], [], []
+        for job in jobs:
+            # pop: a second copy of a payload in the same batch is a duplicate too
+            row = claimed.pop(job.payload.message_id, None)
+            if row is None:
+                self._count("duplicates")  # already sent, sending or failed: never twice
+                done.append(job.receipt)
+            elif row.peer_phone != job.payload.to:
+                outcomes.append(_failure(row.id, None, "payload recipient differs from the row's"))
+                self._dead_letter(job.message, "payload recipient differs from the row's", None)
+            elif not job.payload.business_initiated and not row.within_window:
+                outcomes.append(
+                    _failure(
+                        row.id,
+                        131047,
+                        "Outside the 24-hour customer service window: not sent",
+                        "free-form messages need a customer message within the last 24 hours; "
+                        "use a template",
+                    )
+                )
+                done.append(job.receipt)
+            else:
+                sending.append((job, row))
+        futures = [(job, row, self._pool.submit(self._send, job, row)) for job, row in sending]
+        retry, dead = [], []
+        for job, row, future in futures:
+            outcome, action = future.result()
+            if outcome is not None:
+                outcomes.append(outcome)
+            if action == "retry":
+                retry.append(
+                    (job.message, self.config.retry_base_seconds * 2 ** (row.attempts - 1))
+                )
+            elif action == "dead":
+                dead.append((job.message, outcome))
+            else:
+                done.append(job.receipt)
+        self._record(outcomes)
+        self._delete(done)
+        for message, delay in retry:
+            self._postpone([message], delay)
+        for message, outcome in dead:
+            self._dead_letter(
+                message,
+                f"failed after {self.config.max_attempts} attempts: "
+                f"{outcome.error_code} {outcome.error_title}",
+                None,
+            )
+
+    def _send(self, job: Job, row: store.Claimed) -> tuple[store.Outcome | None, str]:
+        """One request; returns the row's outcome and what to do with the SQS message."""
+        delay = job.send_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            sent = self.client.send(job.payload.to, job.payload.graph, job.payload.phone_number_id)
+        except Exception as error:
+            verdict = classify(error)
+        else:
+            self._count("sent")
+            return store.Outcome(row.id, "sent", wamid=sent.wamid), "delete"
+        if verdict.kind is ErrorClass.AMBIGUOUS:
+            self._count("ambiguous")
+            log.warning("message %s: %s; left in sending, not retried", row.id, verdict.title)
+            return None, "delete"
+        if verdict.kind is ErrorClass.RETRYABLE and row.attempts < self.config.max_attempts:
+            self._count("retried")
+            return store.Outcome(
+                row.id, "retry", error_code=verdict.code, error_title=verdict.title
+            ), "retry"
+        self._count("failed")
+        outcome = _failure(row.id, verdict.code, verdict.title)
+        return outcome, "dead" if verdict.kind is ErrorClass.RETRYABLE else "delete"
+
+    def _admit(self, jobs: list[Job]) -> list[Job]:
+        """Hold back template messages over their organisation's messaging limit."""
+        by_org: dict[str, list[Job]] = {}
+        for job in jobs:
+            if job.payload.business_initiated:
+                by_org.setdefault(job.payload.organisation_id, []).append(job)
+        held: set[int] = set()
+        for organisation_id, group in by_org.items():
+            try:
+                admitted = store.admit(self.engine, organisation_id, [j.payload.to for j in group])
+            except sa.exc.DataError:
+                for job in group:
+                    self._dead_letter(job.message, "organizationId is not a UUID", None)
+                    held.add(id(job))
+                continue
+            waiting = [job for job in group if job.payload.to not in admitted]
+            if waiting:
+                self._count("waiting_for_limit", len(waiting))
+                self._postpone([job.message for job in waiting], self.config.limit_wait_seconds)
+                held.update(id(job) for job in waiting)
+        return [job for job in jobs if id(job) not in held]
+
+    def _schedule(self, jobs: list[Job]) -> list[Job]:
+        """Give each job its send time from the phone number's shared throughput limit."""
+        by_phone: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_phone.setdefault(job.payload.phone_number_id, []).append(job)
+        scheduled = []
+        for phone_number_id, group in by_phone.items():
+            slots = store.reserve_slots(self.engine, phone_number_id, len(group))
+            start = time.monotonic() + slots.wait_seconds
+            scheduled += [
+                Job(job.message, job.payload, start + i * slots.spacing_seconds)
+                for i, job in enumerate(group)
+            ]
+        return scheduled
+
+    def _record(self, outcomes: list[store.Outcome]) -> None:
+        """Store the results, waiting out a database outage: a sent message must get its
+        row updated before its payload leaves the queue."""
+        delay = 0.5
+        while True:
+            try:
+                store.record(self.engine, outcomes)
+                return
+            except sa.exc.DBAPIError as error:
+                log.warning("cannot record %d results yet: %s", len(outcomes), error)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _delete(self, receipts: list[str]) -> None:
+        for start in range(0, len(receipts), 10):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": r}
+                for i, r in enumerate(receipts[start : start + 10])
+            ]
+            try:
+                self.sqs.client.delete_message_batch(QueueUrl=self.sqs.url(), Entries=entries)
+            except (BotoCoreError, ClientError) as error:
+                # The payload comes back; its row is past `pending`, so it is deleted then.
+                log.warning("cannot delete %d payloads: %s", len(entries), error)
+
+    def _release(self, messages: list[dict[str, Any]]) -> None:
+        """Make received-but-unstarted payloads visible again at once (graceful stop)."""
+        self._change_visibility(messages, 0)
+        self._count("released", len(messages))
+
+    def _postpone(self, messages: list[dict[str, Any]], seconds: float) -> None:
+        """Hide payloads for `seconds`. One near the DLQ's receive count is requeued as a
+        fresh copy instead, so that waiting never sends a payload to the DLQ."""
+        near_limit = [m for m in messages if _receive_count(m) >= self.sqs.max_receive_count]
+        for message in near_limit:
+            self._requeue(message)
+        rest = [m for m in messages if m not in near_limit]
+        self._change_visibility(rest, min(int(seconds), MAX_VISIBILITY_SECONDS))
+
+    def _change_visibility(self, messages: list[dict[str, Any]], seconds: int) -> None:
+        for start in range(0, len(messages), 10):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": seconds}
+                for i, m in enumerate(messages[start : start + 10])
+            ]
+            try:
+                self.sqs.client.change_message_visibility_batch(
+                    QueueUrl=self.sqs.url(), Entries=entries
+                )
+            except (BotoCoreError, ClientError) as error:
+                log.warning("cannot change visibility of %d payloads: %s", len(entries), error)
+
+    def _requeue(self, message: dict[str, Any]) -> None:
+        self.sqs.client.send_message(
+            QueueUrl=self.sqs.url(), MessageBody=message["Body"], **self._fifo_keys(message)
+        )
+        self._delete([message["ReceiptHandle"]])
+
+    def _dead_letter(self, message: dict[str, Any], reason: str, message_id: int | None) -> None:
+        """Move a payload that will never be sent to the DLQ with the reason, and fail its row."""
+        log.warning("payload %s to the DLQ: %s", message.get("MessageId"), reason)
+        if message_id is not None:
+            self._record([_failure(message_id, None, "Malformed payload", reason)])
+        self.sqs.client.send_message(
+            QueueUrl=self.sqs.url(self.sqs.dlq_name),
+            MessageBody=message["Body"],
+            MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:1000]}},
+            **self._fifo_keys(message),
+        )
+        self._delete([message["ReceiptHandle"]])
+        self._count("dead_lettered")
+
+    def _fifo_keys(self, message: dict[str, Any]) -> dict[str, str]:
+        if not self.sqs.is_fifo:
+            return {}
+        group = message.get("Attributes", {}).get("MessageGroupId") or "sender"
+        return {"MessageGroupId": group, "MessageDeduplicationId": uuid.uuid4().hex}
+
+
+def _receive_count(message: dict[str, Any]) -> int:
+    return int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+
+
+def _failure(
+    message_id: int, code: int | None, title: str, detail: str | None = None
+) -> store.Outcome:
+    return store.Outcome(
+        message_id, "failed", error_code=code, error_title=title, error_detail=detail
+    )
