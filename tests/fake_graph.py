@@ -59,8 +59,8 @@ class FakeGraph:
         return Starlette(
             routes=[
                 Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
-                Route("/{version}/{media_id}", self._media_url, methods=["GET"]),
                 Route("/media-download/{media_id}", self._media_download, methods=["GET"]),
+                Route("/{version}/{media_id}", self._media_url, methods=["GET"]),
             ]
         )
 
