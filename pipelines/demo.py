@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from resources import campaigns, settings
 from resources.postgres import PostgresResource
+from webhook_app import demo as webhook_demo
 
 DEMO_ORGANISATION = "Demo organisation"
 DEMO_GENERATOR = (
@@ -90,12 +91,14 @@ def summary(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
         campaign = campaigns.get_campaign(conn, campaign_id)
         counts = campaigns.audience_counts(conn, campaign_id)
         migrations = conn.execute(sa.text("SELECT count(*) FROM schema_migrations")).scalar_one()
+        conversations = webhook_demo.summary(conn)
     return {
         "campaign_id": str(campaign_id),
         "campaign_status": campaign.status if campaign else None,
         "audience": sum(counts.values()),
         "audience_by_status": counts,
         "migrations": migrations,
+        **conversations,
     }
 
 
@@ -107,6 +110,7 @@ def run_demo() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="waflow-demo-") as state, local_stack(Path(state)):
         postgres = PostgresResource.from_env()
         campaign_id = load_demo(postgres.engine)
+        webhook_demo.run(postgres.engine, campaign_id)
         result = summary(postgres.engine, campaign_id)
         postgres.engine.dispose()
     result["seconds"] = round(time.monotonic() - started, 1)
