@@ -20,8 +20,11 @@ RECEIPT_STATUSES = ("sent", "delivered", "read", "failed")
 _RECORD = sa.text(
     "INSERT INTO message_receipts"
     " (provider_message_id, status, provider_ts, error_code, error_title, raw)"
-    " VALUES (:wamid, :status, :ts, :code, :title, CAST(:raw AS jsonb))"
-    " ON CONFLICT (provider_message_id, status) DO NOTHING RETURNING id"
+    " SELECT x.wamid, x.status, x.ts, x.code, x.title, x.raw"
+    " FROM jsonb_to_recordset(CAST(:rows AS jsonb))"
+    " AS x(wamid text, status text, ts timestamptz, code integer, title text, raw jsonb)"
+    " ON CONFLICT (provider_message_id, status) DO NOTHING"
+    " RETURNING provider_message_id"
 )
 
 # Our message id travels in biz_opaque_callback_data: it finds the row before its wamid does.
@@ -38,7 +41,7 @@ _APPLY = sa.text(
         FROM message_receipts r
         JOIN messages m ON m.provider_message_id = r.provider_message_id
                        AND m.direction = 'outbound'
-        WHERE r.applied_at IS NULL AND r.provider_message_id = :wamid
+        WHERE r.applied_at IS NULL AND r.provider_message_id = ANY(:wamids)
         ORDER BY message_status_rank(r.status)
         FOR UPDATE OF r
     ), best AS (
@@ -81,45 +84,56 @@ _WAITING_KNOWN = sa.text(
 )
 
 
-def record(conn: sa.Connection, status: dict[str, Any]) -> bool:
-    """Record one `statuses[]` item and apply it if its message is known.
+def record(conn: sa.Connection, statuses: list[Any]) -> int:
+    """Record `statuses[]` items and apply those whose message is known; how many were new.
 
-    False when it is a duplicate or a status we do not track (WhatsApp also sends e.g.
-    `deleted`); those change nothing.
+    Duplicates and statuses we do not track (WhatsApp also sends e.g. `deleted`) change
+    nothing. One statement records a whole batch, one more applies it.
     """
-    wamid, kind = status.get("id"), status.get("status")
-    if not isinstance(wamid, str) or kind not in RECEIPT_STATUSES:
-        return False
-    error = (status.get("errors") or [{}])[0]
-    inserted = conn.execute(
-        _RECORD,
-        {
-            "wamid": wamid,
-            "status": kind,
-            "ts": timestamp(status.get("timestamp")),
-            "code": error.get("code") if isinstance(error.get("code"), int) else None,
-            "title": _error_title(error) if kind == "failed" else None,
-            "raw": json.dumps(status),
-        },
-    ).first()
-    if inserted is None:
-        return False
-    callback = str(status.get("biz_opaque_callback_data") or "")
-    if callback.isdigit():
-        conn.execute(_CLAIM_WAMID, {"wamid": wamid, "id": int(callback)})
-    apply(conn, wamid)
-    return True
+    rows = [_row(s) for s in statuses if _is_receipt(s)]
+    if not rows:
+        return 0
+    new = conn.execute(_RECORD, {"rows": json.dumps(rows)}).scalars().all()
+    for status in statuses:
+        callback = str(status.get("biz_opaque_callback_data") or "") if _is_receipt(status) else ""
+        if callback.isdigit():
+            conn.execute(_CLAIM_WAMID, {"wamid": status["id"], "id": int(callback)})
+    apply(conn, sorted(set(new)))
+    return len(new)
 
 
-def apply(conn: sa.Connection, wamid: str) -> int:
-    """Apply every waiting receipt of `wamid` whose message is known; how many were applied."""
-    return len(conn.execute(_APPLY, {"wamid": wamid}).all())
+def apply(conn: sa.Connection, wamids: list[str]) -> int:
+    """Apply every waiting receipt of these wamids whose message is known; how many."""
+    if not wamids:
+        return 0
+    return len(conn.execute(_APPLY, {"wamids": wamids}).all())
 
 
 def apply_waiting(conn: sa.Connection, limit: int = 500) -> int:
     """Receipts that were early: apply those whose wamid a message now carries."""
-    wamids = conn.execute(_WAITING_KNOWN, {"limit": limit}).scalars().all()
-    return sum(apply(conn, wamid) for wamid in wamids)
+    return apply(conn, list(conn.execute(_WAITING_KNOWN, {"limit": limit}).scalars()))
+
+
+def _is_receipt(status: Any) -> bool:
+    return (
+        isinstance(status, dict)
+        and isinstance(status.get("id"), str)
+        and status.get("status") in RECEIPT_STATUSES
+    )
+
+
+def _row(status: dict[str, Any]) -> dict[str, Any]:
+    error = (status.get("errors") or [{}])[0]
+    error = error if isinstance(error, dict) else {}
+    ts = timestamp(status.get("timestamp"))
+    return {
+        "wamid": status["id"],
+        "status": status["status"],
+        "ts": ts.isoformat() if ts else None,
+        "code": error.get("code") if isinstance(error.get("code"), int) else None,
+        "title": _error_title(error) if status["status"] == "failed" else None,
+        "raw": status,
+    }
 
 
 def timestamp(value: Any) -> datetime | None:
