@@ -69,8 +69,13 @@ def process_batch(engine: sa.Engine, limit: int = BATCH) -> Counter:
             else:
                 conn.execute(_DONE, {"id": [event_id]})
             tally["events"] += 1
-        tally["receipts_applied_late"] += receipts.apply_waiting(conn)
     return tally
+
+
+def apply_early_receipts(engine: sa.Engine) -> int:
+    """Receipts that arrived before their wamid was stored, applied now that it is."""
+    with engine.begin() as conn:
+        return receipts.apply_waiting(conn)
 
 
 def _receipts_only(payload: dict[str, Any]) -> bool:

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 AGENT_POLL_SECONDS = 0.25
+# Early receipts wait for the sender to store their wamid; looking for them is a join over
+# every waiting receipt, so it runs on its own, slower clock rather than after every batch.
+RECEIPT_POLL_SECONDS = 2.0
 RETRY_TURN_SECONDS = 30.0
 MAX_CONCURRENT_TURNS = 8
 
@@ -60,6 +63,9 @@ class Runtime:
             self._spawn(f"inbox-{n}", self._inbox_step, self.inbox_ready, POLL_SECONDS)
         self._spawn("agent", self._agent_step, self.turns_ready, AGENT_POLL_SECONDS)
         self._spawn("media", self._media_step, self.media_ready, POLL_SECONDS)
+        self._spawn(
+            "early-receipts", self._early_receipts_step, asyncio.Event(), RECEIPT_POLL_SECONDS
+        )
 
     async def stop(self) -> None:
         for task in self.tasks.values():
@@ -133,6 +139,11 @@ class Runtime:
         self.counters["turns"] += 1
         self.counters["replies_sent"] += len(turn.get("sent") or [])
         self.counters["fallback_replies"] += int(bool(turn.get("fallback")))
+
+    async def _early_receipts_step(self) -> bool:
+        applied = await asyncio.to_thread(processing.apply_early_receipts, self.engine)
+        self.counters["receipts_applied_late"] += applied
+        return False
 
     async def _media_step(self) -> bool:
         return await asyncio.to_thread(media.copy_pending, self.engine, self.client, self.s3) > 0
