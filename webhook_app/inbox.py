@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import psycopg
@@ -60,6 +62,14 @@ class InboxWriter:
         self._ready = asyncio.Event()
         self._tasks = [asyncio.create_task(self._flush_forever()) for _ in range(flushers)]
         self.stored = 0
+        self._recent: deque[tuple[float, int]] = deque()
+
+    def rate(self, over_seconds: float = 0.2) -> float:
+        """Events stored per second lately: how hard the request path is working."""
+        horizon = time.monotonic() - over_seconds
+        while self._recent and self._recent[0][0] < horizon:
+            self._recent.popleft()
+        return sum(count for _, count in self._recent) / over_seconds
 
     async def store(self, text: str) -> None:
         pending = _Pending(text)
@@ -95,6 +105,7 @@ class InboxWriter:
             _fail(batch, InboxUnavailable("the webhook inbox is unavailable"))
             return
         self.stored += len(batch)
+        self._recent.append((time.monotonic(), len(batch)))
         for pending in batch:
             if not pending.done.done():
                 pending.done.set_result(None)

@@ -35,6 +35,8 @@ AGENT_POLL_SECONDS = 0.25
 # every waiting receipt, so it runs on its own, slower clock rather than after every batch.
 RECEIPT_POLL_SECONDS = 2.0
 RETRY_TURN_SECONDS = 30.0
+BUSY_PAUSE_SECONDS = 0.5
+BUSY_EVENTS_PER_SECOND = 200
 MAX_CONCURRENT_TURNS = 8
 
 
@@ -106,7 +108,14 @@ class Runtime:
                     await asyncio.wait_for(ready.wait(), poll)
 
     async def _inbox_step(self) -> bool:
-        tally = await asyncio.to_thread(processing.process_batch, self.engine)
+        """While webhooks are pouring in, the workers yield to the request path: they take
+        larger batches less often, so answering WhatsApp keeps the CPU and the GIL, and the
+        durable inbox absorbs the burst (its backlog and age are in /health)."""
+        limit = processing.BATCH
+        if self.writer.rate() > BUSY_EVENTS_PER_SECOND:
+            await asyncio.sleep(BUSY_PAUSE_SECONDS)
+            limit = processing.BATCH_WHEN_BUSY
+        tally = await asyncio.to_thread(processing.process_batch, self.engine, limit)
         self.counters.update(tally)
         if tally["inbound"]:
             self.turns_ready.set()
