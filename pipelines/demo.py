@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from resources import campaigns, settings
 from resources.postgres import PostgresResource
+from webhook_app import demo as webhook_demo
 
 DEMO_ORGANISATION = "Demo organisation"
 DEMO_GENERATOR = (
@@ -128,6 +129,7 @@ def summary(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
             ),
             {"c": campaign_id},
         ).one()
+        conversations = webhook_demo.summary(conn)
     return {
         "campaign_id": str(campaign_id),
         "campaign_status": campaign.status if campaign else None,
@@ -140,6 +142,7 @@ def summary(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
         "messages_queued": queued,
         "messages_failed": failed,
         "messages_skipped": skipped,
+        **conversations,
     }
 
 
@@ -209,6 +212,7 @@ def run_demo() -> dict[str, Any]:
         generate_demo_media(campaign_id)
         dispatch_demo(postgres.engine, campaign_id)
         sending = send_queued(postgres.engine, campaign_id)
+        webhook_demo.run(postgres.engine, campaign_id)
         result = summary(postgres.engine, campaign_id)
         result.update(sending)
         result.update(archive_demo(postgres, campaign_id))

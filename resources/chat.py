@@ -23,7 +23,11 @@ class OfflineResponder(BaseChatModel):
         return "offline-responder"
 
     def _generate(
-        self, messages: list[BaseMessage], stop: list[str] | None = None, **_: Any
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **_: Any,
     ) -> ChatResult:
         last = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
         said = f' You wrote: "{last.content}".' if last is not None else ""

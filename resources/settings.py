@@ -231,6 +231,50 @@ SETTINGS: tuple[Setting, ...] = (
         "1800",
         "A row in `sending` longer than this is reported as stuck (never re-sent automatically).",
     ),
+    # Webhook app: inbox processing, the conversation agent and operator handoff
+    Setting(
+        "WEBHOOK_WORKERS",
+        "2",
+        "Inbox workers per webhook app instance (instances share the inbox without double work).",
+    ),
+    Setting(
+        "AGENT_BUFFER_SECONDS",
+        "3",
+        "Quiet time after a customer's last message before the agent answers the buffered turn.",
+    ),
+    Setting(
+        "AGENT_BUFFER_MAX_SECONDS",
+        "15",
+        "Longest a turn is held while the customer keeps typing; it is answered after this.",
+    ),
+    Setting(
+        "AGENT_MODEL_TIMEOUT_SECONDS",
+        "20",
+        "Time limit of one chat model call; after it the customer gets the fallback reply.",
+    ),
+    Setting(
+        "AGENT_HISTORY_MAX_TOKENS",
+        "4000",
+        "Approximate tokens of conversation history given to the model (oldest trimmed first).",
+    ),
+    Setting(
+        "AGENT_SYSTEM_PROMPT",
+        "You are the friendly customer-service assistant of a business on WhatsApp. "
+        "Answer briefly and politely in the customer's language. If you cannot help, "
+        "or the customer needs a person, answer with exactly [HANDOFF].",
+        "System prompt of the conversation agent; `[HANDOFF]` in a reply hands over to a human.",
+    ),
+    Setting(
+        "AGENT_HANDOFF_WORDS",
+        "human,operator,person,representative",
+        "Comma-separated words with which a customer asks for a human.",
+    ),
+    Setting(
+        "OPT_OUT_WORDS",
+        "STOP,UNSUBSCRIBE",
+        "Comma-separated messages (whole message, any case) that opt a contact out of campaigns.",
+    ),
+    Setting("OPT_IN_WORDS", "START", "Comma-separated messages that opt a contact back in."),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -79,16 +79,26 @@ class WhatsAppClient:
         )
 
     def send(
-        self, to: str, message: dict[str, Any], phone_number_id: str | None = None
+        self,
+        to: str,
+        message: dict[str, Any],
+        phone_number_id: str | None = None,
+        *,
+        recipient: str | None = None,
     ) -> SentMessage:
-        """Send one message; `message` holds `type` and its object (`text`, `template`, …)."""
+        """Send one message; `message` holds `type` and its object (`text`, `template`, …).
+
+        A customer known only by WhatsApp's business-scoped user id is addressed with
+        `recipient` (and an empty `to`).
+        """
         if self.dev_mode:
             label = message.get("template", {}).get("name") or message["type"]
-            return SentMessage(wamid=f"dev_{to.lstrip('+')}_{label}")
+            return SentMessage(wamid=f"dev_{(to or recipient or '').lstrip('+')}_{label}")
+        address = {"to": to} if to else {"recipient": recipient}
         body = {
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
-            "to": to,
+            **address,
             **message,
         }
         response = self._http.post(
@@ -108,6 +118,20 @@ class WhatsAppClient:
         if response.is_error:
             raise GraphAPIError.from_response(response)
         return response.json()
+
+    def download(self, url: str, max_bytes: int) -> bytes:
+        """The content behind a media `url` (it needs the same bearer token), up to `max_bytes`."""
+        chunks, size = [], 0
+        with self._http.stream("GET", url) as response:
+            if response.is_error:
+                response.read()
+                raise GraphAPIError.from_response(response)
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise GraphAPIError(413, None, f"media larger than {max_bytes} bytes")
+                chunks.append(chunk)
+        return b"".join(chunks)
 
     def close(self) -> None:
         self._http.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import itertools
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 MESSAGE_TYPES = {
@@ -48,6 +49,7 @@ class FakeGraph:
     delay_seconds: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     request_times: list[float] = field(default_factory=list)
+    media: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     _failures: list[Failure] = field(default_factory=list)
     _ids: itertools.count = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -66,6 +68,8 @@ class FakeGraph:
             routes=[
                 Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
                 Route("/_fake/stats", self._stats),
+                Route("/media-download/{media_id}", self._media_download, methods=["GET"]),
+                Route("/{version}/{media_id}", self._media_url, methods=["GET"]),
             ]
         )
 
@@ -98,21 +102,59 @@ class FakeGraph:
             await asyncio.sleep(self.delay_seconds)
         if failure:
             return _error(failure.http_status, failure.code, failure.title, failure.subcode)
-        wamid = "wamid." + base64.b64encode(f"{body['to']}:{number}".encode()).decode()
+        address = body.get("to") or body["recipient"]
+        contact = (
+            {"input": address, "wa_id": address.lstrip("+")}
+            if body.get("to")
+            else {"input": address, "user_id": address}
+        )
+        wamid = "wamid." + base64.b64encode(f"{address}:{number}".encode()).decode()
         return JSONResponse(
             {
                 "messaging_product": "whatsapp",
-                "contacts": [{"input": body["to"], "wa_id": body["to"].lstrip("+")}],
+                "contacts": [contact],
                 "messages": [{"id": wamid, "message_status": "accepted"}],
             }
         )
+
+    def add_media(self, media_id: str, content: bytes, mime_type: str) -> None:
+        """Media a customer sent: its id resolves to a short-lived URL that serves `content`."""
+        self.media[media_id] = (content, mime_type)
+
+    async def _media_url(self, request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {self.access_token}":
+            return _error(401, 190, "Invalid OAuth access token")
+        media_id = request.path_params["media_id"]
+        if media_id not in self.media:
+            return _error(400, 100, f"Unsupported get request. Object with ID '{media_id}'")
+        content, mime_type = self.media[media_id]
+        return JSONResponse(
+            {
+                "messaging_product": "whatsapp",
+                "url": f"{str(request.base_url).rstrip('/')}/media-download/{media_id}",
+                "mime_type": mime_type,
+                "sha256": hashlib.sha256(content).hexdigest(),
+                "file_size": len(content),
+                "id": media_id,
+            }
+        )
+
+    async def _media_download(self, request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {self.access_token}":
+            return _error(401, 190, "Invalid OAuth access token")
+        content, mime_type = self.media.get(request.path_params["media_id"], (b"", ""))
+        if not mime_type:
+            return _error(404, 100, "media not found")
+        return Response(content, media_type=mime_type)
 
 
 def _validate(body: dict[str, Any]) -> str | None:
     if body.get("messaging_product") != "whatsapp":
         return "messaging_product must be whatsapp"
-    if not str(body.get("to", "")).lstrip("+").isdigit():
-        return "to must be a phone number"
+    if not str(body.get("to", "")).lstrip("+").isdigit() and not (
+        "to" not in body and body.get("recipient")
+    ):
+        return "to must be a phone number (or recipient a business-scoped user id)"
     kind = body.get("type", "text")
     if kind not in MESSAGE_TYPES:
         return f"type {kind!r} is not supported"

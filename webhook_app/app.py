@@ -1,6 +1,8 @@
 """The live side: WhatsApp webhooks, the operator API and health, as one Starlette app.
 
 All state is in Postgres, so any number of instances can run behind a load balancer.
+`app.state.chat_model` / `app.state.whatsapp_client`, when set before start-up, replace the
+ones built from the environment (tests use LangChain's fake chat models).
 """
 
 from __future__ import annotations
@@ -8,16 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from resources import settings
 from resources.postgres import PostgresResource
-from webhook_app import campaign_api
+from webhook_app import campaign_api, operator_api, runtime, stats, webhook
 
 REQUIRED_IN_PRODUCTION = (
     "DATABASE_URL",
@@ -36,22 +35,22 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     postgres = PostgresResource.from_env()
     await run_in_threadpool(postgres.migrate)
     app.state.postgres = postgres
+    app.state.webhook = await runtime.start(
+        postgres.engine,
+        postgres.database_url,
+        chat_model=getattr(app.state, "chat_model", None),
+        client=getattr(app.state, "whatsapp_client", None),
+    )
     yield
+    await app.state.webhook.stop()
     postgres.engine.dispose()
 
 
-async def health(request: Request) -> JSONResponse:
-    postgres: PostgresResource = request.app.state.postgres
-    try:
-        await run_in_threadpool(postgres.ping)
-    except sa.exc.SQLAlchemyError as error:
-        reason = str(error.orig if hasattr(error, "orig") else error).splitlines()[0]
-        return JSONResponse({"status": "unavailable", "database": reason}, status_code=503)
-    return JSONResponse({"status": "ok", "database": "ok"})
-
-
 routes = [
-    Route("/health", health),
+    Route("/health", stats.health),
+    Route("/stats", stats.stats),
+    *webhook.routes,
+    *operator_api.routes,
     *campaign_api.routes,
 ]
 

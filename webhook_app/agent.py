@@ -1,0 +1,245 @@
+"""The conversation agent: one LangGraph `StateGraph` run answers one buffered turn.
+
+load → triage → think → deliver. Memory is the messages table, not a LangGraph
+checkpointer: every inbound, AI, operator and campaign message is already stored there
+(the archive, the operator API and receipts need them anyway), so the history the model sees
+is read from it each turn. Operator messages are therefore in the agent's memory the moment
+they are stored, with no second copy to keep in sync, and a restart loses nothing. A turn
+is marked handled only in the transaction that stores its reply, so a crash or a failed
+send leaves it to be answered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from typing import TypedDict
+
+import sqlalchemy as sa
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    trim_messages,
+)
+from langchain_core.messages.utils import count_tokens_approximately
+from langgraph.graph import END, START, StateGraph
+
+from resources import settings
+from resources.whatsapp import WhatsAppClient
+from webhook_app import outbound
+
+log = logging.getLogger(__name__)
+
+HANDOFF_MARKER = "[HANDOFF]"
+HANDOFF_REPLY = "I'm passing you to a member of our team, who will reply here shortly."
+FALLBACK_REPLY = (
+    "Sorry, I can't answer right now. Please bear with us: we will get back to you shortly."
+)
+OPT_OUT_REPLY = (
+    "You are unsubscribed and will get no more campaign messages. Reply START to subscribe again."
+)
+OPT_IN_REPLY = "You are subscribed again. Reply STOP to unsubscribe."
+HISTORY_ROWS = 100
+
+
+def _words(name: str) -> frozenset[str]:
+    return frozenset(w.strip().lower() for w in settings.get(name).split(",") if w.strip())
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    system_prompt: str
+    model_timeout_seconds: float
+    history_max_tokens: int
+    handoff_words: frozenset[str]
+    opt_out_words: frozenset[str]
+    opt_in_words: frozenset[str]
+
+    @classmethod
+    def from_env(cls) -> AgentConfig:
+        return cls(
+            system_prompt=settings.get("AGENT_SYSTEM_PROMPT"),
+            model_timeout_seconds=float(settings.get("AGENT_MODEL_TIMEOUT_SECONDS")),
+            history_max_tokens=int(settings.get("AGENT_HISTORY_MAX_TOKENS")),
+            handoff_words=_words("AGENT_HANDOFF_WORDS"),
+            opt_out_words=_words("OPT_OUT_WORDS"),
+            opt_in_words=_words("OPT_IN_WORDS"),
+        )
+
+
+class Turn(TypedDict, total=False):
+    conversation_id: int
+    message_ids: list[int]
+    texts: list[str]
+    history: list[BaseMessage]
+    silent: bool
+    opt: bool | None
+    handoff: bool
+    reply: str | None
+    fallback: bool
+    sent: list[int]
+
+
+class Agent:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        client: WhatsAppClient,
+        model: BaseChatModel,
+        config: AgentConfig,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.model = model
+        self.config = config
+        graph = StateGraph(Turn)
+        graph.add_node("load", self._load)
+        graph.add_node("triage", self._triage)
+        graph.add_node("think", self._think)
+        graph.add_node("deliver", self._deliver)
+        graph.add_edge(START, "load")
+        graph.add_edge("load", "triage")
+        graph.add_conditional_edges("triage", self._needs_model, ["think", "deliver"])
+        graph.add_edge("think", "deliver")
+        graph.add_edge("deliver", END)
+        self.graph = graph.compile()
+
+    async def answer(self, conversation_id: int) -> Turn:
+        return await self.graph.ainvoke({"conversation_id": conversation_id})
+
+    async def _load(self, turn: Turn) -> Turn:
+        return await asyncio.to_thread(self._load_sync, turn["conversation_id"])
+
+    def _load_sync(self, conversation_id: int) -> Turn:
+        with self.engine.connect() as conn:
+            conversation = outbound.load(conn, conversation_id)
+            rows = conn.execute(
+                sa.text(
+                    "SELECT * FROM (SELECT id, direction, sender_type, message_type, body,"
+                    " handled_at, created_at FROM messages WHERE conversation_id = :c"
+                    " ORDER BY created_at DESC, id DESC LIMIT :n) recent"
+                    " ORDER BY created_at, id"
+                ),
+                {"c": conversation_id, "n": HISTORY_ROWS},
+            ).all()
+        pending = [r for r in rows if r.direction == "inbound" and r.handled_at is None]
+        return {
+            "message_ids": [r.id for r in pending],
+            "texts": [r.body for r in pending if r.body],
+            "history": [_as_chat_message(r) for r in rows],
+            "silent": conversation.human_takeover,
+        }
+
+    async def _triage(self, turn: Turn) -> Turn:
+        """Opt-out/opt-in words and requests for a human are answered without the model."""
+        said = [t.strip().lower() for t in turn["texts"]]
+        opt = None
+        for text in said:
+            if text in self.config.opt_out_words:
+                opt = True
+            elif text in self.config.opt_in_words:
+                opt = False
+        rest = [
+            t
+            for t in said
+            if t not in self.config.opt_out_words and t not in self.config.opt_in_words
+        ]
+        asked_for_human = any(
+            word in self.config.handoff_words for text in rest for word in re.findall(r"\w+", text)
+        )
+        if asked_for_human and not turn["silent"]:
+            return {"opt": opt, "handoff": True, "reply": HANDOFF_REPLY, "texts": rest}
+        return {"opt": opt, "handoff": False, "reply": None, "texts": rest}
+
+    def _needs_model(self, turn: Turn) -> str:
+        if turn["silent"] or turn["handoff"] or not turn["texts"]:
+            return "deliver"
+        return "think"
+
+    async def _think(self, turn: Turn) -> Turn:
+        history = trim_messages(
+            turn["history"],
+            max_tokens=self.config.history_max_tokens,
+            token_counter=count_tokens_approximately,
+            strategy="last",
+            start_on="human",
+        )
+        prompt = [SystemMessage(self.config.system_prompt), *history]
+        try:
+            answer = await asyncio.wait_for(
+                self.model.ainvoke(prompt), self.config.model_timeout_seconds
+            )
+        except Exception as error:
+            log.warning(
+                "chat model failed for conversation %s: %s",
+                turn["conversation_id"],
+                type(error).__name__,
+            )
+            return {"reply": FALLBACK_REPLY, "fallback": True}
+        text = answer.text.strip() if isinstance(answer.text, str) else str(answer.content)
+        if HANDOFF_MARKER in text or not text:
+            return {"reply": HANDOFF_REPLY, "handoff": True}
+        return {"reply": text, "fallback": False}
+
+    async def _deliver(self, turn: Turn) -> Turn:
+        return await asyncio.to_thread(self._deliver_sync, turn)
+
+    def _deliver_sync(self, turn: Turn) -> Turn:
+        """Send and store under the conversation's row lock: a takeover that lands while the
+        model was thinking is seen here, and the agent then stays silent."""
+        sent: list[int] = []
+        with self.engine.begin() as conn:
+            conversation = outbound.load(conn, turn["conversation_id"], lock=True)
+            if turn.get("opt") is not None and _set_opt_out(
+                conn, conversation.contact_id, turn["opt"]
+            ):
+                reply = OPT_OUT_REPLY if turn["opt"] else OPT_IN_REPLY
+                sent.append(
+                    outbound.send(conn, self.client, conversation, outbound.text(reply), "system")
+                )
+            if turn.get("reply") and not conversation.human_takeover:
+                message = outbound.text(turn["reply"])
+                sent.append(outbound.send(conn, self.client, conversation, message, "ai"))
+                if turn.get("handoff"):
+                    conn.execute(
+                        sa.text(
+                            "UPDATE conversations SET human_takeover = true, takeover_at = now(),"
+                            " takeover_by = 'agent' WHERE id = :id"
+                        ),
+                        {"id": conversation.id},
+                    )
+            conn.execute(
+                sa.text("UPDATE messages SET handled_at = now() WHERE id = ANY(:ids)"),
+                {"ids": turn["message_ids"]},
+            )
+            conn.execute(
+                sa.text("UPDATE conversations SET agent_lease_until = NULL WHERE id = :id"),
+                {"id": conversation.id},
+            )
+        return {"sent": sent}
+
+
+def _set_opt_out(conn: sa.Connection, contact_id: int, opted_out: bool) -> bool:
+    """True when the contact's choice changed (so it is confirmed once, not on every STOP)."""
+    changed = conn.execute(
+        sa.text(
+            "UPDATE contacts SET opted_out = :v, opted_out_at = CASE WHEN :v THEN now() END"
+            " WHERE id = :id AND opted_out <> :v RETURNING id"
+        ),
+        {"id": contact_id, "v": opted_out},
+    ).first()
+    return changed is not None
+
+
+def _as_chat_message(row: sa.Row) -> BaseMessage:
+    text = row.body or f"[{row.message_type} message]"
+    if row.direction == "inbound":
+        return HumanMessage(text)
+    if row.sender_type == "operator":
+        return AIMessage(f"(a member of our team wrote) {text}")
+    return AIMessage(text)

@@ -1,0 +1,166 @@
+"""The conversation half of `make demo`: receipts for the sent messages and a few customer
+replies, posted signed to the real app (in-process, through Starlette's test client, with
+its background workers running), until every receipt is applied and every reply answered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from uuid import UUID
+
+import sqlalchemy as sa
+
+from resources import settings
+from webhook_app.signature import app_secret, sign
+
+REPLIES = ("Hi! Is the offer still valid?", "What time do you open tomorrow?", "STOP")
+
+
+def _sent_messages(engine: sa.Engine, campaign_id: UUID) -> list[sa.Row]:
+    """The campaign's sent messages. Dispatch and the sender produce them; when they have
+    not run, the first ten members get `sent` rows here so the receipts have a target."""
+    with engine.begin() as conn:
+        query = sa.text(
+            "SELECT m.id, m.provider_message_id, m.peer_phone FROM messages m"
+            " JOIN campaign_audience a ON a.id = m.campaign_audience_id"
+            " WHERE a.campaign_id = :c AND m.direction = 'outbound'"
+            " AND m.provider_message_id IS NOT NULL ORDER BY m.id"
+        )
+        found = conn.execute(query, {"c": campaign_id}).all()
+        if found:
+            return found
+        run_id = conn.execute(
+            sa.text(
+                "INSERT INTO campaign_runs (campaign_id, run_date, status)"
+                " VALUES (:c, current_date, 'dispatched')"
+                " ON CONFLICT (campaign_id, run_date) DO UPDATE SET status = campaign_runs.status"
+                " RETURNING id"
+            ),
+            {"c": campaign_id},
+        ).scalar_one()
+        conn.execute(
+            sa.text(
+                "INSERT INTO messages (organisation_id, contact_id, campaign_run_id,"
+                " campaign_audience_id, direction, sender_type, phone_number_id, peer_phone,"
+                " message_type, provider_message_id, status, sent_at)"
+                " SELECT c.organisation_id, a.contact_id, :r, a.id, 'outbound', 'campaign',"
+                " c.phone_number_id, a.msisdn, 'template', 'wamid.demo.' || a.id, 'sent', now()"
+                " FROM campaign_audience a JOIN campaigns c ON c.id = a.campaign_id"
+                " WHERE a.campaign_id = :c ORDER BY a.msisdn LIMIT 10"
+                " ON CONFLICT DO NOTHING"
+            ),
+            {"c": campaign_id, "r": run_id},
+        )
+        return conn.execute(query, {"c": campaign_id}).all()
+
+
+def _envelope(value: dict) -> dict:
+    metadata = {
+        "display_phone_number": "15550100000",
+        "phone_number_id": settings.get("WHATSAPP_PHONE_NUMBER_ID"),
+    }
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "demo-waba",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {"messaging_product": "whatsapp", "metadata": metadata, **value},
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def run(engine: sa.Engine, campaign_id: UUID, timeout: float = 60.0) -> None:
+    from starlette.testclient import TestClient
+
+    from webhook_app.app import app
+
+    sent = _sent_messages(engine, campaign_id)
+    now = str(int(time.time()))
+    events = [
+        {
+            "statuses": [
+                {
+                    "id": m.provider_message_id,
+                    "status": "delivered",
+                    "timestamp": now,
+                    "recipient_id": m.peer_phone.lstrip("+"),
+                }
+            ]
+        }
+        for m in sent
+    ]
+    events += [
+        {
+            "statuses": [
+                {
+                    "id": m.provider_message_id,
+                    "status": "read",
+                    "timestamp": now,
+                    "recipient_id": m.peer_phone.lstrip("+"),
+                }
+            ]
+        }
+        for m in sent[::2]
+    ]
+    events += [
+        {
+            "contacts": [{"profile": {"name": "Demo customer"}, "wa_id": m.peer_phone.lstrip("+")}],
+            "messages": [
+                {
+                    "from": m.peer_phone.lstrip("+"),
+                    "id": f"wamid.demo.in.{m.id}",
+                    "timestamp": now,
+                    "type": "text",
+                    "text": {"body": text},
+                }
+            ],
+        }
+        for m, text in zip(sent, REPLIES, strict=False)
+    ]
+    secret = app_secret()
+    with TestClient(app) as client:
+        for event in events:
+            body = json.dumps(_envelope(event)).encode()
+            response = client.post(
+                "/webhook", content=body, headers={"X-Hub-Signature-256": sign(secret, body)}
+            )
+            response.raise_for_status()
+        deadline = time.monotonic() + timeout
+        while not _settled(engine):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the webhook app did not process the demo events in time")
+            time.sleep(0.2)
+
+
+def _settled(engine: sa.Engine) -> bool:
+    with engine.connect() as conn:
+        return not conn.execute(
+            sa.text(
+                "SELECT EXISTS (SELECT 1 FROM webhook_inbox WHERE processed_at IS NULL)"
+                " OR EXISTS (SELECT 1 FROM messages WHERE direction = 'inbound' AND handled_at IS NULL)"
+            )
+        ).scalar_one()
+
+
+def summary(conn: sa.Connection) -> dict[str, int]:
+    return dict(
+        conn.execute(
+            sa.text(
+                "SELECT count(*) FILTER (WHERE direction = 'outbound' AND status IN ('delivered', 'read'))"
+                " AS messages_delivered,"
+                " count(*) FILTER (WHERE direction = 'outbound' AND status = 'read') AS messages_read,"
+                " count(*) FILTER (WHERE direction = 'inbound' AND handled_at IS NOT NULL)"
+                " AS replies_answered"
+                " FROM messages"
+            )
+        )
+        .one()
+        ._mapping
+    )

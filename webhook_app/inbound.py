@@ -1,0 +1,214 @@
+"""Inbound customer messages → contacts, conversations, messages and pending media.
+
+WhatsApp redelivers, so a message is stored once per wamid (the unique key decides). A
+customer is identified by phone (`from` / `wa_id`) and/or by the business-scoped user id
+(`from_user_id` / `user_id`); either alone is enough.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+
+from resources.phone import InvalidPhoneNumber, to_e164
+from webhook_app.receipts import timestamp
+
+MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
+# Kinds that never start an agent turn: they are stored as handled.
+SILENT_TYPES = ("reaction", "system", "ephemeral", "request_welcome")
+
+
+class UnknownPhoneNumber(LookupError):
+    """The webhook is for a phone number id no organisation owns."""
+
+
+@dataclass(frozen=True)
+class Customer:
+    phone: str | None
+    user_id: str | None
+    name: str | None
+
+
+def organisation_of(conn: sa.Connection, phone_number_id: str | None) -> UUID:
+    org = conn.execute(
+        sa.text("SELECT organisation_id FROM phone_numbers WHERE phone_number_id = :p"),
+        {"p": phone_number_id},
+    ).scalar_one_or_none()
+    if org is None:
+        raise UnknownPhoneNumber(
+            f"webhook for phone_number_id {phone_number_id!r}, which no organisation owns"
+            " (add it to phone_numbers)"
+        )
+    return org
+
+
+def customer_of(message: dict[str, Any], contacts: list[dict[str, Any]]) -> Customer:
+    wa_id = message.get("from") or None
+    user_id = message.get("from_user_id") or None
+    profile: dict[str, Any] = {}
+    for contact in contacts:
+        if (wa_id and contact.get("wa_id") == wa_id) or (
+            user_id and contact.get("user_id") == user_id
+        ):
+            profile = contact
+            break
+    else:
+        if len(contacts) == 1:
+            profile = contacts[0]
+    wa_id = wa_id or profile.get("wa_id") or None
+    user_id = user_id or profile.get("user_id") or None
+    phone = None
+    if wa_id:
+        try:
+            phone = to_e164(str(wa_id))
+        except InvalidPhoneNumber:
+            phone = None
+    if phone is None and user_id is None:
+        raise ValueError(f"message {message.get('id')!r} names no customer (no from, no user_id)")
+    return Customer(phone, user_id, (profile.get("profile") or {}).get("name"))
+
+
+def store(
+    conn: sa.Connection,
+    organisation_id: UUID,
+    phone_number_id: str,
+    message: dict[str, Any],
+    customer: Customer,
+) -> int | None:
+    """Store one inbound message; its id, or None when this wamid was already stored."""
+    wamid = message.get("id")
+    if not isinstance(wamid, str) or not wamid:
+        raise ValueError("inbound message without an id")
+    kind = str(message.get("type") or "unsupported")
+    sent_at = timestamp(message.get("timestamp"))
+    contact_id = _upsert_contact(conn, organisation_id, customer)
+    conversation_id = conn.execute(
+        sa.text(
+            "INSERT INTO conversations"
+            " (organisation_id, contact_id, phone_number_id, last_inbound_at, last_message_at)"
+            " VALUES (:o, :c, :p, least(coalesce(:ts, now()), now()), now())"
+            " ON CONFLICT (contact_id) DO UPDATE SET"
+            " phone_number_id = EXCLUDED.phone_number_id,"
+            " last_inbound_at = greatest(conversations.last_inbound_at, EXCLUDED.last_inbound_at),"
+            " last_message_at = now()"
+            " RETURNING id"
+        ),
+        {"o": organisation_id, "c": contact_id, "p": phone_number_id, "ts": sent_at},
+    ).scalar_one()
+    media = _media_of(kind, message)
+    message_id = conn.execute(
+        sa.text(
+            "INSERT INTO messages (organisation_id, conversation_id, contact_id, direction,"
+            " sender_type, phone_number_id, peer_phone, peer_wa_user_id, message_type, body,"
+            " payload, media, provider_message_id, status, provider_ts, handled_at)"
+            " VALUES (:o, :conv, :c, 'inbound', 'customer', :p, :phone, :user, :kind, :body,"
+            " CAST(:payload AS jsonb), CAST(:media AS jsonb), :wamid, 'received', :ts,"
+            " CASE WHEN :silent THEN now() END)"
+            " ON CONFLICT (provider_message_id) DO NOTHING RETURNING id"
+        ),
+        {
+            "o": organisation_id,
+            "conv": conversation_id,
+            "c": contact_id,
+            "p": phone_number_id,
+            "phone": customer.phone,
+            "user": customer.user_id,
+            "kind": kind,
+            "body": text_of(kind, message),
+            "payload": json.dumps(message),
+            "media": json.dumps(media) if media else None,
+            "wamid": wamid,
+            "ts": sent_at,
+            "silent": kind in SILENT_TYPES,
+        },
+    ).scalar_one_or_none()
+    if message_id is not None and media:
+        conn.execute(
+            sa.text(
+                "INSERT INTO media (organisation_id, message_id, provider_media_id, media_type,"
+                " mime_type, sha256) VALUES (:o, :m, :id, :type, :mime, :sha)"
+            ),
+            {
+                "o": organisation_id,
+                "m": message_id,
+                "id": media["id"],
+                "type": kind,
+                "mime": media.get("mime_type"),
+                "sha": media.get("sha256"),
+            },
+        )
+    return message_id
+
+
+def _upsert_contact(conn: sa.Connection, organisation_id: UUID, customer: Customer) -> int:
+    params = {"o": organisation_id, "p": customer.phone, "u": customer.user_id}
+    for _ in range(2):
+        found = conn.execute(
+            sa.text(
+                "SELECT id FROM contacts WHERE organisation_id = :o"
+                " AND (phone = :p OR wa_user_id = :u)"
+                " ORDER BY (phone = :p) IS TRUE DESC LIMIT 1 FOR UPDATE"
+            ),
+            params,
+        ).scalar_one_or_none()
+        if found is not None:
+            conn.execute(
+                sa.text(
+                    "UPDATE contacts SET phone = coalesce(phone, :p),"
+                    " wa_user_id = coalesce(wa_user_id, :u), name = coalesce(name, :n)"
+                    " WHERE id = :id AND (phone IS NULL AND :p IS NOT NULL"
+                    " OR wa_user_id IS NULL AND :u IS NOT NULL OR name IS NULL AND :n IS NOT NULL)"
+                ),
+                {**params, "n": customer.name, "id": found},
+            )
+            return found
+        created = conn.execute(
+            sa.text(
+                "INSERT INTO contacts (organisation_id, phone, wa_user_id, name)"
+                " VALUES (:o, :p, :u, :n) ON CONFLICT DO NOTHING RETURNING id"
+            ),
+            {**params, "n": customer.name},
+        ).scalar_one_or_none()
+        if created is not None:
+            return created
+    raise RuntimeError("contact vanished while it was being created")
+
+
+def text_of(kind: str, message: dict[str, Any]) -> str | None:
+    """What the customer said, as text the agent and an operator can read."""
+    content = message.get(kind)
+    content = content if isinstance(content, dict) else {}
+    if kind == "text":
+        return content.get("body")
+    if kind in MEDIA_TYPES:
+        return content.get("caption") or content.get("filename")
+    if kind == "location":
+        place = ", ".join(str(content[k]) for k in ("name", "address") if content.get(k))
+        where = f"{content.get('latitude')}, {content.get('longitude')}"
+        return f"[location] {place} ({where})" if place else f"[location] {where}"
+    if kind == "contacts":
+        people = message.get("contacts") or []
+        names = [(p.get("name") or {}).get("formatted_name") for p in people]
+        return "[shared contacts] " + ", ".join(n for n in names if n)
+    if kind == "interactive":
+        reply = content.get(content.get("type") or "") or {}
+        return reply.get("title") or reply.get("body") or reply.get("response_json")
+    if kind == "button":
+        return content.get("text") or content.get("payload")
+    if kind == "reaction":
+        return content.get("emoji")
+    if kind == "order":
+        return content.get("text") or "[order]"
+    return None
+
+
+def _media_of(kind: str, message: dict[str, Any]) -> dict[str, Any] | None:
+    content = message.get(kind)
+    if kind not in MEDIA_TYPES or not isinstance(content, dict) or not content.get("id"):
+        return None
+    keep = ("id", "mime_type", "sha256", "caption", "filename", "voice", "animated")
+    return {k: content[k] for k in keep if k in content}

@@ -1,0 +1,86 @@
+"""Inbound media → our bucket (`inbound-media/…`), in the background.
+
+A media id expires after some days and its download URL after minutes, so each pending
+media row is resolved and copied soon after it arrives; the S3 location is recorded on the
+media row and in the message's `media`, where the archive finds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mimetypes
+
+import sqlalchemy as sa
+
+from resources.storage import S3Storage
+from resources.whatsapp import WhatsAppClient
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+MAX_BYTES = 100 * 1024 * 1024
+
+_CLAIM = sa.text(
+    "SELECT id, organisation_id, message_id, provider_media_id, media_type, mime_type,"
+    " created_at FROM media"
+    " WHERE status = 'pending' AND provider_media_id IS NOT NULL"
+    " AND (retry_at IS NULL OR retry_at <= now())"
+    " ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
+)
+
+
+def copy_pending(engine: sa.Engine, client: WhatsAppClient, s3: S3Storage, limit: int = 5) -> int:
+    """Copy up to `limit` pending media to S3; how many rows were attempted."""
+    with engine.begin() as conn:
+        rows = conn.execute(_CLAIM, {"n": limit}).all()
+        for row in rows:
+            try:
+                _copy(conn, client, s3, row)
+            except Exception as error:
+                log.warning("inbound media %s not copied: %s", row.provider_media_id, error)
+                conn.execute(
+                    sa.text(
+                        "UPDATE media SET attempts = attempts + 1, error = :e,"
+                        " retry_at = now() + make_interval(secs => 5 * power(2, attempts)),"
+                        " status = CASE WHEN attempts + 1 >= :max THEN 'failed' ELSE status END"
+                        " WHERE id = :id"
+                    ),
+                    {"id": row.id, "e": str(error), "max": MAX_ATTEMPTS},
+                )
+    return len(rows)
+
+
+def _copy(conn: sa.Connection, client: WhatsAppClient, s3: S3Storage, row: sa.Row) -> None:
+    if client.dev_mode:
+        raise RuntimeError("WHATSAPP_ACCESS_TOKEN is not set: inbound media cannot be fetched")
+    meta = client.media_url(row.provider_media_id)
+    content = client.download(meta["url"], MAX_BYTES)
+    mime_type = meta.get("mime_type") or row.mime_type or "application/octet-stream"
+    extension = mimetypes.guess_extension(mime_type.split(";")[0].strip()) or ""
+    day = row.created_at.strftime("%Y/%m/%d")
+    key = f"inbound-media/{row.organisation_id}/{day}/{row.provider_media_id}{extension}"
+    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=content, ContentType=mime_type)
+    conn.execute(
+        sa.text(
+            "UPDATE media SET status = 'stored', s3_bucket = :b, s3_key = :k, mime_type = :mime,"
+            " size_bytes = :size, sha256 = :sha, error = NULL, attempts = attempts + 1"
+            " WHERE id = :id"
+        ),
+        {
+            "id": row.id,
+            "b": s3.bucket,
+            "k": key,
+            "mime": mime_type,
+            "size": len(content),
+            "sha": hashlib.sha256(content).hexdigest(),
+        },
+    )
+    conn.execute(
+        sa.text(
+            "UPDATE messages SET media = coalesce(media, '{}'::jsonb)"
+            " || jsonb_build_object('s3_bucket', CAST(:b AS text), 's3_key', CAST(:k AS text))"
+            " WHERE id = :m"
+        ),
+        {"b": s3.bucket, "k": key, "m": row.message_id},
+    )

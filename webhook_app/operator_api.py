@@ -1,0 +1,142 @@
+"""Operator API (seed 4): take a conversation over, hand it back, write to the customer.
+
+While a conversation is taken over the agent stays silent; the operator's messages are
+stored in the conversation, which is the agent's memory, so after the handback it knows
+what was said. Free-form messages are allowed only within 24 h of the customer's last
+message (WhatsApp's customer-service window); outside it a template is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from resources.phone import InvalidPhoneNumber, to_e164
+from resources.whatsapp import GraphAPIError
+from webhook_app import outbound
+from webhook_app.auth import requires_admin
+from webhook_app.runtime import Runtime
+
+SERVICE_WINDOW = timedelta(hours=24)
+MEDIA_KINDS = ("image", "video", "document", "audio")
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError(400, "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "the body must be a JSON object")
+    return body
+
+
+def _customer(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    phone, user_id = body.get("phone"), body.get("user_id")
+    if not phone and not user_id:
+        raise RequestError(400, "give the customer's phone (or user_id)")
+    if phone:
+        try:
+            return to_e164(str(phone)), None
+        except InvalidPhoneNumber as error:
+            raise RequestError(400, str(error)) from None
+    return None, str(user_id)
+
+
+def _conversation(conn: sa.Connection, body: dict[str, Any]) -> outbound.Conversation:
+    phone, user_id = _customer(body)
+    conversation = outbound.find(conn, phone, user_id)
+    if conversation is None:
+        raise RequestError(404, f"no conversation with {phone or user_id}")
+    return conversation
+
+
+def _set_takeover(runtime: Runtime, body: dict[str, Any], taken: bool) -> None:
+    with runtime.engine.begin() as conn:
+        conversation = _conversation(conn, body)
+        conn.execute(
+            sa.text(
+                "UPDATE conversations SET human_takeover = :t,"
+                " takeover_at = CASE WHEN :t THEN now() END,"
+                " takeover_by = CASE WHEN :t THEN :by END WHERE id = :id"
+            ),
+            {"t": taken, "by": str(body.get("operator") or "operator"), "id": conversation.id},
+        )
+
+
+def _operator_message(runtime: Runtime, body: dict[str, Any]) -> dict[str, Any]:
+    message = _message_of(body)
+    with runtime.engine.begin() as conn:
+        conversation = _conversation(conn, body)
+        conversation = outbound.load(conn, conversation.id, lock=True)
+        last = conversation.last_inbound_at
+        if last is None or datetime.now(UTC) - last > SERVICE_WINDOW:
+            raise RequestError(
+                409,
+                "outside the 24-hour customer-service window (no customer message in the"
+                " last 24 h): only an approved template may be sent",
+            )
+        try:
+            message_id = outbound.send(conn, runtime.client, conversation, message, "operator")
+        except GraphAPIError as error:
+            raise RequestError(502, f"WhatsApp refused the message: {error}") from None
+    return {"status": "sent", "message_id": message_id}
+
+
+def _message_of(body: dict[str, Any]) -> dict[str, Any]:
+    text = body.get("message")
+    media = body.get("media")
+    if media:
+        if not isinstance(media, dict) or media.get("type") not in MEDIA_KINDS:
+            raise RequestError(400, f"media.type must be one of {', '.join(MEDIA_KINDS)}")
+        if not media.get("link") and not media.get("id"):
+            raise RequestError(400, "media needs a link (https URL) or a WhatsApp media id")
+        content = {k: media[k] for k in ("link", "id", "filename") if media.get(k)}
+        if text and media["type"] != "audio":
+            content["caption"] = str(text)
+        return {"type": media["type"], media["type"]: content}
+    if not isinstance(text, str) or not text.strip():
+        raise RequestError(400, "message must be non-empty text (or give media)")
+    return outbound.text(text)
+
+
+def _endpoint(work, answer: dict[str, Any] | None = None):
+    @requires_admin
+    async def endpoint(request: Request) -> JSONResponse:
+        try:
+            body = await _body(request)
+            result = await run_in_threadpool(work, request.app.state.webhook, body)
+        except RequestError as error:
+            return JSONResponse({"error": error.reason}, status_code=error.status)
+        return JSONResponse(answer or result)
+
+    return endpoint
+
+
+routes = [
+    Route(
+        "/api/v1/takeover",
+        _endpoint(lambda r, b: _set_takeover(r, b, True), {"status": "takeover_complete"}),
+        methods=["POST"],
+    ),
+    Route(
+        "/api/v1/handback",
+        _endpoint(lambda r, b: _set_takeover(r, b, False), {"status": "handback_complete"}),
+        methods=["POST"],
+    ),
+    Route("/api/v1/operator-message", _endpoint(_operator_message), methods=["POST"]),
+]

@@ -1,0 +1,98 @@
+"""Messages the business side sends in a conversation (agent, operator, confirmations).
+
+They go out through the shared `WhatsAppClient` and are stored as outbound rows of the
+conversation, so the messages table is the whole conversation: what the agent remembers,
+what an operator reads, what the archive keeps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+
+from resources.whatsapp import WhatsAppClient
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    organisation_id: UUID
+    contact_id: int
+    phone: str | None
+    user_id: str | None
+    phone_number_id: str | None
+    human_takeover: bool
+    opted_out: bool
+    last_inbound_at: Any
+
+
+_SELECT = (
+    "SELECT v.id, v.organisation_id, v.contact_id, c.phone, c.wa_user_id, v.phone_number_id,"
+    " v.human_takeover, c.opted_out, v.last_inbound_at"
+    " FROM conversations v JOIN contacts c ON c.id = v.contact_id"
+)
+
+
+def load(conn: sa.Connection, conversation_id: int, lock: bool = False) -> Conversation:
+    sql = _SELECT + " WHERE v.id = :id" + (" FOR UPDATE OF v" if lock else "")
+    return Conversation(*conn.execute(sa.text(sql), {"id": conversation_id}).one())
+
+
+def find(conn: sa.Connection, phone: str | None, user_id: str | None) -> Conversation | None:
+    """The conversation of the customer with this phone (E.164) or business-scoped user id."""
+    row = conn.execute(
+        sa.text(_SELECT + " WHERE c.phone = :p OR c.wa_user_id = :u ORDER BY v.id LIMIT 1"),
+        {"p": phone, "u": user_id},
+    ).first()
+    return Conversation(*row) if row else None
+
+
+def send(
+    conn: sa.Connection,
+    client: WhatsAppClient,
+    conversation: Conversation,
+    message: dict[str, Any],
+    sender_type: str,
+) -> int:
+    """Send `message` (`type` + its object) to the customer and store it; the row id."""
+    sent = client.send(
+        conversation.phone or "",
+        message,
+        phone_number_id=conversation.phone_number_id,
+        recipient=None if conversation.phone else conversation.user_id,
+    )
+    kind = message["type"]
+    content = message.get(kind) or {}
+    return conn.execute(
+        sa.text(
+            "INSERT INTO messages (organisation_id, conversation_id, contact_id, direction,"
+            " sender_type, phone_number_id, peer_phone, peer_wa_user_id, message_type, body,"
+            " payload, media, provider_message_id, status, sent_at)"
+            " VALUES (:o, :conv, :c, 'outbound', :sender, :p, :phone, :user, :kind, :body,"
+            " CAST(:payload AS jsonb), CAST(:media AS jsonb), :wamid, 'sent', now())"
+            " RETURNING id"
+        ),
+        {
+            "o": conversation.organisation_id,
+            "conv": conversation.id,
+            "c": conversation.contact_id,
+            "sender": sender_type,
+            "p": conversation.phone_number_id,
+            "phone": conversation.phone,
+            "user": conversation.user_id,
+            "kind": kind,
+            "body": content.get("body") or content.get("caption"),
+            "payload": json.dumps({**message, "wamid": sent.wamid}),
+            "media": json.dumps(content) if kind != "text" else None,
+            # Dev mode ids (`dev_{to}_{type}`) repeat, so they are kept only in the payload.
+            "wamid": None if client.dev_mode else sent.wamid,
+        },
+    ).scalar_one()
+
+
+def text(body: str) -> dict[str, Any]:
+    return {"type": "text", "text": {"body": body, "preview_url": False}}

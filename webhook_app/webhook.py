@@ -1,0 +1,79 @@
+"""`/webhook`: the verification handshake and the event receiver.
+
+The receiver only reads (capped), verifies, stores and answers; processing runs in the
+background workers. Order of refusals: too large (413) before anything else is read,
+unsigned or wrongly signed (403), not a WhatsApp payload (400), not stored (503).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from resources import settings
+from webhook_app import signature
+from webhook_app.inbox import InboxUnavailable
+from webhook_app.payloads import BadPayload, parse
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def verify(request: Request) -> Response:
+    params = request.query_params
+    token = params.get("hub.verify_token", "").encode()
+    expected = settings.require("WHATSAPP_VERIFY_TOKEN").encode()
+    if params.get("hub.mode") == "subscribe" and hmac.compare_digest(token, expected):
+        return PlainTextResponse(params.get("hub.challenge", ""))
+    return _error(403, "verification failed: wrong hub.mode or hub.verify_token")
+
+
+async def receive(request: Request) -> Response:
+    header = request.headers.get("x-hub-signature-256")
+    if not header:
+        return _error(403, "missing X-Hub-Signature-256 header")
+    try:
+        body = await read_capped(request, MAX_BODY_BYTES)
+    except BodyTooLarge:
+        return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    if not signature.is_valid(signature.app_secret(), body, header):
+        return _error(403, "X-Hub-Signature-256 does not match the body")
+    try:
+        parse(body)
+        await request.app.state.webhook.writer.store(body.decode("utf-8"))
+    except BadPayload as error:
+        return _error(400, str(error))
+    except InboxUnavailable as error:
+        return _error(503, str(error), headers={"Retry-After": "5"})
+    request.app.state.webhook.inbox_ready.set()
+    return JSONResponse({"status": "received"})
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The body, read chunk by chunk; `BodyTooLarge` as soon as it passes `limit`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+routes = [
+    Route("/webhook", verify, methods=["GET"]),
+    Route("/webhook", receive, methods=["POST"]),
+]
