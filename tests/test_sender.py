@@ -317,7 +317,9 @@ def test_two_workers_receiving_duplicates_of_each_payload_send_each_once(engine,
         worker.stop()
         thread.join(timeout=30)
     assert sorted(r["to"] for r in graph.requests) == sorted(run.phones)
-    assert first.stats["duplicates"] + second.stats["duplicates"] == 20
+    # Every second copy was recognised; SQS delivers at least once, so a copy whose
+    # visibility lapsed under load may be recognised one more time.
+    assert first.stats["duplicates"] + second.stats["duplicates"] >= 20
 
 
 def test_the_messaging_limit_holds_new_recipients_and_counts_each_recipient_once(
