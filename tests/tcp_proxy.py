@@ -1,5 +1,6 @@
 """A loopback TCP proxy that can take its endpoint down and bring it back on the same port,
-so a test can cut a real server off mid-run without losing the server's state."""
+so a test can cut a real server (Postgres, SQS) off mid-run without losing the server's
+state or disturbing the rest of the suite that shares it."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from pipelines.local_stack import free_port
 
 
 class TCPProxy:
-    """Forwards to `upstream` ("host:port"). The `cut_on_nth` request containing `cut_after`
-    reaches the upstream, but its answer does not: the proxy then closes every connection and
-    refuses new ones until `restore()`."""
+    """Forwards to `upstream` ("host:port"). `cut()` closes every connection and refuses new
+    ones until `restore()`. Given `cut_after`, the proxy cuts by itself: the `cut_on_nth`
+    request containing those bytes reaches the upstream, but its answer does not."""
 
-    def __init__(self, upstream: str, cut_after: bytes, cut_on_nth: int) -> None:
+    def __init__(self, upstream: str, cut_after: bytes | None = None, cut_on_nth: int = 1) -> None:
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
         self.cut_after = cut_after
@@ -69,9 +70,9 @@ class TCPProxy:
         try:
             while data := source.recv(65536):
                 if not request and doomed.is_set():
-                    self._cut()
+                    self.cut()
                     return
-                if request and self.cut_after in data:
+                if request and self.cut_after is not None and self.cut_after in data:
                     with self._lock:
                         self._seen += 1
                         if self._seen == self.cut_on_nth:
@@ -84,7 +85,7 @@ class TCPProxy:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
-    def _cut(self) -> None:
+    def cut(self) -> None:
         self.cuts += 1
         self._close_all()
         self.on_cut()

@@ -22,7 +22,7 @@ from tests.sending import (
     wait_for,
 )
 from tests.servers import serve
-from tests.tcp_relay import relay
+from tests.tcp_proxy import TCPProxy
 
 OUTAGE_SECONDS = 10  # the 30 s, shortened to keep the suite fast; the path is the same
 
@@ -121,7 +121,7 @@ def test_a_database_outage_mid_batch_loses_nothing_and_sends_nothing_twice(
     slow_graph.delay_seconds = 1.0
     enqueue(sqs, [payload(run, i) for i in range(20)])
     url = sa.make_url(database_url)
-    with relay(url.host, url.port) as link:
+    with TCPProxy(f"{url.host}:{url.port}") as link:
         through_link = create_engine(url.set(port=link.port).render_as_string(hide_password=False))
         worker, thread = start(through_link, sqs, client_for(slow_graph.url), visibility_seconds=30)
         wait_for(lambda: len(slow_graph.requests) >= 1)
