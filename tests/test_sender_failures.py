@@ -79,7 +79,9 @@ def test_kill_9_with_50_requests_in_flight_never_sends_twice_and_surfaces_the_ro
     engine, database_url, sqs, slow_graph, repo_root
 ):
     run = make_run(engine, 50)
-    slow_graph.delay_seconds = 3.0
+    # Answers held far longer than the 50 requests take to arrive on a slow machine, so all 50
+    # are truly in flight when the worker dies.
+    slow_graph.delay_seconds = 20.0
     enqueue(sqs, [payload(run, i) for i in range(50)])
     worker = _worker_process(
         database_url,
