@@ -78,6 +78,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             int(settings.get("WEBHOOK_PORT")),
             "/health",
         ),
+        Service("webhook worker", [sys.executable, "-m", "pipelines.cli", "webhook-worker"]),
         Service("sender", [sys.executable, "-m", "pipelines.cli", "sender"]),
     ]
     check_ports(services)
@@ -104,6 +105,13 @@ def cmd_sender(args: argparse.Namespace) -> int:
 
     stats = run(drain=args.drain)
     print(" ".join(f"{key}={value}" for key, value in sorted(stats.items())) or "nothing to send")
+    return 0
+
+
+def cmd_webhook_worker(args: argparse.Namespace) -> int:
+    from webhook_app.workers import run
+
+    run()
     return 0
 
 
@@ -298,6 +306,10 @@ def parser() -> argparse.ArgumentParser:
     )
     sender.add_argument("--drain", action="store_true", help="exit once the queue is empty")
     sender.set_defaults(run=cmd_sender)
+    commands.add_parser(
+        "webhook-worker",
+        help="process the webhook inbox, answer with the agent, copy media (until SIGTERM)",
+    ).set_defaults(run=cmd_webhook_worker)
     stuck = commands.add_parser(
         "sender-stuck", help="list messages left in sending (never re-sent automatically)"
     )

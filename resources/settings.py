@@ -235,7 +235,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "WEBHOOK_WORKERS",
         "2",
-        "Inbox workers per webhook app instance (instances share the inbox without double work).",
+        "Inbox loops per webhook worker process (processes share the inbox without double work).",
+    ),
+    Setting(
+        "WEBHOOK_WORKER_NICE",
+        "10",
+        "CPU niceness the webhook worker process adds to itself, so the app's request path"
+        " comes first on a shared host.",
     ),
     Setting(
         "AGENT_BUFFER_SECONDS",

@@ -20,6 +20,7 @@ from tests.webhook_support import (
     scalar,
     wait_until,
     webhook_client,
+    worker_stats,
 )
 from webhook_app.agent import FALLBACK_REPLY, HANDOFF_REPLY, OPT_IN_REPLY, OPT_OUT_REPLY
 
@@ -117,10 +118,10 @@ def test_a_failing_model_gets_the_customer_a_fallback_and_the_turn_is_kept(
         post(client, p.inbound(p.text("Is my order shipped?")))
         wait_until(lambda: _sent_texts(graph))
         wait_until(lambda: _unhandled(engine) == 0)
-        stats = client.get("/stats").json()
+        stats = worker_stats(client, turns_answered=1)
     assert _sent_texts(graph) == [FALLBACK_REPLY]
     assert [r.body for r in _ai_rows(engine)] == [FALLBACK_REPLY]
-    assert stats["this_instance"]["fallback_replies"] == 1
+    assert stats["workers"]["fallback_replies"] == 1
 
 
 def test_a_turn_whose_reply_cannot_be_sent_stays_unanswered_for_a_retry(engine, zero_buffer):
@@ -132,7 +133,7 @@ def test_a_turn_whose_reply_cannot_be_sent_stays_unanswered_for_a_retry(engine, 
         graph.fail_next(Failure(131000, "Something went wrong", http_status=500))
         post(client, p.inbound(p.text("hi")))
         wait_until(lambda: graph.requests)
-        wait_until(lambda: client.get("/stats").json()["this_instance"]["turns_answered"] == 0)
+        wait_until(lambda: client.get("/stats").json()["workers"]["turns_answered"] == 0)
         wait_until(
             lambda: scalar(
                 engine, "SELECT agent_lease_until > now() + interval '10 s' FROM conversations"
@@ -279,7 +280,7 @@ def test_every_inbound_type_is_stored_once_and_media_is_copied_to_the_bucket(
             lambda: scalar(engine, "SELECT count(*) FROM media WHERE status = 'stored'") == 5
         )
         wait_until(lambda: _unhandled(engine) == 0)
-        stats = client.get("/stats").json()
+        stats = worker_stats(client, events_processed=3)
     stored = rows(
         engine,
         "SELECT message_type, body, media FROM messages WHERE direction = 'inbound' ORDER BY id",
@@ -291,7 +292,7 @@ def test_every_inbound_type_is_stored_once_and_media_is_copied_to_the_bucket(
     assert bodies["contacts"] == "[shared contacts] Bo Li"
     assert bodies["button"] == "Not interested"
     assert {r.body for r in stored if r.message_type == "interactive"} == {"Yes please", "Tuesday"}
-    assert stats["this_instance"]["duplicates_dropped"] == 2 * len(messages)
+    assert stats["workers"]["duplicates_dropped"] == 2 * len(messages)
     image = next(r for r in stored if r.message_type == "image")
     assert image.media["s3_key"].startswith("inbound-media/")
     body = s3.client.get_object(Bucket=s3.bucket, Key=image.media["s3_key"])["Body"].read()
@@ -338,7 +339,7 @@ def test_stop_opts_out_once_and_start_opts_back_in(engine, zero_buffer):
 def test_an_unanswered_turn_survives_a_restart(engine, zero_buffer):
     add_organisation(engine)
     with webhook_client(None, Broken()) as client:
-        client.app.state.webhook.tasks["agent"].cancel()
+        client.app.state.workers.tasks["agent"].cancel()
         post(client, p.inbound(p.text("still there?")))
         wait_until(lambda: inbox_drained(engine))
     assert _unhandled(engine) == 1

@@ -4,10 +4,11 @@ from starlette.testclient import TestClient
 from pipelines.local_stack import EmbeddedPostgres
 from resources.settings import MissingSetting
 from webhook_app.app import REQUIRED_IN_PRODUCTION, app
+from webhook_app.workers import app_with_workers
 
 
 def test_health_checks_the_database(database_url):
-    with TestClient(app) as client:
+    with TestClient(app_with_workers()) as client:
         response = client.get("/health")
     assert response.status_code == 200
     assert response.json()["database"] == "ok"
@@ -18,7 +19,7 @@ def test_health_answers_503_while_the_database_is_down_and_recovers(tmp_path, mo
     server.start()
     monkeypatch.setenv("DATABASE_URL", server.url("postgres"))
     try:
-        with TestClient(app) as client:
+        with TestClient(app_with_workers()) as client:
             assert client.get("/health").status_code == 200
             server.stop()
             down = client.get("/health")
@@ -37,6 +38,14 @@ def test_production_refuses_to_start_without_its_secrets(database_url, monkeypat
     monkeypatch.delenv("WHATSAPP_APP_SECRET")
     with pytest.raises(MissingSetting, match="WHATSAPP_APP_SECRET"), TestClient(app):
         pass
+
+
+def test_health_is_degraded_while_no_worker_process_is_alive(database_url):
+    with TestClient(app) as client:
+        response = client.get("/health")
+    assert response.status_code == 503
+    assert response.json()["status"] == "degraded"
+    assert response.json()["workers"] == {}
 
 
 def test_admin_routes_need_the_bearer_token(monkeypatch):

@@ -1,5 +1,6 @@
-"""Running the webhook app in a test: a fresh app object per test, a fake Graph API on
-loopback, signed posts, and waiting for the background workers."""
+"""Running the webhook app in a test: a fresh app object per test with its background
+workers in the same process, a fake Graph API on loopback, signed posts, and waiting for
+the workers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from langchain_core.language_models import BaseChatModel
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from resources import campaigns
@@ -18,7 +18,7 @@ from resources.whatsapp import WhatsAppClient
 from tests.fake_graph import FakeGraph
 from tests.payloads import PHONE_NUMBER_ID, signed
 from tests.servers import serve
-from webhook_app.app import lifespan, routes
+from webhook_app.workers import app_with_workers
 
 ADMIN = {"Authorization": "Bearer dev-admin-token"}
 
@@ -43,20 +43,26 @@ def webhook_client(
     model: BaseChatModel | None = None,
     access_token: str | None = "test-token",
 ) -> Iterator[TestClient]:
-    app = Starlette(routes=routes, lifespan=lifespan)
-    if model is not None:
-        app.state.chat_model = model
+    whatsapp = None
     if graph_url is not None:
-        app.state.whatsapp_client = WhatsAppClient(
-            access_token, PHONE_NUMBER_ID, graph_url, "v25.0", 5.0, 8
-        )
-    with TestClient(app) as client:
+        whatsapp = WhatsAppClient(access_token, PHONE_NUMBER_ID, graph_url, "v25.0", 5.0, 8)
+    with TestClient(app_with_workers(model, whatsapp)) as client:
         yield client
 
 
 def post(client: TestClient, payload: Any, **kw: Any):
     body, headers = signed(payload, **kw)
     return client.post("/webhook", content=body, headers=headers)
+
+
+def worker_stats(client: TestClient, **expected: int) -> dict:
+    """`/stats` once the worker processes' counters (their heartbeat rows) show `expected`."""
+
+    def read() -> dict | None:
+        stats = client.get("/stats").json()
+        return stats if all(stats["workers"][k] == v for k, v in expected.items()) else None
+
+    return wait_until(read)
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> Any:

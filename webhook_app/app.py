@@ -1,8 +1,9 @@
 """The live side: WhatsApp webhooks, the operator API and health, as one Starlette app.
 
-All state is in Postgres, so any number of instances can run behind a load balancer.
-`app.state.chat_model` / `app.state.whatsapp_client`, when set before start-up, replace the
-ones built from the environment (tests use LangChain's fake chat models).
+All state is in Postgres, so any number of instances can run behind a load balancer. The
+background work (inbox processing, the agent, media) runs in the worker process beside it
+(`waflow webhook-worker`, `webhook_app.workers`). `app.state.whatsapp_client`, when set
+before start-up, replaces the client built from the environment.
 """
 
 from __future__ import annotations
@@ -36,10 +37,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     await run_in_threadpool(postgres.migrate)
     app.state.postgres = postgres
     app.state.webhook = await runtime.start(
-        postgres.engine,
-        postgres.database_url,
-        chat_model=getattr(app.state, "chat_model", None),
-        client=getattr(app.state, "whatsapp_client", None),
+        postgres.engine, postgres.database_url, getattr(app.state, "whatsapp_client", None)
     )
     yield
     await app.state.webhook.stop()

@@ -1,6 +1,7 @@
 """The conversation half of `make demo`: receipts for the sent messages and a few customer
 replies, posted signed to the real app (in-process, through Starlette's test client, with
-its background workers running), until every receipt is applied and every reply answered.
+its background workers running beside it in the same process), until every receipt is
+applied and every reply answered.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _envelope(value: dict) -> dict:
 def run(engine: sa.Engine, campaign_id: UUID, timeout: float = 60.0) -> None:
     from starlette.testclient import TestClient
 
-    from webhook_app.app import app
+    from webhook_app.workers import app_with_workers
 
     sent = _sent_messages(engine, campaign_id)
     now = str(int(time.time()))
@@ -125,7 +126,7 @@ def run(engine: sa.Engine, campaign_id: UUID, timeout: float = 60.0) -> None:
         for m, text in zip(sent, REPLIES, strict=False)
     ]
     secret = app_secret()
-    with TestClient(app) as client:
+    with TestClient(app_with_workers()) as client:
         for event in events:
             body = json.dumps(_envelope(event)).encode()
             response = client.post(

@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 BATCH = 100
-BATCH_WHEN_BUSY = 1000
 
 _CLAIM = sa.text(
     "SELECT id, payload FROM webhook_inbox"

@@ -1,6 +1,12 @@
-"""`GET /health` and `GET /stats`: is this instance able to work, and what has it done."""
+"""`GET /health` and `GET /stats`: is this instance able to work, and what has it done.
+
+The worker processes report through their heartbeat rows (`webhook_workers`): a process
+whose last beat is older than `STALE_SECONDS` counts as gone.
+"""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
@@ -9,6 +15,16 @@ from starlette.responses import JSONResponse
 
 from webhook_app import buffer
 from webhook_app.runtime import Runtime
+
+STALE_SECONDS = 10
+_LIVE_WORKERS = sa.text(
+    "SELECT id, loops, counters FROM webhook_workers"
+    " WHERE beat_at > now() - make_interval(secs => :stale) ORDER BY id"
+)
+
+
+def _live_workers(conn: sa.Connection) -> list[sa.Row]:
+    return conn.execute(_LIVE_WORKERS, {"stale": STALE_SECONDS}).all()
 
 
 def _inbox(conn: sa.Connection) -> dict:
@@ -24,17 +40,18 @@ def _inbox(conn: sa.Connection) -> dict:
 async def health(request: Request) -> JSONResponse:
     runtime: Runtime = request.app.state.webhook
 
-    def check() -> dict:
+    def check() -> tuple[dict, list[sa.Row]]:
         with runtime.engine.connect() as conn:
-            return _inbox(conn)
+            return _inbox(conn), _live_workers(conn)
 
     try:
-        inbox = await run_in_threadpool(check)
+        inbox, live = await run_in_threadpool(check)
     except sa.exc.SQLAlchemyError as error:
         reason = str(error.orig if hasattr(error, "orig") else error).splitlines()[0]
         return JSONResponse({"status": "unavailable", "database": reason}, status_code=503)
-    workers = runtime.workers_alive()
-    healthy = all(workers.values())
+    # Each loop of each live worker process; none at all means nobody processes the inbox.
+    workers = {f"{w.id}/{name}": alive for w in live for name, alive in w.loops.items()}
+    healthy = bool(workers) and all(workers.values())
     return JSONResponse(
         {
             "status": "ok" if healthy else "degraded",
@@ -51,6 +68,7 @@ async def stats(request: Request) -> JSONResponse:
 
     def read() -> dict:
         with runtime.engine.connect() as conn:
+            live = _live_workers(conn)
             states = dict(
                 conn.execute(
                     sa.text(
@@ -72,22 +90,29 @@ async def stats(request: Request) -> JSONResponse:
                 "buffer": {"active_buffers": buffer.active_buffers(conn)},
                 "inbox": {s: states.get(s, 0) for s in ("pending", "processed", "failed")},
                 "replies_sent": replies,
+                "workers": _worker_counters(live),
             }
 
-    counters = runtime.counters
     return JSONResponse(
         {
             **await run_in_threadpool(read),
-            "this_instance": {
-                "events_stored": runtime.writer.stored,
-                "events_processed": counters["events"],
-                "duplicates_dropped": counters["duplicates_dropped"]
-                + counters["duplicate_receipts"],
-                "receipts_applied": counters["receipts"] + counters["receipts_applied_late"],
-                "inbound_messages": counters["inbound"],
-                "turns_answered": counters["turns"],
-                "replies_sent": counters["replies_sent"],
-                "fallback_replies": counters["fallback_replies"],
-            },
+            "this_instance": {"events_stored": runtime.writer.stored},
         }
     )
+
+
+def _worker_counters(live: list[sa.Row]) -> dict:
+    """What the live worker processes have done since they started, summed."""
+    counters: Counter = Counter()
+    for worker in live:
+        counters.update(worker.counters)
+    return {
+        "processes": len(live),
+        "events_processed": counters["events"],
+        "duplicates_dropped": counters["duplicates_dropped"] + counters["duplicate_receipts"],
+        "receipts_applied": counters["receipts"] + counters["receipts_applied_late"],
+        "inbound_messages": counters["inbound"],
+        "turns_answered": counters["turns"],
+        "replies_sent": counters["replies_sent"],
+        "fallback_replies": counters["fallback_replies"],
+    }

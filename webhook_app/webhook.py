@@ -46,12 +46,11 @@ async def receive(request: Request) -> Response:
         return _error(403, "X-Hub-Signature-256 does not match the body")
     try:
         parse(body)
-        await request.app.state.webhook.writer.store(body.decode("utf-8"))
+        await request.app.state.webhook.writer.store(body)
     except BadPayload as error:
         return _error(400, str(error))
     except InboxUnavailable as error:
         return _error(503, str(error), headers={"Retry-After": "5"})
-    request.app.state.webhook.inbox_ready.set()
     return JSONResponse({"status": "received"})
 
 

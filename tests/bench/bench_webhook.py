@@ -1,10 +1,13 @@
 """The webhook app's request path and reply latency.
 
 `webhook_events_per_s` / `webhook_p99_ms`: 20,000 signed status webhooks at concurrency 32
-over loopback to the app under uvicorn (its own process, background workers running),
-against the same-run baseline of a bare Starlette endpoint under uvicorn that answers 200.
-Every posted event must be in the inbox afterwards. `webhook_reply_p50_ms`: an inbound text
-until the agent's reply request reaches the fake Graph API (offline responder, 0 s buffer).
+over loopback to the app under uvicorn, against the same-run baseline of a bare Starlette
+endpoint under uvicorn that answers 200. The app runs as deployed (`make dev`, README
+"Production"): uvicorn in its own process and `waflow webhook-worker` beside it, processing
+the inbox concurrently with the load. Every posted event must be in the inbox afterwards,
+and the workers must have processed them all before the reply figure is taken.
+`webhook_reply_p50_ms`: an inbound text until the agent's reply request reaches the fake
+Graph API (offline responder, 0 s buffer), through the app and the worker process.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ def _uvicorn(app: str, port: int, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--log-level", "warning"],
         env={**os.environ, **env},
+    )
+
+
+def _webhook_worker(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "webhook-worker"], env={**os.environ, **env}
     )
 
 
@@ -157,17 +166,15 @@ def webhook() -> list[Figure]:
             campaigns.add_phone_number(conn, org, payloads.PHONE_NUMBER_ID)
         bare_port, app_port = free_port(), free_port()
         bare = _uvicorn("tests.bench.bench_webhook:bare_app", bare_port, {})
-        app = _uvicorn(
-            "webhook_app.app:app",
-            app_port,
-            {
-                "WHATSAPP_APP_SECRET": SECRET,
-                "WHATSAPP_ACCESS_TOKEN": graph.access_token,
-                "WHATSAPP_API_BASE_URL": graph_url,
-                "AGENT_BUFFER_SECONDS": "0",
-                "GOOGLE_API_KEY": "",
-            },
-        )
+        env = {
+            "WHATSAPP_APP_SECRET": SECRET,
+            "WHATSAPP_ACCESS_TOKEN": graph.access_token,
+            "WHATSAPP_API_BASE_URL": graph_url,
+            "AGENT_BUFFER_SECONDS": "0",
+            "GOOGLE_API_KEY": "",
+        }
+        app = _uvicorn("webhook_app.app:app", app_port, env)
+        worker = _webhook_worker(env)
         try:
             bare_url, app_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{app_port}"
             _wait_ready(bare_url, "/")
@@ -182,7 +189,7 @@ def webhook() -> list[Figure]:
                 time.sleep(0.5)
             replies = _replies(app_url, graph)
         finally:
-            for process in (bare, app):
+            for process in (bare, app, worker):
                 process.terminate()
                 process.wait(timeout=30)
             engine.dispose()
