@@ -44,10 +44,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     postgres.engine.dispose()
 
 
+# The webhook first: routes are matched in order, and it takes nearly all the traffic.
 routes = [
+    *webhook.routes,
     Route("/health", stats.health),
     Route("/stats", stats.stats),
-    *webhook.routes,
     *operator_api.routes,
     *campaign_api.routes,
 ]

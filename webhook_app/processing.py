@@ -21,7 +21,7 @@ from webhook_app.payloads import changes
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
-BATCH = 100
+BATCH = 500
 
 _CLAIM = sa.text(
     "SELECT id, payload FROM webhook_inbox"

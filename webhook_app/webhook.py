@@ -21,6 +21,10 @@ from webhook_app.payloads import BadPayload, parse
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
+# Every stored event gets the same answer: built once, sent as is.
+RECEIVED = JSONResponse({"status": "received"})
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -51,7 +55,7 @@ async def receive(request: Request) -> Response:
         return _error(400, str(error))
     except InboxUnavailable as error:
         return _error(503, str(error), headers={"Retry-After": "5"})
-    return JSONResponse({"status": "received"})
+    return RECEIVED
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -73,6 +77,6 @@ def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> J
 
 
 routes = [
-    Route("/webhook", verify, methods=["GET"]),
     Route("/webhook", receive, methods=["POST"]),
+    Route("/webhook", verify, methods=["GET"]),
 ]

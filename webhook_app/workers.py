@@ -56,6 +56,8 @@ AGENT_POLL_SECONDS = 0.25
 # every waiting receipt, so it runs on its own, slower clock rather than after every batch.
 RECEIPT_POLL_SECONDS = 2.0
 RETRY_TURN_SECONDS = 30.0
+BURST_EVENTS = 20
+GATHER_SECONDS = 0.1
 BEAT_SECONDS = 2.0
 MAX_CONCURRENT_TURNS = 8
 
@@ -141,11 +143,16 @@ class Workers:
                     await asyncio.wait_for(ready.wait(), poll)
 
     async def _inbox_step(self) -> bool:
+        """One batch. A pass costs far more than an event in it, so while events pour in
+        (a pass found more than a few) the next pass waits a moment to take a fuller batch;
+        a lone event (a customer's message) is still handled at once."""
         tally = await asyncio.to_thread(processing.process_batch, self.engine)
         self.counters.update(tally)
         if tally["inbound"]:
             self.turns_ready.set()
             self.media_ready.set()
+        if BURST_EVENTS <= tally["events"] < processing.BATCH:
+            await asyncio.sleep(GATHER_SECONDS)
         return tally["events"] > 0
 
     async def _agent_step(self) -> bool:
