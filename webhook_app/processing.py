@@ -49,8 +49,10 @@ def process_batch(engine: sa.Engine, limit: int = BATCH) -> Counter:
     tally: Counter = Counter()
     with engine.begin() as conn:
         claimed = conn.execute(_CLAIM, {"n": limit}).all()
-        receipts_only = [(i, p) for i, p in claimed if _receipts_only(p)]
-        one_by_one = [(i, p) for i, p in claimed if not _receipts_only(p)]
+        receipts_only, one_by_one = [], []
+        for event_id, payload in claimed:
+            kind = receipts_only if _receipts_only(payload) else one_by_one
+            kind.append((event_id, payload))
         if receipts_only:
             try:
                 with conn.begin_nested():

@@ -90,12 +90,13 @@ def record(conn: sa.Connection, statuses: list[Any]) -> int:
     Duplicates and statuses we do not track (WhatsApp also sends e.g. `deleted`) change
     nothing. One statement records a whole batch, one more applies it.
     """
-    rows = [_row(s) for s in statuses if _is_receipt(s)]
-    if not rows:
+    tracked = [s for s in statuses if _is_receipt(s)]
+    if not tracked:
         return 0
+    rows = [_row(s) for s in tracked]
     new = conn.execute(_RECORD, {"rows": json.dumps(rows)}).scalars().all()
-    for status in statuses:
-        callback = str(status.get("biz_opaque_callback_data") or "") if _is_receipt(status) else ""
+    for status in tracked:
+        callback = str(status.get("biz_opaque_callback_data") or "")
         if callback.isdigit():
             conn.execute(_CLAIM_WAMID, {"wamid": status["id"], "id": int(callback)})
     apply(conn, sorted(set(new)))

@@ -12,6 +12,7 @@ import psycopg_pool
 import sqlalchemy as sa
 
 from resources.whatsapp import WhatsAppClient, WhatsAppResource
+from webhook_app import signature
 from webhook_app.inbox import InboxWriter, open_pool
 
 
@@ -21,6 +22,7 @@ class Runtime:
     client: WhatsAppClient
     pool: psycopg_pool.AsyncConnectionPool
     writer: InboxWriter
+    app_secret: str
 
     async def stop(self) -> None:
         await self.writer.close()
@@ -31,7 +33,8 @@ class Runtime:
 async def start(
     engine: sa.Engine, database_url: str, client: WhatsAppClient | None = None
 ) -> Runtime:
-    """Open the request path's pool and start its inbox writer."""
+    """Open the request path's pool and start its inbox writer; the app secret is read
+    once here rather than from the environment on every request."""
     pool = open_pool(database_url)
     await pool.open(wait=False)
     return Runtime(
@@ -39,4 +42,5 @@ async def start(
         client=client or WhatsAppResource.from_env().client,
         pool=pool,
         writer=InboxWriter(pool),
+        app_secret=signature.app_secret(),
     )

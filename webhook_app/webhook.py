@@ -17,6 +17,7 @@ from resources import settings
 from webhook_app import signature
 from webhook_app.inbox import InboxUnavailable
 from webhook_app.payloads import BadPayload, parse
+from webhook_app.runtime import Runtime
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -46,11 +47,12 @@ async def receive(request: Request) -> Response:
         body = await read_capped(request, MAX_BODY_BYTES)
     except BodyTooLarge:
         return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    if not signature.is_valid(signature.app_secret(), body, header):
+    runtime: Runtime = request.app.state.webhook
+    if not signature.is_valid(runtime.app_secret, body, header):
         return _error(403, "X-Hub-Signature-256 does not match the body")
     try:
         parse(body)
-        await request.app.state.webhook.writer.store(body)
+        await runtime.writer.store(body)
     except BadPayload as error:
         return _error(400, str(error))
     except InboxUnavailable as error:
