@@ -68,6 +68,8 @@ _BEAT = sa.text(
     " counters = excluded.counters"
 )
 _GONE = sa.text("DELETE FROM webhook_workers WHERE id = :id")
+# Rows of processes that were killed rather than stopped: long past any health check.
+_FORGOTTEN = sa.text("DELETE FROM webhook_workers WHERE beat_at < now() - interval '1 day'")
 
 
 @dataclass
@@ -209,19 +211,19 @@ class Workers:
             "loops": json.dumps(self.loops_alive()),
             "counters": json.dumps(self.counters),
         }
-        await asyncio.to_thread(self._write, _BEAT, params)
+        await asyncio.to_thread(self.execute, _BEAT, params)
 
     async def _beat_step(self) -> bool:
         """After every loop pass that did work, and at least every `BEAT_SECONDS`."""
         await self.beat()
         return False
 
-    def _write(self, statement: sa.TextClause, params: dict) -> None:
+    def execute(self, statement: sa.TextClause, params: dict) -> None:
         with self.engine.begin() as conn:
             conn.execute(statement, params)
 
     def _gone(self) -> None:
-        self._write(_GONE, {"id": self.id})
+        self.execute(_GONE, {"id": self.id})
 
 
 async def start(
@@ -247,6 +249,7 @@ async def start(
         buffer_seconds=float(settings.get("AGENT_BUFFER_SECONDS")),
         buffer_max_seconds=float(settings.get("AGENT_BUFFER_MAX_SECONDS")),
     )
+    await asyncio.to_thread(workers.execute, _FORGOTTEN, {})
     workers.start(int(settings.get("WEBHOOK_WORKERS")))
     await workers.beat()
     return workers
