@@ -9,6 +9,7 @@ before start-up, replaces the client built from the environment.
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -54,3 +55,8 @@ routes = [
 ]
 
 app = Starlette(routes=routes, lifespan=lifespan)
+
+# What the imports above loaded (Dagster, SQLAlchemy, LangChain: some 170,000 objects)
+# lives as long as the process. Left to the collector, every full collection scans it all
+# and stalls the requests in flight for about 100 ms; frozen, it is never scanned.
+gc.freeze()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -270,6 +271,9 @@ async def _serve() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     workers = await start(postgres.engine, postgres.database_url)
+    # As in the app (webhook_app.app): what start-up loaded lives as long as the process,
+    # so full collections need not scan it (about 100 ms of CPU each time otherwise).
+    gc.freeze()
     try:
         await stopping.wait()
     finally:
