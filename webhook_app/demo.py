@@ -19,41 +19,17 @@ REPLIES = ("Hi! Is the offer still valid?", "What time do you open tomorrow?", "
 
 
 def _sent_messages(engine: sa.Engine, campaign_id: UUID) -> list[sa.Row]:
-    """The campaign's sent messages. Dispatch and the sender produce them; when they have
-    not run, the first ten members get `sent` rows here so the receipts have a target."""
-    with engine.begin() as conn:
-        query = sa.text(
-            "SELECT m.id, m.provider_message_id, m.peer_phone FROM messages m"
-            " JOIN campaign_audience a ON a.id = m.campaign_audience_id"
-            " WHERE a.campaign_id = :c AND m.direction = 'outbound'"
-            " AND m.provider_message_id IS NOT NULL ORDER BY m.id"
-        )
-        found = conn.execute(query, {"c": campaign_id}).all()
-        if found:
-            return found
-        run_id = conn.execute(
+    """The campaign's messages that WhatsApp accepted (dispatch and the sender made them)."""
+    with engine.connect() as conn:
+        return conn.execute(
             sa.text(
-                "INSERT INTO campaign_runs (campaign_id, run_date, status)"
-                " VALUES (:c, current_date, 'dispatched')"
-                " ON CONFLICT (campaign_id, run_date) DO UPDATE SET status = campaign_runs.status"
-                " RETURNING id"
+                "SELECT m.id, m.provider_message_id, m.peer_phone FROM messages m"
+                " JOIN campaign_audience a ON a.id = m.campaign_audience_id"
+                " WHERE a.campaign_id = :c AND m.direction = 'outbound'"
+                " AND m.provider_message_id IS NOT NULL ORDER BY m.id"
             ),
             {"c": campaign_id},
-        ).scalar_one()
-        conn.execute(
-            sa.text(
-                "INSERT INTO messages (organisation_id, contact_id, campaign_run_id,"
-                " campaign_audience_id, direction, sender_type, phone_number_id, peer_phone,"
-                " message_type, provider_message_id, status, sent_at)"
-                " SELECT c.organisation_id, a.contact_id, :r, a.id, 'outbound', 'campaign',"
-                " c.phone_number_id, a.msisdn, 'template', 'wamid.demo.' || a.id, 'sent', now()"
-                " FROM campaign_audience a JOIN campaigns c ON c.id = a.campaign_id"
-                " WHERE a.campaign_id = :c ORDER BY a.msisdn LIMIT 10"
-                " ON CONFLICT DO NOTHING"
-            ),
-            {"c": campaign_id, "r": run_id},
-        )
-        return conn.execute(query, {"c": campaign_id}).all()
+        ).all()
 
 
 def _envelope(value: dict) -> dict:
