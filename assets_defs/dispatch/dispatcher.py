@@ -11,7 +11,6 @@ refuses a row that is no longer `pending`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,6 +28,7 @@ from assets_defs.dispatch.payloads import (
     Recipient,
     body,
     prepare,
+    with_message_id,
 )
 from resources.queue import SQSResource
 from resources.status import member_sources
@@ -138,7 +138,7 @@ class Dispatch:
             after = rows[-1][0]
             self.log(f"resuming {len(rows)} messages stored by an earlier attempt")
             yield [
-                queueing.Outgoing(mid, member, self.run_id, to, body({**payload, "messageId": mid}))
+                queueing.Outgoing(mid, member, self.run_id, to, with_message_id(body(payload), mid))
                 for mid, member, to, payload in rows
             ]
 
@@ -216,7 +216,7 @@ class Dispatch:
                 item.recipient.member_id,
                 self.run_id,
                 item.to,
-                body({**item.payload, "messageId": inserted[item.recipient.member_id]}),
+                with_message_id(item.serialized, inserted[item.recipient.member_id]),
             )
             for item in valid
             if item.recipient.member_id in inserted
@@ -244,7 +244,7 @@ class Dispatch:
                     item.to,
                     self.spec.message_type,
                     item.payload.get("messageContent") or item.payload.get("caption"),
-                    json.dumps(item.payload),
+                    item.serialized,
                 )
                 for item in valid
             ],

@@ -59,9 +59,13 @@ class Recipient:
 
 @dataclass(frozen=True)
 class Prepared:
+    """`serialized` is the payload's JSON, made once: the size check, the stored row and the
+    queued body all use it."""
+
     recipient: Recipient
     to: str
     payload: dict[str, Any]
+    serialized: str
 
 
 MediaUrl = Callable[[str], str]
@@ -81,16 +85,24 @@ def prepare(spec: CampaignSpec, recipient: Recipient, media_url: MediaUrl) -> Pr
         "phoneNumberId": spec.phone_number_id,
         **_content(spec, recipient, media_url),
     }
-    size = len(body({**payload, "messageId": _WIDEST_MESSAGE_ID}).encode())
+    serialized = body(payload)
+    size = len(with_message_id(serialized, _WIDEST_MESSAGE_ID).encode())
     if size > SQS_MAX_MESSAGE_BYTES:
         raise InvalidPayload(
             f"payload is {size:,} bytes, over the SQS limit of {SQS_MAX_MESSAGE_BYTES:,} bytes"
         )
-    return Prepared(recipient, to, payload)
+    return Prepared(recipient, to, payload, serialized)
 
 
 def body(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"))
+
+
+def with_message_id(serialized: str, message_id: int) -> str:
+    """The queued body: the serialized payload (a JSON object) with `messageId` as its last
+    key, the same text as `body({**payload, "messageId": message_id})` without encoding the
+    payload again."""
+    return f'{serialized[:-1]},"messageId":{message_id}}}'
 
 
 def _content(spec: CampaignSpec, recipient: Recipient, media_url: MediaUrl) -> dict[str, Any]:
