@@ -1,9 +1,14 @@
 import json
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 import sqlalchemy as sa
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
 
 from pipelines.sender import store
 from pipelines.sender.errors import ErrorClass, classify
@@ -264,8 +269,10 @@ def test_errors_are_classified_by_graph_code_not_http_status(code, http_status, 
 
 
 def test_a_connection_broken_after_the_request_left_is_never_retried():
-    assert classify(httpx.ReadTimeout("slow")).kind is ErrorClass.AMBIGUOUS
-    assert classify(httpx.ConnectError("refused")).kind is ErrorClass.RETRYABLE
+    assert classify(ReadTimeoutError(None, "/messages", "slow")).kind is ErrorClass.AMBIGUOUS
+    assert classify(ProtocolError("Connection aborted.")).kind is ErrorClass.AMBIGUOUS
+    assert classify(NewConnectionError(None, "refused")).kind is ErrorClass.RETRYABLE
+    assert classify(ConnectTimeoutError("no answer to SYN")).kind is ErrorClass.RETRYABLE
 
 
 def test_free_form_messages_outside_the_24_hour_window_are_not_sent(engine, sqs, graph):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-import httpx
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from resources.whatsapp import GraphAPIError
 
@@ -81,8 +81,10 @@ class Classified:
 def classify(error: Exception) -> Classified:
     if isinstance(error, GraphAPIError):
         return _classify_graph(error)
-    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-        return Classified(R, None, f"network: {type(error).__name__}")
+    if isinstance(error, NewConnectionError):  # refused, unreachable, unknown host
+        return Classified(R, None, "network: ConnectError")
+    if isinstance(error, ConnectTimeoutError):
+        return Classified(R, None, "network: ConnectTimeout")
     # The request may have left (a read timeout, a dropped connection, an unreadable answer).
     return Classified(ErrorClass.AMBIGUOUS, None, f"unclear outcome: {type(error).__name__}")
 
