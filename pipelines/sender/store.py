@@ -42,21 +42,48 @@ class Slots:
     spacing_seconds: float
 
 
+# Built once: parsing a statement's text for its parameters costs more than running it.
+RESERVE = sa.text("SELECT * FROM reserve_send_slots(:p, :k)")
+ADMIT = sa.text("SELECT admit_recipients(CAST(:o AS uuid), CAST(:r AS text[]))")
+CLAIM = sa.text(
+    "UPDATE messages m SET status = 'sending', sending_at = now(),"
+    " attempts = m.attempts + 1"
+    " WHERE m.id = ANY(:ids) AND m.status = 'pending' AND m.direction = 'outbound'"
+    " RETURNING m.id, m.peer_phone, m.attempts,"
+    " (SELECT max(c.last_inbound_at) FROM conversations c"
+    "   WHERE c.id = m.conversation_id OR c.contact_id = m.contact_id) AS last_inbound_at"
+)
+RECORD = sa.text(
+    "UPDATE messages m SET"
+    " status = CASE v.kind WHEN 'sent' THEN"
+    "   CASE WHEN m.status = 'sending' THEN 'sent' ELSE m.status END"
+    "   WHEN 'retry' THEN :retry_target ELSE 'failed' END,"
+    " provider_message_id = COALESCE(m.provider_message_id, v.wamid),"
+    " sent_at = CASE WHEN v.kind = 'sent' THEN COALESCE(m.sent_at, now()) ELSE m.sent_at END,"
+    " failed_at = CASE WHEN v.kind = 'failed' THEN now() ELSE m.failed_at END,"
+    " error_code = CASE WHEN v.kind = 'sent' THEN m.error_code ELSE v.code END,"
+    " error_title = CASE WHEN v.kind = 'sent' THEN m.error_title ELSE v.title END,"
+    " error_detail = CASE WHEN v.kind = 'sent' THEN m.error_detail ELSE v.detail END"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:kinds AS text[]), CAST(:wamids AS text[]),"
+    "   CAST(:codes AS integer[]), CAST(:titles AS text[]), CAST(:details AS text[]))"
+    "   AS v(id, kind, wamid, code, title, detail)"
+    " WHERE m.id = v.id AND CASE v.kind"
+    "   WHEN 'sent' THEN m.status IN ('sending', 'delivered', 'read')"
+    "   WHEN 'retry' THEN m.status = :retry_source AND m.provider_message_id IS NULL"
+    "   ELSE m.status IN ('pending', 'sending') END"
+)
+
+
 def reserve_slots(engine: sa.Engine, phone_number_id: str, count: int) -> Slots:
     with engine.begin() as conn:
-        row = conn.execute(
-            sa.text("SELECT * FROM reserve_send_slots(:p, :k)"), {"p": phone_number_id, "k": count}
-        ).one()
+        row = conn.execute(RESERVE, {"p": phone_number_id, "k": count}).one()
     return Slots(max(0.0, row.wait_seconds), row.spacing_seconds)
 
 
 def admit(engine: sa.Engine, organisation_id: str, recipients: Sequence[str]) -> set[str]:
     """Recipients the organisation's messaging limit lets through now."""
     with engine.begin() as conn:
-        admitted = conn.execute(
-            sa.text("SELECT admit_recipients(CAST(:o AS uuid), CAST(:r AS text[]))"),
-            {"o": organisation_id, "r": list(recipients)},
-        ).scalar_one()
+        admitted = conn.execute(ADMIT, {"o": organisation_id, "r": list(recipients)}).scalar_one()
     return set(admitted)
 
 
@@ -64,14 +91,7 @@ def claim(engine: sa.Engine, message_ids: Sequence[int]) -> dict[int, Claimed]:
     """Claim the rows still `pending`; a row already past it is someone else's (or done)."""
     with engine.begin() as conn:
         rows = conn.execute(
-            sa.text(
-                "UPDATE messages m SET status = 'sending', sending_at = now(),"
-                " attempts = m.attempts + 1"
-                " WHERE m.id = ANY(:ids) AND m.status = 'pending' AND m.direction = 'outbound'"
-                " RETURNING m.id, m.peer_phone, m.attempts,"
-                " (SELECT max(c.last_inbound_at) FROM conversations c"
-                "   WHERE c.id = m.conversation_id OR c.contact_id = m.contact_id) AS last_inbound_at"
-            ),
+            CLAIM,
             {"ids": list(message_ids)},
         ).all()
     return {
@@ -101,25 +121,7 @@ def record(engine: sa.Engine, outcomes: Iterable[Outcome]) -> None:
     source, target = RETRY_BEFORE_ACCEPTED
     with engine.begin() as conn:
         conn.execute(
-            sa.text(
-                "UPDATE messages m SET"
-                " status = CASE v.kind WHEN 'sent' THEN"
-                "   CASE WHEN m.status = 'sending' THEN 'sent' ELSE m.status END"
-                "   WHEN 'retry' THEN :retry_target ELSE 'failed' END,"
-                " provider_message_id = COALESCE(m.provider_message_id, v.wamid),"
-                " sent_at = CASE WHEN v.kind = 'sent' THEN COALESCE(m.sent_at, now()) ELSE m.sent_at END,"
-                " failed_at = CASE WHEN v.kind = 'failed' THEN now() ELSE m.failed_at END,"
-                " error_code = CASE WHEN v.kind = 'sent' THEN m.error_code ELSE v.code END,"
-                " error_title = CASE WHEN v.kind = 'sent' THEN m.error_title ELSE v.title END,"
-                " error_detail = CASE WHEN v.kind = 'sent' THEN m.error_detail ELSE v.detail END"
-                " FROM unnest(CAST(:ids AS bigint[]), CAST(:kinds AS text[]), CAST(:wamids AS text[]),"
-                "   CAST(:codes AS integer[]), CAST(:titles AS text[]), CAST(:details AS text[]))"
-                "   AS v(id, kind, wamid, code, title, detail)"
-                " WHERE m.id = v.id AND CASE v.kind"
-                "   WHEN 'sent' THEN m.status IN ('sending', 'delivered', 'read')"
-                "   WHEN 'retry' THEN m.status = :retry_source AND m.provider_message_id IS NULL"
-                "   ELSE m.status IN ('pending', 'sending') END"
-            ),
+            RECORD,
             {
                 "ids": [o.message_id for o in outcomes],
                 "kinds": [o.kind for o in outcomes],
