@@ -74,14 +74,18 @@ class WhatsAppClient:
     ) -> None:
         self.dev_mode = not access_token
         self.phone_number_id = phone_number_id
-        self._base_url = f"{base_url.rstrip('/')}/{api_version}"
         self._auth = {"Authorization": f"Bearer {access_token}"} if access_token else {}
         self._json = {**self._auth, "Content-Type": "application/json"}
-        self._http = urllib3.PoolManager(
-            maxsize=max_connections,
-            timeout=urllib3.Timeout(connect=5.0, read=timeout_seconds),
-            retries=False,
-        )
+        pool = {
+            "maxsize": max_connections,
+            "timeout": urllib3.Timeout(connect=5.0, read=timeout_seconds),
+            "retries": False,
+        }
+        # The Graph host's own pool, addressed by path (no URL parsing per send); media
+        # downloads go wherever their URL points.
+        self._graph = urllib3.connection_from_url(base_url, **pool)
+        self._prefix = f"{(urllib3.util.parse_url(base_url).path or '').rstrip('/')}/{api_version}"
+        self._http = urllib3.PoolManager(**pool)
 
     def send(
         self,
@@ -106,9 +110,9 @@ class WhatsAppClient:
             **address,
             **message,
         }
-        response = self._http.urlopen(
+        response = self._graph.urlopen(
             "POST",
-            f"{self._base_url}/{phone_number_id or self.phone_number_id}/messages",
+            f"{self._prefix}/{phone_number_id or self.phone_number_id}/messages",
             body=json.dumps(body).encode(),
             headers=self._json,
             redirect=False,
@@ -123,8 +127,8 @@ class WhatsAppClient:
 
     def media_url(self, media_id: str) -> dict[str, Any]:
         """Metadata of an inbound media id: a short-lived `url`, `mime_type`, `file_size`."""
-        response = self._http.urlopen(
-            "GET", f"{self._base_url}/{media_id}", headers=self._auth, redirect=False
+        response = self._graph.urlopen(
+            "GET", f"{self._prefix}/{media_id}", headers=self._auth, redirect=False
         )
         if response.status >= 400:
             raise GraphAPIError.from_response(response)
@@ -147,6 +151,7 @@ class WhatsAppClient:
         return b"".join(chunks)
 
     def close(self) -> None:
+        self._graph.close()
         self._http.clear()
 
 
