@@ -122,20 +122,12 @@ class Dispatch:
 
     def _unqueued_pages(self) -> Iterator[list[queueing.Outgoing]]:
         """Rows an earlier attempt stored but did not get onto the queue."""
-        after = 0
-        while True:
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    sa.text(
-                        "SELECT id, campaign_audience_id::text, peer_phone, payload FROM messages"
-                        " WHERE campaign_run_id = :r AND status = 'pending' AND queued_at IS NULL"
-                        " AND id > :after ORDER BY id LIMIT :n"
-                    ),
-                    {"r": self.run_id, "after": after, "n": PAGE_SIZE},
-                ).all()
-            if not rows:
-                return
-            after = rows[-1][0]
+        query = sa.text(
+            "SELECT id, campaign_audience_id::text, peer_phone, payload FROM messages"
+            " WHERE campaign_run_id = :r AND status = 'pending' AND queued_at IS NULL"
+            " AND id > :after ORDER BY id LIMIT :n"
+        )
+        for rows in self._pages(query, {"r": self.run_id}, after=0):
             self.log(f"resuming {len(rows)} messages stored by an earlier attempt")
             yield [
                 queueing.Outgoing(mid, member, self.run_id, to, with_message_id(body(payload), mid))
@@ -143,30 +135,17 @@ class Dispatch:
             ]
 
     def _candidate_pages(self) -> Iterator[list[Recipient]]:
-        after = ""
-        while True:
-            with self.engine.connect() as conn:
-                rows = conn.execute(
-                    sa.text(
-                        "SELECT a.id::text, a.msisdn, a.name, a.attributes, a.generated_asset_urls,"
-                        " ct.id, ct.name, ct.attributes, COALESCE(ct.opted_out, false)"
-                        " FROM campaign_audience a LEFT JOIN contacts ct ON ct.id = a.contact_id"
-                        " WHERE a.campaign_id = :c AND a.id > CAST(:after AS uuid)"
-                        " AND a.status = ANY(:statuses)"
-                        " AND a.dispatch_run_id IS DISTINCT FROM :r"
-                        " ORDER BY a.id LIMIT :n"
-                    ),
-                    {
-                        "c": self.spec.id,
-                        "after": after or "00000000-0000-0000-0000-000000000000",
-                        "statuses": list(CANDIDATE_STATUSES),
-                        "r": self.run_id,
-                        "n": PAGE_SIZE,
-                    },
-                ).all()
-            if not rows:
-                return
-            after = rows[-1][0]
+        query = sa.text(
+            "SELECT a.id::text, a.msisdn, a.name, a.attributes, a.generated_asset_urls,"
+            " ct.id, ct.name, ct.attributes, COALESCE(ct.opted_out, false)"
+            " FROM campaign_audience a LEFT JOIN contacts ct ON ct.id = a.contact_id"
+            " WHERE a.campaign_id = :c AND a.id > CAST(:after AS uuid)"
+            " AND a.status = ANY(:statuses)"
+            " AND a.dispatch_run_id IS DISTINCT FROM :r"
+            " ORDER BY a.id LIMIT :n"
+        )
+        params = {"c": self.spec.id, "statuses": list(CANDIDATE_STATUSES), "r": self.run_id}
+        for rows in self._pages(query, params, after="00000000-0000-0000-0000-000000000000"):
             yield [
                 Recipient(
                     member_id=r[0],
@@ -181,6 +160,17 @@ class Dispatch:
                 )
                 for r in rows
             ]
+
+    def _pages(self, query: sa.TextClause, params: dict, after: object) -> Iterator[list[sa.Row]]:
+        """`query`'s rows in keyset pages of `PAGE_SIZE`, ordered by their first column
+        (`:after` and `:n` are bound here), each page read on a connection of its own."""
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query, {**params, "after": after, "n": PAGE_SIZE}).all()
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield rows
 
     def _prepare(self, page: list[Recipient]) -> list[queueing.Outgoing]:
         """Store the page's decisions in one transaction; returns the new rows to queue."""
