@@ -111,10 +111,10 @@ def send(sqs: SQSResource, batch: list[Outgoing], retry_seconds: float) -> Batch
 def _transient(error: BaseException) -> bool:
     if isinstance(error, BotoCoreError):
         return True
-    return (
-        isinstance(error, ClientError)
-        and error.response.get("Error", {}).get("Code") in _TRANSIENT_CODES
-    )
+    if not isinstance(error, ClientError):
+        return False
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return status >= 500 or error.response.get("Error", {}).get("Code") in _TRANSIENT_CODES
 
 
 def _call(sqs: SQSResource, entries: list[dict[str, str]], retry_seconds: float) -> dict:

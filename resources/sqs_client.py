@@ -1,0 +1,157 @@
+"""SQS over its JSON protocol: one signed POST per operation, on a pooled urllib3 connection.
+
+Why not boto3's client: every botocore call costs about 1.8 ms of CPU before the request
+leaves (parameter validation, event hooks, endpoint rules, a rebuilt user agent, signing),
+which is more than dispatch spends preparing ten messages and most of the sender's budget of
+1 ms a message. The protocol itself is small: the operation's name goes in `X-Amz-Target`,
+its parameters, named exactly as in boto3, go in a JSON body, and the answer is the JSON
+boto3 would return. This client does that in about a tenth of the CPU.
+
+It stays a drop-in for the calls we make: methods are the operations in snake case
+(`send_message_batch(QueueUrl=..., Entries=...)`), errors are botocore's `ClientError` with
+the same `Error.Code`, and an unreachable endpoint raises botocore's
+`EndpointConnectionError`. Credentials come from botocore's usual chain (environment,
+profile, instance role), refreshed as botocore refreshes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import urllib3
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+_CONTENT_TYPE = "application/x-amz-json-1.0"
+# Long polls wait up to 20 s before SQS answers.
+_TIMEOUT = urllib3.Timeout(connect=10.0, read=60.0)
+# As botocore's standard retry mode: three attempts in all for a connection error or an
+# answer of 500, 502, 503 or 504. The last error answer is returned, to become a ClientError.
+_RETRY = urllib3.Retry(
+    total=2,
+    redirect=0,
+    backoff_factor=0.2,
+    status_forcelist=(500, 502, 503, 504),
+    allowed_methods=None,
+    raise_on_status=False,
+)
+
+
+class SQSClient:
+    """Thread-safe; build one per process and share it."""
+
+    def __init__(
+        self,
+        endpoint_url: str,
+        region: str,
+        credentials: Credentials | None,
+        max_connections: int = 32,
+    ) -> None:
+        parts = urlsplit(endpoint_url)
+        self.endpoint_url = endpoint_url
+        self._host = parts.netloc
+        self._path = parts.path or "/"
+        self._region = region
+        self._credentials = credentials
+        self._signing_keys: dict[tuple[str, str], bytes] = {}
+        self._pool = urllib3.connection_from_url(
+            endpoint_url, maxsize=max_connections, timeout=_TIMEOUT, retries=_RETRY
+        )
+
+    def __getattr__(self, name: str) -> Callable[..., dict[str, Any]]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        action = "".join(word.capitalize() for word in name.split("_"))
+        return lambda **params: self.call(action, params)
+
+    def call(self, action: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run one SQS operation (`SendMessageBatch`, ...) and return its answer."""
+        body = json.dumps(params, separators=(",", ":")).encode()
+        headers = self._sign(action, body)
+        try:
+            response = self._pool.urlopen("POST", self._path, body=body, headers=headers)
+        except urllib3.exceptions.HTTPError as error:
+            raise EndpointConnectionError(endpoint_url=self.endpoint_url, error=error) from error
+        if response.status >= 300:
+            raise ClientError(_error_response(response), action)
+        return json.loads(response.data) if response.data else {}
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _sign(self, action: str, body: bytes) -> dict[str, str]:
+        """AWS Signature Version 4 headers for a POST of `body` to the endpoint."""
+        if self._credentials is None:
+            raise NoCredentialsError()
+        credentials = self._credentials.get_frozen_credentials()
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        headers = {
+            "content-type": _CONTENT_TYPE,
+            "host": self._host,
+            "x-amz-date": amz_date,
+            "x-amz-target": f"AmazonSQS.{action}",
+        }
+        if credentials.token:
+            headers["x-amz-security-token"] = credentials.token
+        names = sorted(headers)
+        signed_headers = ";".join(names)
+        canonical = "\n".join(
+            [
+                "POST",
+                self._path,
+                "",
+                "".join(f"{name}:{headers[name]}\n" for name in names),
+                signed_headers,
+                hashlib.sha256(body).hexdigest(),
+            ]
+        )
+        scope = f"{amz_date[:8]}/{self._region}/sqs/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{_sha256(canonical)}"
+        key = self._signing_key(credentials.secret_key, amz_date[:8])
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        headers["authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+            f"SignedHeaders={signed_headers}, Signature={signature}"
+        )
+        return headers
+
+    def _signing_key(self, secret: str, day: str) -> bytes:
+        """Derived once per secret and day: four HMACs a call otherwise."""
+        cached = self._signing_keys.get((secret, day))
+        if cached is None:
+            key = f"AWS4{secret}".encode()
+            for part in (day, self._region, "sqs", "aws4_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            self._signing_keys = {(secret, day): key}
+            cached = key
+        return cached
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _error_response(response: urllib3.BaseHTTPResponse) -> dict[str, Any]:
+    """botocore's error shape. SQS names its classic error codes (the ones its query protocol
+    used, such as `AWS.SimpleQueueService.NonExistentQueue`) in `x-amzn-query-error`; botocore
+    reports those, so this does too. An answer that is not JSON (a proxy's error page, a
+    crashed server) is reported by its HTTP status, as botocore does."""
+    try:
+        answer = json.loads(response.data)
+    except ValueError:
+        answer = {}
+    code = answer.get("__type", "").rpartition("#")[2] or str(response.status)
+    query_error = response.headers.get("x-amzn-query-error", "")
+    if query_error:
+        code = query_error.split(";")[0]
+    message = answer.get("message") or answer.get("Message") or response.reason or ""
+    return {
+        "Error": {"Code": code, "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": response.status},
+    }
