@@ -34,6 +34,9 @@ from resources.queue import SQSResource
 from resources.status import member_sources
 
 PAGE_SIZE = 1000
+# Batches waiting for a sending thread: two pages' worth, so that SQS is kept busy while the
+# main thread prepares and stores the next page.
+AHEAD_BATCHES = 2 * PAGE_SIZE // queueing.BATCH_SIZE
 # SQS's answers are written in groups of about this many messages: one transaction per batch
 # costs more than the sending. A row sent but not yet marked when a run dies is sent again by
 # the retry, and dropped by the FIFO deduplication or by the sender's `pending` check.
@@ -266,7 +269,7 @@ class Dispatch:
 
     def _submit(self, pool: ThreadPoolExecutor, rows: list[queueing.Outgoing]) -> None:
         for batch in queueing.pack(rows):
-            self._settle(2 * self.concurrency - 1)
+            self._settle(AHEAD_BATCHES)
             self._in_flight.add(pool.submit(queueing.send, self.sqs, batch, self.retry_seconds))
 
     def _settle(self, keep: int, raise_errors: bool = True) -> None:
@@ -275,9 +278,12 @@ class Dispatch:
         while len(self._in_flight) > keep:
             done, self._in_flight = wait(self._in_flight, return_when=FIRST_COMPLETED)
             if not raise_errors:
-                # On the way out: let the rest finish so their answers are recorded too.
-                done |= self._in_flight
+                # On the way out: batches not started stay pending for the next attempt;
+                # those being sent finish, so that their answers are recorded too.
+                for future in self._in_flight:
+                    future.cancel()
                 wait(self._in_flight)
+                done |= {f for f in self._in_flight if not f.cancelled()}
                 self._in_flight = set()
             self._answered += [f.result() for f in done if f.exception() is None]
             errors = [f.exception() for f in done if f.exception() is not None]
