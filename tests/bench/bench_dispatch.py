@@ -5,16 +5,9 @@
   sending the same 50,000 prepared payloads with sequential `SendMessageBatch` calls.
 - `dispatch_peak_rss_mb`: peak RSS of a process that materialises a 200,000-member run.
 
-The local SQS server (moto) runs in its own process, so it shares no interpreter lock with
-the dispatcher and its memory is not counted. Some of moto's costs would make 50,000 messages
-measure moto rather than the dispatcher, so that process avoids them for both measurements:
-it computes every queue attribute, three full scans of the queue, on each message sent (here
-only for GetQueueAttributes), and it scans the whole queue for every message sent to a FIFO
-queue (deduplication), so the queue is a standard one. It also lists its own package
-directory (one `stat` per service) on every request, converts the same attribute names from
-camelCase on every message and logs every request line: here the directory listing is read
-once, the name conversion is remembered and the request log is off. Each measurement starts
-on a new, empty queue.
+The local SQS server runs in its own process (`tests/bench/sqs_server.py`, which says what it
+spares moto). The queue is a standard one: moto scans the whole queue for every message sent
+to a FIFO queue (deduplication). Each measurement starts on a new, empty queue.
 """
 
 from __future__ import annotations
@@ -26,48 +19,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
+import boto3
 import sqlalchemy as sa
 
 from tests.bench import Figure, benchmark
+from tests.bench.sqs_server import sqs_server
 
 # The issue's sizes by default; smaller ones through these variables when the local server is
 # too slow for them (on a loaded machine it takes ~0.2 s per call: 50,000 members = minutes).
 # The sizes used are printed with the figures.
 THROUGHPUT_MEMBERS = int(os.environ.get("BENCH_DISPATCH_MEMBERS", "50000"))
 RSS_MEMBERS = int(os.environ.get("BENCH_DISPATCH_RSS_MEMBERS", "200000"))
-
-
-@contextmanager
-def moto_process():
-    from pipelines.local_stack import free_port
-
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.bench_dispatch", "serve-moto", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{url}/moto-api/", timeout=1)
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.2)
-    try:
-        yield url
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def bench_campaign(engine: sa.Engine, count: int) -> str:
@@ -140,7 +105,10 @@ def baseline_messages_per_s(engine: sa.Engine, campaign_id: str, sqs) -> float:
                 {"c": campaign_id},
             )
         ]
-    client, url = sqs.client, sqs.url()
+    client = boto3.session.Session().client(
+        "sqs", region_name=sqs.region_name, endpoint_url=sqs.endpoint_url
+    )
+    url = sqs.url()
     started = time.perf_counter()
     for start in range(0, len(bodies), 10):
         client.send_message_batch(
@@ -177,7 +145,7 @@ def dispatch() -> list[Figure]:
         "SQS_QUEUE_NAME",
     ):
         os.environ.pop(name, None)
-    with moto_process() as endpoint, tempfile.TemporaryDirectory() as state:
+    with sqs_server() as endpoint, tempfile.TemporaryDirectory() as state:
         os.environ.update(
             AWS_ENDPOINT_URL=endpoint,
             AWS_ACCESS_KEY_ID="local",
@@ -237,52 +205,5 @@ def _measure_rss(campaign_id: str) -> None:
     )
 
 
-def _serve_moto(port: int) -> None:
-    """Child process: moto's server, without its per-request costs that do not depend on the
-    client (see the module docstring)."""
-    import functools
-    import logging
-    import threading
-
-    from moto import backends
-    from moto.core import responses, utils
-    from moto.server import ThreadedMotoServer
-    from moto.sqs import models
-
-    asked = threading.local()
-    for name in (
-        "approximate_number_of_messages",
-        "approximate_number_of_messages_delayed",
-        "approximate_number_of_messages_not_visible",
-    ):
-        count = getattr(models.Queue, name).fget
-        setattr(
-            models.Queue,
-            name,
-            property(lambda queue, count=count: count(queue) if getattr(asked, "on", False) else 0),
-        )
-    get_attributes = models.SQSBackend.get_queue_attributes
-
-    def get_queue_attributes(self, *args, **kwargs):
-        asked.on = True
-        try:
-            return get_attributes(self, *args, **kwargs)
-        finally:
-            asked.on = False
-
-    models.SQSBackend.get_queue_attributes = get_queue_attributes
-    modules = tuple(backends.list_of_moto_modules())
-    backends.list_of_moto_modules = lambda: modules
-    remembered = functools.lru_cache(maxsize=None)(utils.camelcase_to_underscores)
-    models.camelcase_to_underscores = remembered
-    responses.camelcase_to_underscores = remembered
-    logging.getLogger("werkzeug").disabled = True
-    ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False).start()
-    threading.Event().wait()
-
-
 if __name__ == "__main__":
-    if sys.argv[1] == "serve-moto":
-        _serve_moto(int(sys.argv[2]))
-    else:
-        _measure_rss(sys.argv[1])
+    _measure_rss(sys.argv[1])

@@ -1,0 +1,98 @@
+"""The local SQS (and S3) server for benchmarks: moto in a process of its own.
+
+In its own process it shares no interpreter lock with what is measured, and its CPU and
+memory are not counted. moto also pays per-request costs that do not depend on the client
+and that would make a benchmark measure moto instead:
+- it computes every queue attribute, three full scans of the queue, for each message sent
+  or received; here only when a client asks for them with GetQueueAttributes;
+- it lists its own package directory (one `stat` per service) on every request; here once;
+- it converts the same attribute names from camelCase on every message; here remembered;
+- it logs every request line; here not.
+Every side of a comparison talks to the same server.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+
+@contextmanager
+def sqs_server() -> Iterator[str]:
+    """Start the server on a free loopback port; yields its endpoint URL."""
+    from pipelines.local_stack import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench.sqs_server", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{url}/moto-api/", timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError("moto server did not start") from None
+            time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _serve(port: int) -> None:
+    import functools
+    import logging
+    import threading
+
+    from moto import backends
+    from moto.core import responses, utils
+    from moto.server import ThreadedMotoServer
+    from moto.sqs import models
+    from moto.sqs import responses as sqs_responses
+
+    asked = threading.local()
+    for name in (
+        "approximate_number_of_messages",
+        "approximate_number_of_messages_delayed",
+        "approximate_number_of_messages_not_visible",
+    ):
+        count = getattr(models.Queue, name).fget
+        setattr(
+            models.Queue,
+            name,
+            property(lambda queue, count=count: count(queue) if getattr(asked, "on", False) else 0),
+        )
+    get_attributes = sqs_responses.SQSResponse.get_queue_attributes
+
+    def get_queue_attributes(self):
+        asked.on = True
+        try:
+            return get_attributes(self)
+        finally:
+            asked.on = False
+
+    sqs_responses.SQSResponse.get_queue_attributes = get_queue_attributes
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+    remembered = functools.lru_cache(maxsize=None)(utils.camelcase_to_underscores)
+    models.camelcase_to_underscores = remembered
+    responses.camelcase_to_underscores = remembered
+    logging.getLogger("werkzeug").disabled = True
+    ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False).start()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))
