@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from resources.phone import InvalidPhoneNumber, to_e164
+from resources.phone import is_e164
 
 MEDIA_TYPES = frozenset({"image", "video", "document", "audio"})
 PARAMETER_SLOTS = frozenset({"header", "body", "button"})
@@ -60,10 +60,9 @@ def parse(body: str) -> Payload:
 def _parse(data: dict[str, Any], message_id: int) -> Payload:
     phone_number_id = _text(data, "phoneNumberId")
     organisation_id = _text(data, "organizationId")
-    try:
-        to = to_e164(_text(data, "to"))
-    except InvalidPhoneNumber as error:
-        raise MalformedPayload(f"to: {error}") from None
+    to = _text(data, "to")
+    if not is_e164(to):
+        raise MalformedPayload(f"to: {to!r} is not an E.164 number")
     kind = data.get("messageType") or ("template" if "templateName" in data else None)
     if kind == "template":
         content = _template(data)
