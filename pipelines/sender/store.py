@@ -1,4 +1,5 @@
-"""The sender's database statements: a few set-based round trips per received batch.
+"""The sender's database statements: a few set-based round trips per received batch, each
+one statement, atomic on its own (the worker's engine autocommits).
 
 Rows move only by compare-and-set: `pending → sending` claims a row for exactly one send;
 the result then moves it from `sending` (a receipt that arrived first is never undone).

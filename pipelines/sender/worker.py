@@ -84,9 +84,7 @@ class Worker:
         client: WhatsAppClient,
         config: SenderConfig | None = None,
     ) -> None:
-        # Each of the sender's statements is atomic on its own: autocommit spares the BEGIN
-        # and COMMIT round trips a transaction would add to each.
-        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.engine = engine
         self.sqs = sqs
         self.client = client
         self.config = config or SenderConfig()
