@@ -14,9 +14,12 @@ def create_engine(database_url: str, pool_size: int = 5, autocommit: bool = Fals
     """A pooled engine that survives a server restart.
 
     `pool_pre_ping` replaces connections the server dropped; the short connect timeout
-    turns an unreachable server into an error instead of a hang. `autocommit` suits code
-    whose every statement is atomic on its own: it spares the BEGIN and COMMIT round trips
-    around each.
+    turns an unreachable server into an error instead of a hang.
+
+    `autocommit` suits code whose every statement is atomic on its own and that retries a
+    statement that failed (the sender worker): it spares the BEGIN and COMMIT round trips
+    around each statement and the ping before it. A statement that meets a dropped
+    connection fails once; SQLAlchemy then replaces the pool's connections.
     """
     try:
         url = sa.make_url(database_url)
@@ -34,7 +37,7 @@ def create_engine(database_url: str, pool_size: int = 5, autocommit: bool = Fals
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=not autocommit,
         pool_recycle=1800,
         isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
         connect_args={"connect_timeout": 5, "application_name": "waflow"},
