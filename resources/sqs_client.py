@@ -96,6 +96,8 @@ class SQSClient:
             "host": self._host,
             "x-amz-date": amz_date,
             "x-amz-target": f"AmazonSQS.{action}",
+            # As botocore: SQS then names its classic error codes in `x-amzn-query-error`.
+            "x-amzn-query-mode": "true",
         }
         if credentials.token:
             headers["x-amz-security-token"] = credentials.token

@@ -39,6 +39,7 @@ def test_requests_are_signed_exactly_as_botocore_signs_them(monkeypatch, token):
         headers={
             "Content-Type": "application/x-amz-json-1.0",
             "X-Amz-Target": "AmazonSQS.ReceiveMessage",
+            "x-amzn-query-mode": "true",
         },
     )
     botocore.auth.SigV4Auth(credentials, "sqs", "eu-west-1").add_auth(theirs)
