@@ -33,14 +33,16 @@ def create_engine(database_url: str, pool_size: int = 5, autocommit: bool = Fals
         )
     if url.drivername in ("postgres", "postgresql"):
         url = url.set(drivername="postgresql+psycopg2")
+    # Otherwise the server's default isolation, not one set on every new connection.
+    isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     return sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=not autocommit,
         pool_recycle=1800,
-        isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
         connect_args={"connect_timeout": 5, "application_name": "waflow"},
+        **isolation,
     )
 
 
