@@ -145,34 +145,27 @@ def dispatch() -> list[Figure]:
         "SQS_QUEUE_NAME",
     ):
         os.environ.pop(name, None)
-    with sqs_server() as endpoint, tempfile.TemporaryDirectory() as state:
-        os.environ.update(
-            AWS_ENDPOINT_URL=endpoint,
-            AWS_ACCESS_KEY_ID="local",
-            AWS_SECRET_ACCESS_KEY="local",
-            AWS_SESSION_TOKEN="local",
-        )
-        with local_stack(Path(state)):
-            postgres = PostgresResource.from_env()
-            campaign = bench_campaign(postgres.engine, THROUGHPUT_MEMBERS)
-            empty_queue("pipeline")
-            pipeline = materialize(campaign)
-            assert pipeline["queued"] == THROUGHPUT_MEMBERS, pipeline
-            baseline = baseline_messages_per_s(postgres.engine, campaign, empty_queue("baseline"))
-            empty_queue("rss")
+    with sqs_server(), tempfile.TemporaryDirectory() as state, local_stack(Path(state)):
+        postgres = PostgresResource.from_env()
+        campaign = bench_campaign(postgres.engine, THROUGHPUT_MEMBERS)
+        empty_queue("pipeline")
+        pipeline = materialize(campaign)
+        assert pipeline["queued"] == THROUGHPUT_MEMBERS, pipeline
+        baseline = baseline_messages_per_s(postgres.engine, campaign, empty_queue("baseline"))
+        empty_queue("rss")
 
-            big = bench_campaign(postgres.engine, RSS_MEMBERS)
-            started = time.perf_counter()
-            child = subprocess.run(
-                [sys.executable, "-m", "tests.bench.bench_dispatch", big],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            rss_seconds = time.perf_counter() - started
-            rss = json.loads(child.stdout.strip().splitlines()[-1])
-            assert rss["queued"] == RSS_MEMBERS, rss
-            postgres.engine.dispose()
+        big = bench_campaign(postgres.engine, RSS_MEMBERS)
+        started = time.perf_counter()
+        child = subprocess.run(
+            [sys.executable, "-m", "tests.bench.bench_dispatch", big],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rss_seconds = time.perf_counter() - started
+        rss = json.loads(child.stdout.strip().splitlines()[-1])
+        assert rss["queued"] == RSS_MEMBERS, rss
+        postgres.engine.dispose()
     print(
         f"{THROUGHPUT_MEMBERS:,} members: pipeline {pipeline['messages_per_second']} msg/s,"
         f" baseline {baseline:.1f} msg/s; {RSS_MEMBERS:,}-member run: {rss_seconds:.0f} s"

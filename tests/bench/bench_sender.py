@@ -162,25 +162,21 @@ def sender() -> list[Figure]:
     messages = int(os.environ.get("BENCH_SENDER_MESSAGES", MESSAGES))
     graph, graph_url = _start_fake_graph()
     try:
-        with sqs_server() as endpoint:
-            os.environ.update(
-                AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local"
+        with sqs_server(), tempfile.TemporaryDirectory() as state, local_stack(Path(state)):
+            engine = create_engine(os.environ["DATABASE_URL"])
+            sqs = SQSResource.from_env()
+            idle = subprocess.Popen(
+                [sys.executable, "-m", "pipelines.cli", "sender", "--drain"],
+                cwd=REPO,
+                env=_worker_env(graph_url),
+                stdout=subprocess.DEVNULL,
             )
-            with tempfile.TemporaryDirectory() as state, local_stack(Path(state)):
-                engine = create_engine(os.environ["DATABASE_URL"])
-                sqs = SQSResource.from_env()
-                idle = subprocess.Popen(
-                    [sys.executable, "-m", "pipelines.cli", "sender", "--drain"],
-                    cwd=REPO,
-                    env=_worker_env(graph_url),
-                    stdout=subprocess.DEVNULL,
-                )
-                idle_cpu = _cpu_and_wait(idle)
-                cpu, wall = _send_all(engine, sqs, graph_url, messages, 1000)
-                limited = LIMIT_PER_SECOND * LIMITED_SECONDS
-                _send_all(engine, sqs, graph_url, limited, LIMIT_PER_SECOND)
-                times = httpx.get(f"{graph_url}/_fake/stats?times").json()["times"][messages:]
-                engine.dispose()
+            idle_cpu = _cpu_and_wait(idle)
+            cpu, wall = _send_all(engine, sqs, graph_url, messages, 1000)
+            limited = LIMIT_PER_SECOND * LIMITED_SECONDS
+            _send_all(engine, sqs, graph_url, limited, LIMIT_PER_SECOND)
+            times = httpx.get(f"{graph_url}/_fake/stats?times").json()["times"][messages:]
+            engine.dispose()
     finally:
         graph.terminate()
         graph.wait()

@@ -13,18 +13,22 @@ Every side of a comparison talks to the same server.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from unittest import mock
 
 import httpx
 
 
 @contextmanager
 def sqs_server() -> Iterator[str]:
-    """Start the server on a free loopback port; yields its endpoint URL."""
+    """Start the server on a free loopback port and point this process and its children at
+    it (`AWS_ENDPOINT_URL` and throwaway credentials, as `local_stack` does for its own);
+    yields the endpoint URL."""
     from pipelines.local_stack import free_port
 
     port = free_port()
@@ -44,8 +48,15 @@ def sqs_server() -> Iterator[str]:
                 server.kill()
                 raise RuntimeError("moto server did not start") from None
             time.sleep(0.2)
+    local = {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_SESSION_TOKEN": "local",
+    }
     try:
-        yield url
+        with mock.patch.dict(os.environ, local):
+            yield url
     finally:
         server.terminate()
         server.wait(10)
