@@ -70,7 +70,11 @@ def _cpu_and_wait(process: subprocess.Popen) -> float:
 
 
 def _sent(graph_url: str) -> int:
-    return httpx.get(f"{graph_url}/_fake/stats").json()["count"]
+    return _STATS.get(f"{graph_url}/_fake/stats").json()["count"]
+
+
+# One client for the polls above: `httpx.get` builds a client, with a TLS context, per call.
+_STATS = httpx.Client(timeout=10)
 
 
 def _send_all(
