@@ -1,14 +1,11 @@
 import json
+import socket
+import threading
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
 
 from pipelines.sender import store
 from pipelines.sender.errors import ErrorClass, classify
@@ -268,11 +265,32 @@ def test_errors_are_classified_by_graph_code_not_http_status(code, http_status, 
     assert classify(GraphAPIError(http_status, code, "title")).kind is expected
 
 
+def _send_error(base_url: str) -> Exception:
+    with pytest.raises(Exception) as raised:
+        client = client_for(base_url)
+        try:
+            client.send("+12025550100", {"type": "text", "text": {"body": "hi"}})
+        finally:
+            client.close()
+    return raised.value
+
+
 def test_a_connection_broken_after_the_request_left_is_never_retried():
-    assert classify(ReadTimeoutError(None, "/messages", "slow")).kind is ErrorClass.AMBIGUOUS
-    assert classify(ProtocolError("Connection aborted.")).kind is ErrorClass.AMBIGUOUS
-    assert classify(NewConnectionError(None, "refused")).kind is ErrorClass.RETRYABLE
-    assert classify(ConnectTimeoutError("no answer to SYN")).kind is ErrorClass.RETRYABLE
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def hang_up() -> None:  # reads the request, then closes without an answer
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    with listener:
+        dropped = _send_error(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    assert classify(dropped).kind is ErrorClass.AMBIGUOUS
+    assert classify(aiohttp.SocketTimeoutError("no answer")).kind is ErrorClass.AMBIGUOUS
+    refused = _send_error("http://127.0.0.1:9")
+    assert classify(refused).kind is ErrorClass.RETRYABLE
+    assert classify(aiohttp.ConnectionTimeoutError("no answer to SYN")).kind is ErrorClass.RETRYABLE
 
 
 def test_free_form_messages_outside_the_24_hour_window_are_not_sent(engine, sqs, graph):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+import aiohttp
 
 from resources.whatsapp import GraphAPIError
 
@@ -81,9 +81,9 @@ class Classified:
 def classify(error: Exception) -> Classified:
     if isinstance(error, GraphAPIError):
         return _classify_graph(error)
-    if isinstance(error, NewConnectionError):  # refused, unreachable, unknown host
+    if isinstance(error, aiohttp.ClientConnectorError):  # refused, unreachable, unknown host
         return Classified(R, None, "network: ConnectError")
-    if isinstance(error, ConnectTimeoutError):
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
         return Classified(R, None, "network: ConnectTimeout")
     # The request may have left (a read timeout, a dropped connection, an unreadable answer).
     return Classified(ErrorClass.AMBIGUOUS, None, f"unclear outcome: {type(error).__name__}")

@@ -1,10 +1,10 @@
 """The receive → limit → claim → send → record loop, run by several lanes in one process.
 
 Each lane handles one received batch (≤ 10 payloads) at a time with a handful of database
-round trips for the whole batch; its sends run concurrently on a shared thread pool, each
-at the time slot the shared throughput limit gave it. The SQS message is deleted only after
-the row records the result, so a crash at any point loses nothing: the payload comes back,
-and the row's status says whether it may still be sent.
+round trips for the whole batch; its sends run concurrently on the Graph API client's
+event loop, each at the time slot the shared throughput limit gave it. The SQS message is
+deleted only after the row records the result, so a crash at any point loses nothing: the
+payload comes back, and the row's status says whether it may still be sent.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +25,7 @@ from pipelines.sender.errors import ErrorClass, classify
 from pipelines.sender.payload import MalformedPayload, Payload, parse
 from resources import settings
 from resources.queue import SQSResource
-from resources.whatsapp import WhatsAppClient
+from resources.whatsapp import Outgoing, SentMessage, WhatsAppClient
 
 log = logging.getLogger("waflow.sender")
 
@@ -91,7 +90,6 @@ class Worker:
         self.stats: Counter[str] = Counter()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(self.config.lanes * 10, thread_name_prefix="send")
 
     def stop(self) -> None:
         """Stop receiving; lanes finish and record what is in flight, then return."""
@@ -108,7 +106,6 @@ class Worker:
         for lane in lanes:
             while lane.is_alive():
                 lane.join(timeout=0.5)
-        self._pool.shutdown(wait=True)
         return self.stats
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -192,10 +189,20 @@ class Worker:
                 done.append(job.receipt)
             else:
                 sending.append((job, row))
-        futures = [(job, row, self._pool.submit(self._send, job, row)) for job, row in sending]
+        results = self.client.send_many(
+            [
+                Outgoing(
+                    job.payload.to,
+                    job.payload.graph,
+                    job.payload.phone_number_id,
+                    send_at=job.send_at,
+                )
+                for job, _ in sending
+            ]
+        )
         retry, dead = [], []
-        for job, row, future in futures:
-            outcome, action = future.result()
+        for (job, row), result in zip(sending, results, strict=True):
+            outcome, action = self._judge(row, result)
             if outcome is not None:
                 outcomes.append(outcome)
             if action == "retry":
@@ -218,18 +225,14 @@ class Worker:
                 None,
             )
 
-    def _send(self, job: Job, row: store.Claimed) -> tuple[store.Outcome | None, str]:
-        """One request; returns the row's outcome and what to do with the SQS message."""
-        delay = job.send_at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        try:
-            sent = self.client.send(job.payload.to, job.payload.graph, job.payload.phone_number_id)
-        except Exception as error:
-            verdict = classify(error)
-        else:
+    def _judge(
+        self, row: store.Claimed, result: SentMessage | Exception
+    ) -> tuple[store.Outcome | None, str]:
+        """What a send came to: the row's outcome and what to do with the SQS message."""
+        if isinstance(result, SentMessage):
             self._count("sent")
-            return store.Outcome(row.id, "sent", wamid=sent.wamid), "delete"
+            return store.Outcome(row.id, "sent", wamid=result.wamid), "delete"
+        verdict = classify(result)
         if verdict.kind is ErrorClass.AMBIGUOUS:
             self._count("ambiguous")
             log.warning("message %s: %s; left in sending, not retried", row.id, verdict.title)
