@@ -402,6 +402,17 @@ def test_throughput_slots_are_shared_by_all_workers_of_a_phone_number(engine):
     assert store.reserve_slots(engine, "unregistered", 1).spacing_seconds == pytest.approx(1 / 80)
 
 
+def test_a_claim_repeated_with_its_token_finds_its_own_rows_again_and_no_others(engine):
+    ids = make_run(engine, 3).message_ids
+    mine, theirs = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
+    first = store.claim(engine, ids[:2], mine)  # as if its answer were lost
+    again = store.claim(engine, ids, mine)
+    assert sorted(first) == ids[:2]
+    assert sorted(again) == ids  # its two rows again, and the third still pending
+    assert {claimed.attempts for claimed in again.values()} == {1}  # counted once
+    assert store.claim(engine, ids, theirs) == {}
+
+
 def test_dev_mode_sends_nothing_and_records_dev_ids(engine, sqs, graph):
     run = make_run(engine, 2)
     enqueue(sqs, [payload(run, i) for i in range(2)])

@@ -47,9 +47,11 @@ class Slots:
 RESERVE = sa.text("SELECT * FROM reserve_send_slots(:p, :k)")
 ADMIT = sa.text("SELECT admit_recipients(CAST(:o AS uuid), CAST(:r AS text[]))")
 CLAIM = sa.text(
-    "UPDATE messages m SET status = 'sending', sending_at = now(),"
-    " attempts = m.attempts + 1"
-    " WHERE m.id = ANY(:ids) AND m.status = 'pending' AND m.direction = 'outbound'"
+    "UPDATE messages m SET status = 'sending', claim_token = CAST(:token AS uuid),"
+    " sending_at = CASE WHEN m.status = 'pending' THEN now() ELSE m.sending_at END,"
+    " attempts = CASE WHEN m.status = 'pending' THEN m.attempts + 1 ELSE m.attempts END"
+    " WHERE m.id = ANY(:ids) AND m.direction = 'outbound'"
+    " AND (m.status = 'pending' OR (m.status = 'sending' AND m.claim_token = CAST(:token AS uuid)))"
     " RETURNING m.id, m.peer_phone, m.attempts,"
     " (SELECT max(c.last_inbound_at) FROM conversations c"
     "   WHERE c.id = m.conversation_id OR c.contact_id = m.contact_id) AS last_inbound_at"
@@ -88,13 +90,14 @@ def admit(engine: sa.Engine, organisation_id: str, recipients: Sequence[str]) ->
     return set(admitted)
 
 
-def claim(engine: sa.Engine, message_ids: Sequence[int]) -> dict[int, Claimed]:
-    """Claim the rows still `pending`; a row already past it is someone else's (or done)."""
+def claim(engine: sa.Engine, message_ids: Sequence[int], token: str) -> dict[int, Claimed]:
+    """Claim the rows still `pending`; a row already past it is someone else's (or done).
+
+    Repeated with the same `token` after an error, it also returns the rows the first try
+    claimed: their answer was lost, and nothing was sent for them.
+    """
     with engine.begin() as conn:
-        rows = conn.execute(
-            CLAIM,
-            {"ids": list(message_ids)},
-        ).all()
+        rows = conn.execute(CLAIM, {"ids": list(message_ids), "token": token}).all()
     return {
         row.id: Claimed(
             row.id,

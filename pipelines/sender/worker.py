@@ -14,8 +14,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,6 +32,7 @@ log = logging.getLogger("waflow.sender")
 
 MAX_VISIBILITY_SECONDS = 12 * 3600  # SQS's ceiling
 RECEIVE_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -161,11 +163,12 @@ class Worker:
         if self._stopping.wait(max(0.0, first - time.monotonic())):
             self._release([job.message for job in jobs])
             return
-        try:
-            claimed = store.claim(self.engine, [job.payload.message_id for job in jobs])
-        except sa.exc.DBAPIError:
-            self._postpone([job.message for job in jobs], 5)
-            raise
+        # The same token on each try: a claim whose answer the outage swallowed is found
+        # again, rather than left `sending` with nothing sent.
+        token, ids = str(uuid.uuid4()), [job.payload.message_id for job in jobs]
+        claimed = self._persist(
+            f"claim {len(ids)} rows", lambda: store.claim(self.engine, ids, token)
+        )
         sending, outcomes, done = [], [], []
         for job in jobs:
             # pop: a second copy of a payload in the same batch is a duplicate too
@@ -284,15 +287,20 @@ class Worker:
         return scheduled
 
     def _record(self, outcomes: list[store.Outcome]) -> None:
-        """Store the results, waiting out a database outage: a sent message must get its
-        row updated before its payload leaves the queue."""
+        """Store the results: a sent message must get its row updated before its payload
+        leaves the queue."""
+        self._persist(
+            f"record {len(outcomes)} results", lambda: store.record(self.engine, outcomes)
+        )
+
+    def _persist(self, what: str, statement: Callable[[], T]) -> T:
+        """Run `statement` until the database takes it, waiting out an outage."""
         delay = 0.5
         while True:
             try:
-                store.record(self.engine, outcomes)
-                return
+                return statement()
             except sa.exc.DBAPIError as error:
-                log.warning("cannot record %d results yet: %s", len(outcomes), error)
+                log.warning("cannot %s yet: %s", what, error)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
