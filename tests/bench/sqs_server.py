@@ -14,9 +14,7 @@ and that would make a benchmark measure moto instead:
 - its web server (werkzeug's) closes the connection after every answer, so that each call
   paid a TCP handshake and teardown, charged on loopback to the client's CPU; here uvicorn
   serves it and keeps connections alive, as SQS does.
-It is also not thread-safe: concurrent receives handed one message to two consumers and
-lost others, or moved them to the DLQ. Here one lock serialises the operations on messages,
-and a long poll waits outside it.
+It is also not thread-safe; `pipelines.moto_sqs` makes it so, as for the local stack.
 
 Every side of a comparison talks to the same server.
 """
@@ -84,6 +82,8 @@ def _serve(port: int) -> None:
     from moto.sqs import responses as sqs_responses
     from uvicorn.middleware.wsgi import WSGIMiddleware
 
+    from pipelines.moto_sqs import serialise_queue_operations
+
     def visible(queue) -> list:
         now = utils.unix_time_millis()
         return [m for m in queue._messages if now > m.visible_at and now >= m.delayed_until]
@@ -123,39 +123,7 @@ def _serve(port: int) -> None:
     remembered = functools.lru_cache(maxsize=None)(utils.camelcase_to_underscores)
     models.camelcase_to_underscores = remembered
     responses.camelcase_to_underscores = remembered
-    serial = threading.RLock()
-
-    def serialised(method):
-        @functools.wraps(method)
-        def locked(*args, **kwargs):
-            with serial:
-                return method(*args, **kwargs)
-
-        return locked
-
-    for name in (
-        "send_message",
-        "send_message_batch",
-        "delete_message",
-        "delete_message_batch",
-        "change_message_visibility",
-        "change_message_visibility_batch",
-        "get_queue_attributes",
-        "purge_queue",
-    ):
-        setattr(models.SQSBackend, name, serialised(getattr(models.SQSBackend, name)))
-    receive = serialised(models.SQSBackend.receive_message)
-
-    def receive_message(self, queue_name, count, wait_seconds_timeout, *args, **kwargs):
-        deadline = time.monotonic() + wait_seconds_timeout
-        while True:
-            received = receive(self, queue_name, count, 0, *args, **kwargs)
-            left = deadline - time.monotonic()
-            if received or left <= 0:
-                return received
-            self.get_queue(queue_name).wait_for_messages(min(left, 1.0))
-
-    models.SQSBackend.receive_message = receive_message
+    serialise_queue_operations()
     # A thread per concurrent request: long polls hold theirs for up to 20 s.
     app = WSGIMiddleware(DomainDispatcherApplication(create_backend_app), workers=64)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
