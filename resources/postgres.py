@@ -10,16 +10,11 @@ from resources import settings
 from resources.migrations import migrate
 
 
-def create_engine(database_url: str, pool_size: int = 5, autocommit: bool = False) -> sa.Engine:
+def create_engine(database_url: str, pool_size: int = 5) -> sa.Engine:
     """A pooled engine that survives a server restart.
 
     `pool_pre_ping` replaces connections the server dropped; the short connect timeout
     turns an unreachable server into an error instead of a hang.
-
-    `autocommit` suits code whose every statement is atomic on its own and that retries a
-    statement that failed (the sender worker): it spares the BEGIN and COMMIT round trips
-    around each statement and the ping before it. A statement that meets a dropped
-    connection fails once; SQLAlchemy then replaces the pool's connections.
     """
     try:
         url = sa.make_url(database_url)
@@ -33,16 +28,13 @@ def create_engine(database_url: str, pool_size: int = 5, autocommit: bool = Fals
         )
     if url.drivername in ("postgres", "postgresql"):
         url = url.set(drivername="postgresql+psycopg2")
-    # Otherwise the server's default isolation, not one set on every new connection.
-    isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     return sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=not autocommit,
+        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": "waflow"},
-        **isolation,
     )
 
 

@@ -395,22 +395,26 @@ def test_the_messaging_limit_holds_new_recipients_and_counts_each_recipient_once
 
 def test_throughput_slots_are_shared_by_all_workers_of_a_phone_number(engine):
     make_run(engine, 1, messages_per_second=50)
-    first = store.reserve_slots(engine, PHONE_NUMBER_ID, 10)
-    second = store.reserve_slots(engine, PHONE_NUMBER_ID, 10)
+    statements = store.Store(engine)
+    first = statements.reserve_slots(PHONE_NUMBER_ID, 10)
+    second = statements.reserve_slots(PHONE_NUMBER_ID, 10)
     assert first.spacing_seconds == pytest.approx(1 / 50)
     assert second.wait_seconds > first.wait_seconds  # the second batch starts after the first
-    assert store.reserve_slots(engine, "unregistered", 1).spacing_seconds == pytest.approx(1 / 80)
+    assert statements.reserve_slots("unregistered", 1).spacing_seconds == pytest.approx(1 / 80)
+    statements.close()
 
 
 def test_a_claim_repeated_with_its_token_finds_its_own_rows_again_and_no_others(engine):
     ids = make_run(engine, 3).message_ids
     mine, theirs = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
-    first = store.claim(engine, ids[:2], mine)  # as if its answer were lost
-    again = store.claim(engine, ids, mine)
+    statements = store.Store(engine)
+    first = statements.claim(ids[:2], mine)  # as if its answer were lost
+    again = statements.claim(ids, mine)
     assert sorted(first) == ids[:2]
     assert sorted(again) == ids  # its two rows again, and the third still pending
     assert {claimed.attempts for claimed in again.values()} == {1}  # counted once
-    assert store.claim(engine, ids, theirs) == {}
+    assert statements.claim(ids, theirs) == {}
+    statements.close()
 
 
 def test_dev_mode_sends_nothing_and_records_dev_ids(engine, sqs, graph):

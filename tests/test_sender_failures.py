@@ -124,10 +124,7 @@ def test_a_database_outage_mid_batch_loses_nothing_and_sends_nothing_twice(
     enqueue(sqs, [payload(run, i) for i in range(20)])
     url = sa.make_url(database_url)
     with TCPProxy(f"{url.host}:{url.port}") as link:
-        # autocommit, as the worker's own engine (`pipelines.sender.service`)
-        through_link = create_engine(
-            url.set(port=link.port).render_as_string(hide_password=False), autocommit=True
-        )
+        through_link = create_engine(url.set(port=link.port).render_as_string(hide_password=False))
         worker, thread = start(through_link, sqs, client_for(slow_graph.url), visibility_seconds=30)
         wait_for(lambda: len(slow_graph.requests) >= 1)
         link.cut()  # requests are in flight: their results cannot be recorded now

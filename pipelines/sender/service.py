@@ -17,10 +17,7 @@ from resources.whatsapp import WhatsAppClient
 def run(drain: bool = False, install_signals: bool = True) -> Counter[str]:
     settings.check_production(("DATABASE_URL", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_PHONE_NUMBER_ID"))
     config = SenderConfig.from_env()
-    # Each of the sender's statements is atomic on its own (see `pipelines.sender.store`).
-    engine = create_engine(
-        settings.require("DATABASE_URL"), pool_size=config.lanes + 2, autocommit=True
-    )
+    engine = create_engine(settings.require("DATABASE_URL"), pool_size=config.lanes + 2)
     sqs = SQSResource.from_env()
     client = WhatsAppClient(
         settings.get("WHATSAPP_ACCESS_TOKEN"),

@@ -1,16 +1,23 @@
 """The sender's database statements: a few set-based round trips per received batch, each
-one statement, atomic on its own (the worker's engine autocommits).
+one statement, atomic on its own (they autocommit).
 
 Rows move only by compare-and-set: `pending → sending` claims a row for exactly one send;
 the result then moves it from `sending` (a receipt that arrived first is never undone).
+
+Each lane thread runs them on a database connection of its own, through the driver's
+cursor: SQLAlchemy's work per statement (a pool checkout, the execution context, result
+rows) cost two to three times the statement itself.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+import psycopg2
 import sqlalchemy as sa
 
 from resources.status import RETRY_BEFORE_ACCEPTED
@@ -43,88 +50,94 @@ class Slots:
     spacing_seconds: float
 
 
-# Built once: parsing a statement's text for its parameters costs more than running it.
-RESERVE = sa.text("SELECT * FROM reserve_send_slots(:p, :k)")
-ADMIT = sa.text("SELECT admit_recipients(CAST(:o AS uuid), CAST(:r AS text[]))")
-CLAIM = sa.text(
-    "UPDATE messages m SET status = 'sending', claim_token = CAST(:token AS uuid),"
+RESERVE = "SELECT wait_seconds, spacing_seconds FROM reserve_send_slots(%(p)s, %(k)s)"
+ADMIT = "SELECT admit_recipients(CAST(%(o)s AS uuid), CAST(%(r)s AS text[]))"
+CLAIM = (
+    "UPDATE messages m SET status = 'sending', claim_token = CAST(%(token)s AS uuid),"
     " sending_at = CASE WHEN m.status = 'pending' THEN now() ELSE m.sending_at END,"
     " attempts = CASE WHEN m.status = 'pending' THEN m.attempts + 1 ELSE m.attempts END"
-    " WHERE m.id = ANY(:ids) AND m.direction = 'outbound'"
-    " AND (m.status = 'pending' OR (m.status = 'sending' AND m.claim_token = CAST(:token AS uuid)))"
+    " WHERE m.id = ANY(%(ids)s) AND m.direction = 'outbound'"
+    " AND (m.status = 'pending'"
+    "   OR (m.status = 'sending' AND m.claim_token = CAST(%(token)s AS uuid)))"
     " RETURNING m.id, m.peer_phone, m.attempts,"
     " (SELECT max(c.last_inbound_at) FROM conversations c"
     "   WHERE c.id = m.conversation_id OR c.contact_id = m.contact_id) AS last_inbound_at"
 )
-RECORD = sa.text(
+RECORD = (
     "UPDATE messages m SET"
     " status = CASE v.kind WHEN 'sent' THEN"
     "   CASE WHEN m.status = 'sending' THEN 'sent' ELSE m.status END"
-    "   WHEN 'retry' THEN :retry_target ELSE 'failed' END,"
+    "   WHEN 'retry' THEN %(retry_target)s ELSE 'failed' END,"
     " provider_message_id = COALESCE(m.provider_message_id, v.wamid),"
     " sent_at = CASE WHEN v.kind = 'sent' THEN COALESCE(m.sent_at, now()) ELSE m.sent_at END,"
     " failed_at = CASE WHEN v.kind = 'failed' THEN now() ELSE m.failed_at END,"
     " error_code = CASE WHEN v.kind = 'sent' THEN m.error_code ELSE v.code END,"
     " error_title = CASE WHEN v.kind = 'sent' THEN m.error_title ELSE v.title END,"
     " error_detail = CASE WHEN v.kind = 'sent' THEN m.error_detail ELSE v.detail END"
-    " FROM unnest(CAST(:ids AS bigint[]), CAST(:kinds AS text[]), CAST(:wamids AS text[]),"
-    "   CAST(:codes AS integer[]), CAST(:titles AS text[]), CAST(:details AS text[]))"
-    "   AS v(id, kind, wamid, code, title, detail)"
+    " FROM unnest(CAST(%(ids)s AS bigint[]), CAST(%(kinds)s AS text[]),"
+    "   CAST(%(wamids)s AS text[]), CAST(%(codes)s AS integer[]), CAST(%(titles)s AS text[]),"
+    "   CAST(%(details)s AS text[])) AS v(id, kind, wamid, code, title, detail)"
     " WHERE m.id = v.id AND CASE v.kind"
     "   WHEN 'sent' THEN m.status IN ('sending', 'delivered', 'read')"
-    "   WHEN 'retry' THEN m.status = :retry_source AND m.provider_message_id IS NULL"
+    "   WHEN 'retry' THEN m.status = %(retry_source)s AND m.provider_message_id IS NULL"
     "   ELSE m.status IN ('pending', 'sending') END"
 )
 
 
-def reserve_slots(engine: sa.Engine, phone_number_id: str, count: int) -> Slots:
-    with engine.begin() as conn:
-        row = conn.execute(RESERVE, {"p": phone_number_id, "k": count}).one()
-    return Slots(max(0.0, row.wait_seconds), row.spacing_seconds)
+class Store:
+    """The sender's statements, each on the calling thread's own connection.
 
-
-def admit(engine: sa.Engine, organisation_id: str, recipients: Sequence[str]) -> set[str]:
-    """Recipients the organisation's messaging limit lets through now."""
-    with engine.begin() as conn:
-        admitted = conn.execute(ADMIT, {"o": organisation_id, "r": list(recipients)}).scalar_one()
-    return set(admitted)
-
-
-def claim(engine: sa.Engine, message_ids: Sequence[int], token: str) -> dict[int, Claimed]:
-    """Claim the rows still `pending`; a row already past it is someone else's (or done).
-
-    Repeated with the same `token` after an error, it also returns the rows the first try
-    claimed: their answer was lost, and nothing was sent for them.
+    Errors are SQLAlchemy's (`DBAPIError` and its kinds), as from the engine. A connection
+    the server dropped is discarded, and the thread's next statement opens another.
     """
-    with engine.begin() as conn:
-        rows = conn.execute(CLAIM, {"ids": list(message_ids), "token": token}).all()
-    return {
-        row.id: Claimed(
-            row.id,
-            row.peer_phone,
-            row.attempts,
-            row.last_inbound_at,
-            within_window=row.last_inbound_at is not None
-            and (datetime.now(row.last_inbound_at.tzinfo) - row.last_inbound_at).total_seconds()
-            < 24 * 3600,
-        )
-        for row in rows
-    }
 
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._lock = threading.Lock()
 
-def record(engine: sa.Engine, outcomes: Iterable[Outcome]) -> None:
-    """Store each attempt's result in one statement.
+    def reserve_slots(self, phone_number_id: str, count: int) -> Slots:
+        [(wait_seconds, spacing_seconds)] = self._run(RESERVE, {"p": phone_number_id, "k": count})
+        return Slots(max(0.0, wait_seconds), spacing_seconds)
 
-    `sent` keeps a status a receipt already moved further (delivered, read) and only adds the
-    wamid; `retry` is the one backwards move, allowed only before WhatsApp accepted the
-    message (see `resources.status.RETRY_BEFORE_ACCEPTED`).
-    """
-    outcomes = list(outcomes)
-    if not outcomes:
-        return
-    source, target = RETRY_BEFORE_ACCEPTED
-    with engine.begin() as conn:
-        conn.execute(
+    def admit(self, organisation_id: str, recipients: Sequence[str]) -> set[str]:
+        """Recipients the organisation's messaging limit lets through now."""
+        [(admitted,)] = self._run(ADMIT, {"o": organisation_id, "r": list(recipients)})
+        return set(admitted)
+
+    def claim(self, message_ids: Sequence[int], token: str) -> dict[int, Claimed]:
+        """Claim the rows still `pending`; a row already past it is someone else's (or done).
+
+        Repeated with the same `token` after an error, it also returns the rows the first
+        try claimed: their answer was lost, and nothing was sent for them.
+        """
+        rows = self._run(CLAIM, {"ids": list(message_ids), "token": token})
+        return {
+            id_: Claimed(
+                id_,
+                peer_phone,
+                attempts,
+                last_inbound_at,
+                within_window=last_inbound_at is not None
+                and (datetime.now(last_inbound_at.tzinfo) - last_inbound_at).total_seconds()
+                < 24 * 3600,
+            )
+            for id_, peer_phone, attempts, last_inbound_at in rows
+        }
+
+    def record(self, outcomes: Iterable[Outcome]) -> None:
+        """Store each attempt's result in one statement.
+
+        `sent` keeps a status a receipt already moved further (delivered, read) and only adds
+        the wamid; `retry` is the one backwards move, allowed only before WhatsApp accepted
+        the message (see `resources.status.RETRY_BEFORE_ACCEPTED`).
+        """
+        outcomes = list(outcomes)
+        if not outcomes:
+            return
+        source, target = RETRY_BEFORE_ACCEPTED
+        self._run(
             RECORD,
             {
                 "ids": [o.message_id for o in outcomes],
@@ -137,6 +150,45 @@ def record(engine: sa.Engine, outcomes: Iterable[Outcome]) -> None:
                 "retry_target": target,
             },
         )
+
+    def close(self) -> None:
+        """Give every thread's connection back to the engine's pool, as it came."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for connection in opened:
+            connection.dbapi_connection.autocommit = False
+            connection.close()
+
+    def _run(self, sql: str, params: dict[str, Any]) -> list[tuple]:
+        try:
+            connection = self._connection()
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall() if cursor.description else []
+        except psycopg2.Error as error:
+            self._discard_if_broken()
+            raise sa.exc.DBAPIError.instance(sql, params, error, psycopg2.Error) from error
+
+    def _connection(self) -> Any:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._engine.raw_connection()
+            # Spares the BEGIN and COMMIT round trips around each statement.
+            connection.dbapi_connection.autocommit = True
+            self._local.connection = connection
+            with self._lock:
+                self._opened.append(connection)
+        return connection
+
+    def _discard_if_broken(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is None or not connection.dbapi_connection.closed:
+            return
+        self._local.connection = None
+        with self._lock:
+            self._opened.remove(connection)
+        connection.invalidate()
+        connection.close()  # frees its place in the pool
 
 
 @dataclass(frozen=True)

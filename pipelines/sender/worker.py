@@ -85,7 +85,7 @@ class Worker:
         client: WhatsAppClient,
         config: SenderConfig | None = None,
     ) -> None:
-        self.engine = engine
+        self.store = store.Store(engine)
         self.sqs = sqs
         self.client = client
         self.config = config or SenderConfig()
@@ -108,6 +108,7 @@ class Worker:
         for lane in lanes:
             while lane.is_alive():
                 lane.join(timeout=0.5)
+        self.store.close()
         return self.stats
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -166,9 +167,7 @@ class Worker:
         # The same token on each try: a claim whose answer the outage swallowed is found
         # again, rather than left `sending` with nothing sent.
         token, ids = str(uuid.uuid4()), [job.payload.message_id for job in jobs]
-        claimed = self._persist(
-            f"claim {len(ids)} rows", lambda: store.claim(self.engine, ids, token)
-        )
+        claimed = self._persist(f"claim {len(ids)} rows", lambda: self.store.claim(ids, token))
         sending, outcomes, done = [], [], []
         for job in jobs:
             # pop: a second copy of a payload in the same batch is a duplicate too
@@ -258,7 +257,7 @@ class Worker:
         held: set[int] = set()
         for organisation_id, group in by_org.items():
             try:
-                admitted = store.admit(self.engine, organisation_id, [j.payload.to for j in group])
+                admitted = self.store.admit(organisation_id, [j.payload.to for j in group])
             except sa.exc.DataError:
                 for job in group:
                     self._dead_letter(job.message, "organizationId is not a UUID", None)
@@ -278,7 +277,7 @@ class Worker:
             by_phone.setdefault(job.payload.phone_number_id, []).append(job)
         scheduled = []
         for phone_number_id, group in by_phone.items():
-            slots = store.reserve_slots(self.engine, phone_number_id, len(group))
+            slots = self.store.reserve_slots(phone_number_id, len(group))
             start = time.monotonic() + slots.wait_seconds
             scheduled += [
                 Job(job.message, job.payload, start + i * slots.spacing_seconds)
@@ -289,9 +288,7 @@ class Worker:
     def _record(self, outcomes: list[store.Outcome]) -> None:
         """Store the results: a sent message must get its row updated before its payload
         leaves the queue."""
-        self._persist(
-            f"record {len(outcomes)} results", lambda: store.record(self.engine, outcomes)
-        )
+        self._persist(f"record {len(outcomes)} results", lambda: self.store.record(outcomes))
 
     def _persist(self, what: str, statement: Callable[[], T]) -> T:
         """Run `statement` until the database takes it, waiting out an outage."""
