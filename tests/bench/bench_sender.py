@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -31,7 +32,7 @@ LIMIT_PER_SECOND = 80
 LIMITED_SECONDS = 40
 WINDOW_SECONDS = 10
 BACKLOG = 1000
-STALL_SECONDS = 15
+STALL_SECONDS = 60
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -94,44 +95,32 @@ def _send_all(
         env=_worker_env(graph_url),
         stdout=subprocess.DEVNULL,
     )
-    started, fed = None, 0
-    while fed < count:
-        if fed - (_sent(graph_url) - already) < BACKLOG:
+    started, fed = time.perf_counter(), 0
+
+    def sent_so_far() -> int:
+        nonlocal fed
+        sent = _sent(graph_url) - already
+        if fed < count and fed - sent < BACKLOG:
             enqueue(sqs, bodies[fed : fed + 100])
             fed += 100
-            started = started or time.perf_counter()
-        else:
-            time.sleep(0.02)
-    requeued, progress, last_change = 0, -1, time.monotonic()
-    while (done := _recorded(engine, run.campaign_run_id)) < count:
-        if done != progress:
-            progress, last_change = done, time.monotonic()
-        elif time.monotonic() - last_change > STALL_SECONDS:
-            # The local SQS server is not thread-safe and loses the odd message under
-            # concurrent receives; queue the still-pending rows again, as a re-run of the
-            # dispatch would (the claim keeps a second copy from being sent twice).
-            pending = _pending(engine, run.campaign_run_id)
-            enqueue(sqs, [bodies[run.message_ids.index(i)] for i in pending])
-            requeued += len(pending)
-            last_change = time.monotonic()
-        time.sleep(0.05)
-    if requeued:
-        print(f"requeued {requeued} payloads the local SQS server lost", flush=True)
+        return sent
+
+    _until(count, sent_so_far)
+    _until(count, lambda: _recorded(engine, run.campaign_run_id))
     wall = time.perf_counter() - started
     process.send_signal(signal.SIGTERM)
     return _cpu_and_wait(process), wall
 
 
-def _pending(engine: sa.Engine, campaign_run_id: int) -> list[int]:
-    with engine.connect() as conn:
-        return list(
-            conn.execute(
-                sa.text(
-                    "SELECT id FROM messages WHERE campaign_run_id = :r AND status = 'pending'"
-                ),
-                {"r": campaign_run_id},
-            ).scalars()
-        )
+def _until(count: int, progress: Callable[[], int]) -> None:
+    """Poll `progress` until it reaches `count`; fail if it stops moving."""
+    last, last_change = -1, time.monotonic()
+    while (done := progress()) < count:
+        if done != last:
+            last, last_change = done, time.monotonic()
+        elif time.monotonic() - last_change > STALL_SECONDS:
+            raise RuntimeError(f"no progress for {STALL_SECONDS} s: {done} of {count}")
+        time.sleep(0.02)
 
 
 def _recorded(engine: sa.Engine, campaign_run_id: int) -> int:
