@@ -18,13 +18,15 @@ import json
 import threading
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
 from resources import settings
+
+if TYPE_CHECKING:
+    import aiohttp
 
 T = TypeVar("T")
 
@@ -101,9 +103,7 @@ class WhatsAppClient:
         self._auth = {"Authorization": f"Bearer {access_token}"} if access_token else {}
         self._json = {**self._auth, "Content-Type": "application/json"}
         self._prefix = f"{base_url.rstrip('/')}/{api_version}"
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=5.0, sock_read=timeout_seconds
-        )
+        self._timeout_seconds = timeout_seconds
         self._max_connections = max_connections
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -219,6 +219,9 @@ class WhatsAppClient:
         return asyncio.run_coroutine_threadsafe(work, loop).result()
 
     def _start(self) -> None:
+        # Imported here: most processes that load the definitions never send (10 MB).
+        import aiohttp
+
         loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=loop.run_forever, name="graph-api", daemon=True)
         self._thread.start()
@@ -226,7 +229,9 @@ class WhatsAppClient:
         async def open_session() -> aiohttp.ClientSession:
             return aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
-                timeout=self._timeout,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=5.0, sock_read=self._timeout_seconds
+                ),
             )
 
         self._session = asyncio.run_coroutine_threadsafe(open_session(), loop).result()
