@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import socket
 import threading
@@ -10,10 +11,12 @@ import sqlalchemy as sa
 from pipelines.sender import store
 from pipelines.sender.errors import ErrorClass, classify
 from pipelines.sender.payload import MalformedPayload, parse
+from pipelines.sender.worker import Worker
 from resources.whatsapp import GraphAPIError
 from tests.fake_graph import Failure, FakeGraph, _validate
 from tests.sending import (
     PHONE_NUMBER_ID,
+    TEST_CONFIG,
     client_for,
     dead_letters,
     drain,
@@ -173,6 +176,24 @@ def test_malformed_payloads_go_to_the_dlq_with_the_reason_and_the_worker_keeps_g
     assert bad.status == "failed" and "sticker" in bad.error_detail
     assert statuses(engine, run) == {"sent": 2, "failed": 1}
     assert sqs.depth().visible == 0
+
+
+def test_an_unexpected_error_in_a_batch_loses_nothing_and_the_lane_goes_on(engine, sqs, graph):
+    run = make_run(engine, 10)
+    enqueue(sqs, [payload(run, i) for i in range(10)])
+    config = dataclasses.replace(TEST_CONFIG, lanes=1, visibility_seconds=1)
+    worker = Worker(engine, sqs, client_for(graph.url), config)
+    reserve, bugs = worker.store.reserve_slots, [RuntimeError("a bug")]
+
+    def reserve_after_a_bug(*args):
+        if bugs:
+            raise bugs.pop()
+        return reserve(*args)
+
+    worker.store.reserve_slots = reserve_after_a_bug
+    worker.run(drain=True)
+    assert statuses(engine, run) == {"sent": 10}
+    assert sorted(int(r["biz_opaque_callback_data"]) for r in graph.requests) == run.message_ids
 
 
 def test_a_throughput_error_is_retried_after_a_backoff_then_sent(engine, sqs, graph):

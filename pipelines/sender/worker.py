@@ -144,6 +144,11 @@ class Worker:
             except (BotoCoreError, ClientError) as error:
                 log.warning("SQS refused a request; the payloads come back: %s", error)
                 self._stopping.wait(2.0)
+            except Exception:
+                # A bug must not end the lane: the payloads come back, and rows past
+                # `pending` are never sent twice.
+                log.exception("unexpected error in a batch; the payloads come back")
+                self._stopping.wait(2.0)
 
     def _queue_is_empty(self) -> bool:
         depth = self.sqs.depth()
