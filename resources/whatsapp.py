@@ -127,6 +127,8 @@ class WhatsAppClient:
     def send_many(self, outgoing: Sequence[Outgoing]) -> list[SentMessage | Exception]:
         """Send messages concurrently, each at its `send_at`; returns, in order, what each
         came to: its `SentMessage`, or the error it met (`GraphAPIError`, or aiohttp's)."""
+        if not outgoing:  # a batch of duplicates: no hand-off, nor a loop to start
+            return []
 
         async def all_of() -> list[SentMessage | Exception]:
             return await asyncio.gather(*map(self._send, outgoing), return_exceptions=True)
