@@ -70,12 +70,12 @@ def _cpu_and_wait(process: subprocess.Popen) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+# One client for the fake API's stats: `httpx.get` builds a client, with a TLS context, per call.
+_STATS = httpx.Client(timeout=10)
+
+
 def _sent(graph_url: str) -> int:
     return _STATS.get(f"{graph_url}/_fake/stats").json()["count"]
-
-
-# One client for the polls above: `httpx.get` builds a client, with a TLS context, per call.
-_STATS = httpx.Client(timeout=10)
 
 
 def _send_all(
@@ -168,7 +168,7 @@ def sender() -> list[Figure]:
             cpu, wall = _send_all(engine, sqs, graph_url, messages, 1000)
             limited = LIMIT_PER_SECOND * LIMITED_SECONDS
             _send_all(engine, sqs, graph_url, limited, LIMIT_PER_SECOND)
-            times = httpx.get(f"{graph_url}/_fake/stats?times").json()["times"][messages:]
+            times = _STATS.get(f"{graph_url}/_fake/stats?times").json()["times"][messages:]
             engine.dispose()
     finally:
         graph.terminate()
