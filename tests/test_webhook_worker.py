@@ -1,6 +1,7 @@
 """`waflow webhook-worker` as deployed: its own process beside the app, woken by the inbox
 trigger, visible to the app's /health while it runs and gone once it stops."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from starlette.testclient import TestClient
 from tests import payloads as p
 from tests.webhook_support import add_organisation, post, scalar, wait_until
 from webhook_app.app import app
+from webhook_app.workers import start
 
 
 def test_the_worker_process_applies_what_the_app_stored_and_health_follows_it(engine, repo_root):
@@ -51,3 +53,19 @@ def test_the_worker_process_applies_what_the_app_stored_and_health_follows_it(en
     assert {name.rsplit("/", 1)[1] for name in workers} >= {"inbox-0", "agent", "media"}
     assert all(workers.values())
     assert gone.status_code == 503 and gone.json()["workers"] == {}
+
+
+def test_the_workers_stop_even_when_told_to_as_their_events_fire(engine, database_url):
+    """A stop that lands in the same tick as a wake-up must not be swallowed (a loop waiting
+    on `asyncio.wait_for` in Python 3.11 would return the wake-up and loop on for ever)."""
+
+    async def start_and_stop() -> dict[str, bool]:
+        workers = await start(engine, database_url)
+        await asyncio.sleep(1.0)  # let every loop finish its first pass and wait
+        for event in (workers.inbox_ready, workers.turns_ready, workers.media_ready):
+            event.set()
+        async with asyncio.timeout(30):
+            await workers.stop()
+        return workers.loops_alive()
+
+    assert not any(asyncio.run(start_and_stop()).values())

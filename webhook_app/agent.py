@@ -171,9 +171,8 @@ class Agent:
         )
         prompt = [SystemMessage(self.config.system_prompt), *history]
         try:
-            answer = await asyncio.wait_for(
-                self.model.ainvoke(prompt), self.config.model_timeout_seconds
-            )
+            async with asyncio.timeout(self.config.model_timeout_seconds):
+                answer = await self.model.ainvoke(prompt)
         except Exception as error:
             log.warning(
                 "chat model failed for conversation %s: %s",

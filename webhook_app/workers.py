@@ -142,8 +142,11 @@ class Workers:
             if busy:
                 self.progressed.set()
             else:
+                # Not `asyncio.wait_for`: in Python 3.11 it swallows a cancellation that lands
+                # in the same tick as the event, and the loop would outlive `stop()`.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ready.wait(), poll)
+                    async with asyncio.timeout(poll):
+                        await ready.wait()
 
     async def _inbox_step(self) -> bool:
         """One batch. A pass costs far more than an event in it, so while events pour in
