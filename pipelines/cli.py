@@ -43,6 +43,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from resources.postgres import PostgresResource
 
     host = settings.get("HOST")
+    dagster_port = settings.number("DAGSTER_PORT", int, 1, 65535)
+    webhook_port = settings.number("WEBHOOK_PORT", int, 1, 65535)
+    postgres_port = settings.number("EMBEDDED_POSTGRES_PORT", int, 1, 65535)
     services = [
         Service(
             "Dagster UI",
@@ -56,10 +59,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 "-h",
                 host,
                 "-p",
-                settings.get("DAGSTER_PORT"),
+                str(dagster_port),
             ],
             host,
-            int(settings.get("DAGSTER_PORT")),
+            dagster_port,
             "/server_info",
         ),
         Service(
@@ -72,17 +75,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 "--host",
                 host,
                 "--port",
-                settings.get("WEBHOOK_PORT"),
+                str(webhook_port),
             ],
             host,
-            int(settings.get("WEBHOOK_PORT")),
+            webhook_port,
             "/health",
         ),
         Service("webhook worker", [sys.executable, "-m", "pipelines.cli", "webhook-worker"]),
         Service("sender", [sys.executable, "-m", "pipelines.cli", "sender"]),
     ]
     check_ports(services)
-    with local_stack(_state_dir(args), int(settings.get("EMBEDDED_POSTGRES_PORT"))) as stack:
+    with local_stack(_state_dir(args), postgres_port) as stack:
         postgres = PostgresResource.from_env()
         campaign = load_demo(postgres.engine)
         postgres.engine.dispose()
@@ -123,7 +126,7 @@ def cmd_sender_stuck(args: argparse.Namespace) -> int:
     threshold = (
         args.older_than
         if args.older_than is not None
-        else float(settings.get("SENDER_STUCK_AFTER_SECONDS"))
+        else settings.number("SENDER_STUCK_AFTER_SECONDS", float, 0)
     )
     with engine.connect() as conn:
         rows = stuck_in_sending(conn, threshold)

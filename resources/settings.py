@@ -8,7 +8,11 @@ exactly one place.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True)
@@ -302,6 +306,26 @@ def get(name: str) -> str | None:
     """The variable's value, or its documented default when unset or empty."""
     value = os.environ.get(name)
     return value if value else BY_NAME[name].default
+
+
+def number(
+    name: str, kind: Callable[[str], N] = int, low: float = 0, high: float | None = None
+) -> N:
+    """The variable as an `int` or a `float` from `low` to `high`, both included.
+
+    Anything else is refused with an error that names the variable (never its value, which
+    may be a pasted secret), rather than a bare `ValueError` from deep inside a run.
+    """
+    try:
+        value = kind(get(name))
+    except (TypeError, ValueError):
+        raise InvalidSetting(
+            f"{name} must be {'a whole number' if kind is int else 'a number'}"
+        ) from None
+    if not low <= value or (high is not None and not value <= high):
+        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise InvalidSetting(f"{name} must be {bounds}")
+    return value
 
 
 def require(name: str) -> str:

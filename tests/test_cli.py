@@ -87,6 +87,18 @@ def test_a_port_in_use(tmp_path, repo_root):
     assert_one_clear_line(result, f"port {port}", "in use")
 
 
+@pytest.mark.parametrize(
+    ("command", "env", "expected"),
+    [
+        ("dev", {"WEBHOOK_PORT": "eighty"}, "WEBHOOK_PORT must be a whole number"),
+        ("webhook-worker", {"WEBHOOK_WORKER_NICE": "-5"}, "must be between 0 and 19"),
+    ],
+)
+def test_an_unusable_number_setting_is_named(tmp_path, repo_root, command, env, expected):
+    result = waflow("--state-dir", str(tmp_path), command, env=env, cwd=repo_root)
+    assert_one_clear_line(result, expected)
+
+
 def test_production_without_a_required_setting_names_it(tmp_path, repo_root):
     result = waflow(
         "--state-dir", str(tmp_path), "migrate", env={"APP_ENV": "production"}, cwd=repo_root

@@ -248,9 +248,10 @@ def test_each_member_gets_a_fresh_temp_dir_as_working_directory(pool):
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("MAX_CONCURRENT_GENERATIONS", "five", "MAX_CONCURRENT_GENERATIONS must be a positive"),
+        ("MAX_CONCURRENT_GENERATIONS", "five", "MAX_CONCURRENT_GENERATIONS must be a whole number"),
         ("MAX_CONCURRENT_GENERATIONS", "2.5", "MAX_CONCURRENT_GENERATIONS must be a whole number"),
-        ("MEDIA_TIMEOUT_SECONDS", "-1", "MEDIA_TIMEOUT_SECONDS must be a positive"),
+        ("MAX_CONCURRENT_GENERATIONS", "0", "MAX_CONCURRENT_GENERATIONS must be at least 1"),
+        ("MEDIA_TIMEOUT_SECONDS", "-1", "MEDIA_TIMEOUT_SECONDS must be at least 0.1"),
         ("MEDIA_FAILURE_THRESHOLD", "1.5", "MEDIA_FAILURE_THRESHOLD must be between 0 and 1"),
     ],
 )

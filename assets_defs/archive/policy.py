@@ -23,23 +23,13 @@ class ArchivePolicy:
 
     @classmethod
     def from_env(cls) -> ArchivePolicy:
-        policy = cls(
-            message_threshold_days=_int("ARCHIVE_THRESHOLD_DAYS"),
-            media_threshold_days=_int("MEDIA_THRESHOLD_DAYS"),
-            batch_size=_int("ARCHIVE_BATCH_SIZE"),
-            media_max_bytes=_int("MEDIA_MAX_BYTES"),
-            media_timeout_seconds=float(settings.get("MEDIA_DOWNLOAD_TIMEOUT_SECONDS")),
+        return cls(
+            message_threshold_days=settings.number("ARCHIVE_THRESHOLD_DAYS", int, 0),
+            media_threshold_days=settings.number("MEDIA_THRESHOLD_DAYS", int, 0),
+            batch_size=settings.number("ARCHIVE_BATCH_SIZE", int, 1),
+            media_max_bytes=settings.number("MEDIA_MAX_BYTES", int, 1),
+            media_timeout_seconds=settings.number("MEDIA_DOWNLOAD_TIMEOUT_SECONDS", float, 0.1),
         )
-        if policy.batch_size < 1 or policy.media_max_bytes < 1:
-            raise settings.InvalidSetting("ARCHIVE_BATCH_SIZE and MEDIA_MAX_BYTES must be positive")
-        return policy
-
-
-def _int(name: str) -> int:
-    try:
-        return int(settings.get(name))
-    except ValueError:
-        raise settings.InvalidSetting(f"{name} must be a whole number") from None
 
 
 def today() -> date:

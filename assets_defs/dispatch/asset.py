@@ -22,7 +22,8 @@ def media_url_builder(s3: S3Storage) -> MediaUrl:
     base = settings.get("MEDIA_PUBLIC_BASE_URL")
     if base:
         return lambda key: f"{base.rstrip('/')}/{key.lstrip('/')}"
-    expires_in = int(settings.get("MEDIA_URL_EXPIRY_SECONDS"))
+    # A presigned URL lives at most 7 days.
+    expires_in = settings.number("MEDIA_URL_EXPIRY_SECONDS", int, 1, 7 * 24 * 3600)
     return lambda key: s3.presigned_url(key, expires_in)
 
 
@@ -72,8 +73,8 @@ def dispatched_batches(
             spec,
             run.id,
             media_url_builder(s3),
-            concurrency=int(settings.get("DISPATCH_CONCURRENCY")),
-            retry_seconds=float(settings.get("DISPATCH_SQS_RETRY_SECONDS")),
+            concurrency=settings.number("DISPATCH_CONCURRENCY", int, 1),
+            retry_seconds=settings.number("DISPATCH_SQS_RETRY_SECONDS", float, 0),
             log=context.log.info,
         )
         try:

@@ -27,8 +27,6 @@ from assets_defs.media.sandbox import (
     MemberInput,
     Outcome,
     WorkerPool,
-    positive_float,
-    positive_int,
     remove_member_dir,
 )
 from resources import settings
@@ -50,13 +48,10 @@ class Policy:
 
     @classmethod
     def from_settings(cls) -> Policy:
-        threshold = float(settings.get("MEDIA_FAILURE_THRESHOLD"))
-        if not 0 <= threshold <= 1:
-            raise settings.InvalidSetting("MEDIA_FAILURE_THRESHOLD must be between 0 and 1")
         return cls(
-            max_attempts=positive_int("MEDIA_MAX_ATTEMPTS"),
-            backoff_seconds=positive_float("MEDIA_RETRY_BACKOFF_SECONDS"),
-            failure_threshold=threshold,
+            max_attempts=settings.number("MEDIA_MAX_ATTEMPTS", int, 1),
+            backoff_seconds=settings.number("MEDIA_RETRY_BACKOFF_SECONDS", float, 0),
+            failure_threshold=settings.number("MEDIA_FAILURE_THRESHOLD", float, 0, 1),
         )
 
 

@@ -93,28 +93,11 @@ class Limits:
     @classmethod
     def from_settings(cls) -> Limits:
         return cls(
-            workers=positive_int("MAX_CONCURRENT_GENERATIONS"),
-            timeout_seconds=positive_float("MEDIA_TIMEOUT_SECONDS"),
-            memory_mb=positive_int("MEDIA_MEMORY_MB"),
-            cpu_seconds=positive_int("MEDIA_CPU_SECONDS"),
+            workers=settings.number("MAX_CONCURRENT_GENERATIONS", int, 1),
+            timeout_seconds=settings.number("MEDIA_TIMEOUT_SECONDS", float, 0.1),
+            memory_mb=settings.number("MEDIA_MEMORY_MB", int, 1),
+            cpu_seconds=settings.number("MEDIA_CPU_SECONDS", int, 1),
         )
-
-
-def positive_float(name: str) -> float:
-    try:
-        value = float(settings.get(name))
-    except ValueError:
-        value = 0
-    if not value > 0:
-        raise settings.InvalidSetting(f"{name} must be a positive number")
-    return value
-
-
-def positive_int(name: str) -> int:
-    value = positive_float(name)
-    if value != int(value):
-        raise settings.InvalidSetting(f"{name} must be a whole number")
-    return int(value)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import dagster as dg
 
 from assets_defs.media import store
 from assets_defs.media.asset import campaign_media, live_runs
-from assets_defs.media.sandbox import positive_float
 from pipelines.partitions import campaign_partition_key, campaign_partitions
+from resources import settings
 from resources.postgres import PostgresResource
 
 CAMPAIGNS_PER_TICK = 50
@@ -72,7 +72,7 @@ def media_recovery_sensor(
     context: dg.SensorEvaluationContext, postgres: PostgresResource
 ) -> dg.SensorResult:
     """Resets stuck members and re-requests orphaned campaigns; only where no run is live."""
-    stuck_minutes = positive_float("MEDIA_STUCK_MINUTES")
+    stuck_minutes = settings.number("MEDIA_STUCK_MINUTES", float, 1)
     instance = context.instance
     requests = []
     orphans = []

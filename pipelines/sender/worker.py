@@ -46,23 +46,15 @@ class SenderConfig:
 
     @classmethod
     def from_env(cls) -> SenderConfig:
-        def number(name: str, kind: type = int, low: float = 0, high: float | None = None):
-            raw = settings.get(name)
-            try:
-                value = kind(raw)
-            except (TypeError, ValueError):
-                raise settings.InvalidSetting(f"{name} must be a number") from None
-            if value < low or (high is not None and value > high):
-                raise settings.InvalidSetting(f"{name} must be between {low} and {high or '∞'}")
-            return value
-
         return cls(
-            lanes=number("SENDER_LANES", int, 1, 64),
-            visibility_seconds=number("SENDER_VISIBILITY_SECONDS", int, 1, MAX_VISIBILITY_SECONDS),
-            wait_seconds=number("SENDER_WAIT_SECONDS", int, 0, 20),
-            max_attempts=number("SENDER_MAX_ATTEMPTS", int, 1, 10),
-            retry_base_seconds=number("SENDER_RETRY_BASE_SECONDS", float, 0),
-            limit_wait_seconds=number("SENDER_LIMIT_WAIT_SECONDS", float, 1),
+            lanes=settings.number("SENDER_LANES", int, 1, 64),
+            visibility_seconds=settings.number(
+                "SENDER_VISIBILITY_SECONDS", int, 1, MAX_VISIBILITY_SECONDS
+            ),
+            wait_seconds=settings.number("SENDER_WAIT_SECONDS", int, 0, 20),
+            max_attempts=settings.number("SENDER_MAX_ATTEMPTS", int, 1, 10),
+            retry_base_seconds=settings.number("SENDER_RETRY_BASE_SECONDS", float, 0),
+            limit_wait_seconds=settings.number("SENDER_LIMIT_WAIT_SECONDS", float, 1),
         )
 
 
