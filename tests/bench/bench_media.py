@@ -1,27 +1,27 @@
 """Media generation end to end (sandbox pool, upload to the local S3 server, database updates)
 against the same-run baseline: a plain loop calling the same `generate_asset` in one
-process, writing to local disk; and the run's peak memory over 10,000 members."""
+process, writing to local disk; and the run's peak memory over 10,000 members.
+
+The S3 server is the benchmarks' moto server (`tests/bench/sqs_server.py`), in a process of
+its own and keeping connections alive, as S3 does; its CPU and memory are not the run's."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 import psutil
 
 from pipelines.demo import DEMO_GENERATOR
-from pipelines.local_stack import free_port, local_stack, port_is_free
+from pipelines.local_stack import local_stack
 from resources.postgres import PostgresResource
 from tests.bench import Figure, benchmark
+from tests.bench.sqs_server import sqs_server
 from tests.media_campaigns import create_campaign, versioned
 
 MEMBERS = 1_000
@@ -87,37 +87,14 @@ class PeakRSS:
             total = 0
             for process in [me, *me.children(recursive=True)]:
                 try:
-                    if process.name() not in ("postgres", "moto_server"):
+                    if (
+                        process.name() != "postgres"
+                        and "tests.bench.sqs_server" not in process.cmdline()
+                    ):
                         total += process.memory_info().rss
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
-
-
-@contextmanager
-def s3_server() -> Iterator[None]:
-    """The local S3 server in its own process, as S3 is in production: its CPU and the
-    objects it holds are not the run's."""
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.environ.update(
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-        AWS_ACCESS_KEY_ID="local",
-        AWS_SECRET_ACCESS_KEY="local",
-        AWS_SESSION_TOKEN="local",
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while port_is_free("127.0.0.1", port) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        yield
-    finally:
-        server.terminate()
-        server.wait()
 
 
 @benchmark("media")
@@ -127,7 +104,7 @@ def media() -> list[Figure]:
     os.environ.setdefault("MEDIA_RETRY_BACKOFF_SECONDS", "0.1")
     with (
         tempfile.TemporaryDirectory() as state,
-        s3_server(),
+        sqs_server(),
         local_stack(Path(state)),
     ):
         engine = PostgresResource.from_env().engine
