@@ -134,7 +134,7 @@ def campaign_delivery_report(
 def messages_stuck_in_sending(postgres: PostgresResource) -> dg.AssetCheckResult:
     """Rows a sender left in `sending` longer than `SENDER_STUCK_AFTER_SECONDS`: never re-sent
     automatically (the request may have reached WhatsApp); an operator has to look."""
-    threshold = settings.number("SENDER_STUCK_AFTER_SECONDS", float, 0)
+    threshold = settings.number("SENDER_STUCK_AFTER_SECONDS")
     with postgres.engine.connect() as conn:
         stuck = stuck_in_sending(conn, threshold)
     return dg.AssetCheckResult(

@@ -43,9 +43,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from resources.postgres import PostgresResource
 
     host = settings.get("HOST")
-    dagster_port = settings.number("DAGSTER_PORT", int, 1, 65535)
-    webhook_port = settings.number("WEBHOOK_PORT", int, 1, 65535)
-    postgres_port = settings.number("EMBEDDED_POSTGRES_PORT", int, 1, 65535)
+    dagster_port = settings.number("DAGSTER_PORT")
+    webhook_port = settings.number("WEBHOOK_PORT")
+    postgres_port = settings.number("EMBEDDED_POSTGRES_PORT")
     services = [
         Service(
             "Dagster UI",
@@ -126,7 +126,7 @@ def cmd_sender_stuck(args: argparse.Namespace) -> int:
     threshold = (
         args.older_than
         if args.older_than is not None
-        else settings.number("SENDER_STUCK_AFTER_SECONDS", float, 0)
+        else settings.number("SENDER_STUCK_AFTER_SECONDS")
     )
     with engine.connect() as conn:
         rows = stuck_in_sending(conn, threshold)

@@ -47,7 +47,7 @@ class SQSResource(ConfigurableResource):
         return cls(
             queue_name=settings.get("SQS_QUEUE_NAME"),
             dlq_name=settings.get("SQS_DLQ_NAME"),
-            max_receive_count=settings.number("SQS_MAX_RECEIVE_COUNT", int, 1, 1000),
+            max_receive_count=settings.number("SQS_MAX_RECEIVE_COUNT"),
             region_name=settings.get("AWS_REGION"),
             endpoint_url=settings.get("AWS_ENDPOINT_URL"),
         )

@@ -1,18 +1,15 @@
-"""Every environment variable the platform reads, with its default, in one table.
+"""Every environment variable the platform reads, with its default (and a number's range),
+in one table.
 
-The README's configuration table, the production start-up check and the
-resources' defaults are all derived from this table, so a setting is added in
+The README's configuration table, the production start-up check, the resources' defaults
+and the checks on number settings are all derived from this table, so a setting is added in
 exactly one place.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
-
-N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True)
@@ -22,6 +19,10 @@ class Setting:
     help: str
     secret: bool = False
     required_in_production: bool = False
+    # A number setting: its type and range, both ends included (see `number`).
+    kind: type[int] | type[float] | None = None
+    low: float = 0
+    high: float | None = None
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -74,7 +75,14 @@ SETTINGS: tuple[Setting, ...] = (
         "whatsapp-messages-dlq.fifo",
         "Dead-letter queue that receives payloads after `SQS_MAX_RECEIVE_COUNT` receives.",
     ),
-    Setting("SQS_MAX_RECEIVE_COUNT", "3", "Receives before a payload moves to the DLQ."),
+    Setting(
+        "SQS_MAX_RECEIVE_COUNT",
+        "3",
+        "Receives before a payload moves to the DLQ.",
+        kind=int,
+        low=1,
+        high=1000,
+    ),
     Setting(
         "WHATSAPP_ACCESS_TOKEN",
         None,
@@ -124,65 +132,123 @@ SETTINGS: tuple[Setting, ...] = (
         required_in_production=True,
     ),
     Setting("HOST", "127.0.0.1", "Interface the local stack binds to."),
-    Setting("EMBEDDED_POSTGRES_PORT", "54329", "Port of the embedded PostgreSQL in `make dev`."),
-    Setting("DAGSTER_PORT", "3000", "Port of the Dagster UI in `make dev`."),
-    Setting("WEBHOOK_PORT", "8000", "Port of the webhook app in `make dev`."),
+    Setting(
+        "EMBEDDED_POSTGRES_PORT",
+        "54329",
+        "Port of the embedded PostgreSQL in `make dev`.",
+        kind=int,
+        low=1,
+        high=65535,
+    ),
+    Setting(
+        "DAGSTER_PORT",
+        "3000",
+        "Port of the Dagster UI in `make dev`.",
+        kind=int,
+        low=1,
+        high=65535,
+    ),
+    Setting(
+        "WEBHOOK_PORT",
+        "8000",
+        "Port of the webhook app in `make dev`.",
+        kind=int,
+        low=1,
+        high=65535,
+    ),
     # Personalised media (campaign_media)
     Setting(
         "MAX_CONCURRENT_GENERATIONS",
         "5",
         "Sandbox worker processes that run media generators in parallel, per campaign run.",
+        kind=int,
+        low=1,
     ),
     Setting(
         "MEDIA_TIMEOUT_SECONDS",
         "60",
         "Wall-clock limit of one generator call; the worker is killed and replaced after it.",
+        kind=float,
+        low=0.1,
     ),
-    Setting("MEDIA_MEMORY_MB", "512", "Address-space limit (`RLIMIT_AS`) of each sandbox worker."),
-    Setting("MEDIA_CPU_SECONDS", "30", "CPU-time limit of one generator call."),
     Setting(
-        "MEDIA_MAX_ATTEMPTS", "3", "Attempts per audience member before its media is `failed`."
+        "MEDIA_MEMORY_MB",
+        "512",
+        "Address-space limit (`RLIMIT_AS`) of each sandbox worker.",
+        kind=int,
+        low=1,
+    ),
+    Setting(
+        "MEDIA_CPU_SECONDS",
+        "30",
+        "CPU-time limit of one generator call.",
+        kind=int,
+        low=1,
+    ),
+    Setting(
+        "MEDIA_MAX_ATTEMPTS",
+        "3",
+        "Attempts per audience member before its media is `failed`.",
+        kind=int,
+        low=1,
     ),
     Setting(
         "MEDIA_RETRY_BACKOFF_SECONDS",
         "1",
         "First retry delay of a failed generation; doubles with each further attempt.",
+        kind=float,
+        low=0,
     ),
     Setting(
         "MEDIA_FAILURE_THRESHOLD",
         "0.1",
         "Share of failed members above which a campaign goes to `failed` instead of `asset_generated`.",
+        kind=float,
+        low=0,
+        high=1,
     ),
     Setting(
         "MEDIA_STUCK_MINUTES",
         "30",
         "Members in `asset_generating` this long with no live run are reset to `pending`.",
+        kind=float,
+        low=1,
     ),
     # Archival (message_archive, media_archive, restore)
     Setting(
         "ARCHIVE_THRESHOLD_DAYS",
         "90",
         "Messages of a day are archived (and deleted from Postgres) once the day is this many days old.",
+        kind=int,
+        low=0,
     ),
     Setting(
         "MEDIA_THRESHOLD_DAYS",
         "30",
         "Media of a day are moved to the archive prefix once the day is this many days old.",
+        kind=int,
+        low=0,
     ),
     Setting(
         "ARCHIVE_BATCH_SIZE",
         "100000",
         "Messages per archive file (seed 5's `BATCH_SIZE`); one gzipped JSON Lines file per batch.",
+        kind=int,
+        low=1,
     ),
     Setting(
         "MEDIA_MAX_BYTES",
         "104857600",
         "Largest media file the media archive downloads; a larger one is recorded as failed.",
+        kind=int,
+        low=1,
     ),
     Setting(
         "MEDIA_DOWNLOAD_TIMEOUT_SECONDS",
         "30",
         "Connect and read timeout of one media download attempt.",
+        kind=float,
+        low=0.1,
     ),
     # Campaign runs and dispatch to SQS
     Setting(
@@ -195,77 +261,124 @@ SETTINGS: tuple[Setting, ...] = (
         "MEDIA_URL_EXPIRY_SECONDS",
         "604800",
         "Validity of the presigned media URLs in queued payloads (default 7 days).",
+        kind=int,
+        low=1,
+        high=7 * 24 * 3600,  # the longest a presigned URL can live
     ),
     Setting(
         "DISPATCH_CONCURRENCY",
         "8",
         "`SendMessageBatch` calls a dispatch run keeps in flight at once.",
+        kind=int,
+        low=1,
     ),
     Setting(
         "DISPATCH_SQS_RETRY_SECONDS",
         "120",
         "How long a dispatch run keeps retrying an unreachable SQS endpoint before it fails "
         "(its unqueued messages stay pending for the retry).",
+        kind=float,
+        low=0,
     ),
     # Sender worker
     Setting(
         "SENDER_LANES",
         "8",
         "Receive loops per sender worker; each has up to 10 requests in flight.",
+        kind=int,
+        low=1,
+        high=64,
     ),
     Setting(
         "SENDER_VISIBILITY_SECONDS",
         "60",
         "How long a received payload stays hidden from other workers while one sends it.",
+        kind=int,
+        low=1,
+        high=12 * 3600,  # SQS's ceiling on visibility
     ),
-    Setting("SENDER_WAIT_SECONDS", "20", "SQS long-poll wait of each receive (0-20)."),
-    Setting("SENDER_MAX_ATTEMPTS", "3", "Attempts of a retryable send before the row fails."),
+    Setting(
+        "SENDER_WAIT_SECONDS",
+        "20",
+        "SQS long-poll wait of each receive (0-20).",
+        kind=int,
+        low=0,
+        high=20,
+    ),
+    Setting(
+        "SENDER_MAX_ATTEMPTS",
+        "3",
+        "Attempts of a retryable send before the row fails.",
+        kind=int,
+        low=1,
+        high=10,
+    ),
     Setting(
         "SENDER_RETRY_BASE_SECONDS",
         "10",
         "First retry delay; it doubles with each attempt (by SQS visibility).",
+        kind=float,
+        low=0,
     ),
     Setting(
         "SENDER_LIMIT_WAIT_SECONDS",
         "300",
         "How long a payload over the messaging limit waits before it is tried again.",
+        kind=float,
+        low=1,
     ),
     Setting(
         "SENDER_STUCK_AFTER_SECONDS",
         "1800",
         "A row in `sending` longer than this is reported as stuck (never re-sent automatically).",
+        kind=float,
+        low=0,
     ),
     # Webhook app: inbox processing, the conversation agent and operator handoff
     Setting(
         "WEBHOOK_WORKERS",
         "2",
         "Inbox loops per webhook worker process (processes share the inbox without double work).",
+        kind=int,
+        low=1,
+        high=64,
     ),
     Setting(
         "WEBHOOK_WORKER_NICE",
         "10",
         "CPU niceness the webhook worker process adds to itself, so the app's request path"
         " comes first on a shared host.",
+        kind=int,
+        low=0,
+        high=19,
     ),
     Setting(
         "AGENT_BUFFER_SECONDS",
         "3",
         "Quiet time after a customer's last message before the agent answers the buffered turn.",
+        kind=float,
+        low=0,
     ),
     Setting(
         "AGENT_BUFFER_MAX_SECONDS",
         "15",
         "Longest a turn is held while the customer keeps typing; it is answered after this.",
+        kind=float,
+        low=0,
     ),
     Setting(
         "AGENT_MODEL_TIMEOUT_SECONDS",
         "20",
         "Time limit of one chat model call; after it the customer gets the fallback reply.",
+        kind=float,
+        low=0.1,
     ),
     Setting(
         "AGENT_HISTORY_MAX_TOKENS",
         "4000",
         "Approximate tokens of conversation history given to the model (oldest trimmed first).",
+        kind=int,
+        low=1,
     ),
     Setting(
         "AGENT_SYSTEM_PROMPT",
@@ -308,20 +421,21 @@ def get(name: str) -> str | None:
     return value if value else BY_NAME[name].default
 
 
-def number(
-    name: str, kind: Callable[[str], N] = int, low: float = 0, high: float | None = None
-) -> N:
-    """The variable as an `int` or a `float` from `low` to `high`, both included.
+def number(name: str) -> int | float:
+    """A number setting as its `kind`, from `low` to `high` (in the table).
 
     Anything else is refused with an error that names the variable (never its value, which
     may be a pasted secret), rather than a bare `ValueError` from deep inside a run.
     """
+    setting = BY_NAME[name]
+    if setting.kind is None:
+        raise TypeError(f"{name} is not a number setting")
     try:
-        value = kind(get(name))
+        value = setting.kind(get(name))
     except (TypeError, ValueError):
-        raise InvalidSetting(
-            f"{name} must be {'a whole number' if kind is int else 'a number'}"
-        ) from None
+        what = "a whole number" if setting.kind is int else "a number"
+        raise InvalidSetting(f"{name} must be {what}") from None
+    low, high = setting.low, setting.high
     if not low <= value or (high is not None and not value <= high):
         bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
         raise InvalidSetting(f"{name} must be {bounds}")

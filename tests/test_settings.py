@@ -28,25 +28,35 @@ def test_production_does_not_accept_defaults_for_required_settings(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("value", "kind", "expected"),
+    ("name", "value", "expected"),
     [
-        ("", int, 8),  # unset or empty: the documented default
-        ("12", int, 12),
-        ("2.5", float, 2.5),
-        ("twelve", int, "SENDER_LANES must be a whole number"),
-        ("2.5", int, "SENDER_LANES must be a whole number"),
-        ("nan", float, "SENDER_LANES must be between 1 and 64"),
-        ("0", int, "SENDER_LANES must be between 1 and 64"),
-        ("65", int, "SENDER_LANES must be between 1 and 64"),
+        ("SENDER_LANES", "", 8),  # unset or empty: the documented default
+        ("SENDER_LANES", "12", 12),
+        ("MEDIA_FAILURE_THRESHOLD", "0.25", 0.25),
+        ("SENDER_LANES", "twelve", "SENDER_LANES must be a whole number"),
+        ("SENDER_LANES", "2.5", "SENDER_LANES must be a whole number"),
+        ("SENDER_LANES", "0", "SENDER_LANES must be between 1 and 64"),
+        ("SENDER_LANES", "65", "SENDER_LANES must be between 1 and 64"),
+        ("MEDIA_FAILURE_THRESHOLD", "nan", "MEDIA_FAILURE_THRESHOLD must be between 0 and 1"),
+        ("MEDIA_FAILURE_THRESHOLD", "a tenth", "MEDIA_FAILURE_THRESHOLD must be a number"),
+        ("SENDER_RETRY_BASE_SECONDS", "-1", "SENDER_RETRY_BASE_SECONDS must be at least 0"),
     ],
 )
 def test_a_number_setting_is_parsed_and_bounded_or_refused_by_name(
-    monkeypatch, value, kind, expected
+    monkeypatch, name, value, expected
 ):
-    monkeypatch.setenv("SENDER_LANES", value)
+    monkeypatch.setenv(name, value)
     if isinstance(expected, str):
         with pytest.raises(settings.InvalidSetting, match=expected) as refused:
-            settings.number("SENDER_LANES", kind, 1, 64)
-        assert value not in str(refused.value).replace("SENDER_LANES", "")
+            settings.number(name)
+        assert value not in str(refused.value).replace(name, "")
     else:
-        assert settings.number("SENDER_LANES", kind, 1, 64) == expected
+        assert settings.number(name) == expected
+
+
+def test_every_number_setting_accepts_its_own_default(monkeypatch):
+    numbers = [s for s in settings.SETTINGS if s.kind is not None]
+    for setting in numbers:
+        monkeypatch.delenv(setting.name, raising=False)
+        assert isinstance(settings.number(setting.name), setting.kind), setting.name
+    assert len(numbers) >= 30

@@ -64,8 +64,8 @@ class AgentConfig:
     def from_env(cls) -> AgentConfig:
         return cls(
             system_prompt=settings.get("AGENT_SYSTEM_PROMPT"),
-            model_timeout_seconds=settings.number("AGENT_MODEL_TIMEOUT_SECONDS", float, 0.1),
-            history_max_tokens=settings.number("AGENT_HISTORY_MAX_TOKENS", int, 1),
+            model_timeout_seconds=settings.number("AGENT_MODEL_TIMEOUT_SECONDS"),
+            history_max_tokens=settings.number("AGENT_HISTORY_MAX_TOKENS"),
             handoff_words=_words("AGENT_HANDOFF_WORDS"),
             opt_out_words=_words("OPT_OUT_WORDS"),
             opt_in_words=_words("OPT_IN_WORDS"),

@@ -250,11 +250,11 @@ async def start(
             chat_model or ChatModelResource.from_env().chat_model(),
             AgentConfig.from_env(),
         ),
-        buffer_seconds=settings.number("AGENT_BUFFER_SECONDS", float, 0),
-        buffer_max_seconds=settings.number("AGENT_BUFFER_MAX_SECONDS", float, 0),
+        buffer_seconds=settings.number("AGENT_BUFFER_SECONDS"),
+        buffer_max_seconds=settings.number("AGENT_BUFFER_MAX_SECONDS"),
     )
     await asyncio.to_thread(workers.execute, _FORGOTTEN, {})
-    workers.start(settings.number("WEBHOOK_WORKERS", int, 1, 64))
+    workers.start(settings.number("WEBHOOK_WORKERS"))
     await workers.beat()
     return workers
 
@@ -262,7 +262,7 @@ async def start(
 def run() -> None:
     """`waflow webhook-worker`: run the workers until SIGTERM or Ctrl-C."""
     settings.check_production(REQUIRED_IN_PRODUCTION)
-    os.nice(settings.number("WEBHOOK_WORKER_NICE", int, 0, 19))
+    os.nice(settings.number("WEBHOOK_WORKER_NICE"))
     asyncio.run(_serve())
 
 

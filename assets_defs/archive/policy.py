@@ -24,11 +24,11 @@ class ArchivePolicy:
     @classmethod
     def from_env(cls) -> ArchivePolicy:
         return cls(
-            message_threshold_days=settings.number("ARCHIVE_THRESHOLD_DAYS", int, 0),
-            media_threshold_days=settings.number("MEDIA_THRESHOLD_DAYS", int, 0),
-            batch_size=settings.number("ARCHIVE_BATCH_SIZE", int, 1),
-            media_max_bytes=settings.number("MEDIA_MAX_BYTES", int, 1),
-            media_timeout_seconds=settings.number("MEDIA_DOWNLOAD_TIMEOUT_SECONDS", float, 0.1),
+            message_threshold_days=settings.number("ARCHIVE_THRESHOLD_DAYS"),
+            media_threshold_days=settings.number("MEDIA_THRESHOLD_DAYS"),
+            batch_size=settings.number("ARCHIVE_BATCH_SIZE"),
+            media_max_bytes=settings.number("MEDIA_MAX_BYTES"),
+            media_timeout_seconds=settings.number("MEDIA_DOWNLOAD_TIMEOUT_SECONDS"),
         )
 
 

@@ -22,8 +22,7 @@ def media_url_builder(s3: S3Storage) -> MediaUrl:
     base = settings.get("MEDIA_PUBLIC_BASE_URL")
     if base:
         return lambda key: f"{base.rstrip('/')}/{key.lstrip('/')}"
-    # A presigned URL lives at most 7 days.
-    expires_in = settings.number("MEDIA_URL_EXPIRY_SECONDS", int, 1, 7 * 24 * 3600)
+    expires_in = settings.number("MEDIA_URL_EXPIRY_SECONDS")
     return lambda key: s3.presigned_url(key, expires_in)
 
 
@@ -73,8 +72,8 @@ def dispatched_batches(
             spec,
             run.id,
             media_url_builder(s3),
-            concurrency=settings.number("DISPATCH_CONCURRENCY", int, 1),
-            retry_seconds=settings.number("DISPATCH_SQS_RETRY_SECONDS", float, 0),
+            concurrency=settings.number("DISPATCH_CONCURRENCY"),
+            retry_seconds=settings.number("DISPATCH_SQS_RETRY_SECONDS"),
             log=context.log.info,
         )
         try:

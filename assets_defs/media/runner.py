@@ -49,9 +49,9 @@ class Policy:
     @classmethod
     def from_settings(cls) -> Policy:
         return cls(
-            max_attempts=settings.number("MEDIA_MAX_ATTEMPTS", int, 1),
-            backoff_seconds=settings.number("MEDIA_RETRY_BACKOFF_SECONDS", float, 0),
-            failure_threshold=settings.number("MEDIA_FAILURE_THRESHOLD", float, 0, 1),
+            max_attempts=settings.number("MEDIA_MAX_ATTEMPTS"),
+            backoff_seconds=settings.number("MEDIA_RETRY_BACKOFF_SECONDS"),
+            failure_threshold=settings.number("MEDIA_FAILURE_THRESHOLD"),
         )
 
 

@@ -93,10 +93,10 @@ class Limits:
     @classmethod
     def from_settings(cls) -> Limits:
         return cls(
-            workers=settings.number("MAX_CONCURRENT_GENERATIONS", int, 1),
-            timeout_seconds=settings.number("MEDIA_TIMEOUT_SECONDS", float, 0.1),
-            memory_mb=settings.number("MEDIA_MEMORY_MB", int, 1),
-            cpu_seconds=settings.number("MEDIA_CPU_SECONDS", int, 1),
+            workers=settings.number("MAX_CONCURRENT_GENERATIONS"),
+            timeout_seconds=settings.number("MEDIA_TIMEOUT_SECONDS"),
+            memory_mb=settings.number("MEDIA_MEMORY_MB"),
+            cpu_seconds=settings.number("MEDIA_CPU_SECONDS"),
         )
 
 

@@ -72,7 +72,7 @@ def media_recovery_sensor(
     context: dg.SensorEvaluationContext, postgres: PostgresResource
 ) -> dg.SensorResult:
     """Resets stuck members and re-requests orphaned campaigns; only where no run is live."""
-    stuck_minutes = settings.number("MEDIA_STUCK_MINUTES", float, 1)
+    stuck_minutes = settings.number("MEDIA_STUCK_MINUTES")
     instance = context.instance
     requests = []
     orphans = []

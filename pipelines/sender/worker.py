@@ -47,14 +47,12 @@ class SenderConfig:
     @classmethod
     def from_env(cls) -> SenderConfig:
         return cls(
-            lanes=settings.number("SENDER_LANES", int, 1, 64),
-            visibility_seconds=settings.number(
-                "SENDER_VISIBILITY_SECONDS", int, 1, MAX_VISIBILITY_SECONDS
-            ),
-            wait_seconds=settings.number("SENDER_WAIT_SECONDS", int, 0, 20),
-            max_attempts=settings.number("SENDER_MAX_ATTEMPTS", int, 1, 10),
-            retry_base_seconds=settings.number("SENDER_RETRY_BASE_SECONDS", float, 0),
-            limit_wait_seconds=settings.number("SENDER_LIMIT_WAIT_SECONDS", float, 1),
+            lanes=settings.number("SENDER_LANES"),
+            visibility_seconds=settings.number("SENDER_VISIBILITY_SECONDS"),
+            wait_seconds=settings.number("SENDER_WAIT_SECONDS"),
+            max_attempts=settings.number("SENDER_MAX_ATTEMPTS"),
+            retry_base_seconds=settings.number("SENDER_RETRY_BASE_SECONDS"),
+            limit_wait_seconds=settings.number("SENDER_LIMIT_WAIT_SECONDS"),
         )
 
 
