@@ -72,16 +72,17 @@ class GraphAPIError(Exception):
         self.details = details
 
     @classmethod
-    def from_answer(cls, status: int, reason: str | None, body: bytes) -> GraphAPIError:
+    async def read(cls, response: aiohttp.ClientResponse) -> GraphAPIError:
+        """The error an answer with a status of 400 or more carries."""
         try:
-            error = json.loads(body).get("error", {})
+            error = json.loads(await response.read()).get("error", {})
         except (ValueError, AttributeError):
             error = {}
         return cls(
-            http_status=status,
+            http_status=response.status,
             code=error.get("code"),
             subcode=error.get("error_subcode"),
-            title=error.get("error_user_title") or error.get("message") or reason or "",
+            title=error.get("error_user_title") or error.get("message") or response.reason or "",
             details=(error.get("error_data") or {}).get("details"),
         )
 
@@ -142,10 +143,9 @@ class WhatsAppClient:
             async with self._session.get(
                 f"{self._prefix}/{media_id}", headers=self._auth, allow_redirects=False
             ) as response:
-                body = await response.read()
                 if response.status >= 400:
-                    raise GraphAPIError.from_answer(response.status, response.reason, body)
-            return json.loads(body)
+                    raise await GraphAPIError.read(response)
+                return json.loads(await response.read())
 
         return self._run(get())
 
@@ -159,8 +159,7 @@ class WhatsAppClient:
                 url, headers=self._auth, allow_redirects=False
             ) as response:
                 if response.status >= 400:
-                    body = await response.read()
-                    raise GraphAPIError.from_answer(response.status, response.reason, body)
+                    raise await GraphAPIError.read(response)
                 async for chunk in response.content.iter_chunked(64 * 1024):
                     size += len(chunk)
                     if size > max_bytes:
@@ -202,10 +201,9 @@ class WhatsAppClient:
             headers=self._json,
             allow_redirects=False,
         ) as response:
-            answer = await response.read()
             if response.status >= 400:
-                raise GraphAPIError.from_answer(response.status, response.reason, answer)
-        data = json.loads(answer)
+                raise await GraphAPIError.read(response)
+            data = json.loads(await response.read())
         contacts = data.get("contacts") or [{}]
         return SentMessage(
             wamid=data["messages"][0]["id"], recipient_wa_id=contacts[0].get("wa_id")
