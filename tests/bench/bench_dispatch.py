@@ -6,7 +6,7 @@
   best of three rounds of each, taken in turn.
 - `dispatch_peak_rss_mb`: peak RSS of a process that materialises a 200,000-member run.
 
-The local SQS server runs in its own process (`tests/bench/sqs_server.py`, which says what it
+The local SQS server runs in its own process (`tests/bench/aws_server.py`, which says what it
 spares moto). The queue is a standard one: moto scans the whole queue for every message sent
 to a FIFO queue (deduplication). Each measurement starts on a new, empty queue.
 """
@@ -27,7 +27,7 @@ import boto3
 import sqlalchemy as sa
 
 from tests.bench import Figure, benchmark
-from tests.bench.sqs_server import sqs_server
+from tests.bench.aws_server import aws_server
 
 # The issue's sizes by default; smaller ones through these variables when the local server is
 # too slow for them (on a loaded machine it takes ~0.2 s per call: 50,000 members = minutes).
@@ -149,7 +149,7 @@ def dispatch() -> list[Figure]:
         "SQS_QUEUE_NAME",
     ):
         os.environ.pop(name, None)
-    with sqs_server(), tempfile.TemporaryDirectory() as state, local_stack(Path(state)):
+    with aws_server(), tempfile.TemporaryDirectory() as state, local_stack(Path(state)):
         postgres = PostgresResource.from_env()
         pipeline_rates, baseline_rates = [], []
         for n in range(ROUNDS):

@@ -2,7 +2,7 @@
 against the same-run baseline: a plain loop calling the same `generate_asset` in one
 process, writing to local disk; and the run's peak memory over 10,000 members.
 
-The S3 server is the benchmarks' moto server (`tests/bench/sqs_server.py`), in a process of
+The S3 server is the benchmarks' moto server (`tests/bench/aws_server.py`), in a process of
 its own and keeping connections alive, as S3 does; its CPU and memory are not the run's."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pipelines.demo import DEMO_GENERATOR
 from pipelines.local_stack import local_stack
 from resources.postgres import PostgresResource
 from tests.bench import Figure, benchmark
-from tests.bench.sqs_server import sqs_server
+from tests.bench.aws_server import aws_server
 from tests.media_campaigns import create_campaign, versioned
 
 MEMBERS = 1_000
@@ -89,7 +89,7 @@ class PeakRSS:
                 try:
                     if (
                         process.name() != "postgres"
-                        and "tests.bench.sqs_server" not in process.cmdline()
+                        and "tests.bench.aws_server" not in process.cmdline()
                     ):
                         total += process.memory_info().rss
                 except psutil.Error:
@@ -104,7 +104,7 @@ def media() -> list[Figure]:
     os.environ.setdefault("MEDIA_RETRY_BACKOFF_SECONDS", "0.1")
     with (
         tempfile.TemporaryDirectory() as state,
-        sqs_server(),
+        aws_server(),
         local_stack(Path(state)),
     ):
         engine = PostgresResource.from_env().engine

@@ -24,7 +24,7 @@ from pipelines.local_stack import free_port, local_stack
 from resources.postgres import create_engine
 from resources.queue import SQSResource
 from tests.bench import Figure, benchmark
-from tests.bench.sqs_server import sqs_server
+from tests.bench.aws_server import aws_server
 from tests.sending import enqueue, make_run, payload
 
 MESSAGES = 20_000
@@ -155,7 +155,7 @@ def sender() -> list[Figure]:
     messages = int(os.environ.get("BENCH_SENDER_MESSAGES", MESSAGES))
     graph, graph_url = _start_fake_graph()
     try:
-        with sqs_server(), tempfile.TemporaryDirectory() as state, local_stack(Path(state)):
+        with aws_server(), tempfile.TemporaryDirectory() as state, local_stack(Path(state)):
             engine = create_engine(os.environ["DATABASE_URL"])
             sqs = SQSResource.from_env()
             idle = subprocess.Popen(

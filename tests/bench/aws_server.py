@@ -1,4 +1,4 @@
-"""The local SQS (and S3) server for benchmarks: moto in a process of its own.
+"""The local SQS and S3 server for benchmarks: moto in a process of its own.
 
 In its own process it shares no interpreter lock with what is measured, and its CPU and
 memory are not counted. moto also pays per-request costs that do not depend on the client
@@ -33,7 +33,7 @@ import httpx
 
 
 @contextmanager
-def sqs_server() -> Iterator[str]:
+def aws_server() -> Iterator[str]:
     """Start the server on a free loopback port and point this process and its children at
     it (`AWS_ENDPOINT_URL` and throwaway credentials, as `local_stack` does for its own);
     yields the endpoint URL."""
@@ -41,7 +41,7 @@ def sqs_server() -> Iterator[str]:
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.sqs_server", str(port)],
+        [sys.executable, "-m", "tests.bench.aws_server", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
