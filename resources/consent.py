@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
 
@@ -25,6 +26,7 @@ SCOPES = ("campaigns", "marketing")
 SOURCES = ("keyword", "user_preferences", "error_131050", "csv", "api", "operator")
 CATEGORIES = ("marketing", "utility", "authentication")
 _COLUMNS = {"campaigns": "opted_out", "marketing": "marketing_opted_out"}
+_CHUNK = 10_000
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,14 @@ class Change:
     message_id: int | None = None
 
     def __post_init__(self) -> None:
-        if self.scope not in SCOPES:
-            raise ValueError(f"consent scope must be one of {', '.join(SCOPES)}")
-        if self.source not in SOURCES:
-            raise ValueError(f"consent source must be one of {', '.join(SOURCES)}")
+        _check(self.scope, self.source)
+
+
+def _check(scope: str, source: str) -> None:
+    if scope not in SCOPES:
+        raise ValueError(f"consent scope must be one of {', '.join(SCOPES)}")
+    if source not in SOURCES:
+        raise ValueError(f"consent source must be one of {', '.join(SOURCES)}")
 
 
 def blocks(category: str | None, opted_out: bool, marketing_opted_out: bool) -> str | None:
@@ -122,3 +128,140 @@ def state(conn: sa.Connection, contact_id: int, history: int = 50) -> dict[str, 
         "marketing_opted_out": marketing_opted_out,
         "consent_history": [dict(e) for e in events],
     }
+
+
+def record_many(
+    conn: sa.Connection,
+    contact_ids: list[int],
+    scope: str,
+    opted_out: bool,
+    source: str,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> list[int]:
+    """`record()` for many contacts at once, as of now: the contacts whose fact changed.
+
+    A contact already in that state gets no event (as with `record()` without
+    `occurred_at`); the others get one each, set-based, and their fact follows the newest.
+    """
+    _check(scope, source)
+    column = _COLUMNS[scope]
+    changed: list[int] = []
+    for start in range(0, len(contact_ids), _CHUNK):
+        chunk = sorted(set(contact_ids[start : start + _CHUNK]))
+        to_change = (
+            conn.execute(
+                sa.text(
+                    f"SELECT id FROM contacts WHERE id = ANY(:ids) AND {column} <> :v"
+                    " ORDER BY id FOR UPDATE"
+                ),
+                {"ids": chunk, "v": opted_out},
+            )
+            .scalars()
+            .all()
+        )
+        if not to_change:
+            continue
+        conn.execute(
+            sa.text(
+                "INSERT INTO consent_events (contact_id, scope, opted_out, source, actor, reason,"
+                " occurred_at) SELECT c, :scope, :v, :source, :actor, :reason, now()"
+                " FROM unnest(CAST(:ids AS bigint[])) c"
+            ),
+            {
+                "ids": to_change,
+                "scope": scope,
+                "v": opted_out,
+                "source": source,
+                "actor": actor,
+                "reason": reason,
+            },
+        )
+        changed += conn.execute(
+            sa.text(
+                f"UPDATE contacts c SET {column} = e.opted_out,"
+                f" {column}_at = CASE WHEN e.opted_out THEN e.occurred_at END"
+                " FROM (SELECT DISTINCT ON (contact_id) contact_id, opted_out, occurred_at"
+                "   FROM consent_events WHERE contact_id = ANY(:ids) AND scope = :scope"
+                "   ORDER BY contact_id, occurred_at DESC, id DESC) e"
+                f" WHERE c.id = e.contact_id AND c.{column} IS DISTINCT FROM e.opted_out"
+                " RETURNING c.id"
+            ),
+            {"ids": to_change, "scope": scope},
+        ).scalars()
+    return changed
+
+
+def upsert_contact(
+    conn: sa.Connection,
+    organisation_id: UUID | str,
+    phone: str | None,
+    user_id: str | None,
+    name: str | None = None,
+) -> int:
+    """The organisation's contact with this phone (E.164) or business-scoped user id,
+    created if there is none; identifiers and name it lacked are filled in."""
+    if phone is None and user_id is None:
+        raise ValueError("a contact needs a phone number or a user id")
+    params = {"o": organisation_id, "p": phone, "u": user_id}
+    for _ in range(2):
+        found = conn.execute(
+            sa.text(
+                "SELECT id FROM contacts WHERE organisation_id = :o"
+                " AND (phone = :p OR wa_user_id = :u)"
+                " ORDER BY (phone = :p) IS TRUE DESC LIMIT 1 FOR UPDATE"
+            ),
+            params,
+        ).scalar_one_or_none()
+        if found is not None:
+            conn.execute(
+                sa.text(
+                    "UPDATE contacts SET phone = coalesce(phone, :p),"
+                    " wa_user_id = coalesce(wa_user_id, :u), name = coalesce(name, :n)"
+                    " WHERE id = :id AND (phone IS NULL AND :p IS NOT NULL"
+                    " OR wa_user_id IS NULL AND :u IS NOT NULL OR name IS NULL AND :n IS NOT NULL)"
+                ),
+                {**params, "n": name, "id": found},
+            )
+            return found
+        created = conn.execute(
+            sa.text(
+                "INSERT INTO contacts (organisation_id, phone, wa_user_id, name)"
+                " VALUES (:o, :p, :u, :n) ON CONFLICT DO NOTHING RETURNING id"
+            ),
+            {**params, "n": name},
+        ).scalar_one_or_none()
+        if created is not None:
+            return created
+    raise RuntimeError("contact vanished while it was being created")
+
+
+def find_contacts(
+    conn: sa.Connection, organisation_id: UUID | str, phone: str | None, user_id: str | None
+) -> list[dict[str, Any]]:
+    """The organisation's contacts with this phone (E.164) or business-scoped user id, each
+    with its consent state and history (`describe()`)."""
+    ids = conn.execute(
+        sa.text(
+            "SELECT id FROM contacts WHERE organisation_id = :o"
+            " AND (phone = :p OR wa_user_id = :u) ORDER BY id"
+        ),
+        {"o": organisation_id, "p": phone, "u": user_id},
+    ).scalars()
+    return [describe(conn, contact_id) for contact_id in ids.all()]
+
+
+def describe(conn: sa.Connection, contact_id: int, history: int = 50) -> dict[str, Any]:
+    """A contact's identity, its two facts (with when each was set) and its history."""
+    row = (
+        conn.execute(
+            sa.text(
+                "SELECT id, organisation_id, phone, wa_user_id AS user_id, name,"
+                " opted_out_at, marketing_opted_out_at FROM contacts WHERE id = :c"
+            ),
+            {"c": contact_id},
+        )
+        .mappings()
+        .one()
+    )
+    return {**row, **state(conn, contact_id, history)}

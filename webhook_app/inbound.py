@@ -14,6 +14,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
+from resources import consent
 from resources.phone import InvalidPhoneNumber, to_e164
 from webhook_app.receipts import timestamp
 
@@ -49,27 +50,50 @@ def organisation_of(conn: sa.Connection, phone_number_id: str | None) -> UUID:
 def customer_of(message: dict[str, Any], contacts: list[dict[str, Any]]) -> Customer:
     wa_id = message.get("from") or None
     user_id = message.get("from_user_id") or None
-    profile: dict[str, Any] = {}
+    profile: dict[str, Any] = _profile(wa_id, user_id, contacts)
+    if not profile and len(contacts) == 1:
+        profile = contacts[0]
+    customer = _customer(wa_id or profile.get("wa_id"), user_id or profile.get("user_id"), profile)
+    if customer is None:
+        raise ValueError(f"message {message.get('id')!r} names no customer (no from, no user_id)")
+    return customer
+
+
+def customer_named(wa_id: Any, user_id: Any, contacts: list[dict[str, Any]]) -> Customer | None:
+    """The customer an item names by its own `wa_id` and/or `user_id` (as `user_preferences`
+    items do), with the profile of the `contacts[]` entry that matches; None if it names none."""
+    wa_id = str(wa_id) if wa_id else None
+    user_id = str(user_id) if user_id else None
+    profile = _profile(wa_id, user_id, contacts)
+    return _customer(wa_id or profile.get("wa_id"), user_id or profile.get("user_id"), profile)
+
+
+def _profile(
+    wa_id: str | None, user_id: str | None, contacts: list[dict[str, Any]]
+) -> dict[str, Any]:
     for contact in contacts:
+        if not isinstance(contact, dict):
+            continue
         if (wa_id and contact.get("wa_id") == wa_id) or (
             user_id and contact.get("user_id") == user_id
         ):
-            profile = contact
-            break
-    else:
-        if len(contacts) == 1:
-            profile = contacts[0]
-    wa_id = wa_id or profile.get("wa_id") or None
-    user_id = user_id or profile.get("user_id") or None
+            return contact
+    return {}
+
+
+def _customer(wa_id: Any, user_id: Any, profile: dict[str, Any]) -> Customer | None:
     phone = None
     if wa_id:
         try:
             phone = to_e164(str(wa_id))
         except InvalidPhoneNumber:
             phone = None
+    user_id = str(user_id) if user_id else None
     if phone is None and user_id is None:
-        raise ValueError(f"message {message.get('id')!r} names no customer (no from, no user_id)")
-    return Customer(phone, user_id, (profile.get("profile") or {}).get("name"))
+        return None
+    about = profile.get("profile")
+    name = about.get("name") if isinstance(about, dict) else None
+    return Customer(phone, user_id, name if isinstance(name, str) else None)
 
 
 def store(
@@ -85,7 +109,9 @@ def store(
         raise ValueError("inbound message without an id")
     kind = str(message.get("type") or "unsupported")
     sent_at = timestamp(message.get("timestamp"))
-    contact_id = _upsert_contact(conn, organisation_id, customer)
+    contact_id = consent.upsert_contact(
+        conn, organisation_id, customer.phone, customer.user_id, customer.name
+    )
     conversation_id = conn.execute(
         sa.text(
             "INSERT INTO conversations"
@@ -142,40 +168,6 @@ def store(
             },
         )
     return message_id
-
-
-def _upsert_contact(conn: sa.Connection, organisation_id: UUID, customer: Customer) -> int:
-    params = {"o": organisation_id, "p": customer.phone, "u": customer.user_id}
-    for _ in range(2):
-        found = conn.execute(
-            sa.text(
-                "SELECT id FROM contacts WHERE organisation_id = :o"
-                " AND (phone = :p OR wa_user_id = :u)"
-                " ORDER BY (phone = :p) IS TRUE DESC LIMIT 1 FOR UPDATE"
-            ),
-            params,
-        ).scalar_one_or_none()
-        if found is not None:
-            conn.execute(
-                sa.text(
-                    "UPDATE contacts SET phone = coalesce(phone, :p),"
-                    " wa_user_id = coalesce(wa_user_id, :u), name = coalesce(name, :n)"
-                    " WHERE id = :id AND (phone IS NULL AND :p IS NOT NULL"
-                    " OR wa_user_id IS NULL AND :u IS NOT NULL OR name IS NULL AND :n IS NOT NULL)"
-                ),
-                {**params, "n": customer.name, "id": found},
-            )
-            return found
-        created = conn.execute(
-            sa.text(
-                "INSERT INTO contacts (organisation_id, phone, wa_user_id, name)"
-                " VALUES (:o, :p, :u, :n) ON CONFLICT DO NOTHING RETURNING id"
-            ),
-            {**params, "n": customer.name},
-        ).scalar_one_or_none()
-        if created is not None:
-            return created
-    raise RuntimeError("contact vanished while it was being created")
 
 
 def text_of(kind: str, message: dict[str, Any]) -> str | None:
