@@ -188,3 +188,41 @@ def every_type(wa_id: str = "16505551234") -> list[dict[str, Any]]:
 def signed(payload: dict[str, Any] | bytes, secret: str = DEV_APP_SECRET) -> tuple[bytes, dict]:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return body, {"X-Hub-Signature-256": sign(secret, body), "Content-Type": "application/json"}
+
+
+def preference(
+    value: str = "stop",
+    wa_id: str | None = "16505551234",
+    user_id: str | None = None,
+    at: int | None = None,
+    category: str = "marketing_messages",
+    detail: str = "User requested to stop marketing messages",
+) -> dict[str, Any]:
+    """One `user_preferences[]` item: the customer stopped or resumed marketing messages."""
+    item: dict[str, Any] = {
+        "detail": detail,
+        "category": category,
+        "value": value,
+        "timestamp": str(at or int(time.time())),
+    }
+    if wa_id:
+        item["wa_id"] = wa_id
+    if user_id:
+        item["user_id"] = user_id
+    return item
+
+
+def user_preferences(
+    *items: dict[str, Any],
+    name: str = "Ana",
+    wa_id: str | None = "16505551234",
+    user_id: str | None = None,
+) -> dict[str, Any]:
+    """The `user_preferences` webhook field, as Meta documents it."""
+    contact: dict[str, Any] = {"profile": {"name": name}}
+    if wa_id:
+        contact["wa_id"] = wa_id
+    if user_id:
+        contact["user_id"] = user_id
+    value = {**_metadata(), "contacts": [contact], "user_preferences": list(items)}
+    return envelope(value, field="user_preferences")

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from webhook_app import inbound, receipts
+from webhook_app import inbound, preferences, receipts
 from webhook_app.payloads import changes
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def process_batch(engine: sa.Engine, limit: int = BATCH) -> Counter:
         for event_id, payload in one_by_one:
             try:
                 with conn.begin_nested():
-                    tally.update(apply_event(conn, payload))
+                    tally.update(apply_event(conn, payload, event_id))
             except Exception as error:
                 log.warning("webhook event %s failed: %s", event_id, error)
                 conn.execute(_FAILED, {"id": event_id, "error": str(error), "max": MAX_ATTEMPTS})
@@ -100,10 +100,16 @@ def _apply_receipts(conn: sa.Connection, events: list[tuple[int, dict[str, Any]]
     )
 
 
-def apply_event(conn: sa.Connection, payload: dict[str, Any]) -> Counter:
-    """Every change of every entry: statuses, inbound messages; other fields are skipped."""
+def apply_event(
+    conn: sa.Connection, payload: dict[str, Any], event_id: int | None = None
+) -> Counter:
+    """Every change of every entry: statuses, inbound messages, the customer's marketing
+    preferences (`user_preferences`); other fields are skipped."""
     tally: Counter = Counter()
     for field, value in changes(payload):
+        if field == "user_preferences":
+            tally.update(preferences.apply(conn, value, event_id))
+            continue
         if field != "messages":
             tally["ignored_changes"] += 1
             continue

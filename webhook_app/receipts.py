@@ -5,17 +5,26 @@ redelivered receipt is a no-op), then applied to its message if the message is k
 Receipts that arrive before the sender has stored the wamid wait there and are applied by
 `apply_waiting()`, which the inbox workers run on every pass. Application follows
 `message_status_rank`: never backwards, `failed` final; each status keeps its own time.
+A `failed` receipt with error 131050 (the customer stopped marketing messages) also opts the
+message's contact out of marketing (consent source `error_131050`), once per message.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from resources import consent
+
 RECEIPT_STATUSES = ("sent", "delivered", "read", "failed")
+# Graph error: the customer stopped marketing messages from this business.
+MARKETING_STOPPED = 131050
+
+log = logging.getLogger(__name__)
 
 _RECORD = sa.text(
     "INSERT INTO message_receipts"
@@ -72,8 +81,13 @@ _APPLY = sa.text(
     )
     UPDATE message_receipts r SET applied_at = now(), message_id = w.message_id
     FROM waiting w WHERE r.id = w.id AND EXISTS (SELECT 1 FROM moved)
-    RETURNING r.id
+    RETURNING r.id, w.message_id, w.status, w.error_code, w.error_title, w.provider_ts
     """
+)
+
+_STOPPED_ALREADY = sa.text(
+    "SELECT 1 FROM consent_events WHERE contact_id = :c AND scope = 'marketing'"
+    " AND source = 'error_131050' AND message_id = :m"
 )
 
 _WAITING_KNOWN = sa.text(
@@ -104,10 +118,58 @@ def record(conn: sa.Connection, statuses: list[Any]) -> int:
 
 
 def apply(conn: sa.Connection, wamids: list[str]) -> int:
-    """Apply every waiting receipt of these wamids whose message is known; how many."""
+    """Apply every waiting receipt of these wamids whose message is known; how many.
+
+    A `failed` receipt with error 131050 (the customer stopped marketing messages) also
+    opts the message's contact out of marketing."""
     if not wamids:
         return 0
-    return len(conn.execute(_APPLY, {"wamids": wamids}).all())
+    applied = conn.execute(_APPLY, {"wamids": wamids}).all()
+    for r in applied:
+        if r.status == "failed" and r.error_code == MARKETING_STOPPED:
+            _marketing_stopped(conn, r.message_id, r.error_title, r.provider_ts)
+    return len(applied)
+
+
+def _marketing_stopped(
+    conn: sa.Connection, message_id: int, title: str | None, at: datetime | None
+) -> None:
+    """Record the opt-out behind a 131050 failure of `message_id`, once per message."""
+    message = conn.execute(
+        sa.text(
+            "SELECT organisation_id, contact_id, peer_phone, peer_wa_user_id FROM messages"
+            " WHERE id = :m"
+        ),
+        {"m": message_id},
+    ).one()
+    contact_id = message.contact_id
+    if contact_id is None:
+        if message.peer_phone is None and message.peer_wa_user_id is None:
+            log.warning("message %s failed with 131050 but names no recipient", message_id)
+            return
+        contact_id = consent.upsert_contact(
+            conn, message.organisation_id, message.peer_phone, message.peer_wa_user_id
+        )
+    if conn.execute(_STOPPED_ALREADY, {"c": contact_id, "m": message_id}).first():
+        return
+    changed = consent.record(
+        conn,
+        consent.Change(
+            contact_id,
+            "marketing",
+            True,
+            "error_131050",
+            occurred_at=at,
+            reason=title or "error 131050: the customer stopped marketing messages",
+            message_id=message_id,
+        ),
+    )
+    log.info(
+        "contact %s opted out of marketing: message %s failed with 131050%s",
+        contact_id,
+        message_id,
+        "" if changed else " (no change)",
+    )
 
 
 def apply_waiting(conn: sa.Connection, limit: int = 500) -> int:
