@@ -347,3 +347,34 @@ def test_an_unanswered_turn_survives_a_restart(engine, zero_buffer):
     with fake_graph() as (graph, url), webhook_client(url, model):
         wait_until(lambda: _unhandled(engine) == 0)
     assert _sent_texts(graph) == ["Yes, here!"]
+
+
+def test_a_turn_ending_in_stop_gets_only_the_confirmation_and_never_the_model(engine, zero_buffer):
+    add_organisation(engine)
+    model = Recording(responses=["should not be used"])
+    question, stop = p.text("What are your opening hours?"), p.text("STOP")
+    with fake_graph() as (graph, url), webhook_client(url, model) as client:
+        post(client, p.inbound(question, stop))
+        wait_until(lambda: _sent_texts(graph) and _unhandled(engine) == 0)
+        # Already opted out: STOP again, with another question, gets nothing at all.
+        post(client, p.inbound(p.text("Can I talk to a human?"), p.text("stop")))
+        wait_until(lambda: inbox_drained(engine) and _unhandled(engine) == 0)
+        start = p.text("START")
+        post(client, p.inbound(start))
+        wait_until(lambda: len(_sent_texts(graph)) == 2)
+    assert _sent_texts(graph) == [OPT_OUT_REPLY, OPT_IN_REPLY]
+    assert model.prompts == []
+    assert scalar(engine, "SELECT human_takeover FROM conversations") is False
+    ids = {
+        r.provider_message_id: r.id
+        for r in rows(engine, "SELECT id, provider_message_id FROM messages")
+    }
+    events = rows(
+        engine,
+        "SELECT scope, opted_out, source, message_id FROM consent_events ORDER BY id",
+    )
+    assert [tuple(e) for e in events] == [
+        ("campaigns", True, "keyword", ids[stop["id"]]),
+        ("campaigns", False, "keyword", ids[start["id"]]),
+    ]
+    assert scalar(engine, "SELECT opted_out FROM contacts") is False

@@ -29,7 +29,7 @@ from langchain_core.messages import (
 from langchain_core.messages.utils import count_tokens_approximately
 from langgraph.graph import END, START, StateGraph
 
-from resources import settings
+from resources import consent, settings
 from resources.whatsapp import WhatsAppClient
 from webhook_app import outbound
 
@@ -76,9 +76,11 @@ class Turn(TypedDict, total=False):
     conversation_id: int
     message_ids: list[int]
     texts: list[str]
+    text_ids: list[int]
     history: list[BaseMessage]
     silent: bool
     opt: bool | None
+    opt_message_id: int | None
     handoff: bool
     reply: str | None
     fallback: bool
@@ -131,19 +133,32 @@ class Agent:
         return {
             "message_ids": [r.id for r in pending],
             "texts": [r.body for r in pending if r.body],
+            "text_ids": [r.id for r in pending if r.body],
             "history": [_as_chat_message(r) for r in rows],
             "silent": conversation.human_takeover,
         }
 
     async def _triage(self, turn: Turn) -> Turn:
-        """Opt-out/opt-in words and requests for a human are answered without the model."""
+        """Opt-out/opt-in words and requests for a human are answered without the model.
+
+        A turn whose last message is an opt-out word gets the confirmation only: whatever
+        else it held, the customer's last word was to stop."""
         said = [t.strip().lower() for t in turn["texts"]]
-        opt = None
-        for text in said:
+        opt, opt_message_id = None, None
+        ids = turn.get("text_ids") or [None] * len(said)
+        for text, message_id in zip(said, ids, strict=True):
             if text in self.config.opt_out_words:
-                opt = True
+                opt, opt_message_id = True, message_id
             elif text in self.config.opt_in_words:
-                opt = False
+                opt, opt_message_id = False, message_id
+        if said and said[-1] in self.config.opt_out_words:
+            return {
+                "opt": True,
+                "opt_message_id": opt_message_id,
+                "handoff": False,
+                "reply": None,
+                "texts": [],
+            }
         rest = [
             t
             for t in said
@@ -152,9 +167,10 @@ class Agent:
         asked_for_human = any(
             word in self.config.handoff_words for text in rest for word in re.findall(r"\w+", text)
         )
+        opted = {"opt": opt, "opt_message_id": opt_message_id}
         if asked_for_human and not turn["silent"]:
-            return {"opt": opt, "handoff": True, "reply": HANDOFF_REPLY, "texts": rest}
-        return {"opt": opt, "handoff": False, "reply": None, "texts": rest}
+            return {**opted, "handoff": True, "reply": HANDOFF_REPLY, "texts": rest}
+        return {**opted, "handoff": False, "reply": None, "texts": rest}
 
     def _needs_model(self, turn: Turn) -> str:
         if turn["silent"] or turn["handoff"] or not turn["texts"]:
@@ -194,8 +210,15 @@ class Agent:
         sent: list[int] = []
         with self.engine.begin() as conn:
             conversation = outbound.load(conn, turn["conversation_id"], lock=True)
-            if turn.get("opt") is not None and _set_opt_out(
-                conn, conversation.contact_id, turn["opt"]
+            if turn.get("opt") is not None and consent.record(
+                conn,
+                consent.Change(
+                    conversation.contact_id,
+                    "campaigns",
+                    turn["opt"],
+                    "keyword",
+                    message_id=turn.get("opt_message_id"),
+                ),
             ):
                 reply = OPT_OUT_REPLY if turn["opt"] else OPT_IN_REPLY
                 sent.append(
@@ -221,18 +244,6 @@ class Agent:
                 {"id": conversation.id},
             )
         return {"sent": sent}
-
-
-def _set_opt_out(conn: sa.Connection, contact_id: int, opted_out: bool) -> bool:
-    """True when the contact's choice changed (so it is confirmed once, not on every STOP)."""
-    changed = conn.execute(
-        sa.text(
-            "UPDATE contacts SET opted_out = :v, opted_out_at = CASE WHEN :v THEN now() END"
-            " WHERE id = :id AND opted_out <> :v RETURNING id"
-        ),
-        {"id": contact_id, "v": opted_out},
-    ).first()
-    return changed is not None
 
 
 def _as_chat_message(row: sa.Row) -> BaseMessage:
