@@ -17,7 +17,7 @@ from uuid import UUID
 import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
-from resources import campaign_runs, campaigns, contact_csv, recurrence
+from resources import campaign_runs, campaigns, consent, contact_csv, recurrence
 from resources.queue import SQSResource
 
 MESSAGE_TYPES = ("template", "text", "image", "video", "document", "audio")
@@ -88,6 +88,13 @@ def create_organisation(engine: sa.Engine, data: dict[str, Any]) -> dict[str, An
         if data.get("phone_number_id"):
             campaigns.add_phone_number(conn, organisation, str(data["phone_number_id"]))
     return {"id": str(organisation), "name": data["name"]}
+
+
+def _organisation(conn: sa.Connection, organisation_id: str) -> None:
+    if not conn.execute(
+        sa.text("SELECT 1 FROM organisations WHERE id = :o"), {"o": organisation_id}
+    ).scalar():
+        raise NotFound(f"organisation {organisation_id} does not exist")
 
 
 def _check_parameters(parameters: Any, errors: list) -> None:
@@ -269,43 +276,64 @@ def approve_campaign(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
     return campaign_status(engine, campaign_id)
 
 
+CSV_CANNOT_OPT_IN = (
+    "opted_out=false not applied: the contact opted out of campaign messages and a CSV cannot"
+    " opt anyone back in (the customer sends START, or the consent API is called with who and"
+    " why); the rest of the line was imported"
+)
+
+
 def import_contacts(engine: sa.Engine, organisation_id: str, text: str) -> dict[str, Any]:
-    """Create or update the organisation's contacts (name, attributes merged, opt-out)."""
+    """Create or update the organisation's contacts: name, attributes merged, opt-outs.
+
+    The `opted_out` column can opt contacts out (consent source `csv`), never back in: a
+    missing column or an empty cell leaves consent as it is, and `false` on a contact who
+    opted out is not applied but listed in `not_applied` with its line. The counts are for
+    the whole file."""
     organisation_id = _uuid(organisation_id, "organisation_id")
     try:
         rows = contact_csv.parse(text, allow_opt_out=True)
     except contact_csv.InvalidCSV as error:
         raise InvalidInput(error.errors) from None
     with engine.begin() as conn:
-        if not conn.execute(
-            sa.text("SELECT 1 FROM organisations WHERE id = :o"), {"o": organisation_id}
-        ).scalar():
-            raise NotFound(f"organisation {organisation_id} does not exist")
+        _organisation(conn, organisation_id)
         cursor = conn.connection.dbapi_connection.cursor()
-        execute_values(
+        upserted = execute_values(
             cursor,
-            "INSERT INTO contacts (organisation_id, phone, name, attributes, opted_out, opted_out_at)"
+            "INSERT INTO contacts (organisation_id, phone, name, attributes)"
             " VALUES %s ON CONFLICT (organisation_id, phone) DO UPDATE SET"
             " name = COALESCE(EXCLUDED.name, contacts.name),"
-            " attributes = contacts.attributes || EXCLUDED.attributes,"
-            " opted_out = EXCLUDED.opted_out,"
-            " opted_out_at = CASE WHEN EXCLUDED.opted_out AND NOT contacts.opted_out THEN now()"
-            " WHEN EXCLUDED.opted_out THEN contacts.opted_out_at END",
-            [
-                (
-                    organisation_id,
-                    r.phone,
-                    r.name,
-                    json.dumps(r.attributes),
-                    r.opted_out,
-                    r.opted_out,
-                )
-                for r in rows
-            ],
-            template="(%s, %s, %s, %s::jsonb, %s, CASE WHEN %s THEN now() END)",
+            " attributes = contacts.attributes || EXCLUDED.attributes"
+            " RETURNING phone, id, (xmax = 0) AS created, opted_out",
+            [(organisation_id, r.phone, r.name, json.dumps(r.attributes)) for r in rows],
+            template="(%s, %s, %s, %s::jsonb)",
             page_size=1000,
+            fetch=True,
         )
-    return {"imported": len(rows)}
+        contacts = {
+            phone: (contact_id, created, out) for phone, contact_id, created, out in upserted
+        }
+        not_applied = [
+            {"line": r.line, "phone": r.phone, "error": CSV_CANNOT_OPT_IN}
+            for r in rows
+            if r.opted_out is False and contacts[r.phone][2]
+        ]
+        opted_out = consent.record_many(
+            conn,
+            [contacts[r.phone][0] for r in rows if r.opted_out],
+            "campaigns",
+            True,
+            "csv",
+            reason="contacts CSV import",
+        )
+    created = sum(1 for _, was_created, _ in contacts.values() if was_created)
+    return {
+        "imported": len(rows),
+        "created": created,
+        "updated": len(rows) - created,
+        "opted_out": len(opted_out),
+        "not_applied": not_applied,
+    }
 
 
 def import_audience(engine: sa.Engine, campaign_id: str, text: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Contacts and audiences from CSV: every row checked first, then all rows written or none.
 
 Columns: `phone` (or `msisdn`, required, normalised to E.164), `name`, `opted_out`
-(true/false, contacts only); every other column becomes an attribute. A file with any bad row
-is refused whole, with one error per bad row, so nothing is ever half imported.
+(true/false, contacts only; a missing column or an empty cell means "leave consent as it
+is"); every other column becomes an attribute. A file with any bad row is refused whole,
+with one error per bad row, so nothing is ever half imported.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ _BOOLEANS = {
     "false": False,
     "no": False,
     "0": False,
-    "": False,
 }
 
 
@@ -40,7 +40,9 @@ class ContactRow:
     phone: str
     name: str | None
     attributes: dict[str, str] = field(default_factory=dict)
-    opted_out: bool = False
+    # None: the file says nothing about this contact's consent.
+    opted_out: bool | None = None
+    line: int = 0
 
 
 def parse(text: str, allow_opt_out: bool = False) -> list[ContactRow]:
@@ -67,24 +69,28 @@ def parse(text: str, allow_opt_out: bool = False) -> list[ContactRow]:
             errors.append({"line": line, "error": f"{phone} is already on line {seen[phone]}"})
             continue
         seen[phone] = line
-        opted_out = False
+        opted_out = None
         if "opted_out" in values:
             flag = values.pop("opted_out").lower()
-            if not allow_opt_out or flag not in _BOOLEANS:
+            if not allow_opt_out:
+                errors.append(
+                    {"line": line, "error": "opted_out is set on contacts, not on an audience"}
+                )
+                continue
+            if flag not in _BOOLEANS and flag != "":
                 errors.append(
                     {
                         "line": line,
-                        "error": "opted_out must be true or false"
-                        if allow_opt_out
-                        else "opted_out is set on contacts, not on an audience",
+                        "error": "opted_out must be true or false (empty: left as it is)",
                     }
                 )
                 continue
-            opted_out = _BOOLEANS[flag]
+            opted_out = _BOOLEANS.get(flag)
         name = values.pop("name", "") or None
         for other in _PHONE_COLUMNS:
             values.pop(other, None)
-        rows.append(ContactRow(phone, name, {k: v for k, v in values.items() if v}, opted_out))
+        attributes = {k: v for k, v in values.items() if v}
+        rows.append(ContactRow(phone, name, attributes, opted_out, line))
     if errors:
         raise InvalidCSV(errors)
     if not rows:

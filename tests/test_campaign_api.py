@@ -147,7 +147,13 @@ def test_contacts_upload_sets_opt_outs_and_refuses_bad_flags(client, organisatio
         content="phone,name,opted_out,city\n+12025550100,Ada,true,London\n+12025550101,Alan,no,\n",
         headers=AUTH,
     )
-    assert ok.json() == {"imported": 2}
+    assert ok.json() == {
+        "imported": 2,
+        "created": 2,
+        "updated": 0,
+        "opted_out": 1,
+        "not_applied": [],
+    }
     bad = client.post(
         f"/api/organisations/{organisation}/contacts",
         content="phone,opted_out\n+12025550102,maybe\n",
