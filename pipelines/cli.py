@@ -230,6 +230,21 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
             ),
             "process": lambda: admin.process_messages(engine, args.campaign_id),
             "sqs-status": lambda: admin.queue_status(SQSResource.from_env()),
+            "organisations": lambda: admin.list_organisations(engine, args.phone_number_id),
+            "contacts": lambda: admin.find_contacts(
+                engine, args.organisation_id, args.phone, args.user_id
+            ),
+            "consent": lambda: admin.set_consent(
+                engine,
+                args.organisation_id,
+                args.contact_id,
+                {
+                    "scope": args.scope,
+                    "opted_out": args.opted_out == "true",
+                    "by": args.by,
+                    "reason": args.reason,
+                },
+            ),
         }
         result = operations[args.operation]()
     print(json.dumps(result, indent=2, sort_keys=True))
@@ -275,6 +290,20 @@ def _campaign_commands(commands: argparse._SubParsersAction) -> None:
     audience.add_argument("--limit", type=int, default=100)
     audience.add_argument("--after", help="the previous page's next_after")
     ops.add_parser("sqs-status", help="queue depth, in flight and dead-letter depth")
+    organisations = ops.add_parser("organisations", help="list organisations and their numbers")
+    organisations.add_argument("--phone-number-id", help="only the one holding this number ID")
+    find = ops.add_parser("contacts", help="look contacts up, with their consent history")
+    find.add_argument("organisation_id")
+    who = find.add_mutually_exclusive_group(required=True)
+    who.add_argument("--phone", help="E.164, e.g. +16505551234")
+    who.add_argument("--user-id", help="WhatsApp's business-scoped user id")
+    opt = ops.add_parser("consent", help="opt a contact out or back in, saying who and why")
+    opt.add_argument("organisation_id")
+    opt.add_argument("contact_id", type=int)
+    opt.add_argument("--scope", required=True, choices=("campaigns", "marketing"))
+    opt.add_argument("--opted-out", required=True, choices=("true", "false"))
+    opt.add_argument("--by", help="who asks for the change (required)")
+    opt.add_argument("--reason", help="why (required)")
 
 
 def parser() -> argparse.ArgumentParser:

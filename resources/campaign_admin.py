@@ -1,6 +1,7 @@
 """What an operator does to campaigns, once, for both the operator API and the CLI: create
-organisations, templates and campaigns, import contacts and audiences, approve, follow a
-campaign's progress, request its dispatch now, and look at the queue.
+and list organisations, templates and campaigns, import contacts and audiences, look contacts
+up and change their consent (who and why), approve, follow a campaign's progress, request its
+dispatch now, and look at the queue.
 
 Every function takes plain values and returns JSON-ready dicts; bad input raises
 `InvalidInput` listing every problem, a missing row `NotFound`, a refused status change
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
 from resources import campaign_runs, campaigns, consent, contact_csv, recurrence
+from resources.phone import InvalidPhoneNumber, to_e164
 from resources.queue import SQSResource
 
 MESSAGE_TYPES = ("template", "text", "image", "video", "document", "audio")
@@ -75,6 +77,8 @@ def _timestamp(data: dict[str, Any], name: str, errors: list) -> datetime | None
 
 
 def create_organisation(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
+    """A new organisation, with its sending phone number ID if given. A phone number ID
+    that another organisation holds is a `Conflict`, and nothing is created."""
     errors = _require(data, "name")
     limit = data.get("messaging_limit", 250)
     if limit not in (None, 250, 2000, 10000, 100000):
@@ -83,11 +87,54 @@ def create_organisation(engine: sa.Engine, data: dict[str, Any]) -> dict[str, An
         )
     if errors:
         raise InvalidInput(errors)
+    phone_number_id = data.get("phone_number_id")
     with engine.begin() as conn:
         organisation = campaigns.create_organisation(conn, data["name"], limit)
-        if data.get("phone_number_id"):
-            campaigns.add_phone_number(conn, organisation, str(data["phone_number_id"]))
-    return {"id": str(organisation), "name": data["name"]}
+        if phone_number_id not in (None, "") and not campaigns.add_phone_number(
+            conn, organisation, str(phone_number_id)
+        ):
+            holder = conn.execute(
+                sa.text(
+                    "SELECT o.id::text, o.name FROM phone_numbers p"
+                    " JOIN organisations o ON o.id = p.organisation_id"
+                    " WHERE p.phone_number_id = :p"
+                ),
+                {"p": str(phone_number_id)},
+            ).one()
+            raise Conflict(
+                f"phone_number_id {phone_number_id} already belongs to organisation"
+                f" {holder.id} ({holder.name}); nothing was created"
+            )
+        return _organisations(conn, organisation_id=str(organisation))[0]
+
+
+def list_organisations(
+    engine: sa.Engine, phone_number_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Every organisation (or the one holding `phone_number_id`) with its phone numbers."""
+    with engine.connect() as conn:
+        return _organisations(conn, phone_number_id=phone_number_id)
+
+
+def _organisations(
+    conn: sa.Connection, organisation_id: str | None = None, phone_number_id: str | None = None
+) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT o.id::text, o.name, o.messaging_limit, o.created_at,"
+            " coalesce(jsonb_agg(jsonb_build_object('phone_number_id', p.phone_number_id,"
+            "   'display_phone', p.display_phone, 'messages_per_second', p.messages_per_second)"
+            "   ORDER BY p.phone_number_id) FILTER (WHERE p.phone_number_id IS NOT NULL),"
+            "   '[]') AS phone_numbers"
+            " FROM organisations o LEFT JOIN phone_numbers p ON p.organisation_id = o.id"
+            " WHERE (CAST(:o AS uuid) IS NULL OR o.id = CAST(:o AS uuid))"
+            " AND (CAST(:p AS text) IS NULL OR EXISTS (SELECT 1 FROM phone_numbers q"
+            "   WHERE q.organisation_id = o.id AND q.phone_number_id = :p))"
+            " GROUP BY o.id ORDER BY o.created_at, o.id"
+        ),
+        {"o": organisation_id, "p": phone_number_id},
+    ).mappings()
+    return _jsonable([dict(r) for r in rows])
 
 
 def _organisation(conn: sa.Connection, organisation_id: str) -> None:
@@ -95,6 +142,69 @@ def _organisation(conn: sa.Connection, organisation_id: str) -> None:
         sa.text("SELECT 1 FROM organisations WHERE id = :o"), {"o": organisation_id}
     ).scalar():
         raise NotFound(f"organisation {organisation_id} does not exist")
+
+
+def find_contacts(
+    engine: sa.Engine,
+    organisation_id: str,
+    phone: str | None = None,
+    user_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """The organisation's contacts with this phone (any form with its country code) or
+    business-scoped user id, each with both consent facts and the history, newest first."""
+    organisation_id = _uuid(organisation_id, "organisation_id")
+    if not phone and not user_id:
+        raise InvalidInput([{"field": "phone", "error": "give phone (E.164) or user_id"}])
+    if phone:
+        try:
+            phone = to_e164(phone)
+        except InvalidPhoneNumber as error:
+            raise InvalidInput([{"field": "phone", "error": str(error)}]) from None
+    with engine.connect() as conn:
+        _organisation(conn, organisation_id)
+        return _jsonable(consent.find_contacts(conn, organisation_id, phone, user_id or None))
+
+
+def set_consent(
+    engine: sa.Engine, organisation_id: str, contact_id: int, data: dict[str, Any]
+) -> dict[str, Any]:
+    """An operator's explicit opt-out or opt-in (consent source `api`): who (`by`) and why
+    (`reason`) are required and kept in the history. Answers the contact with its state,
+    history and whether this call changed it (a call that changes nothing is not recorded)."""
+    organisation_id = _uuid(organisation_id, "organisation_id")
+    errors = []
+    if data.get("scope") not in consent.SCOPES:
+        errors.append({"field": "scope", "error": f"must be one of {', '.join(consent.SCOPES)}"})
+    if not isinstance(data.get("opted_out"), bool):
+        errors.append({"field": "opted_out", "error": "must be true or false"})
+    for name, longest in (("by", 200), ("reason", 1000)):
+        value = data.get(name)
+        if not isinstance(value, str) or not value.strip():
+            errors.append({"field": name, "error": "is required"})
+        elif len(value) > longest:
+            errors.append({"field": name, "error": f"must be at most {longest} characters"})
+    if errors:
+        raise InvalidInput(errors)
+    with engine.begin() as conn:
+        _organisation(conn, organisation_id)
+        owner = conn.execute(
+            sa.text("SELECT organisation_id::text FROM contacts WHERE id = :c"),
+            {"c": contact_id},
+        ).scalar_one_or_none()
+        if owner != organisation_id:
+            raise NotFound(f"contact {contact_id} does not exist in organisation {organisation_id}")
+        changed = consent.record(
+            conn,
+            consent.Change(
+                contact_id,
+                data["scope"],
+                data["opted_out"],
+                "api",
+                actor=data["by"].strip(),
+                reason=data["reason"].strip(),
+            ),
+        )
+        return _jsonable({**consent.describe(conn, contact_id), "changed": changed})
 
 
 def _check_parameters(parameters: Any, errors: list) -> None:

@@ -48,14 +48,17 @@ def create_organisation(conn: sa.Connection, name: str, messaging_limit: int | N
 
 def add_phone_number(
     conn: sa.Connection, organisation_id: UUID, phone_number_id: str, messages_per_second: int = 80
-) -> None:
-    conn.execute(
+) -> bool:
+    """Register the phone number for the organisation; False if some organisation (this one
+    or another) already holds it, which is left as it is."""
+    added = conn.execute(
         sa.text(
             "INSERT INTO phone_numbers (phone_number_id, organisation_id, messages_per_second)"
-            " VALUES (:p, :o, :r) ON CONFLICT (phone_number_id) DO NOTHING"
+            " VALUES (:p, :o, :r) ON CONFLICT (phone_number_id) DO NOTHING RETURNING 1"
         ),
         {"p": phone_number_id, "o": organisation_id, "r": messages_per_second},
-    )
+    ).first()
+    return added is not None
 
 
 def create_template(

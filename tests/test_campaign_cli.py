@@ -69,3 +69,25 @@ def test_cli_errors_are_one_line(capsys, database_url, stack, tmp_path):
     code, _, err = run(capsys, "create", str(tmp_path / "missing.json"))
     assert code == 1 and "no such file" in err
     assert "Traceback" not in err
+
+
+def test_organisations_contacts_and_consent_through_the_cli(capsys, database_url, stack, tmp_path):
+    _, shop, _ = run(capsys, "create-organisation", "--name", "Shop", "--phone-number-id", "555000")
+    code, _, err = run(
+        capsys, "create-organisation", "--name", "Copy", "--phone-number-id", "555000"
+    )
+    assert code == 1 and "555000 already belongs to organisation" in err
+    _, listed, _ = run(capsys, "organisations", "--phone-number-id", "555000")
+    assert [o["id"] for o in listed] == [shop["id"]]
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("phone,name,opted_out\n+12025550100,Ada,true\n")
+    assert run(capsys, "upload-contacts", shop["id"], str(contacts))[1]["opted_out"] == 1
+    _, [ada], _ = run(capsys, "contacts", shop["id"], "--phone", "+12025550100")
+    assert ada["opted_out"] is True
+    assert [e["source"] for e in ada["consent_history"]] == ["csv"]
+    opt_in = ["consent", shop["id"], str(ada["id"]), "--scope", "campaigns", "--opted-out", "false"]
+    code, _, err = run(capsys, *opt_in)
+    assert code == 1 and "by: is required" in err and "reason: is required" in err
+    _, state, _ = run(capsys, *opt_in, "--by", "ops@shop", "--reason", "asked in store")
+    assert (state["changed"], state["opted_out"]) == (True, False)
+    assert state["consent_history"][0]["actor"] == "ops@shop"

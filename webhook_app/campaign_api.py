@@ -2,7 +2,8 @@
 `resources.campaign_admin`, which the CLI calls too.
 
 Bad input answers 422 with every problem listed, a missing row 404, a refused status change
-409; CSV uploads take the file as the request body (`Content-Type: text/csv`).
+or a taken phone number ID 409; CSV uploads take the file as the request body
+(`Content-Type: text/csv`).
 """
 
 from __future__ import annotations
@@ -173,6 +174,38 @@ async def process_messages(request: Request) -> Any:
     )
 
 
+@operation(200)
+async def list_organisations(request: Request) -> Any:
+    return await run_in_threadpool(
+        admin.list_organisations,
+        _engine(request),
+        request.query_params.get("phone_number_id") or None,
+    )
+
+
+@operation(200)
+async def find_contacts(request: Request) -> Any:
+    query = request.query_params
+    return await run_in_threadpool(
+        admin.find_contacts,
+        _engine(request),
+        _path(request, "organisation_id"),
+        query.get("phone"),
+        query.get("user_id"),
+    )
+
+
+@operation(200)
+async def set_consent(request: Request) -> Any:
+    return await run_in_threadpool(
+        admin.set_consent,
+        _engine(request),
+        _path(request, "organisation_id"),
+        request.path_params["contact_id"],
+        await _json(request),
+    )
+
+
 @requires_admin
 async def sqs_status(request: Request) -> Response:
     try:
@@ -197,4 +230,11 @@ routes = [
     Route("/api/campaigns/{campaign_id:uuid}/approve", approve_campaign, methods=["POST"]),
     Route("/api/campaigns/{campaign_id:uuid}/status", campaign_status, methods=["GET"]),
     Route("/api/campaigns/{campaign_id:uuid}/process-messages", process_messages, methods=["POST"]),
+    Route("/api/organisations", list_organisations, methods=["GET"]),
+    Route("/api/organisations/{organisation_id:uuid}/contacts", find_contacts, methods=["GET"]),
+    Route(
+        "/api/organisations/{organisation_id:uuid}/contacts/{contact_id:int}/consent",
+        set_consent,
+        methods=["POST"],
+    ),
 ]
