@@ -159,9 +159,9 @@ class LocalAWS:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         from moto.server import ThreadedMotoServer
 
-        from pipelines.moto_sqs import serialise_queue_operations
+        from pipelines.moto_sqs import patch_sqs
 
-        serialise_queue_operations()
+        patch_sqs()
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         if port and not port_is_free(host, port):
             raise StackError(

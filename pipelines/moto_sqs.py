@@ -1,9 +1,17 @@
-"""Makes moto's SQS safe for concurrent consumers, for the local stack and the benchmarks.
+"""Makes moto's SQS fit to stand in for SQS: safe for concurrent consumers, and as fast at
+thousands of messages as at ten. The local stack (`make dev`, the tests) and the
+benchmarks' server both patch it with `patch_sqs()`, so every local queue behaves alike.
 
-moto's queues are not thread-safe. Its server runs each request in a thread of its own, and
-two receives at once could hand one message to both consumers, lose others, or count extra
-receives until a message went to the DLQ. One lock now serialises the operations on
-messages; a long poll waits for messages outside it, as SQS's does.
+- moto's queues are not thread-safe. Its server runs each request in a thread of its own,
+  and two receives at once could hand one message to both consumers, lose others, or count
+  extra receives until a message went to the DLQ. One lock now serialises the operations
+  on messages; a long poll waits for messages outside it, as SQS's does.
+- moto computes every queue attribute (three full scans of the queue) for each message
+  sent or received, which made a queue of n messages cost n² (2,000 payloads took minutes
+  to enqueue); here only when a client asks for them with GetQueueAttributes. It also reads
+  the clock once per message of each scan (here once per scan), lists its own package
+  directory on every request (here once) and converts the same attribute names from
+  camelCase on every message (here remembered).
 """
 
 from __future__ import annotations
@@ -27,15 +35,21 @@ _OPERATIONS = (
 )
 
 
-def serialise_queue_operations() -> None:
-    """Patch moto's SQS backend in this process (once; later calls do nothing)."""
+def patch_sqs() -> None:
+    """Patch moto's SQS in this process (once; later calls do nothing)."""
     from moto.sqs.models import SQSBackend
 
-    if getattr(SQSBackend, "_serialised", False):
+    if getattr(SQSBackend, "_patched", False):
         return
+    _serialise(SQSBackend)
+    _count_on_demand()
+    SQSBackend._patched = True
+
+
+def _serialise(backend: type) -> None:
     for name in _OPERATIONS:
-        setattr(SQSBackend, name, _locked(getattr(SQSBackend, name)))
-    receive = _locked(SQSBackend.receive_message)
+        setattr(backend, name, _locked(getattr(backend, name)))
+    receive = _locked(backend.receive_message)
 
     def receive_message(self, queue_name: str, count: int, wait_seconds: int, *args, **kwargs):
         deadline = time.monotonic() + wait_seconds
@@ -46,8 +60,54 @@ def serialise_queue_operations() -> None:
                 return received
             self.get_queue(queue_name).wait_for_messages(min(left, 1.0))
 
-    SQSBackend.receive_message = receive_message
-    SQSBackend._serialised = True
+    backend.receive_message = receive_message
+
+
+def _count_on_demand() -> None:
+    from moto import backends
+    from moto.core import responses, utils
+    from moto.sqs import models
+    from moto.sqs import responses as sqs_responses
+
+    def visible(queue) -> list:
+        now = utils.unix_time_millis()
+        return [m for m in queue._messages if now > m.visible_at and now >= m.delayed_until]
+
+    def delayed(queue) -> int:
+        now = utils.unix_time_millis()
+        return sum(now < m.delayed_until for m in queue._messages)
+
+    def not_visible(queue) -> int:
+        now = utils.unix_time_millis()
+        return sum(now <= m.visible_at for m in queue._messages)
+
+    models.Queue.messages = property(visible)
+    asked = threading.local()
+    for name, count in (
+        ("approximate_number_of_messages", lambda queue: len(queue.messages)),
+        ("approximate_number_of_messages_delayed", delayed),
+        ("approximate_number_of_messages_not_visible", not_visible),
+    ):
+        setattr(
+            models.Queue,
+            name,
+            property(lambda queue, count=count: count(queue) if getattr(asked, "on", False) else 0),
+        )
+    get_attributes = sqs_responses.SQSResponse.get_queue_attributes
+
+    def get_queue_attributes(self):
+        asked.on = True
+        try:
+            return get_attributes(self)
+        finally:
+            asked.on = False
+
+    sqs_responses.SQSResponse.get_queue_attributes = get_queue_attributes
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+    remembered = functools.lru_cache(maxsize=None)(utils.camelcase_to_underscores)
+    models.camelcase_to_underscores = remembered
+    responses.camelcase_to_underscores = remembered
 
 
 def _locked(method: Callable[..., Any]) -> Callable[..., Any]:

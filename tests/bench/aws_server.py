@@ -1,20 +1,11 @@
 """The local SQS and S3 server for benchmarks: moto in a process of its own.
 
 In its own process it shares no interpreter lock with what is measured, and its CPU and
-memory are not counted. moto also pays per-request costs that do not depend on the client
-and that would make a benchmark measure moto instead:
-- it computes every queue attribute, three full scans of the queue, for each message sent
-  or received; here only when a client asks for them with GetQueueAttributes;
-- it reads the clock (a few datetime objects) once per message for each scan of a queue,
-  which at 200,000 messages makes one GetQueueAttributes outlast a client's read timeout;
-  here once per scan;
-- it lists its own package directory (one `stat` per service) on every request; here once;
-- it converts the same attribute names from camelCase on every message; here remembered;
-- it logs every request line; here not;
-- its web server (werkzeug's) closes the connection after every answer, so that each call
-  paid a TCP handshake and teardown, charged on loopback to the client's CPU; here uvicorn
-  serves it and keeps connections alive, as SQS does.
-It is also not thread-safe; `pipelines.moto_sqs` makes it so, as for the local stack.
+memory are not counted. Its SQS is patched as the local stack's is (`pipelines.moto_sqs`:
+thread-safe, and no per-message costs that would make a benchmark measure moto), and it
+does not log every request line. Its web server is uvicorn, which keeps connections alive
+as SQS does: werkzeug's closes the connection after every answer, so that each call paid a
+TCP handshake and teardown, charged on loopback to the client's CPU.
 
 Every side of a comparison talks to the same server.
 """
@@ -71,59 +62,14 @@ def aws_server() -> Iterator[str]:
 
 
 def _serve(port: int) -> None:
-    import functools
-    import threading
 
     import uvicorn
-    from moto import backends
-    from moto.core import responses, utils
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-    from moto.sqs import models
-    from moto.sqs import responses as sqs_responses
     from uvicorn.middleware.wsgi import WSGIMiddleware
 
-    from pipelines.moto_sqs import serialise_queue_operations
+    from pipelines.moto_sqs import patch_sqs
 
-    def visible(queue) -> list:
-        now = utils.unix_time_millis()
-        return [m for m in queue._messages if now > m.visible_at and now >= m.delayed_until]
-
-    def delayed(queue) -> int:
-        now = utils.unix_time_millis()
-        return sum(now < m.delayed_until for m in queue._messages)
-
-    def not_visible(queue) -> int:
-        now = utils.unix_time_millis()
-        return sum(now <= m.visible_at for m in queue._messages)
-
-    models.Queue.messages = property(visible)
-    asked = threading.local()
-    for name, count in (
-        ("approximate_number_of_messages", lambda queue: len(queue.messages)),
-        ("approximate_number_of_messages_delayed", delayed),
-        ("approximate_number_of_messages_not_visible", not_visible),
-    ):
-        setattr(
-            models.Queue,
-            name,
-            property(lambda queue, count=count: count(queue) if getattr(asked, "on", False) else 0),
-        )
-    get_attributes = sqs_responses.SQSResponse.get_queue_attributes
-
-    def get_queue_attributes(self):
-        asked.on = True
-        try:
-            return get_attributes(self)
-        finally:
-            asked.on = False
-
-    sqs_responses.SQSResponse.get_queue_attributes = get_queue_attributes
-    modules = tuple(backends.list_of_moto_modules())
-    backends.list_of_moto_modules = lambda: modules
-    remembered = functools.lru_cache(maxsize=None)(utils.camelcase_to_underscores)
-    models.camelcase_to_underscores = remembered
-    responses.camelcase_to_underscores = remembered
-    serialise_queue_operations()
+    patch_sqs()
     # A thread per concurrent request: long polls hold theirs for up to 20 s.
     app = WSGIMiddleware(DomainDispatcherApplication(create_backend_app), workers=64)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
