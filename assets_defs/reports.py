@@ -1,5 +1,6 @@
 """Delivery reports: what became of each campaign run's messages, refreshed while receipts
-arrive, and the check that surfaces messages a crashed sender left in `sending`."""
+arrive, and the checks that surface messages a crashed sender left in `sending` and circuit
+breakers that hold sending."""
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -9,10 +10,22 @@ import sqlalchemy as sa
 
 from pipelines.partitions import campaign_partitions, campaign_run_partitions, run_date_partitions
 from pipelines.sender.store import stuck_in_sending
-from resources import settings
+from resources import breakers, settings
 from resources.postgres import PostgresResource
 
-STAGES = ("queued", "sent", "delivered", "read", "failed", "replied", "pending", "sending")
+STAGES = (
+    "queued",
+    "sent",
+    "delivered",
+    "read",
+    "failed",
+    "skipped",
+    "cancelled",
+    "replied",
+    "pending",
+    "held",
+    "sending",
+)
 # Rows committed late carry an older `updated_at` than the cursor; re-reading this much
 # behind it catches them, and the run_key (run + last change) keeps repeats from re-running.
 CURSOR_OVERLAP_SECONDS = 60
@@ -23,6 +36,7 @@ class Funnel:
     campaign_run_id: int
     stages: dict[str, int]
     failed_by_code: list[tuple[str, str, int]]
+    held_by: list[tuple[str, int]]
 
 
 def delivery_funnel(conn: sa.Connection, campaign_run_id: int) -> Funnel:
@@ -33,7 +47,10 @@ def delivery_funnel(conn: sa.Connection, campaign_run_id: int) -> Funnel:
             " count(*) FILTER (WHERE delivered_at IS NOT NULL OR status IN ('delivered', 'read')) AS delivered,"
             " count(*) FILTER (WHERE read_at IS NOT NULL OR status = 'read') AS read,"
             " count(*) FILTER (WHERE status = 'failed') AS failed,"
-            " count(*) FILTER (WHERE status = 'pending') AS pending,"
+            " count(*) FILTER (WHERE status = 'skipped') AS skipped,"
+            " count(*) FILTER (WHERE status = 'cancelled') AS cancelled,"
+            " count(*) FILTER (WHERE status = 'pending' AND held_at IS NULL) AS pending,"
+            " count(*) FILTER (WHERE status = 'pending' AND held_at IS NOT NULL) AS held,"
             " count(*) FILTER (WHERE status = 'sending') AS sending,"
             " count(*) FILTER (WHERE sent_at IS NOT NULL AND EXISTS ("
             "   SELECT 1 FROM messages i WHERE i.direction = 'inbound'"
@@ -51,10 +68,19 @@ def delivery_funnel(conn: sa.Connection, campaign_run_id: int) -> Funnel:
         ),
         {"r": campaign_run_id},
     ).all()
+    held_by = conn.execute(
+        sa.text(
+            "SELECT COALESCE(status_reason, 'held'), count(*) FROM messages"
+            " WHERE campaign_run_id = :r AND status = 'pending' AND held_at IS NOT NULL"
+            " GROUP BY 1 ORDER BY 2 DESC"
+        ),
+        {"r": campaign_run_id},
+    ).all()
     return Funnel(
         campaign_run_id,
         {stage: getattr(stages, stage) for stage in STAGES},
         [(code, title or "", count) for code, title, count in failures],
+        [(reason, count) for reason, count in held_by],
     )
 
 
@@ -125,6 +151,15 @@ def campaign_delivery_report(
             **{stage: dg.MetadataValue.int(count) for stage, count in funnel.stages.items()},
             "funnel": _funnel_table(funnel),
             "failed_by_code": _failures_table(funnel),
+            "held_by": dg.MetadataValue.table(
+                records=[
+                    dg.TableRecord({"reason": reason, "messages": count})
+                    for reason, count in funnel.held_by
+                ],
+                schema=dg.TableSchema(
+                    columns=[dg.TableColumn("reason", "string"), dg.TableColumn("messages", "int")]
+                ),
+            ),
             "chart": dg.MetadataValue.md(_bar_chart(funnel)),
         }
     )
@@ -144,6 +179,44 @@ def messages_stuck_in_sending(postgres: PostgresResource) -> dg.AssetCheckResult
             "stuck_messages": len(stuck),
             "message_ids": dg.MetadataValue.text(", ".join(str(s.id) for s in stuck[:50])),
             "listing": dg.MetadataValue.text("waflow sender-stuck"),
+        },
+    )
+
+
+@dg.asset_check(asset=campaign_delivery_report, blocking=False)
+def no_open_circuit_breakers(postgres: PostgresResource) -> dg.AssetCheckResult:
+    """Fails while a circuit breaker holds sending: an error about the access token, the
+    account, a phone number or a template stopped a scope. Rate limits close by themselves
+    after a probe; the rest need the cause fixed and `POST /api/breakers/{id}/reset`."""
+    with postgres.engine.connect() as conn:
+        found = breakers.listing(conn)
+    return dg.AssetCheckResult(
+        passed=not found,
+        metadata={
+            "open_breakers": len(found),
+            "breakers": dg.MetadataValue.table(
+                records=[
+                    dg.TableRecord(
+                        {
+                            "id": b["id"],
+                            "scope": f"{b['scope']} {b['scope_key']}",
+                            "error": f"{b['error_code']} {b['error_title'] or ''}".strip(),
+                            "closes_by": b["closes_by"],
+                            "held_messages": b["held_messages"],
+                        }
+                    )
+                    for b in found
+                ],
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("id", "int"),
+                        dg.TableColumn("scope", "string"),
+                        dg.TableColumn("error", "string"),
+                        dg.TableColumn("closes_by", "string"),
+                        dg.TableColumn("held_messages", "int"),
+                    ]
+                ),
+            ),
         },
     )
 
@@ -204,6 +277,6 @@ def campaign_delivery_report_sensor(
 
 defs = dg.Definitions(
     assets=[campaign_delivery_report],
-    asset_checks=[messages_stuck_in_sending],
+    asset_checks=[messages_stuck_in_sending, no_open_circuit_breakers],
     sensors=[campaign_delivery_report_sensor],
 )

@@ -86,7 +86,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "WHATSAPP_ACCESS_TOKEN",
         None,
-        "Graph API bearer token. Unset: dev mode, nothing is sent and ids are `dev_{phone}_{template}`.",
+        "Graph API bearer token. Unset: dev mode, nothing is sent and ids are `dev_{phone}_{template}_{message id}`.",
         secret=True,
         required_in_production=True,
     ),
@@ -333,6 +333,24 @@ SETTINGS: tuple[Setting, ...] = (
         "A row in `sending` longer than this is reported as stuck (never re-sent automatically).",
         kind=float,
         low=0,
+    ),
+    Setting(
+        "SENDER_RELEASE_SECONDS",
+        "5",
+        "How often a sender re-queues held messages whose hold was lifted (a resumed campaign,"
+        " a closed circuit breaker, retried failures) and starts due breaker probes.",
+        kind=float,
+        low=0.1,
+        high=300,
+    ),
+    Setting(
+        "BREAKER_PROBE_SECONDS",
+        "60",
+        "Wait before a rate-limit circuit breaker lets one message through as a probe; it"
+        " doubles after each failed probe, up to an hour.",
+        kind=float,
+        low=1,
+        high=3600,
     ),
     # Webhook app: inbox processing, the conversation agent and operator handoff
     Setting(

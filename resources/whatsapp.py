@@ -1,14 +1,15 @@
 """WhatsApp Cloud API client (Graph API over aiohttp), shared by the sender worker and the webhook app.
 
 Without an access token the client is in dev mode (seed 2): nothing leaves the machine and
-the returned message ids look like `dev_{phone}_{template}`, so the whole flow runs offline.
+the returned message ids look like `dev_{phone}_{template}_{message id}` (unique per
+message, as real wamids are), so the whole flow runs offline.
 
 The requests run on the client's own event loop, in a thread of its own, and callers stay
 synchronous. A batch of sends is one hand-off to that thread, and its answers are awaited
 together. Sends are the sender worker's main cost per message: a thread per request paid
 for a wake-up and a lock hand-over on each, twice the CPU of the loop. The client never
 retries or follows redirects: a transport error reaches the caller as it happened (see
-`pipelines.sender.errors`).
+`resources.graph_errors`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
@@ -43,7 +45,8 @@ class Outgoing:
 
     A customer known only by WhatsApp's business-scoped user id is addressed with
     `recipient` (and an empty `to`). It leaves no earlier than `send_at`, a
-    `time.monotonic()` reading (the throughput limit's slot).
+    `time.monotonic()` reading (the throughput limit's slot). `key` is the caller's, for
+    its `Gate`.
     """
 
     to: str
@@ -51,6 +54,17 @@ class Outgoing:
     phone_number_id: str | None = None
     recipient: str | None = None
     send_at: float = 0.0
+    key: Any = None
+
+
+class Gate(Protocol):
+    """Consulted by `send_many` on the client's event loop: `check` just before a message
+    leaves (an exception returned is its result, and nothing is sent), `observe` with each
+    result as it arrives, before the batch is over."""
+
+    def check(self, outgoing: Outgoing) -> Exception | None: ...
+
+    def observe(self, outgoing: Outgoing, result: SentMessage | Exception) -> None: ...
 
 
 class GraphAPIError(Exception):
@@ -125,14 +139,26 @@ class WhatsAppClient:
             raise result
         return result
 
-    def send_many(self, outgoing: Sequence[Outgoing]) -> list[SentMessage | Exception]:
+    def send_many(
+        self, outgoing: Sequence[Outgoing], gate: Gate | None = None
+    ) -> list[SentMessage | Exception]:
         """Send messages concurrently, each at its `send_at`; returns, in order, what each
-        came to: its `SentMessage`, or the error it met (`GraphAPIError`, or aiohttp's)."""
+        came to: its `SentMessage`, or the error it met (`GraphAPIError`, aiohttp's, or
+        what the gate stopped it with)."""
         if not outgoing:  # a batch of duplicates: no hand-off, nor a loop to start
             return []
 
+        async def one(item: Outgoing) -> SentMessage | Exception:
+            try:
+                result: SentMessage | Exception = await self._send(item, gate)
+            except Exception as error:
+                result = error
+            if gate is not None:
+                gate.observe(item, result)
+            return result
+
         async def all_of() -> list[SentMessage | Exception]:
-            return await asyncio.gather(*map(self._send, outgoing), return_exceptions=True)
+            return await asyncio.gather(*map(one, outgoing))
 
         return self._run(all_of())
 
@@ -179,14 +205,19 @@ class WhatsAppClient:
             self._thread.join()
             loop.close()
 
-    async def _send(self, outgoing: Outgoing) -> SentMessage:
+    async def _send(self, outgoing: Outgoing, gate: Gate | None = None) -> SentMessage:
         delay = outgoing.send_at - asyncio.get_running_loop().time()
         if delay > 0:
             await asyncio.sleep(delay)
+        refusal = gate.check(outgoing) if gate is not None else None
+        if refusal is not None:
+            raise refusal
         if self.dev_mode:
             label = outgoing.message.get("template", {}).get("name") or outgoing.message["type"]
             address = outgoing.to or outgoing.recipient or ""
-            return SentMessage(wamid=f"dev_{address.lstrip('+')}_{label}")
+            # Our message id, or (for a reply, which has none) a random one: never repeated.
+            unique = outgoing.message.get("biz_opaque_callback_data") or uuid.uuid4().hex[:16]
+            return SentMessage(wamid=f"dev_{address.lstrip('+')}_{label}_{unique}")
         address = {"to": outgoing.to} if outgoing.to else {"recipient": outgoing.recipient}
         body = {
             "messaging_product": "whatsapp",

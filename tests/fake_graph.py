@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,8 +50,13 @@ class FakeGraph:
     delay_seconds: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     request_times: list[float] = field(default_factory=list)
+    # The error code each request was answered with, None for an accepted message.
+    answers: list[int | None] = field(default_factory=list)
     media: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     _failures: list[Failure] = field(default_factory=list)
+    _rules: list[tuple[Callable[[dict[str, Any], int], bool], Failure]] = field(
+        default_factory=list
+    )
     _ids: itertools.count = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -62,6 +68,22 @@ class FakeGraph:
         """Answer the next requests with these failures, in order, then succeed again."""
         with self._lock:
             self._failures.extend(failures)
+
+    def fail_when(self, rule: Callable[[dict[str, Any], int], bool], failure: Failure) -> None:
+        """Answer with `failure` every request for which `rule(body, earlier_requests)`
+        holds, until `recover()` (e.g. an expired token after 100 sends, a paused template)."""
+        with self._lock:
+            self._rules.append((rule, failure))
+
+    def accepted(self) -> list[dict[str, Any]]:
+        """The requests answered with a message id."""
+        with self._lock:
+            return [r for r, code in zip(self.requests, self.answers, strict=True) if code is None]
+
+    def recover(self) -> None:
+        with self._lock:
+            self._rules.clear()
+            self._failures.clear()
 
     def app(self) -> Starlette:
         return Starlette(
@@ -94,9 +116,12 @@ class FakeGraph:
         if problem:
             return _error(400, 100, f"Invalid parameter: {problem}")
         with self._lock:
+            earlier = len(self.requests)
             self.requests.append(body)
             self.request_times.append(time.time())
             failure = self._failures.pop(0) if self._failures else None
+            failure = failure or next((f for rule, f in self._rules if rule(body, earlier)), None)
+            self.answers.append(failure.code if failure else None)
             number = next(self._ids)
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)

@@ -20,7 +20,13 @@ from resources.whatsapp import WhatsAppClient
 
 PHONE_NUMBER_ID = "1234567890"
 TEST_CONFIG = SenderConfig(
-    lanes=2, visibility_seconds=10, wait_seconds=1, retry_base_seconds=1, limit_wait_seconds=1
+    lanes=2,
+    visibility_seconds=10,
+    wait_seconds=1,
+    retry_base_seconds=1,
+    limit_wait_seconds=1,
+    release_seconds=0.2,
+    probe_seconds=1,
 )
 
 
@@ -84,7 +90,24 @@ def make_run(
             {"r": run_id, "p": PHONE_NUMBER_ID, "c": campaign},
         ).all()
     rows = sorted(rows, key=lambda r: r.id)
-    return Run(str(org), str(campaign), run_id, [r.id for r in rows], [r.peer_phone for r in rows])
+    run = Run(str(org), str(campaign), run_id, [r.id for r in rows], [r.peer_phone for r in rows])
+    # Stored with the row, as dispatch does: what a held row is queued again from.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE messages m SET payload = CAST(v.body AS jsonb)"
+                " FROM unnest(CAST(:ids AS bigint[]), CAST(:bodies AS text[])) AS v(id, body)"
+                " WHERE m.id = v.id"
+            ),
+            {
+                "ids": run.message_ids,
+                "bodies": [
+                    json.dumps({k: v for k, v in payload(run, i).items() if k != "messageId"})
+                    for i in range(len(rows))
+                ],
+            },
+        )
+    return run
 
 
 def payload(run: Run, index: int, **fields: Any) -> dict[str, Any]:

@@ -132,8 +132,12 @@ def test_whatsapp_client_refused_without_the_right_token(graph):
 def test_whatsapp_dev_mode_sends_nothing(graph):
     fake, resource = graph
     dev = resource.model_copy(update={"access_token": None})
-    sent = dev.client.send("+12025550100", {"type": "template", "template": {"name": "welcome"}})
-    assert sent.wamid == "dev_12025550100_welcome"
+    template = {"type": "template", "template": {"name": "welcome"}}
+    ours = dev.client.send("+12025550100", {**template, "biz_opaque_callback_data": "42"})
+    assert ours.wamid == "dev_12025550100_welcome_42"
+    # Without our id (a reply), a random one: two sends never share a wamid.
+    first, second = (dev.client.send("+12025550100", template) for _ in range(2))
+    assert first.wamid.startswith("dev_12025550100_welcome_") and first.wamid != second.wamid
     assert fake.requests == []
 
 

@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.sender import store
-from pipelines.sender.errors import ErrorClass, classify
 from pipelines.sender.payload import MalformedPayload, parse
 from pipelines.sender.worker import Worker
+from resources.graph_errors import ErrorClass, classify
 from resources.whatsapp import GraphAPIError
 from tests.fake_graph import Failure, FakeGraph, _validate
 from tests.sending import (
@@ -242,14 +242,14 @@ def test_a_connection_that_cannot_be_made_is_retried_like_a_5xx(engine, sqs):
     ("code", "title"),
     [
         (131026, "Message undeliverable"),
-        (132001, "Template name does not exist in the translation"),
-        (190, "Access token has expired"),
+        (100, "Invalid parameter"),
+        (131051, "Unsupported message type"),
         (131030, "Recipient phone number not in allowed list"),
     ],
 )
 def test_permanent_errors_fail_at_once_with_code_and_title(engine, sqs, graph, code, title):
     run = make_run(engine, 1)
-    graph.fail_next(Failure(code, title, http_status=401 if code == 190 else 400))
+    graph.fail_next(Failure(code, title))
     enqueue(sqs, [payload(run, 0)])
     drain(engine, sqs, client_for(graph.url))
     assert len(graph.requests) == 1
@@ -269,14 +269,18 @@ def test_permanent_errors_fail_at_once_with_code_and_title(engine, sqs, graph, c
         (133004, 503, ErrorClass.RETRYABLE),
         (131047, 400, ErrorClass.PERMANENT),
         (131051, 400, ErrorClass.PERMANENT),
-        (132000, 400, ErrorClass.PERMANENT),
         (132007, 400, ErrorClass.PERMANENT),
         (132012, 400, ErrorClass.PERMANENT),
-        (132015, 400, ErrorClass.PERMANENT),
-        (132016, 400, ErrorClass.PERMANENT),
+        (131050, 400, ErrorClass.PERMANENT),
         (100, 400, ErrorClass.PERMANENT),
-        (368, 403, ErrorClass.PERMANENT),
-        (250, 403, ErrorClass.PERMANENT),
+        (132000, 400, ErrorClass.BREAKER),
+        (132015, 400, ErrorClass.BREAKER),
+        (132016, 400, ErrorClass.BREAKER),
+        (190, 401, ErrorClass.BREAKER),
+        (368, 403, ErrorClass.BREAKER),
+        (131031, 400, ErrorClass.BREAKER),
+        (131048, 400, ErrorClass.BREAKER),
+        (250, 403, ErrorClass.BREAKER),
         (999999, 503, ErrorClass.RETRYABLE),
         (999999, 429, ErrorClass.RETRYABLE),
         (999999, 400, ErrorClass.PERMANENT),
@@ -444,6 +448,6 @@ def test_dev_mode_sends_nothing_and_records_dev_ids(engine, sqs, graph):
     drain(engine, sqs, client_for(graph.url, token=None))
     assert graph.requests == []
     assert row(engine, run.message_ids[0]).provider_message_id == (
-        f"dev_{run.phones[0].lstrip('+')}_offer"
+        f"dev_{run.phones[0].lstrip('+')}_offer_{run.message_ids[0]}"
     )
     assert statuses(engine, run) == {"sent": 2}

@@ -88,8 +88,7 @@ def send(
             "body": content.get("body") or content.get("caption"),
             "payload": json.dumps({**message, "wamid": sent.wamid}),
             "media": json.dumps(content) if kind != "text" else None,
-            # Dev mode ids (`dev_{to}_{type}`) repeat, so they are kept only in the payload.
-            "wamid": None if client.dev_mode else sent.wamid,
+            "wamid": sent.wamid,
         },
     ).scalar_one()
 

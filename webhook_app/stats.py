@@ -1,7 +1,9 @@
 """`GET /health` and `GET /stats`: is this instance able to work, and what has it done.
 
 The worker processes report through their heartbeat rows (`webhook_workers`): a process
-whose last beat is older than `STALE_SECONDS` counts as gone.
+whose last beat is older than `STALE_SECONDS` counts as gone. Both also show the open
+circuit breakers: sending is held in their scopes. An open breaker does not make this
+instance unhealthy (it receives webhooks as before), so it does not change the status code.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from resources import breakers
 from webhook_app import buffer
 from webhook_app.runtime import Runtime
 
@@ -40,12 +43,12 @@ def _inbox(conn: sa.Connection) -> dict:
 async def health(request: Request) -> JSONResponse:
     runtime: Runtime = request.app.state.webhook
 
-    def check() -> tuple[dict, list[sa.Row]]:
+    def check() -> tuple[dict, list[sa.Row], list[dict]]:
         with runtime.engine.connect() as conn:
-            return _inbox(conn), _live_workers(conn)
+            return _inbox(conn), _live_workers(conn), _breakers(conn)
 
     try:
-        inbox, live = await run_in_threadpool(check)
+        inbox, live, open_breakers = await run_in_threadpool(check)
     except sa.exc.SQLAlchemyError as error:
         reason = str(error.orig if hasattr(error, "orig") else error).splitlines()[0]
         return JSONResponse({"status": "unavailable", "database": reason}, status_code=503)
@@ -58,9 +61,29 @@ async def health(request: Request) -> JSONResponse:
             "database": "ok",
             "inbox": inbox,
             "workers": workers,
+            "sending": _sending(open_breakers),
         },
         status_code=200 if healthy else 503,
     )
+
+
+def _breakers(conn: sa.Connection) -> list[dict]:
+    return [
+        {
+            "id": b.id,
+            "scope": b.scope,
+            "scope_key": b.scope_key,
+            "error_code": b.error_code,
+            "error_title": b.error_title,
+            "closes_by": b.closes_by,
+            "opened_at": b.opened_at.isoformat(),
+        }
+        for b in breakers.open_breakers(conn)
+    ]
+
+
+def _sending(open_breakers: list[dict]) -> dict:
+    return {"status": "held" if open_breakers else "ok", "open_breakers": open_breakers}
 
 
 async def stats(request: Request) -> JSONResponse:
@@ -87,6 +110,7 @@ async def stats(request: Request) -> JSONResponse:
                 ).all()
             )
             return {
+                "sending": _sending(_breakers(conn)),
                 "buffer": {"active_buffers": buffer.active_buffers(conn)},
                 "inbox": {s: states.get(s, 0) for s in ("pending", "processed", "failed")},
                 "replies_sent": replies,

@@ -50,6 +50,8 @@ class Outgoing:
     run_id: int
     to: str
     body: str
+    # FIFO deduplication id; the run and member when unset (a re-queued row needs another).
+    dedup_id: str | None = None
 
 
 @dataclass
@@ -80,7 +82,7 @@ def entry(message: Outgoing, fifo: bool) -> dict[str, str]:
     item = {"Id": str(message.message_id), "MessageBody": message.body}
     if fifo:
         item["MessageGroupId"] = hashlib.sha256(message.to.encode()).hexdigest()[:32]
-        item["MessageDeduplicationId"] = f"{message.run_id}-{message.member_id}"
+        item["MessageDeduplicationId"] = message.dedup_id or f"{message.run_id}-{message.member_id}"
     return item
 
 

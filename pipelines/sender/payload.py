@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from resources.breakers import template_key
 from resources.phone import is_e164
 
 MEDIA_TYPES = frozenset({"image", "video", "document", "audio"})
@@ -34,6 +35,8 @@ class Payload:
     to: str
     kind: str
     graph: dict[str, Any]
+    # The circuit-breaker scopes the message falls in: (scope, key) pairs.
+    scopes: tuple[tuple[str, str], ...] = ()
 
     @property
     def business_initiated(self) -> bool:
@@ -75,7 +78,11 @@ def _parse(data: dict[str, Any], message_id: int) -> Payload:
             f"messageType {kind!r} is not template, text, image, video, document or audio"
         )
     graph = {"type": kind, kind: content, "biz_opaque_callback_data": str(message_id)}
-    return Payload(message_id, phone_number_id, organisation_id, to, kind, graph)
+    scopes = [("app", "*"), ("account", organisation_id), ("phone_number", phone_number_id)]
+    if kind == "template":
+        name, language = content["name"], content["language"]["code"]
+        scopes.append(("template", template_key(organisation_id, name, language)))
+    return Payload(message_id, phone_number_id, organisation_id, to, kind, graph, tuple(scopes))
 
 
 def _text(data: dict[str, Any], key: str) -> str:

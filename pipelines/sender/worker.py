@@ -16,21 +16,26 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipelines.sender import store
-from pipelines.sender.errors import ErrorClass, classify
+from pipelines.sender import release, store
+from pipelines.sender.gate import BreakerView, Held, Trip, trip_of
 from pipelines.sender.payload import MalformedPayload, Payload, parse
-from resources import settings
+from resources import breakers, consent, settings
+from resources.breakers import Breaker
+from resources.graph_errors import MARKETING_STOPPED, ErrorClass, classify
 from resources.queue import SQSResource
 from resources.whatsapp import Outgoing, SentMessage, WhatsAppClient
 
 log = logging.getLogger("waflow.sender")
 
 MAX_VISIBILITY_SECONDS = 12 * 3600  # SQS's ceiling
+# Errors the same statement would meet again: retrying them would stall a lane for ever.
+NEVER_PASSES = (sa.exc.IntegrityError, sa.exc.DataError)
 RECEIVE_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId"]
 T = TypeVar("T")
 
@@ -43,6 +48,8 @@ class SenderConfig:
     max_attempts: int = 3
     retry_base_seconds: float = 10.0
     limit_wait_seconds: float = 300.0
+    release_seconds: float = 5.0
+    probe_seconds: float = 60.0
 
     @classmethod
     def from_env(cls) -> SenderConfig:
@@ -53,6 +60,8 @@ class SenderConfig:
             max_attempts=settings.number("SENDER_MAX_ATTEMPTS"),
             retry_base_seconds=settings.number("SENDER_RETRY_BASE_SECONDS"),
             limit_wait_seconds=settings.number("SENDER_LIMIT_WAIT_SECONDS"),
+            release_seconds=settings.number("SENDER_RELEASE_SECONDS"),
+            probe_seconds=settings.number("BREAKER_PROBE_SECONDS"),
         )
 
 
@@ -75,13 +84,16 @@ class Worker:
         client: WhatsAppClient,
         config: SenderConfig | None = None,
     ) -> None:
+        self.engine = engine
         self.store = store.Store(engine)
+        self.view = BreakerView(engine)
         self.sqs = sqs
         self.client = client
         self.config = config or SenderConfig()
         self.stats: Counter[str] = Counter()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        self._refusals: set[str] = set()
 
     def stop(self) -> None:
         """Stop receiving; lanes finish and record what is in flight, then return."""
@@ -93,11 +105,14 @@ class Worker:
             threading.Thread(target=self._lane, args=(drain,), name=f"lane-{i}", daemon=True)
             for i in range(self.config.lanes)
         ]
-        for lane in lanes:
-            lane.start()
+        releaser = threading.Thread(target=self._releaser, name="release", daemon=True)
+        for thread in (*lanes, releaser):
+            thread.start()
         for lane in lanes:
             while lane.is_alive():
                 lane.join(timeout=0.5)
+        self._stopping.set()  # drained: the releaser stops too
+        releaser.join()
         self.store.close()
         return self.stats
 
@@ -140,6 +155,21 @@ class Worker:
                 log.exception("unexpected error in a batch; the payloads come back")
                 self._stopping.wait(2.0)
 
+    def _releaser(self) -> None:
+        """Re-queue held rows whose hold was lifted, and start due breaker probes."""
+        while not self._stopping.wait(self.config.release_seconds):
+            try:
+                self.view.refresh(force=True)  # the lanes see a closed breaker as closed
+                released = release.release_due(self.engine, self.sqs)
+            except (sa.exc.DBAPIError, BotoCoreError, ClientError) as error:
+                log.warning("cannot re-queue held messages yet: %s", error)
+                continue
+            except Exception:
+                log.exception("unexpected error while re-queueing held messages")
+                continue
+            if released:
+                self._count("released_from_hold", released)
+
     def _queue_is_empty(self) -> bool:
         depth = self.sqs.depth()
         return depth.visible + depth.in_flight + depth.delayed == 0
@@ -151,6 +181,7 @@ class Worker:
                 jobs.append(Job(message, parse(message["Body"])))
             except MalformedPayload as error:
                 self._dead_letter(message, str(error), error.message_id)
+        jobs = self._hold_blocked(jobs)
         jobs = self._admit(jobs)
         if not jobs:
             return
@@ -168,7 +199,13 @@ class Worker:
             # pop: a second copy of a payload in the same batch is a duplicate too
             row = claimed.pop(job.payload.message_id, None)
             if row is None:
-                self._count("duplicates")  # already sent, sending or failed: never twice
+                self._count("duplicates")  # already sent, sending, failed or held: never twice
+                self._settle_probe(job.payload.message_id, None)
+                done.append(job.receipt)
+            elif row.verdict is not None:
+                # Skipped (consent withdrawn) or held (campaign paused): nothing is sent.
+                self._count("held_paused" if row.verdict == store.PAUSED else "skipped")
+                self._settle_probe(row.id, None)
                 done.append(job.receipt)
             elif row.peer_phone != job.payload.to:
                 outcomes.append(_failure(row.id, None, "payload recipient differs from the row's"))
@@ -193,15 +230,19 @@ class Worker:
                     job.payload.graph,
                     job.payload.phone_number_id,
                     send_at=job.send_at,
+                    key=job.payload,
                 )
                 for job, _ in sending
-            ]
+            ],
+            gate=self.view,
         )
-        retry, dead = [], []
+        retry, dead, stopped = [], [], []
         for (job, row), result in zip(sending, results, strict=True):
-            outcome, action = self._judge(row, result)
+            outcome, action = self._judge(job.payload, row, result)
             if outcome is not None:
                 outcomes.append(outcome)
+            if outcome is not None and outcome.error_code == MARKETING_STOPPED:
+                stopped.append(row.id)
             if action == "retry":
                 retry.append(
                     (job.message, self.config.retry_base_seconds * 2 ** (row.attempts - 1))
@@ -211,6 +252,10 @@ class Worker:
             else:
                 done.append(job.receipt)
         self._record(outcomes)
+        for (job, _), result in zip(sending, results, strict=True):
+            self._settle_probe(job.payload.message_id, result)
+        if stopped:
+            self._persist("record marketing opt-outs", lambda: self._marketing_stopped(stopped))
         self._delete(done)
         for message, delay in retry:
             self._postpone([message], delay)
@@ -223,25 +268,173 @@ class Worker:
             )
 
     def _judge(
-        self, row: store.Claimed, result: SentMessage | Exception
+        self, payload: Payload, row: store.Claimed, result: SentMessage | Exception
     ) -> tuple[store.Outcome | None, str]:
         """What a send came to: the row's outcome and what to do with the SQS message."""
         if isinstance(result, SentMessage):
             self._count("sent")
             return store.Outcome(row.id, "sent", wamid=result.wamid), "delete"
+        if isinstance(result, Held):
+            self._count("held_by_breaker")
+            return self._hold(row.id, result.breaker, None, None), "delete"
         verdict = classify(result)
         if verdict.kind is ErrorClass.AMBIGUOUS:
             self._count("ambiguous")
             log.warning("message %s: %s; left in sending, not retried", row.id, verdict.title)
             return None, "delete"
-        if verdict.kind is ErrorClass.RETRYABLE and row.attempts < self.config.max_attempts:
+        retries_left = row.attempts < self.config.max_attempts
+        if verdict.kind is ErrorClass.RETRYABLE and retries_left:
             self._count("retried")
             return store.Outcome(
                 row.id, "retry", error_code=verdict.code, error_title=verdict.title
             ), "retry"
+        if verdict.breaks is not None:
+            # An account-level error (or a rate limit that outlived its retries): the row
+            # waits for the scope's breaker to close instead of failing.
+            self._count("held_by_breaker")
+            trip = trip_of(payload, verdict.breaks, verdict.code, verdict.title)
+            return self._hold(row.id, self._trip(trip), verdict.code, verdict.title), "delete"
         self._count("failed")
         outcome = _failure(row.id, verdict.code, verdict.title)
         return outcome, "dead" if verdict.kind is ErrorClass.RETRYABLE else "delete"
+
+    def _hold(
+        self, message_id: int, breaker: Breaker, code: int | None, title: str | None
+    ) -> store.Outcome:
+        breaker = self._stored(breaker)
+        return store.Outcome(
+            message_id,
+            "hold",
+            error_code=code if code is not None else breaker.error_code,
+            error_title=title if title is not None else breaker.error_title,
+            error_detail=_hold_reason(breaker),
+            breaker_id=breaker.id,
+        )
+
+    def _hold_blocked(self, jobs: list[Job]) -> list[Job]:
+        """Hold the rows of payloads an open breaker covers (their payloads leave the queue),
+        except one that becomes the breaker's due probe; returns the rest."""
+        self._persist("read the circuit breakers", self.view.refresh)
+        held: dict[int, list[Job]] = {}
+        breakers_by_id: dict[int, Breaker] = {}
+        passing = []
+        for job in jobs:
+            breaker = self.view.blocking(job.payload)
+            if breaker is None or self._becomes_probe(breaker, job.payload.message_id):
+                passing.append(job)
+                continue
+            breaker = self._stored(breaker)
+            breakers_by_id[breaker.id] = breaker
+            held.setdefault(breaker.id, []).append(job)
+        for breaker_id, group in held.items():
+            ids = [job.payload.message_id for job in group]
+            reason = _hold_reason(breakers_by_id[breaker_id])
+            self._persist(
+                f"hold {len(ids)} rows",
+                lambda i=ids, r=reason, b=breaker_id: self.store.hold(i, b, r),
+            )
+            self._count("held_by_breaker", len(group))
+            self._delete([job.receipt for job in group])
+        return passing
+
+    def _becomes_probe(self, breaker: Breaker, message_id: int) -> bool:
+        if breaker.id == 0 or breaker.closes_by != "probe" or breaker.probe_at is None:
+            return False
+        if breaker.probe_message_id is not None or breaker.probe_at > datetime.now(UTC):
+            return False
+        with self.engine.begin() as conn:
+            won = breakers.claim_probe(conn, breaker.id, message_id)
+        if won:
+            self.view.probing(breaker, message_id)
+            log.info("circuit breaker %s: message %s goes as its probe", breaker.id, message_id)
+        return won
+
+    def _settle_probe(self, message_id: int, result: SentMessage | Exception | None) -> None:
+        """A probe's outcome: it went through (the breaker closes), met its breaker's error
+        again (the next probe waits twice as long), or said nothing (another may go)."""
+        breaker = self.view.probe_of(message_id)
+        if breaker is None:
+            return
+        verdict = None if result is None or isinstance(result, SentMessage) else classify(result)
+        with self.engine.begin() as conn:
+            if isinstance(result, SentMessage) or (
+                verdict is not None and verdict.kind is ErrorClass.PERMANENT
+            ):
+                breakers.close(conn, breaker.id, "probe", f"message {message_id} went through")
+                log.warning(
+                    "circuit breaker %s on %s closed: its probe went through",
+                    breaker.id,
+                    breaker.scope,
+                )
+            elif verdict is not None and verdict.breaks and verdict.breaks.scope == breaker.scope:
+                breakers.probe_failed(conn, breaker.id, self.config.probe_seconds)
+            else:
+                breakers.probe_inconclusive(conn, breaker.id)
+        self.view.refresh(force=True)
+
+    def _trip(self, trip: Trip) -> Breaker:
+        """Open (or find) the breaker in the database; logged once, when it opens."""
+
+        def store_it() -> tuple[Breaker, bool]:
+            with self.engine.begin() as conn:
+                return breakers.trip(
+                    conn,
+                    trip.scope,
+                    trip.scope_key,
+                    trip.code,
+                    trip.title,
+                    trip.closes_by,
+                    self.config.probe_seconds,
+                )
+
+        breaker, opened = self._persist(f"open a breaker on {trip.scope}", store_it)
+        if opened:
+            log.warning(
+                "circuit breaker %s opened on %s %s by error %s (%s): its sends are held until %s",
+                breaker.id,
+                trip.scope,
+                trip.scope_key,
+                trip.code,
+                trip.title,
+                "a probe goes through" if trip.closes_by == "probe" else "an operator resets it",
+            )
+        self.view.learn(breaker)
+        return breaker
+
+    def _stored(self, breaker: Breaker) -> Breaker:
+        """The breaker as the database has it: one this process saw open a moment ago (on
+        the client's loop) has no id yet."""
+        if breaker.id:
+            return breaker
+        return self._trip(
+            Trip(
+                breaker.scope,
+                breaker.scope_key,
+                breaker.error_code,
+                breaker.error_title or "",
+                breaker.closes_by,
+            )
+        )
+
+    def _marketing_stopped(self, message_ids: list[int]) -> None:
+        """Error 131050: the recipient stopped marketing messages; that is consent, kept."""
+        with self.engine.begin() as conn:
+            for message_id, contact_id in conn.execute(
+                sa.text("SELECT id, contact_id FROM messages WHERE id = ANY(:ids)"),
+                {"ids": message_ids},
+            ).all():
+                if contact_id is not None:
+                    consent.record(
+                        conn,
+                        consent.Change(
+                            contact_id,
+                            "marketing",
+                            True,
+                            "error_131050",
+                            reason="error 131050: the user stopped marketing messages",
+                            message_id=message_id,
+                        ),
+                    )
 
     def _admit(self, jobs: list[Job]) -> list[Job]:
         """Hold back template messages over their organisation's messaging limit."""
@@ -282,17 +475,41 @@ class Worker:
 
     def _record(self, outcomes: list[store.Outcome]) -> None:
         """Store the results: a sent message must get its row updated before its payload
-        leaves the queue."""
-        self._persist(f"record {len(outcomes)} results", lambda: self.store.record(outcomes))
+        leaves the queue. A result the database refuses for good (a unique or check
+        violation: it would refuse it again) fails its row with the reason instead of
+        stalling the lane; the batch's other results are stored one by one."""
+        try:
+            self._persist(f"record {len(outcomes)} results", lambda: self.store.record(outcomes))
+            return
+        except NEVER_PASSES:
+            pass
+        for outcome in outcomes:
+            try:
+                self._persist("record a result", lambda o=outcome: self.store.record([o]))
+            except NEVER_PASSES as error:
+                reason = _refusal(error)
+                if reason not in self._refusals:
+                    self._refusals.add(reason)
+                    log.error("the database refuses a send result for good: %s", reason)
+                self._count("unrecordable")
+                self._persist(
+                    "fail an unrecordable row",
+                    lambda o=outcome, r=reason: self.store.record(
+                        [_failure(o.message_id, o.error_code, "result not recorded", r)]
+                    ),
+                )
 
     def _persist(self, what: str, statement: Callable[[], T]) -> T:
-        """Run `statement` until the database takes it, waiting out an outage."""
+        """Run `statement` until the database takes it, waiting out an outage. An error
+        that can never pass (`NEVER_PASSES`) is raised at once."""
         delay = 0.5
         while True:
             try:
                 return statement()
+            except NEVER_PASSES:
+                raise
             except sa.exc.DBAPIError as error:
-                log.warning("cannot %s yet: %s", what, error)
+                log.warning("cannot %s yet: %s", what, _refusal(error))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -360,6 +577,18 @@ class Worker:
             return {}
         group = message.get("Attributes", {}).get("MessageGroupId") or "sender"
         return {"MessageGroupId": group, "MessageDeduplicationId": uuid.uuid4().hex}
+
+
+def _refusal(error: sa.exc.DBAPIError) -> str:
+    """The driver's message, first line: it names the constraint, and holds no values."""
+    return str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+
+
+def _hold_reason(breaker: Breaker) -> str:
+    return (
+        f"held: circuit breaker {breaker.id} on {breaker.scope} open"
+        f" (error {breaker.error_code}: {breaker.error_title})"
+    )
 
 
 def _receive_count(message: dict[str, Any]) -> int:

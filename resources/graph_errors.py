@@ -1,4 +1,5 @@
-"""Which failed sends are worth another attempt, decided by the Graph API error `code`.
+"""Graph API errors: which failed sends are worth another attempt, decided by the error
+`code`, and which concern the account rather than the recipient.
 
 WhatsApp answers its throughput and pair-rate errors (130429, 131056) and most others with
 HTTP 400, so the HTTP status says little; the code does. Source of the table: Meta's
@@ -8,14 +9,18 @@ HTTP 400, so the HTTP status says little; the code does. Source of the table: Me
 A network failure is retryable only when the request cannot have reached WhatsApp (the
 connection was never made); after the request left, WhatsApp may have accepted it, and a
 retry could reach the recipient twice, so such a row stays `sending` and is surfaced.
+
+Errors about the access token, the account, the phone number or the template are not the
+recipient's: every other row in that scope would fail the same way. `BREAKING` says which
+scope each opens a circuit breaker on (`resources.breakers`) and how it closes: rate limits
+by a probe, the rest by an operator's reset once the cause is fixed. Rate limits that can
+pass for one message are retried first and open their breaker only after the retries.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-
-import aiohttp
 
 from resources.whatsapp import GraphAPIError
 
@@ -24,6 +29,7 @@ class ErrorClass(Enum):
     RETRYABLE = "retryable"
     PERMANENT = "permanent"
     AMBIGUOUS = "ambiguous"
+    BREAKER = "breaker"
 
 
 R, P = ErrorClass.RETRYABLE, ErrorClass.PERMANENT
@@ -37,6 +43,7 @@ GRAPH_ERRORS: dict[int, tuple[ErrorClass, str]] = {
     131000: (R, "Something went wrong"),
     131016: (R, "Service unavailable"),
     131048: (R, "Spam rate limit hit"),
+    131057: (R, "Account in maintenance mode"),
     131056: (R, "Pair rate limit hit: too many messages to this recipient"),
     133004: (R, "Server temporarily unavailable"),
     0: (P, "AuthException: access token invalid or expired"),
@@ -56,6 +63,7 @@ GRAPH_ERRORS: dict[int, tuple[ErrorClass, str]] = {
     131045: (P, "Incorrect certificate"),
     131047: (P, "Re-engagement message: more than 24 hours since the customer last replied"),
     131049: (P, "Not delivered to maintain healthy ecosystem engagement"),
+    131050: (P, "User has stopped marketing messages"),
     131051: (P, "Unsupported message type"),
     131052: (P, "Media download error"),
     131053: (P, "Media upload error"),
@@ -66,9 +74,45 @@ GRAPH_ERRORS: dict[int, tuple[ErrorClass, str]] = {
     132012: (P, "Template parameter format mismatch"),
     132015: (P, "Template is paused"),
     132016: (P, "Template is disabled"),
+    133010: (P, "Phone number not registered"),
     135000: (P, "Generic user error"),
 }
 PERMISSION_CODES = range(200, 300)  # "API permission": not granted or revoked
+
+
+@dataclass(frozen=True)
+class Breaks:
+    """The circuit breaker an error opens: its scope, and what closes it."""
+
+    scope: str  # app | account | phone_number | template
+    closes_by: str  # probe | operator
+    after_retries: bool = False
+
+
+BREAKING: dict[int, Breaks] = {
+    # The access token or the app's permissions: nothing can be sent until they are fixed.
+    0: Breaks("app", "operator"),
+    10: Breaks("app", "operator"),
+    190: Breaks("app", "operator"),
+    4: Breaks("app", "probe", after_retries=True),
+    # The WhatsApp Business account.
+    368: Breaks("account", "operator"),
+    131031: Breaks("account", "operator"),
+    131042: Breaks("account", "operator"),
+    80007: Breaks("account", "probe", after_retries=True),
+    # The sending phone number.
+    131048: Breaks("phone_number", "probe"),
+    131057: Breaks("phone_number", "probe"),
+    130429: Breaks("phone_number", "probe", after_retries=True),
+    133010: Breaks("phone_number", "operator"),
+    # The template: the same name and language fail for every recipient.
+    132000: Breaks("template", "operator"),
+    132001: Breaks("template", "operator"),
+    132015: Breaks("template", "operator"),
+    132016: Breaks("template", "operator"),
+}
+# The recipient has stopped marketing messages: a consent fact, recorded as such.
+MARKETING_STOPPED = 131050
 
 
 @dataclass(frozen=True)
@@ -76,9 +120,14 @@ class Classified:
     kind: ErrorClass
     code: int | None
     title: str
+    breaks: Breaks | None = None
 
 
 def classify(error: Exception) -> Classified:
+    """What a send's error means: a Graph API error by its code, a network error by whether
+    the request can have left."""
+    import aiohttp  # loaded by whoever sends; the API and the assets only read the tables
+
     if isinstance(error, GraphAPIError):
         return _classify_graph(error)
     if isinstance(error, aiohttp.ClientConnectorError):  # refused, unreachable, unknown host
@@ -91,10 +140,35 @@ def classify(error: Exception) -> Classified:
 
 def _classify_graph(error: GraphAPIError) -> Classified:
     known = GRAPH_ERRORS.get(error.code) if error.code is not None else None
-    if known:
-        return Classified(known[0], error.code, error.title or known[1])
+    breaks = BREAKING.get(error.code) if error.code is not None else None
     if error.code in PERMISSION_CODES:
-        return Classified(P, error.code, error.title)
+        breaks = Breaks("app", "operator")
+    title = error.title or (known[1] if known else "")
+    if breaks and not breaks.after_retries:
+        return Classified(ErrorClass.BREAKER, error.code, title, breaks)
+    if known:
+        return Classified(known[0], error.code, title, breaks)
     # An unlisted code: trust the transport's hint (429 and 5xx are temporary).
     temporary = error.http_status == 429 or error.http_status >= 500
     return Classified(R if temporary else P, error.code, error.title)
+
+
+def retryable_on_request(code: int | None, title: str | None) -> bool:
+    """Whether a failed row (never accepted by WhatsApp) may be queued again on an
+    operator's request: its error could pass, or concerned the account, not the recipient.
+    A permanent recipient error never qualifies."""
+    if code is None:
+        return bool(title) and (title.startswith("network:") or title == "not queued")
+    if code in BREAKING or code in PERMISSION_CODES:
+        return True
+    known = GRAPH_ERRORS.get(code)
+    return known is not None and known[0] is ErrorClass.RETRYABLE
+
+
+def codes_retryable_on_request() -> list[int]:
+    """Every code for which `retryable_on_request` holds."""
+    return sorted(
+        {code for code, (kind, _) in GRAPH_ERRORS.items() if kind is ErrorClass.RETRYABLE}
+        | set(BREAKING)
+        | set(PERMISSION_CODES)
+    )
