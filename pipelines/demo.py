@@ -109,6 +109,14 @@ def dispatch_demo(engine: sa.Engine, campaign_id: UUID) -> None:
         )
 
 
+def next_sensor_tick(engine: sa.Engine) -> None:
+    """The campaign-run sensor's next tick: a run whose messages are all out completes,
+    and the one-off campaign with it."""
+    from assets_defs.dispatch.sensors import plan_tick
+
+    plan_tick(engine, datetime.now(UTC))
+
+
 def summary(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
     with engine.connect() as conn:
         campaign = campaigns.get_campaign(conn, campaign_id)
@@ -212,6 +220,7 @@ def run_demo() -> dict[str, Any]:
         generate_demo_media(campaign_id)
         dispatch_demo(postgres.engine, campaign_id)
         sending = send_queued(postgres.engine, campaign_id)
+        next_sensor_tick(postgres.engine)
         webhook_demo.run(postgres.engine, campaign_id)
         result = summary(postgres.engine, campaign_id)
         result.update(sending)

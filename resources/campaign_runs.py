@@ -3,6 +3,13 @@
 The sensor, the asset and the operator API all go through these functions, so "record the
 due run" and "finish a run" mean the same thing wherever they happen. The row's unique key
 (campaign, run date) makes two ticks, two daemons or an operator racing the sensor harmless.
+
+A run moves `pending → dispatching → dispatched → completed`: dispatched once every member
+is queued, failed or skipped; completed once none of its messages is waiting any more
+(pending, held or freshly sending). A campaign completes with its last occurrence's run,
+so `completed` never hides messages still on their way. A pause moves a campaign's
+unfinished runs to `paused`, and a resume back to `pending` with one more `resumes`,
+which gives the relaunch a run key of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ class CampaignRun:
     campaign_id: str
     run_date: date
     status: str
+    resumes: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,9 @@ class Schedule:
     end_at: datetime | None
 
 
-def run_key(campaign_id: str, run_date: date) -> str:
-    return f"dispatch-{campaign_id}-{run_date.isoformat()}"
+def run_key(campaign_id: str, run_date: date, resumes: int = 0) -> str:
+    key = f"dispatch-{campaign_id}-{run_date.isoformat()}"
+    return f"{key}-resume-{resumes}" if resumes else key
 
 
 def active_campaigns(conn: sa.Connection, after: str, limit: int) -> list[Schedule]:
@@ -86,7 +95,7 @@ def record_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> 
 def get_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> CampaignRun:
     row = conn.execute(
         sa.text(
-            "SELECT id, campaign_id::text, run_date, status FROM campaign_runs"
+            "SELECT id, campaign_id::text, run_date, status, resumes FROM campaign_runs"
             " WHERE campaign_id = :c AND run_date = :d"
         ),
         {"c": campaign_id, "d": run_date},
@@ -97,7 +106,7 @@ def get_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> Cam
 def pending_runs(conn: sa.Connection, limit: int) -> list[CampaignRun]:
     rows = conn.execute(
         sa.text(
-            "SELECT id, campaign_id::text, run_date, status FROM campaign_runs"
+            "SELECT id, campaign_id::text, run_date, status, resumes FROM campaign_runs"
             " WHERE status = 'pending' ORDER BY id LIMIT :limit"
         ),
         {"limit": limit},
@@ -126,11 +135,23 @@ def dispatch_lock(engine: sa.Engine, run_id: int) -> Iterator[None]:
             conn.commit()
 
 
+class Stopped(CannotRun):
+    """The campaign is paused or cancelled: its run waits (paused) or ends (cancelled)."""
+
+    def __init__(self, campaign_id: str, status: str) -> None:
+        super().__init__(f"campaign {campaign_id} is {status}")
+        self.status = status
+
+
 def start_run(conn: sa.Connection, run: CampaignRun) -> None:
-    """The run is dispatching and its campaign running; a paused or cancelled campaign refuses."""
+    """The run is dispatching and its campaign running; a paused or cancelled campaign
+    refuses (`Stopped`), and so does anything else that cannot run."""
     status = conn.execute(
         sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": run.campaign_id}
     ).scalar_one()
+    if status in ("paused", "cancelled"):
+        stop_run(conn, run.id, status)
+        raise Stopped(run.campaign_id, status)
     if status == "ready_to_launch":
         set_campaign_status(conn, run.campaign_id, "running")
     elif status != "running":
@@ -143,28 +164,71 @@ def start_run(conn: sa.Connection, run: CampaignRun) -> None:
     )
 
 
+def stop_run(conn: sa.Connection, run_id: int, campaign_status: str) -> None:
+    """A dispatch stopped by its campaign's pause or cancel: the run waits or ends with it."""
+    status = "paused" if campaign_status == "paused" else "cancelled"
+    conn.execute(
+        sa.text(
+            "UPDATE campaign_runs SET status = :s, status_reason = :why"
+            " WHERE id = :r AND status IN ('pending', 'dispatching', 'paused')"
+        ),
+        {"s": status, "why": f"campaign {campaign_status}", "r": run_id},
+    )
+
+
 def finish_run(
     conn: sa.Connection, run: CampaignRun, queued: int, failed: int, skipped: int
-) -> bool:
-    """Record the run's counts; the campaign completes after its last occurrence.
-    Returns whether it completed."""
+) -> None:
+    """Record the run's counts: every member is queued, failed or skipped."""
     conn.execute(
         sa.text(
             "UPDATE campaign_runs SET status = 'dispatched', queued = :q, failed = :f,"
-            " skipped = :s, dispatched_at = now() WHERE id = :r"
+            " skipped = :s, dispatched_at = now() WHERE id = :r AND status = 'dispatching'"
         ),
         {"q": queued, "f": failed, "s": skipped, "r": run.id},
     )
-    kind, start_at, end_at = conn.execute(
-        sa.text("SELECT recurrence, start_at, end_at FROM campaigns WHERE id = :c"),
-        {"c": run.campaign_id},
-    ).one()
-    last = recurrence.last_occurrence_date(kind, start_at, end_at)
-    # A one-off campaign is done after its run, even one an operator launched early.
-    if kind != "once" and (last is None or run.run_date < last):
-        return False
-    set_campaign_status(conn, run.campaign_id, "completed", "last occurrence dispatched")
-    return True
+
+
+def complete_runs(conn: sa.Connection, stuck_after_seconds: float) -> list[str]:
+    """Dispatched runs none of whose messages waits any more become `completed`, and a
+    campaign with its last occurrence's run; returns the campaigns that completed.
+
+    A row in `sending` longer than `stuck_after_seconds` no longer counts as waiting: it is
+    reported as stuck instead (it is never re-sent automatically)."""
+    finished = conn.execute(
+        sa.text(
+            "UPDATE campaign_runs r SET status = 'completed' WHERE r.status = 'dispatched'"
+            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.campaign_run_id = r.id"
+            "   AND (m.status = 'pending' OR (m.status = 'sending'"
+            "     AND m.sending_at > now() - make_interval(secs => :stuck))))"
+            " RETURNING r.campaign_id::text, r.run_date"
+        ),
+        {"stuck": stuck_after_seconds},
+    ).all()
+    completed = []
+    for campaign_id, run_date in finished:
+        status, kind, start_at, end_at = conn.execute(
+            sa.text(
+                "SELECT status, recurrence, start_at, end_at FROM campaigns WHERE id = :c"
+                " FOR UPDATE"
+            ),
+            {"c": campaign_id},
+        ).one()
+        last = recurrence.last_occurrence_date(kind, start_at, end_at)
+        # A one-off campaign is done after its run, even one an operator launched early.
+        if status != "running" or (kind != "once" and (last is None or run_date < last)):
+            continue
+        busy = conn.execute(
+            sa.text(
+                "SELECT 1 FROM campaign_runs WHERE campaign_id = :c"
+                " AND status NOT IN ('completed', 'failed', 'cancelled') LIMIT 1"
+            ),
+            {"c": campaign_id},
+        ).first()
+        if busy is None:
+            set_campaign_status(conn, campaign_id, "completed", "last occurrence sent")
+            completed.append(campaign_id)
+    return completed
 
 
 def fail_run(conn: sa.Connection, run_id: int, reason: str) -> None:
@@ -182,7 +246,7 @@ def complete_ended(conn: sa.Connection, campaign: Schedule, now: datetime) -> bo
     busy = conn.execute(
         sa.text(
             "SELECT 1 FROM campaign_runs WHERE campaign_id = :c"
-            " AND status IN ('pending', 'dispatching') LIMIT 1"
+            " AND status IN ('pending', 'dispatching', 'dispatched', 'paused') LIMIT 1"
         ),
         {"c": campaign.id},
     ).scalar_one_or_none()

@@ -15,7 +15,8 @@ CAMPAIGN_MOVES: dict[str, frozenset[str]] = {
     "running": frozenset({"completed", "paused", "cancelled", "failed"}),
     "paused": frozenset({"approved", "asset_generated", "ready_to_launch", "running", "cancelled"}),
     "failed": frozenset({"approved", "cancelled"}),
-    "completed": frozenset(),
+    # Retrying a completed campaign's failed rows reopens it until they are settled.
+    "completed": frozenset({"running"}),
     "cancelled": frozenset(),
 }
 
@@ -31,7 +32,8 @@ MEMBER_MOVES: dict[str, frozenset[str]] = {
 }
 
 # Receipts arrive out of order and more than once: a message only moves forwards, and
-# `failed` is final. `received` is the single status of inbound messages.
+# `failed`, `skipped` (consent withdrawn before sending) and `cancelled` (campaign cancelled
+# before sending) are final. `received` is the single status of inbound messages.
 MESSAGE_RANK: dict[str, int] = {
     "pending": 0,
     "sending": 1,
@@ -39,7 +41,10 @@ MESSAGE_RANK: dict[str, int] = {
     "delivered": 3,
     "read": 4,
     "failed": 5,
+    "skipped": 5,
+    "cancelled": 5,
 }
+FINAL_MESSAGE_STATUSES = frozenset({"failed", "skipped", "cancelled"})
 
 
 # The one backwards move of a message: an attempt that failed with a retryable error before
@@ -47,6 +52,11 @@ MESSAGE_RANK: dict[str, int] = {
 # `sending` to `pending`, so the next attempt claims it with the same compare-and-set.
 # A row whose request may have reached WhatsApp stays `sending`: it is never re-sent.
 RETRY_BEFORE_ACCEPTED: tuple[str, str] = ("sending", "pending")
+
+# The other one, on an operator's request only (retry-failed): a row that failed for a
+# reason that can pass (a retryable error, an account-level one) and that WhatsApp never
+# accepted goes back to `pending` to be queued again.
+RETRY_ON_REQUEST: tuple[str, str] = ("failed", "pending")
 
 
 def campaign_sources(target: str) -> list[str]:
@@ -59,6 +69,6 @@ def member_sources(target: str) -> list[str]:
 
 
 def message_may_move(current: str, new: str) -> bool:
-    if current == "failed":
+    if current in FINAL_MESSAGE_STATUSES:
         return False
     return MESSAGE_RANK[new] > MESSAGE_RANK[current]

@@ -171,6 +171,10 @@ def test_a_daily_campaign_runs_each_day_and_completes_after_its_last(engine, pos
         plan = plan_tick(engine, at(f"{day} 10:00"))
         assert [r.run_date.isoformat() for r in plan.to_launch] == [day]
         materialize_run(campaign_id, resources, run_date=date.fromisoformat(day))
+        assert campaign_status(engine, campaign_id) == "running"  # its messages are queued
+        with engine.begin() as conn:  # as the sender leaves them
+            conn.execute(sa.text("UPDATE messages SET status = 'sent'"))
+        plan_tick(engine, at(f"{day} 10:05"))
         status = campaign_status(engine, campaign_id)
         assert status == ("running" if day == "2026-03-01" else "completed")
     bodies = drain(sqs, expected=4)

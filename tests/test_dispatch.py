@@ -104,11 +104,16 @@ def test_a_template_campaign_is_queued_in_seed_3s_shape(engine, resources, sqs, 
     assert metadata["queue_depth_after"].value == 2
     check = result.get_asset_check_evaluations()[0]
     assert check.passed
-    # A one-off campaign completes after its run; the run row keeps the counts.
-    assert campaign_status(engine, campaign_id) == "completed"
+    # The run is dispatched; a one-off campaign completes once its messages are out.
+    assert campaign_status(engine, campaign_id) == "running"
     with engine.connect() as conn:
         run = conn.execute(sa.text("SELECT status, queued FROM campaign_runs")).one()
     assert tuple(run) == ("dispatched", 2)
+    with engine.begin() as conn:
+        assert runs.complete_runs(conn, 1800) == []
+        conn.execute(sa.text("UPDATE messages SET status = 'sent'"))
+        assert runs.complete_runs(conn, 1800) == [str(campaign_id)]
+    assert campaign_status(engine, campaign_id) == "completed"
 
 
 def test_text_and_media_payloads_and_presigned_urls(engine, resources, sqs, s3, tmp_path):
@@ -177,7 +182,7 @@ def test_bad_members_fail_or_are_skipped_and_are_never_queued(engine, resources,
     assert rows["+12025550103"] | {"msisdn": None} == {
         "msisdn": None,
         "status": "skipped",
-        "last_error": "contact opted out",
+        "last_error": "contact opted out of campaign messages",
     }
     twins = [rows["+12025550104"]["status"], rows["+1 202 555 0104"]["status"]]
     assert sorted(twins) == ["ready_to_send", "skipped"]

@@ -5,7 +5,7 @@ from datetime import date
 
 import dagster as dg
 
-from assets_defs.dispatch.dispatcher import Dispatch, load_spec, run_counts
+from assets_defs.dispatch.dispatcher import Dispatch, Halted, RunCounts, load_spec, run_counts
 from assets_defs.dispatch.payloads import MediaUrl
 from pipelines.partitions import campaign_run_partitions
 from resources import campaign_runs as runs
@@ -59,13 +59,16 @@ def dispatched_batches(
             run = runs.record_run(conn, campaign_id, run_date)
         except runs.CannotRun as error:
             raise dg.Failure(str(error)) from None
+    stopped_by = None
     with runs.dispatch_lock(engine, run.id):
-        with engine.begin() as conn:
-            try:
+        try:
+            with engine.begin() as conn:
                 runs.start_run(conn, run)
-            except runs.CannotRun as error:
-                raise dg.Failure(str(error)) from None
-            spec = load_spec(conn, campaign_id, settings.get("WHATSAPP_PHONE_NUMBER_ID"))
+                spec = load_spec(conn, campaign_id, settings.get("WHATSAPP_PHONE_NUMBER_ID"))
+        except runs.Stopped as error:
+            return _stopped(context, run.id, error.status, None)
+        except runs.CannotRun as error:
+            raise dg.Failure(str(error)) from None
         dispatch = Dispatch(
             engine,
             sqs,
@@ -78,18 +81,27 @@ def dispatched_batches(
         )
         try:
             stats = dispatch.run()
+        except Halted as halted:
+            stopped_by, stats = halted.status, dispatch.stats
+            with engine.begin() as conn:
+                runs.stop_run(conn, run.id, halted.status)
         except Exception as error:
             with engine.begin() as conn:
                 runs.fail_run(conn, run.id, f"{type(error).__name__}: {error}")
             raise
         with engine.begin() as conn:
             counts = run_counts(conn, campaign_id, run.id)
-            completed = runs.finish_run(conn, run, counts.queued, counts.failed, counts.skipped)
+            if stopped_by is None:
+                runs.finish_run(conn, run, counts.queued, counts.failed, counts.skipped)
+    if stopped_by is not None:
+        return _stopped(context, run.id, stopped_by, counts)
     depth = sqs.depth()
     accounted = counts.queued + counts.failed + counts.skipped
     return dg.MaterializeResult(
         metadata={
             "campaign_run_id": run.id,
+            "outcome": "dispatched",
+            "category": spec.category,
             "queued": counts.queued,
             "failed": counts.failed,
             "skipped": counts.skipped,
@@ -101,7 +113,6 @@ def dispatched_batches(
             "queue_depth_after": depth.visible,
             "queue_in_flight_after": depth.in_flight,
             "dead_letter_depth_after": depth.dead_letter,
-            "campaign_completed": completed,
         },
         check_results=[
             dg.AssetCheckResult(
@@ -109,6 +120,35 @@ def dispatched_batches(
                 passed=accounted == counts.eligible,
                 metadata={"accounted": accounted, "eligible": counts.eligible},
                 description="queued + failed + skipped = eligible members",
+            )
+        ],
+    )
+
+
+def _stopped(
+    context: dg.AssetExecutionContext, run_id: int, status: str, counts: RunCounts | None
+) -> dg.MaterializeResult:
+    """The run stopped because its campaign was paused or cancelled: say how far it got.
+    A paused run is launched again when the campaign resumes, and goes on from there."""
+    what = "waits for the campaign to resume" if status == "paused" else "ends with the campaign"
+    context.log.info(f"campaign run {run_id}: campaign {status}; the run {what}")
+    accounted = counts.queued + counts.failed + counts.skipped if counts else 0
+    return dg.MaterializeResult(
+        metadata={
+            "campaign_run_id": run_id,
+            "outcome": f"stopped: campaign {status}",
+            "queued": counts.queued if counts else 0,
+            "failed": counts.failed if counts else 0,
+            "skipped": counts.skipped if counts else 0,
+            "eligible": counts.eligible if counts else 0,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=ACCOUNTED_CHECK,
+                passed=False,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"accounted": accounted, "eligible": counts.eligible if counts else 0},
+                description=f"campaign {status} before every member was accounted for",
             )
         ],
     )

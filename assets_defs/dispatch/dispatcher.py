@@ -2,11 +2,14 @@
 
 Members are read in keyset pages. For each page one transaction stores a `pending` message row
 per valid member (unique per run and member) and marks invalid members `failed` and opted-out
-ones `skipped`; the new rows then go to SQS, several batches in flight, and the transaction that
-records SQS's answer sets `queued_at` and moves the members to `ready_to_send`. A run that
-was killed resumes by first sending its rows still pending without `queued_at`; a FIFO
-queue's deduplication id (run + member) covers rows sent just before the kill, and the sender
-refuses a row that is no longer `pending`.
+ones `skipped` (by the consent rules of the template's category); the new rows then go to SQS,
+several batches in flight, and the transaction that records SQS's answer sets `queued_at` and
+moves the members to `ready_to_send`. A run that was killed resumes by first sending its rows
+still pending without `queued_at`; a FIFO queue's deduplication id (run + member) covers rows
+sent just before the kill, and the sender refuses a row that is no longer `pending`.
+
+Between pages the run looks at its campaign: paused or cancelled, it stops there
+(`Halted`). What it stored and did not queue stays pending for the run that resumes it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from assets_defs.dispatch.payloads import (
     prepare,
     with_message_id,
 )
+from resources import consent
 from resources.queue import SQSResource
 from resources.status import member_sources
 
@@ -44,6 +48,14 @@ RECORD_EVERY = 200
 # Members a run may still send to: not yet decided, or sent by an earlier run of a recurring
 # campaign.
 CANDIDATE_STATUSES = ("pending", "asset_generated", "ready_to_send")
+
+
+class Halted(Exception):
+    """The campaign was paused or cancelled while its run was being dispatched."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"campaign {status}: dispatch stopped")
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,7 @@ def load_spec(conn: sa.Connection, campaign_id: str, default_phone_number_id: st
     row = conn.execute(
         sa.text(
             "SELECT c.id::text, c.organisation_id::text, c.message_type, c.phone_number_id,"
-            " c.message_content, c.media_caption, t.name, t.language, t.parameters"
+            " c.message_content, c.media_caption, t.name, t.language, t.parameters, t.category"
             " FROM campaigns c LEFT JOIN templates t ON t.id = c.template_id WHERE c.id = :c"
         ),
         {"c": campaign_id},
@@ -75,6 +87,7 @@ def load_spec(conn: sa.Connection, campaign_id: str, default_phone_number_id: st
         organisation_id=row[1],
         message_type=row[2],
         phone_number_id=row[3] or default_phone_number_id,
+        category=row[9] or "marketing",
         message_content=row[4],
         media_caption=row[5],
         template_name=row[6],
@@ -115,6 +128,7 @@ class Dispatch:
                 for rows in self._unqueued_pages():
                     self._submit(pool, rows)
                 for page in self._candidate_pages():
+                    self._check_campaign()
                     self._submit(pool, self._prepare(page))
                 self._settle(0)
             finally:
@@ -123,12 +137,21 @@ class Dispatch:
         self.stats.seconds = time.perf_counter() - started
         return self.stats
 
+    def _check_campaign(self) -> None:
+        with self.engine.connect() as conn:
+            status = conn.execute(
+                sa.text("SELECT status FROM campaigns WHERE id = :c"), {"c": self.spec.id}
+            ).scalar_one()
+        if status in ("paused", "cancelled"):
+            raise Halted(status)
+
     def _unqueued_pages(self) -> Iterator[list[queueing.Outgoing]]:
-        """Rows an earlier attempt stored but did not get onto the queue."""
+        """Rows an earlier attempt stored but did not get onto the queue (held rows are the
+        sender's to re-queue)."""
         query = sa.text(
             "SELECT id, campaign_audience_id::text, peer_phone, payload FROM messages"
             " WHERE campaign_run_id = :r AND status = 'pending' AND queued_at IS NULL"
-            " AND id > :after ORDER BY id LIMIT :n"
+            " AND held_at IS NULL AND id > :after ORDER BY id LIMIT :n"
         )
         for rows in self._pages(query, {"r": self.run_id}, after=0):
             self.log(f"resuming {len(rows)} messages stored by an earlier attempt")
@@ -140,7 +163,8 @@ class Dispatch:
     def _candidate_pages(self) -> Iterator[list[Recipient]]:
         query = sa.text(
             "SELECT a.id::text, a.msisdn, a.name, a.attributes, a.generated_asset_urls,"
-            " ct.id, ct.name, ct.attributes, COALESCE(ct.opted_out, false)"
+            " ct.id, ct.name, ct.attributes, COALESCE(ct.opted_out, false),"
+            " COALESCE(ct.marketing_opted_out, false)"
             " FROM campaign_audience a LEFT JOIN contacts ct ON ct.id = a.contact_id"
             " WHERE a.campaign_id = :c AND a.id > CAST(:after AS uuid)"
             " AND a.status = ANY(:statuses)"
@@ -160,6 +184,7 @@ class Dispatch:
                     contact_name=r[6],
                     contact_attributes=r[7] or {},
                     opted_out=r[8],
+                    marketing_opted_out=r[9],
                 )
                 for r in rows
             ]
@@ -181,8 +206,11 @@ class Dispatch:
         failed: dict[str, str] = {}
         skipped: dict[str, str] = {}
         for recipient in page:
-            if recipient.opted_out:
-                skipped[recipient.member_id] = "contact opted out"
+            refusal = consent.blocks(
+                self.spec.category, recipient.opted_out, recipient.marketing_opted_out
+            )
+            if refusal:
+                skipped[recipient.member_id] = refusal
                 continue
             try:
                 valid.append(prepare(self.spec, recipient, self.media_url))
@@ -225,7 +253,7 @@ class Dispatch:
             cursor,
             "INSERT INTO messages (organisation_id, contact_id, campaign_run_id,"
             " campaign_audience_id, direction, sender_type, phone_number_id, peer_phone,"
-            " message_type, body, payload, status)"
+            " message_type, body, payload, status, category)"
             " VALUES %s ON CONFLICT DO NOTHING RETURNING campaign_audience_id::text, id",
             [
                 (
@@ -238,10 +266,12 @@ class Dispatch:
                     self.spec.message_type,
                     item.payload.get("messageContent") or item.payload.get("caption"),
                     item.serialized,
+                    self.spec.category,
                 )
                 for item in valid
             ],
-            template="(%s, %s, %s, %s, 'outbound', 'campaign', %s, %s, %s, %s, %s::jsonb, 'pending')",
+            template="(%s, %s, %s, %s, 'outbound', 'campaign', %s, %s, %s, %s, %s::jsonb,"
+            " 'pending', %s)",
             page_size=PAGE_SIZE,
             fetch=True,
         )

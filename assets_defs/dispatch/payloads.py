@@ -35,6 +35,9 @@ class CampaignSpec:
     organisation_id: str
     message_type: str
     phone_number_id: str
+    # Consent rules its messages follow: the template's category when the run was
+    # dispatched; a campaign without a template counts as marketing.
+    category: str = "marketing"
     message_content: str | None = None
     media_caption: str | None = None
     template_name: str | None = None
@@ -55,6 +58,7 @@ class Recipient:
     contact_name: str | None = None
     contact_attributes: dict[str, Any] = field(default_factory=dict)
     opted_out: bool = False
+    marketing_opted_out: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from assets_defs.dispatch.asset import dispatched_batches
 from pipelines.partitions import campaign_partition_key, campaign_partitions
 from resources import campaign_runs as runs
-from resources import recurrence
+from resources import recurrence, settings
 from resources.campaigns import InvalidTransition
 from resources.postgres import PostgresResource
 
@@ -31,13 +31,17 @@ RUNS_PER_TICK = 100
 class TickPlan:
     recorded: list[runs.CampaignRun] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
+    sent: list[str] = field(default_factory=list)
     to_launch: list[runs.CampaignRun] = field(default_factory=list)
     cursor: str = ""
 
 
 def plan_tick(engine: sa.Engine, now: datetime, cursor: str = "") -> TickPlan:
-    """Record due runs, complete campaigns whose end passed, and list the runs to launch."""
+    """Complete runs whose messages are all out, record due runs, complete campaigns whose
+    end passed, and list the runs to launch."""
     plan = TickPlan()
+    with engine.begin() as conn:
+        plan.sent = runs.complete_runs(conn, settings.number("SENDER_STUCK_AFTER_SECONDS"))
     with engine.connect() as conn:
         campaigns = runs.active_campaigns(conn, cursor, CAMPAIGNS_PER_TICK)
     plan.cursor = campaigns[-1].id if len(campaigns) == CAMPAIGNS_PER_TICK else ""
@@ -61,7 +65,7 @@ def plan_tick(engine: sa.Engine, now: datetime, cursor: str = "") -> TickPlan:
 
 def run_request(run: runs.CampaignRun) -> dg.RunRequest:
     return dg.RunRequest(
-        run_key=runs.run_key(run.campaign_id, run.run_date),
+        run_key=runs.run_key(run.campaign_id, run.run_date, run.resumes),
         partition_key=dg.MultiPartitionKey(
             {"campaign": campaign_partition_key(run.campaign_id), "date": run.run_date.isoformat()}
         ),
@@ -79,6 +83,8 @@ def campaign_run_sensor(
     context: dg.SensorEvaluationContext, postgres: PostgresResource
 ) -> dg.SensorResult:
     plan = plan_tick(postgres.engine, datetime.now(UTC), context.cursor or "")
+    if plan.sent:
+        context.log.info(f"completed, every message sent or settled: {', '.join(plan.sent)}")
     if plan.completed:
         context.log.info(f"completed after their end date: {', '.join(plan.completed)}")
     new_campaigns = sorted(
