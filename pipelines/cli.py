@@ -202,8 +202,10 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def cmd_campaigns(args: argparse.Namespace) -> int:
-    """The operator API's operations (`resources.campaign_admin`), printed as JSON."""
+    """The operator API's operations (`resources.campaign_admin`, `.campaign_control`),
+    printed as JSON."""
     from resources import campaign_admin as admin
+    from resources import campaign_control as control
     from resources.queue import SQSResource
 
     with _platform_engine(args) as engine:
@@ -246,6 +248,24 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
                 },
             ),
         }
+        control_body = {"by": getattr(args, "by", None), "reason": getattr(args, "reason", None)}
+        if getattr(args, "run", None) is not None:
+            control_body["campaign_run_id"] = args.run
+        operations.update(
+            {
+                name: lambda op=op: op(engine, args.campaign_id, control_body)
+                for name, op in (
+                    ("pause", control.pause),
+                    ("resume", control.resume),
+                    ("cancel", control.cancel),
+                    ("retry-failed", control.retry_failed),
+                )
+            }
+        )
+        operations["breakers"] = lambda: control.list_breakers(engine, args.include_closed)
+        operations["reset-breaker"] = lambda: control.reset_breaker(
+            engine, args.breaker_id, control_body
+        )
         result = operations[args.operation]()
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
@@ -304,6 +324,24 @@ def _campaign_commands(commands: argparse._SubParsersAction) -> None:
     opt.add_argument("--opted-out", required=True, choices=("true", "false"))
     opt.add_argument("--by", help="who asks for the change (required)")
     opt.add_argument("--reason", help="why (required)")
+    for name, text in (
+        ("pause", "stop media, dispatch and sending until resumed (nothing is lost)"),
+        ("resume", "carry on where a paused campaign stopped; each message is still sent once"),
+        ("cancel", "end a campaign: its unsent messages are cancelled, its queued ones dropped"),
+        ("retry-failed", "queue again the failed messages whose error could pass"),
+    ):
+        control = ops.add_parser(name, help=text)
+        control.add_argument("campaign_id")
+        control.add_argument("--by", help="who asks (recorded; default: operator)")
+        control.add_argument("--reason", help="why (recorded with a cancel)")
+        if name == "retry-failed":
+            control.add_argument("--run", type=int, help="only this campaign run's messages")
+    breakers = ops.add_parser("breakers", help="open circuit breakers and what they hold")
+    breakers.add_argument("--include-closed", type=int, default=0, metavar="N")
+    reset = ops.add_parser("reset-breaker", help="close a breaker once its cause is fixed")
+    reset.add_argument("breaker_id", type=int)
+    reset.add_argument("--by", help="who resets it (recorded; default: operator)")
+    reset.add_argument("--reason", help="what was fixed")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -483,8 +483,8 @@ def campaign_status(engine: sa.Engine, campaign_id: str | UUID) -> dict[str, Any
             raise NotFound(f"campaign {campaign_id} does not exist")
         run_rows = conn.execute(
             sa.text(
-                "SELECT id, run_date, status, status_reason, queued, failed, skipped, dispatched_at"
-                " FROM campaign_runs WHERE campaign_id = :c ORDER BY run_date DESC LIMIT 50"
+                "SELECT id, run_date, status, status_reason, queued, failed, skipped, dispatched_at,"
+                " resumes FROM campaign_runs WHERE campaign_id = :c ORDER BY run_date DESC LIMIT 50"
             ),
             {"c": campaign_id},
         ).mappings()
@@ -495,11 +495,21 @@ def campaign_status(engine: sa.Engine, campaign_id: str | UUID) -> dict[str, Any
             ),
             {"c": campaign_id},
         )
+        # Pending rows held back, by why: a paused campaign, an open circuit breaker.
+        held = conn.execute(
+            sa.text(
+                "SELECT COALESCE(m.status_reason, 'held'), count(*) FROM messages m"
+                " JOIN campaign_runs r ON r.id = m.campaign_run_id WHERE r.campaign_id = :c"
+                " AND m.status = 'pending' AND m.held_at IS NOT NULL GROUP BY 1"
+            ),
+            {"c": campaign_id},
+        )
         return _jsonable(
             {
                 **row,
                 "audience": campaigns.audience_counts(conn, campaign_id),
                 "messages": dict(messages.all()),
+                "held": dict(held.all()),
                 "runs": [dict(r) for r in run_rows],
             }
         )

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from resources import campaign_admin as admin
+from resources import campaign_control as control
 from resources.queue import SQSResource
 from webhook_app.auth import requires_admin
 
@@ -206,6 +207,41 @@ async def set_consent(request: Request) -> Any:
     )
 
 
+def _control(act: Callable) -> Callable:
+    """A campaign control route: `POST` with an optional JSON body (`by`, `reason`, …)."""
+
+    @functools.wraps(act)
+    async def handler(request: Request) -> Any:
+        return await run_in_threadpool(
+            act, _engine(request), _path(request, "campaign_id"), await _json(request)
+        )
+
+    return operation(200)(handler)
+
+
+pause_campaign = _control(control.pause)
+resume_campaign = _control(control.resume)
+cancel_campaign = _control(control.cancel)
+retry_failed = _control(control.retry_failed)
+
+
+@operation(200)
+async def list_breakers(request: Request) -> Any:
+    return await run_in_threadpool(
+        control.list_breakers, _engine(request), request.query_params.get("include_closed", 0)
+    )
+
+
+@operation(200)
+async def reset_breaker(request: Request) -> Any:
+    return await run_in_threadpool(
+        control.reset_breaker,
+        _engine(request),
+        request.path_params["breaker_id"],
+        await _json(request),
+    )
+
+
 @requires_admin
 async def sqs_status(request: Request) -> Response:
     try:
@@ -230,6 +266,12 @@ routes = [
     Route("/api/campaigns/{campaign_id:uuid}/approve", approve_campaign, methods=["POST"]),
     Route("/api/campaigns/{campaign_id:uuid}/status", campaign_status, methods=["GET"]),
     Route("/api/campaigns/{campaign_id:uuid}/process-messages", process_messages, methods=["POST"]),
+    Route("/api/campaigns/{campaign_id:uuid}/pause", pause_campaign, methods=["POST"]),
+    Route("/api/campaigns/{campaign_id:uuid}/resume", resume_campaign, methods=["POST"]),
+    Route("/api/campaigns/{campaign_id:uuid}/cancel", cancel_campaign, methods=["POST"]),
+    Route("/api/campaigns/{campaign_id:uuid}/retry-failed", retry_failed, methods=["POST"]),
+    Route("/api/breakers", list_breakers, methods=["GET"]),
+    Route("/api/breakers/{breaker_id:int}/reset", reset_breaker, methods=["POST"]),
     Route("/api/organisations", list_organisations, methods=["GET"]),
     Route("/api/organisations/{organisation_id:uuid}/contacts", find_contacts, methods=["GET"]),
     Route(
