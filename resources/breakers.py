@@ -139,13 +139,16 @@ def close(conn: sa.Connection, breaker_id: int, by: str, reason: str | None = No
 
 
 def claim_probe(conn: sa.Connection, breaker_id: int, message_id: int) -> bool:
-    """Make `message_id` the breaker's probe, if a probe is due and none is out."""
+    """Make `message_id` the breaker's probe, if a probe is due and none other is out
+    (True also when it already is: the sender re-queued it as the probe)."""
     return (
         conn.execute(
             sa.text(
-                "UPDATE circuit_breakers SET probe_message_id = :m, probe_started_at = now()"
+                "UPDATE circuit_breakers SET probe_message_id = :m,"
+                " probe_started_at = COALESCE(CASE WHEN probe_message_id = :m"
+                "   THEN probe_started_at END, now())"
                 " WHERE id = :id AND closed_at IS NULL AND closes_by = 'probe'"
-                " AND probe_at <= now() AND (probe_message_id IS NULL"
+                " AND probe_at <= now() AND (probe_message_id IS NULL OR probe_message_id = :m"
                 "   OR probe_started_at < now() - make_interval(secs => :lost))"
                 " RETURNING id"
             ),

@@ -98,7 +98,10 @@ class FakeGraph:
     async def _stats(self, request: Request) -> JSONResponse:
         """What a benchmark in another process needs: how many sends arrived, and when."""
         with self._lock:
-            stats: dict[str, Any] = {"count": len(self.requests)}
+            stats: dict[str, Any] = {
+                "count": len(self.requests),
+                "accepted": self.answers.count(None),
+            }
             if "times" in request.query_params:
                 stats["times"] = list(self.request_times)
         return JSONResponse(stats)
@@ -238,8 +241,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token", default="test-token")
+    parser.add_argument(
+        "--expire-token-after", type=int, metavar="N", help="answer 190 from the N+1th send on"
+    )
     args = parser.parse_args()
     fake = FakeGraph(access_token=args.token)
+    if args.expire_token_after is not None:
+        fake.fail_when(
+            lambda body, earlier: earlier >= args.expire_token_after,
+            Failure(190, "Error validating access token: Session has expired", http_status=401),
+        )
     uvicorn.run(fake.app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 

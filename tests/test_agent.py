@@ -324,7 +324,8 @@ def test_stop_opts_out_once_and_start_opts_back_in(engine, zero_buffer):
     model = Recording(responses=["unused"])
     with fake_graph() as (graph, url), webhook_client(url, model) as client:
         post(client, p.inbound(p.text("STOP")))
-        wait_until(lambda: _sent_texts(graph))
+        # The confirmation leaves inside the transaction that records the opt-out.
+        wait_until(lambda: _sent_texts(graph) and _unhandled(engine) == 0)
         assert scalar(engine, "SELECT opted_out FROM contacts") is True
         post(client, p.inbound(p.text("stop")))
         wait_until(lambda: inbox_drained(engine) and _unhandled(engine) == 0)

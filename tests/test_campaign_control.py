@@ -153,7 +153,7 @@ def _ready(engine, members: int) -> str:
 def test_pause_during_dispatch_stops_at_the_page_and_resume_dispatches_the_rest_once(
     engine, resources, sqs, monkeypatch
 ):
-    campaign_id = _ready(engine, 2500)
+    campaign_id = _ready(engine, 1500)
     _hook_first_page(monkeypatch, campaign_control.pause)
     result = dispatch_fixtures.materialize_run(campaign_id, resources)
     metadata = result.asset_materializations_for_node("dispatched_batches")[0].metadata
@@ -170,10 +170,10 @@ def test_pause_during_dispatch_stops_at_the_page_and_resume_dispatches_the_rest_
     [relaunch] = plan_tick(engine, datetime.now(UTC)).to_launch
     assert relaunch.resumes == 1
     dispatch_fixtures.materialize_run(campaign_id, resources)
-    bodies = dispatch_fixtures.drain(sqs, expected=2500)
-    assert len(bodies) == 2500
-    assert len({b["messageId"] for b in bodies}) == 2500
-    assert len({b["campaignAudienceId"] for b in bodies}) == 2500
+    bodies = dispatch_fixtures.drain(sqs, expected=1500)
+    assert len(bodies) == 1500
+    assert len({b["messageId"] for b in bodies}) == 1500
+    assert len({b["campaignAudienceId"] for b in bodies}) == 1500
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT status FROM campaign_runs")).scalar_one() == (
             "dispatched"

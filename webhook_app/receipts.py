@@ -19,10 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from resources import consent
+from resources.graph_errors import MARKETING_STOPPED
 
 RECEIPT_STATUSES = ("sent", "delivered", "read", "failed")
-# Graph error: the customer stopped marketing messages from this business.
-MARKETING_STOPPED = 131050
 
 log = logging.getLogger(__name__)
 

@@ -127,10 +127,14 @@ RECORD = (
     "   ELSE m.status = %(retry_source)s AND m.provider_message_id IS NULL END"
 )
 # Payloads received while a breaker on their scope is open: their rows wait here, unsent.
+# A row still held but whose hold is lifted is being released: its payload may arrive
+# before the release commits, and then waits for it (rather than miss the row).
 HOLD = (
-    "UPDATE messages SET held_at = now(), breaker_id = %(breaker)s, queued_at = NULL,"
+    "UPDATE messages m SET held_at = now(), breaker_id = %(breaker)s, queued_at = NULL,"
     " status_reason = %(reason)s"
-    " WHERE id = ANY(%(ids)s) AND status = 'pending' AND held_at IS NULL"
+    " WHERE m.id = ANY(%(ids)s) AND m.status = 'pending' AND (m.held_at IS NULL"
+    "   OR m.breaker_id IS NULL OR EXISTS (SELECT 1 FROM circuit_breakers b"
+    "     WHERE b.id = m.breaker_id AND (b.closed_at IS NOT NULL OR b.probe_message_id = m.id)))"
 )
 
 

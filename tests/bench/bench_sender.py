@@ -36,10 +36,10 @@ STALL_SECONDS = 60
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _start_fake_graph() -> tuple[subprocess.Popen, str]:
+def _start_fake_graph(*options: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_graph", "--port", str(port)], cwd=REPO
+        [sys.executable, "-m", "tests.fake_graph", "--port", str(port), *options], cwd=REPO
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -145,13 +145,17 @@ def _window_errors(times: list[float]) -> tuple[float, float]:
     return 100 * (most - limit) / limit, 100 * (average - LIMIT_PER_SECOND) / LIMIT_PER_SECOND
 
 
-@benchmark("sender")
-def sender() -> list[Figure]:
+def _fresh_environment() -> None:
     for name in ("DATABASE_URL", "AWS_ENDPOINT_URL", "DAGSTER_HOME", "DAGSTER_POSTGRES_URL"):
         os.environ.pop(name, None)
     os.environ.pop("WHATSAPP_ACCESS_TOKEN", None)
     # A standard queue: the local SQS server's FIFO emulation costs seconds per batch at depth.
     os.environ.update(SQS_QUEUE_NAME="bench-messages", SQS_DLQ_NAME="bench-messages-dlq")
+
+
+@benchmark("sender")
+def sender() -> list[Figure]:
+    _fresh_environment()
     messages = int(os.environ.get("BENCH_SENDER_MESSAGES", MESSAGES))
     graph, graph_url = _start_fake_graph()
     try:
@@ -208,3 +212,66 @@ def sender() -> list[Figure]:
             "run average within -5 % of 80/s",
         ),
     ]
+
+
+BREAKER_MESSAGES = 10_000
+BREAKER_LANES = 8
+TOKEN_EXPIRES_AFTER = 1000
+
+
+@benchmark("breaker")
+def breaker() -> list[Figure]:
+    """Requests made after the access token expired (the first 190) while 10,000 messages
+    are queued for a worker of 8 lanes at 1,000/s: the circuit breaker should hold all but
+    what was already in flight, at most one batch per lane."""
+    _fresh_environment()
+    graph, graph_url = _start_fake_graph("--expire-token-after", str(TOKEN_EXPIRES_AFTER))
+    try:
+        with aws_server(), tempfile.TemporaryDirectory() as state, local_stack(Path(state)):
+            engine = create_engine(os.environ["DATABASE_URL"])
+            sqs = SQSResource.from_env()
+            run = make_run(engine, BREAKER_MESSAGES, messages_per_second=1000)
+            for start in range(0, BREAKER_MESSAGES, 1000):
+                enqueue(sqs, [payload(run, i) for i in range(start, start + 1000)])
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pipelines.cli", "sender"],
+                cwd=REPO,
+                env={**_worker_env(graph_url), "SENDER_LANES": str(BREAKER_LANES)},
+                stdout=subprocess.DEVNULL,
+            )
+            _until(BREAKER_MESSAGES, lambda: _settled(engine, sqs, run.campaign_run_id))
+            process.send_signal(signal.SIGTERM)
+            _cpu_and_wait(process)
+            stats = _STATS.get(f"{graph_url}/_fake/stats").json()
+            engine.dispose()
+    finally:
+        graph.terminate()
+        graph.wait()
+    if stats["accepted"] != TOKEN_EXPIRES_AFTER:
+        raise RuntimeError(f"{stats['accepted']} sends accepted, not {TOKEN_EXPIRES_AFTER}")
+    wasted = stats["count"] - TOKEN_EXPIRES_AFTER - 1
+    return [
+        Figure(
+            "breaker_wasted_sends",
+            wasted,
+            "requests",
+            "one_batch_per_lane",
+            BREAKER_LANES * 10,
+            f"<= one batch per lane ({BREAKER_LANES} lanes x 10) after the first 190,"
+            f" {BREAKER_MESSAGES} queued",
+        )
+    ]
+
+
+def _settled(engine: sa.Engine, sqs: SQSResource, campaign_run_id: int) -> int:
+    """Rows sent or held, once the queue is empty (until then, the sent ones)."""
+    with engine.connect() as conn:
+        done = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM messages WHERE campaign_run_id = :r"
+                " AND (status = 'sent' OR held_at IS NOT NULL)"
+            ),
+            {"r": campaign_run_id},
+        ).scalar_one()
+    depth = sqs.depth()
+    return done if depth.visible + depth.in_flight == 0 else min(done, BREAKER_MESSAGES - 1)
