@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from dataclasses import dataclass
@@ -94,6 +95,16 @@ class SQSResource(ConfigurableResource):
             },
         )
         self._urls[self.dlq_name] = dlq_url
+
+    def entry(self, message_id: int, body: str, to: str, dedup_id: str) -> dict[str, str]:
+        """One `SendMessageBatch` entry of a message payload. FIFO: one message group per
+        recipient (consumers work in parallel, one recipient's messages stay in order),
+        deduplicated by `dedup_id`."""
+        item = {"Id": str(message_id), "MessageBody": body}
+        if self.is_fifo:
+            item["MessageGroupId"] = hashlib.sha256(to.encode()).hexdigest()[:32]
+            item["MessageDeduplicationId"] = dedup_id
+        return item
 
     def send_batch(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
         """One `SendMessageBatch` (at most 10 entries); returns SQS's Successful/Failed lists."""

@@ -10,7 +10,6 @@ Two kinds of trouble, handled differently:
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -50,8 +49,6 @@ class Outgoing:
     run_id: int
     to: str
     body: str
-    # FIFO deduplication id; the run and member when unset (a re-queued row needs another).
-    dedup_id: str | None = None
 
 
 @dataclass
@@ -76,14 +73,11 @@ def pack(messages: Iterable[Outgoing]) -> Iterator[list[Outgoing]]:
         yield batch
 
 
-def entry(message: Outgoing, fifo: bool) -> dict[str, str]:
-    """One batch entry. FIFO: one message group per recipient (consumers work in parallel,
-    one recipient's messages stay in order), deduplicated by run and member."""
-    item = {"Id": str(message.message_id), "MessageBody": message.body}
-    if fifo:
-        item["MessageGroupId"] = hashlib.sha256(message.to.encode()).hexdigest()[:32]
-        item["MessageDeduplicationId"] = message.dedup_id or f"{message.run_id}-{message.member_id}"
-    return item
+def entry(sqs: SQSResource, message: Outgoing) -> dict[str, str]:
+    """One batch entry, deduplicated by run and member: a retried run's copy is dropped."""
+    return sqs.entry(
+        message.message_id, message.body, message.to, f"{message.run_id}-{message.member_id}"
+    )
 
 
 def send(sqs: SQSResource, batch: list[Outgoing], retry_seconds: float) -> BatchOutcome:
@@ -94,7 +88,7 @@ def send(sqs: SQSResource, batch: list[Outgoing], retry_seconds: float) -> Batch
     for attempt in range(ENTRY_ATTEMPTS):
         if attempt:
             time.sleep(min(0.2 * 2**attempt, 5.0))
-        response = _call(sqs, [entry(m, sqs.is_fifo) for m in remaining.values()], retry_seconds)
+        response = _call(sqs, [entry(sqs, m) for m in remaining.values()], retry_seconds)
         outcome.calls += 1
         for ok in response.get("Successful", []):
             outcome.sent.append(remaining.pop(ok["Id"]))

@@ -21,13 +21,10 @@ import uuid
 
 import sqlalchemy as sa
 
-from assets_defs.dispatch import queueing
-from assets_defs.dispatch.payloads import with_message_id
 from resources import breakers
 from resources.queue import SQSResource
 
 PAGE = 500
-SQS_RETRY_SECONDS = 30.0
 
 _PROBE_CANDIDATE = sa.text(
     "SELECT m.id FROM messages m JOIN campaign_runs r ON r.id = m.campaign_run_id"
@@ -71,25 +68,27 @@ def release_due(engine: sa.Engine, sqs: SQSResource) -> int:
 
 
 def _release_page(engine: sa.Engine, sqs: SQSResource) -> tuple[int, int]:
-    """One page of releasable rows queued; (rows found, rows queued)."""
+    """One page of releasable rows queued; (rows found, rows queued). An entry SQS refuses
+    stays held for the next tick; an unreachable queue raises, and nothing changes."""
     with engine.begin() as conn:
         rows = conn.execute(_RELEASABLE, {"n": PAGE}).all()
-        outgoing, unsendable = [], []
+        entries, unsendable = [], []
         for message_id, run_id, member_id, to, payload in rows:
             if not payload:
                 unsendable.append(message_id)
                 continue
-            body = with_message_id(json.dumps(payload, separators=(",", ":")), message_id)
+            body = json.dumps({**payload, "messageId": message_id}, separators=(",", ":"))
             # A fresh deduplication id: the queue would drop a copy of the first one.
             dedup = f"{run_id}-{member_id}-{uuid.uuid4().hex[:12]}"
-            outgoing.append(queueing.Outgoing(message_id, member_id, run_id, to, body, dedup))
+            entries.append(sqs.entry(message_id, body, to, dedup))
         if unsendable:
             conn.execute(
                 _UNSENDABLE, {"ids": unsendable, "reason": "no stored payload to queue again"}
             )
         queued = []
-        for batch in queueing.pack(outgoing):
-            queued += [m.message_id for m in queueing.send(sqs, batch, SQS_RETRY_SECONDS).sent]
+        for start in range(0, len(entries), 10):
+            answer = sqs.send_batch(entries[start : start + 10])
+            queued += [int(ok["Id"]) for ok in answer.get("Successful", [])]
         if queued:
             conn.execute(_QUEUED, {"ids": queued})
     return len(rows), len(queued)
