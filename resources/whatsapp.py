@@ -240,14 +240,22 @@ class WhatsAppClient:
             wamid=data["messages"][0]["id"], recipient_wa_id=contacts[0].get("wa_id")
         )
 
+    def start(self) -> None:
+        """Start the client's loop and session now rather than on first use: a sender does,
+        so that its first sends keep their throughput slots instead of waiting for
+        aiohttp to load."""
+        self._running_loop()
+
     def _run(self, work: Coroutine[Any, Any, T]) -> T:
-        """Run `work` on the client's loop, started on first use (so that a process that
-        forks before using the client gives its child no loop without a thread)."""
+        return asyncio.run_coroutine_threadsafe(work, self._running_loop()).result()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The client's loop, started on first use (so that a process that forks before
+        using the client gives its child no loop without a thread)."""
         with self._starting:
             if self._loop is None:
                 self._start()
-            loop = self._loop
-        return asyncio.run_coroutine_threadsafe(work, loop).result()
+            return self._loop
 
     def _start(self) -> None:
         # Imported here: most processes that load the definitions never send (10 MB).

@@ -106,6 +106,7 @@ class Worker:
             for i in range(self.config.lanes)
         ]
         releaser = threading.Thread(target=self._releaser, name="release", daemon=True)
+        self.client.start()
         for thread in (*lanes, releaser):
             thread.start()
         for lane in lanes:
