@@ -164,16 +164,35 @@ class WhatsAppClient:
 
     def media_url(self, media_id: str) -> dict[str, Any]:
         """Metadata of an inbound media id: a short-lived `url`, `mime_type`, `file_size`."""
+        return self.get(media_id)
 
-        async def get() -> dict[str, Any]:
-            async with self._session.get(
-                f"{self._prefix}/{media_id}", headers=self._auth, allow_redirects=False
-            ) as response:
-                if response.status >= 400:
-                    raise await GraphAPIError.read(response)
-                return json.loads(await response.read())
+    def get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        """One Graph API object or edge page (`GET /{version}/{path}`), as JSON."""
+        return self._run(self._get(f"{self._prefix}/{path}", params))
 
-        return self._run(get())
+    def get_all(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Every item of a paged edge (e.g. `{waba-id}/message_templates`): its `data`,
+        following `paging.next` to the last page."""
+
+        async def all_pages() -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = []
+            page = await self._get(f"{self._prefix}/{path}", params)
+            while True:
+                items += page.get("data") or []
+                following = (page.get("paging") or {}).get("next")
+                if not following:
+                    return items
+                page = await self._get(following, None)
+
+        return self._run(all_pages())
+
+    async def _get(self, url: str, params: dict[str, str] | None) -> dict[str, Any]:
+        async with self._session.get(
+            url, params=params, headers=self._auth, allow_redirects=False
+        ) as response:
+            if response.status >= 400:
+                raise await GraphAPIError.read(response)
+            return json.loads(await response.read())
 
     def download(self, url: str, max_bytes: int) -> bytes:
         """The content behind a media `url` (it needs the same bearer token), up to `max_bytes`."""

@@ -126,10 +126,9 @@ def test_a_recurring_campaign_whose_end_date_passed_completes_without_a_run(engi
 
 
 def test_two_sensor_ticks_racing_for_the_same_occurrence_record_one_run(engine):
-    campaign_id = ready_campaign(
-        engine, [Member("+12025550100", "A")], start_at=datetime.now(UTC) - timedelta(hours=1)
-    )
     now = datetime.now(UTC)
+    start_at = now - timedelta(hours=1)  # a one-off campaign's occurrence is its start
+    campaign_id = ready_campaign(engine, [Member("+12025550100", "A")], start_at=start_at)
     barrier = threading.Barrier(4)
     plans = []
 
@@ -144,7 +143,7 @@ def test_two_sensor_ticks_racing_for_the_same_occurrence_record_one_run(engine):
         thread.join()
     assert count_runs(engine) == 1
     keys = {runs.run_key(r.campaign_id, r.run_date) for plan in plans for r in plan.to_launch}
-    assert keys == {f"dispatch-{campaign_id}-{now.date().isoformat()}"}
+    assert keys == {f"dispatch-{campaign_id}-{start_at.date().isoformat()}"}
     assert campaign_status(engine, campaign_id) == "ready_to_launch"
 
 
