@@ -15,12 +15,15 @@ and the dispatch and the sender's claim follow it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
 
 SCOPES = ("campaigns", "marketing")
 SOURCES = ("keyword", "user_preferences", "error_131050", "csv", "api", "operator")
@@ -265,3 +268,56 @@ def describe(conn: sa.Connection, contact_id: int, history: int = 50) -> dict[st
         .one()
     )
     return {**row, **state(conn, contact_id, history)}
+
+
+def marketing_stopped(
+    conn: sa.Connection,
+    message_id: int,
+    occurred_at: datetime | None = None,
+    reason: str | None = None,
+) -> None:
+    """Error 131050 on `message_id` (the recipient stopped marketing messages, said by the
+    send's answer or by a failed receipt): the recipient's marketing opt-out, recorded once
+    per message. A message stored without a contact row finds or creates the contact."""
+    message = conn.execute(
+        sa.text(
+            "SELECT organisation_id, contact_id, peer_phone, peer_wa_user_id FROM messages"
+            " WHERE id = :m"
+        ),
+        {"m": message_id},
+    ).one()
+    contact_id = message.contact_id
+    if contact_id is None:
+        if message.peer_phone is None and message.peer_wa_user_id is None:
+            log.warning("message %s failed with 131050 but names no recipient", message_id)
+            return
+        contact_id = upsert_contact(
+            conn, message.organisation_id, message.peer_phone, message.peer_wa_user_id
+        )
+    already = conn.execute(
+        sa.text(
+            "SELECT 1 FROM consent_events WHERE contact_id = :c AND scope = 'marketing'"
+            " AND source = 'error_131050' AND message_id = :m"
+        ),
+        {"c": contact_id, "m": message_id},
+    ).first()
+    if already:
+        return
+    changed = record(
+        conn,
+        Change(
+            contact_id,
+            "marketing",
+            True,
+            "error_131050",
+            occurred_at=occurred_at,
+            reason=reason or "error 131050: the recipient stopped marketing messages",
+            message_id=message_id,
+        ),
+    )
+    log.info(
+        "contact %s opted out of marketing: message %s failed with 131050%s",
+        contact_id,
+        message_id,
+        "" if changed else " (no change)",
+    )

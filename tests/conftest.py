@@ -117,5 +117,17 @@ def sqs(stack: Stack) -> SQSResource:
 
 
 @pytest.fixture
+def graph() -> Iterator:
+    """The fake Graph API on loopback; its address is `graph.url`."""
+    from tests.fake_graph import FakeGraph
+    from tests.servers import serve
+
+    fake = FakeGraph()
+    with serve(fake.app()) as url:
+        fake.url = url
+        yield fake
+
+
+@pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent

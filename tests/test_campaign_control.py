@@ -17,7 +17,7 @@ from resources.campaigns import Member
 from resources.queue import SQSResource
 from resources.storage import S3Storage
 from tests import dispatch_fixtures
-from tests.fake_graph import Failure, FakeGraph
+from tests.fake_graph import Failure
 from tests.sending import (
     client_for,
     enqueue,
@@ -28,19 +28,10 @@ from tests.sending import (
     statuses,
     wait_for,
 )
-from tests.servers import serve
 from webhook_app.app import app
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def graph():
-    fake = FakeGraph()
-    with serve(fake.app()) as url:
-        fake.url = url
-        yield fake
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pipelines.sender.payload import MalformedPayload, parse
 from pipelines.sender.worker import Worker
 from resources.graph_errors import ErrorClass, classify
 from resources.whatsapp import GraphAPIError
-from tests.fake_graph import Failure, FakeGraph, _validate
+from tests.fake_graph import Failure, _validate
 from tests.sending import (
     PHONE_NUMBER_ID,
     TEST_CONFIG,
@@ -28,15 +28,6 @@ from tests.sending import (
     statuses,
     wait_for,
 )
-from tests.servers import serve
-
-
-@pytest.fixture
-def graph():
-    fake = FakeGraph()
-    with serve(fake.app()) as url:
-        fake.url = url
-        yield fake
 
 
 def test_queued_templates_are_sent_once_with_our_id_and_recorded(engine, sqs, graph):

@@ -7,11 +7,10 @@ from __future__ import annotations
 import base64
 from collections import Counter
 
-import pytest
 import sqlalchemy as sa
 
 from resources import breakers, consent
-from tests.fake_graph import Failure, FakeGraph
+from tests.fake_graph import Failure
 from tests.sending import (
     TEST_CONFIG,
     client_for,
@@ -24,15 +23,6 @@ from tests.sending import (
     statuses,
     wait_for,
 )
-from tests.servers import serve
-
-
-@pytest.fixture
-def graph():
-    fake = FakeGraph()
-    with serve(fake.app()) as url:
-        fake.url = url
-        yield fake
 
 
 def _open_breakers(engine) -> list[breakers.Breaker]:

@@ -12,7 +12,6 @@ message's contact out of marketing (consent source `error_131050`), once per mes
 from __future__ import annotations
 
 import json
-import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,8 +21,6 @@ from resources import consent
 from resources.graph_errors import MARKETING_STOPPED
 
 RECEIPT_STATUSES = ("sent", "delivered", "read", "failed")
-
-log = logging.getLogger(__name__)
 
 _RECORD = sa.text(
     "INSERT INTO message_receipts"
@@ -84,11 +81,6 @@ _APPLY = sa.text(
     """
 )
 
-_STOPPED_ALREADY = sa.text(
-    "SELECT 1 FROM consent_events WHERE contact_id = :c AND scope = 'marketing'"
-    " AND source = 'error_131050' AND message_id = :m"
-)
-
 _WAITING_KNOWN = sa.text(
     "SELECT DISTINCT r.provider_message_id FROM message_receipts r"
     " JOIN messages m ON m.provider_message_id = r.provider_message_id"
@@ -126,49 +118,8 @@ def apply(conn: sa.Connection, wamids: list[str]) -> int:
     applied = conn.execute(_APPLY, {"wamids": wamids}).all()
     for r in applied:
         if r.status == "failed" and r.error_code == MARKETING_STOPPED:
-            _marketing_stopped(conn, r.message_id, r.error_title, r.provider_ts)
+            consent.marketing_stopped(conn, r.message_id, r.provider_ts, r.error_title)
     return len(applied)
-
-
-def _marketing_stopped(
-    conn: sa.Connection, message_id: int, title: str | None, at: datetime | None
-) -> None:
-    """Record the opt-out behind a 131050 failure of `message_id`, once per message."""
-    message = conn.execute(
-        sa.text(
-            "SELECT organisation_id, contact_id, peer_phone, peer_wa_user_id FROM messages"
-            " WHERE id = :m"
-        ),
-        {"m": message_id},
-    ).one()
-    contact_id = message.contact_id
-    if contact_id is None:
-        if message.peer_phone is None and message.peer_wa_user_id is None:
-            log.warning("message %s failed with 131050 but names no recipient", message_id)
-            return
-        contact_id = consent.upsert_contact(
-            conn, message.organisation_id, message.peer_phone, message.peer_wa_user_id
-        )
-    if conn.execute(_STOPPED_ALREADY, {"c": contact_id, "m": message_id}).first():
-        return
-    changed = consent.record(
-        conn,
-        consent.Change(
-            contact_id,
-            "marketing",
-            True,
-            "error_131050",
-            occurred_at=at,
-            reason=title or "error 131050: the customer stopped marketing messages",
-            message_id=message_id,
-        ),
-    )
-    log.info(
-        "contact %s opted out of marketing: message %s failed with 131050%s",
-        contact_id,
-        message_id,
-        "" if changed else " (no change)",
-    )
 
 
 def apply_waiting(conn: sa.Connection, limit: int = 500) -> int:

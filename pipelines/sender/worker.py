@@ -420,22 +420,8 @@ class Worker:
     def _marketing_stopped(self, message_ids: list[int]) -> None:
         """Error 131050: the recipient stopped marketing messages; that is consent, kept."""
         with self.engine.begin() as conn:
-            for message_id, contact_id in conn.execute(
-                sa.text("SELECT id, contact_id FROM messages WHERE id = ANY(:ids)"),
-                {"ids": message_ids},
-            ).all():
-                if contact_id is not None:
-                    consent.record(
-                        conn,
-                        consent.Change(
-                            contact_id,
-                            "marketing",
-                            True,
-                            "error_131050",
-                            reason="error 131050: the user stopped marketing messages",
-                            message_id=message_id,
-                        ),
-                    )
+            for message_id in message_ids:
+                consent.marketing_stopped(conn, message_id)
 
     def _admit(self, jobs: list[Job]) -> list[Job]:
         """Hold back template messages over their organisation's messaging limit."""
