@@ -1,10 +1,14 @@
-"""The receive → limit → claim → send → record loop, run by several lanes in one process.
+"""The receive → hold → limit → claim → send → record loop, run by several lanes in one
+process, and the releaser thread beside them.
 
 Each lane handles one received batch (≤ 10 payloads) at a time with a handful of database
 round trips for the whole batch; its sends run concurrently on the Graph API client's
-event loop, each at the time slot the shared throughput limit gave it. The SQS message is
-deleted only after the row records the result, so a crash at any point loses nothing: the
-payload comes back, and the row's status says whether it may still be sent.
+event loop, each at the time slot the shared throughput limit gave it, through the gate of
+the open circuit breakers. The SQS message is deleted only after the row records the
+result, so a crash at any point loses nothing: the payload comes back, and the row's status
+says whether it may still be sent. A row held (its breaker is open, its campaign paused)
+leaves the queue and waits in the database; the releaser queues it again once the hold is
+lifted (`pipelines/sender/release.py`).
 """
 
 from __future__ import annotations
@@ -162,7 +166,10 @@ class Worker:
             try:
                 self.view.refresh(force=True)  # the lanes see a closed breaker as closed
                 released = release.release_due(self.engine, self.sqs)
-            except (sa.exc.DBAPIError, BotoCoreError, ClientError) as error:
+            except sa.exc.DBAPIError as error:
+                log.warning("cannot re-queue held messages yet: %s", _refusal(error))
+                continue
+            except (BotoCoreError, ClientError) as error:
                 log.warning("cannot re-queue held messages yet: %s", error)
                 continue
             except Exception:
