@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from webhook_app import inbound, preferences, receipts
+from webhook_app import account_webhooks, inbound, preferences, receipts, template_webhooks
 from webhook_app.payloads import changes
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,16 @@ def apply_event(
     conn: sa.Connection, payload: dict[str, Any], event_id: int | None = None
 ) -> Counter:
     """Every change of every entry: statuses, inbound messages, the customer's marketing
-    preferences (`user_preferences`); other fields are skipped."""
+    preferences (`user_preferences`), template status, category and quality; other fields
+    are skipped."""
     tally: Counter = Counter()
+    tally.update(template_webhooks.apply(conn, payload, event_id))
+    tally.update(account_webhooks.apply(conn, payload, event_id))
     for field, value in changes(payload):
+        if field in template_webhooks.FIELDS:
+            continue
+        if field in account_webhooks.FIELDS:
+            continue
         if field == "user_preferences":
             tally.update(preferences.apply(conn, value, event_id))
             continue
