@@ -3,6 +3,11 @@
 It checks what a real client must get right — the bearer token, the URL shape, and each
 message type's documented body — and answers with realistic ids, or with the error the
 test asks for (a Graph error code, an HTTP status, a delay).
+
+It also serves a WABA's message templates (`GET /{waba-id}/message_templates`, paged as the
+Graph API pages an edge: `data`, `paging.cursors`, `paging.next`), and once it holds
+templates it answers a send of a template it does not have with 132001, of a paused one
+with 132015 and of a disabled one with 132016.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,6 +48,7 @@ class Failure:
     title: str
     http_status: int = 400
     subcode: int | None = None
+    details: str | None = None
 
 
 @dataclass
@@ -59,6 +66,12 @@ class FakeGraph:
     )
     _ids: itertools.count = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Message templates by WABA id, as Meta lists them; the longest page it answers; the
+    # pages that fail (by WABA and page number); the query of every list request.
+    templates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    template_page_size: int = 25
+    template_requests: list[dict[str, str]] = field(default_factory=list)
+    _template_page_failures: dict[tuple[str, int], Failure] = field(default_factory=dict)
 
     def fail_next(self, failure: Failure, times: int = 1) -> None:
         with self._lock:
@@ -84,11 +97,29 @@ class FakeGraph:
         with self._lock:
             self._rules.clear()
             self._failures.clear()
+            self._template_page_failures.clear()
+
+    def set_templates(self, waba_id: str, templates: list[dict[str, Any]]) -> None:
+        """The WABA's templates as Meta lists them (`name`, `language`, `status`,
+        `category`, `components`, …); also what a template send is checked against."""
+        with self._lock:
+            self.templates[waba_id] = [dict(t) for t in templates]
+
+    def fail_template_page(self, waba_id: str, page: int, failure: Failure) -> None:
+        """Answer every request for the WABA's `page`th template page (0 = the first) with
+        `failure`, until `recover()`."""
+        with self._lock:
+            self._template_page_failures[(waba_id, page)] = failure
 
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
+                Route(
+                    "/{version}/{waba_id}/message_templates",
+                    self._message_templates,
+                    methods=["GET"],
+                ),
                 Route("/_fake/stats", self._stats),
                 Route("/media-download/{media_id}", self._media_download, methods=["GET"]),
                 Route("/{version}/{media_id}", self._media_url, methods=["GET"]),
@@ -124,12 +155,15 @@ class FakeGraph:
             self.request_times.append(time.time())
             failure = self._failures.pop(0) if self._failures else None
             failure = failure or next((f for rule, f in self._rules if rule(body, earlier)), None)
+            failure = failure or self._template_refusal(body)
             self.answers.append(failure.code if failure else None)
             number = next(self._ids)
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
         if failure:
-            return _error(failure.http_status, failure.code, failure.title, failure.subcode)
+            return _error(
+                failure.http_status, failure.code, failure.title, failure.subcode, failure.details
+            )
         address = body.get("to") or body["recipient"]
         contact = (
             {"input": address, "wa_id": address.lstrip("+")}
@@ -144,6 +178,90 @@ class FakeGraph:
                 "messages": [{"id": wamid, "message_status": "accepted"}],
             }
         )
+
+    def _template_refusal(self, body: dict[str, Any]) -> Failure | None:
+        """What Meta answers a template send when it has no such template, or has it paused
+        or disabled (only once templates are held: otherwise every template is accepted)."""
+        if body.get("type") != "template" or not self.templates:
+            return None
+        name = body["template"]["name"]
+        language = body["template"]["language"]["code"]
+        found = next(
+            (
+                t
+                for listed in self.templates.values()
+                for t in listed
+                if t.get("name") == name and t.get("language") == language
+            ),
+            None,
+        )
+        if found is None:
+            return Failure(
+                132001,
+                "(#132001) Template name does not exist in the translation",
+                http_status=404,
+                details=f"template name ({name}) does not exist in {language}",
+            )
+        if found.get("status") == "PAUSED":
+            return Failure(
+                132015,
+                "(#132015) Template is Paused",
+                details="Template is paused due to low quality so it cannot be sent in a"
+                " template message",
+            )
+        if found.get("status") == "DISABLED":
+            return Failure(
+                132016,
+                "(#132016) Template is disabled",
+                details="Template has been paused too many times due to low quality and is now"
+                " permanently disabled",
+            )
+        return None
+
+    async def _message_templates(self, request: Request) -> JSONResponse:
+        """One page of the WABA's templates: `limit` (at most `template_page_size`) from the
+        `after` cursor, only the `fields` asked for."""
+        if request.headers.get("authorization") != f"Bearer {self.access_token}":
+            return _error(401, 190, "Invalid OAuth access token")
+        version, waba_id = request.path_params["version"], request.path_params["waba_id"]
+        query = dict(request.query_params)
+        with self._lock:
+            self.template_requests.append({"waba_id": waba_id, **query})
+            listed = self.templates.get(waba_id)
+            if listed is None:
+                return _error(
+                    400,
+                    100,
+                    f"Unsupported get request. Object with ID '{waba_id}' does not exist,"
+                    " cannot be loaded due to missing permissions, or does not support this"
+                    " operation.",
+                    33,
+                )
+            try:
+                size = min(int(query.get("limit", "25")), self.template_page_size)
+                start = int(base64.b64decode(query["after"]).decode()) if "after" in query else 0
+            except ValueError:
+                return _error(400, 100, "Invalid parameter")
+            failure = self._template_page_failures.get((waba_id, start // max(size, 1)))
+            page = listed[start : start + size]
+        if failure:
+            return _error(
+                failure.http_status, failure.code, failure.title, failure.subcode, failure.details
+            )
+        wanted = {f.strip() for f in query["fields"].split(",")} if "fields" in query else None
+        data = [
+            {k: v for k, v in t.items() if wanted is None or k in wanted or k == "id"} for t in page
+        ]
+        paging: dict[str, Any] = {
+            "cursors": {"before": _cursor(start), "after": _cursor(start + len(page) - 1)}
+        }
+        base = f"{str(request.base_url).rstrip('/')}/{version}/{waba_id}/message_templates"
+        keep = {k: v for k, v in query.items() if k not in ("after", "before")}
+        if start + size < len(listed):
+            paging["next"] = f"{base}?{urlencode({**keep, 'after': _cursor(start + size)})}"
+        if start > 0:
+            paging["previous"] = f"{base}?{urlencode({**keep, 'before': _cursor(start)})}"
+        return JSONResponse({"data": data, "paging": paging})
 
     def add_media(self, media_id: str, content: bytes, mime_type: str) -> None:
         """Media a customer sent: its id resolves to a short-lived URL that serves `content`."""
@@ -226,12 +344,19 @@ def _validate_components(components: Any) -> str | None:
     return None
 
 
-def _error(status: int, code: int, title: str, subcode: int | None = None) -> JSONResponse:
+def _error(
+    status: int, code: int, title: str, subcode: int | None = None, details: str | None = None
+) -> JSONResponse:
     error = {"message": title, "type": "OAuthException", "code": code, "fbtrace_id": "Afake"}
     if subcode is not None:
         error["error_subcode"] = subcode
-    error["error_data"] = {"messaging_product": "whatsapp", "details": title}
+    error["error_data"] = {"messaging_product": "whatsapp", "details": details or title}
     return JSONResponse({"error": error}, status_code=status)
+
+
+def _cursor(offset: int) -> str:
+    """An opaque paging cursor, as the Graph API's are (here: the item's offset)."""
+    return base64.b64encode(str(max(offset, 0)).encode()).decode()
 
 
 def main() -> None:
