@@ -416,6 +416,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Comma-separated messages (whole message, any case) that opt a contact out of campaigns.",
     ),
     Setting("OPT_IN_WORDS", "START", "Comma-separated messages that opt a contact back in."),
+    # Templates read from Meta (whatsapp_templates)
+    Setting(
+        "TEMPLATE_SYNC_CRON",
+        "0 * * * *",
+        "Cron schedule (UTC) of the `whatsapp_templates` sync of every organisation's templates"
+        " from its WhatsApp Business account.",
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
