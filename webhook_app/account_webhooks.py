@@ -1,0 +1,358 @@
+"""Meta's account-level webhook fields → the organisation's messaging limit, its numbers'
+throughput, and its standing (`resources.account`).
+
+Account-level changes name the WhatsApp Business account in `entry[].id` (the WABA id, which
+the organisation holds as `waba_id`) and happened at `entry[].time`; a number is named by its
+display number only. Each change is recorded in `account_events` with its old and new
+values, then applied unless a newer fact of its kind is already in force:
+
+- `phone_number_quality_update`: `max_daily_conversations_per_business` (and, while Meta
+  still sends it, `current_limit`) is the business portfolio's messaging limit; `event`
+  `THROUGHPUT_UPGRADE` raises the number to higher throughput (1,000 messages/s), and its
+  `current_limit` (`TIER_UNLIMITED`) is that throughput, not a messaging limit. `old_limit`
+  is only kept (Meta sends it for limit changes only). `TIER_NOT_SET` and a tier we do not
+  know change nothing: the change is kept and one log line says so.
+- `business_capability_update`: `max_daily_conversations_per_business` (a tier or a count),
+  or the older `max_daily_conversation_per_phone` (a count, -1 = unlimited).
+- `account_update`: `DISABLED_UPDATE` (`ban_info.waba_ban_state` DISABLE, SCHEDULE_FOR_DISABLE,
+  REINSTATE), `ACCOUNT_DELETED`, `ACCOUNT_RESTRICTION` (`restriction_info[]`: type,
+  expiration), `ACCOUNT_VIOLATION` (`violation_info.violation_type`); every other event is
+  recorded only. A disable, a deletion or a restriction of business-initiated messaging
+  opens the account circuit breaker with the reason; REINSTATE closes it when that ban
+  opened it.
+
+A change for a WABA no organisation holds is recorded (without an organisation) and logged.
+Log lines name rows by id and quote only words: never a phone number.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from resources import account
+from resources.account import Notice, quoted
+from webhook_app.receipts import timestamp
+
+log = logging.getLogger(__name__)
+
+QUALITY = "phone_number_quality_update"
+CAPABILITY = "business_capability_update"
+ACCOUNT = "account_update"
+FIELDS = (QUALITY, CAPABILITY, ACCOUNT)
+THROUGHPUT_UPGRADE = "THROUGHPUT_UPGRADE"
+# `event` values of phone_number_quality_update: the documented ones, and the messaging
+# limit events of earlier versions.
+QUALITY_EVENTS = (
+    "ONBOARDING",
+    THROUGHPUT_UPGRADE,
+    "UPGRADE",
+    "DOWNGRADE",
+    "FLAGGED",
+    "UNFLAGGED",
+)
+INFORMATIONAL = (
+    "AD_ACCOUNT_LINKED",
+    "AUTH_INTL_PRICE_ELIGIBILITY_UPDATE",
+    "BUSINESS_PRIMARY_LOCATION_COUNTRY_UPDATE",
+    "MM_LITE_TERMS_SIGNED",
+    "PARTNER_ADDED",
+    "PARTNER_APP_INSTALLED",
+    "PARTNER_APP_UNINSTALLED",
+    "PARTNER_CLIENT_CERTIFICATION_STATUS_UPDATE",
+    "PARTNER_REMOVED",
+    "VOLUME_BASED_PRICING_TIER_UPDATE",
+    "ACCOUNT_OFFBOARDED",
+    "ACCOUNT_RECONNECTED",
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where one change came from: the WABA, its organisation, when, which inbox event."""
+
+    waba_id: str | None
+    organisation_id: str | None
+    occurred_at: datetime | None
+    inbox_event_id: int | None
+
+    def about(self, field: str, value: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "waba_id": self.waba_id,
+            "field": field,
+            "detail": value,
+            "inbox_event_id": self.inbox_event_id,
+        }
+
+
+def apply(conn: sa.Connection, payload: dict[str, Any], event_id: int | None = None) -> Counter:
+    """Apply the account-level changes of every entry; the tally of what happened."""
+    tally: Counter = Counter()
+    for entry in payload["entry"]:
+        mine = [c for c in entry["changes"] if c["field"] in FIELDS]
+        if not mine:
+            continue
+        waba_id = entry.get("id")
+        waba_id = str(waba_id) if isinstance(waba_id, str | int) and waba_id != "" else None
+        occurred_at = timestamp(entry.get("time"))
+        if occurred_at is None:
+            log.warning("inbox event %s: an entry without a valid time; taken as now", event_id)
+        where = Entry(waba_id, account.organisation_of_waba(conn, waba_id), occurred_at, event_id)
+        for change in mine:
+            field, value = change["field"], change["value"]
+            if where.organisation_id is None:
+                tally.update(_unmatched(conn, where, field, value))
+            elif field == ACCOUNT:
+                tally.update(_account_update(conn, where, value))
+            else:
+                tally.update(_limits(conn, where, field, value))
+    return tally
+
+
+def _count(outcome: account.Outcome) -> Counter:
+    if outcome.duplicate:
+        return Counter(account_events_duplicate=1)
+    return Counter(account_events=1, **{"account_events_applied": 1} if outcome.applied else {})
+
+
+def _unmatched(conn: sa.Connection, where: Entry, field: str, value: dict[str, Any]) -> Counter:
+    event = value.get("event")
+    event_id = account.record(
+        conn,
+        account.Event(
+            "account",
+            "webhook",
+            where.occurred_at or account.db_now(conn),
+            event=event if isinstance(event, str) else None,
+            note="no organisation holds this WhatsApp Business account: recorded only",
+            **where.about(field, value),
+        ),
+    )
+    if event_id is None:
+        return Counter(account_events_duplicate=1)
+    log.warning(
+        "%s in inbox event %s: no organisation holds WABA %s (set its waba_id);"
+        " recorded as account event %s, nothing applied",
+        field,
+        where.inbox_event_id,
+        where.waba_id if (where.waba_id or "").isdigit() else quoted(where.waba_id),
+        event_id,
+    )
+    return Counter(account_events=1, account_events_ignored=1)
+
+
+def _limits(conn: sa.Connection, where: Entry, field: str, value: dict[str, Any]) -> Counter:
+    """phone_number_quality_update and business_capability_update."""
+    tally: Counter = Counter()
+    event = value.get("event") if isinstance(value.get("event"), str) else None
+    org = where.organisation_id
+    if field == QUALITY and event not in QUALITY_EVENTS:
+        log.warning(
+            "phone_number_quality_update in inbox event %s: unknown event %s (known: %s);"
+            " its limit, if any, is applied",
+            where.inbox_event_id,
+            quoted(value.get("event")),
+            ", ".join(QUALITY_EVENTS),
+        )
+    upgrade = field == QUALITY and event == THROUGHPUT_UPGRADE
+    if upgrade:
+        number = account.number_by_display(conn, org, value.get("display_phone_number"))
+        if number is None:
+            event_id = account.record(
+                conn,
+                account.Event(
+                    "throughput",
+                    "webhook",
+                    where.occurred_at or account.db_now(conn),
+                    org,
+                    event=event,
+                    new_value=str(account.THROUGHPUT[account.HIGHER_THROUGHPUT]),
+                    note="no phone number of the organisation has this display number"
+                    " (set display_phone, or refresh the numbers): recorded, not applied",
+                    **where.about(field, value),
+                ),
+            )
+            log.warning(
+                "THROUGHPUT_UPGRADE in inbox event %s: no phone number of organisation %s has"
+                " its display number; recorded as account event %s, nothing applied",
+                where.inbox_event_id,
+                org,
+                event_id,
+            )
+            tally.update(
+                Counter(account_events_duplicate=1)
+                if event_id is None
+                else Counter(account_events=1, account_events_ignored=1)
+            )
+        else:
+            tally.update(
+                _count(
+                    account.set_throughput(
+                        conn,
+                        number,
+                        account.HIGHER_THROUGHPUT,
+                        "webhook",
+                        where.occurred_at,
+                        **{**where.about(field, value), "event": event},
+                    )
+                )
+            )
+    if field == QUALITY:
+        named = value.get("max_daily_conversations_per_business")
+        if named in (None, "") and not upgrade:
+            named = value.get("current_limit")
+    else:
+        named = value.get("max_daily_conversations_per_business")
+        if named in (None, ""):
+            named = value.get("max_daily_conversation_per_phone")
+    found = account.tier(named)
+    if found is None:
+        if not upgrade:  # the change is kept even when it names no limit
+            tally.update(_unchanged(conn, where, field, value, event, None, "names no limit"))
+        return tally
+    if upgrade and found.sets and found.limit is None:
+        return tally + _unchanged(
+            conn,
+            where,
+            field,
+            value,
+            event,
+            found.label,
+            "TIER_UNLIMITED on a THROUGHPUT_UPGRADE is the number's throughput, not the"
+            " portfolio's messaging limit",
+        )
+    if not found.known:
+        log.warning(
+            "%s in inbox event %s: unknown messaging limit tier %s; kept, nothing changed",
+            field,
+            where.inbox_event_id,
+            quoted(found.label),
+        )
+        return tally + _unchanged(conn, where, field, value, event, found.label, "unknown tier")
+    if not found.sets:
+        return tally + _unchanged(
+            conn, where, field, value, event, found.label, "TIER_NOT_SET names no limit"
+        )
+    return tally + _count(
+        account.set_messaging_limit(
+            conn,
+            org,
+            found.limit,
+            "webhook",
+            where.occurred_at,
+            **{**where.about(field, value), "event": event or found.label},
+        )
+    )
+
+
+def _unchanged(
+    conn: sa.Connection,
+    where: Entry,
+    field: str,
+    value: dict[str, Any],
+    event: str | None,
+    label: str | None,
+    why: str,
+) -> Counter:
+    """Keep a limit change that changes nothing, with why."""
+    current = conn.execute(
+        sa.text("SELECT messaging_limit FROM organisations WHERE id = CAST(:o AS uuid)"),
+        {"o": where.organisation_id},
+    ).scalar_one()
+    event_id = account.record(
+        conn,
+        account.Event(
+            "messaging_limit",
+            "webhook",
+            where.occurred_at or account.db_now(conn),
+            where.organisation_id,
+            event=event,
+            old_value=account.limit_text(current),
+            new_value=label,
+            note=f"{why}: kept, nothing changed",
+            **where.about(field, value),
+        ),
+    )
+    if event_id is None:
+        return Counter(account_events_duplicate=1)
+    return Counter(account_events=1, account_events_ignored=1)
+
+
+def _account_update(conn: sa.Connection, where: Entry, value: dict[str, Any]) -> Counter:
+    notice = notice_of(value)
+    if notice.kind == "account" and notice.event not in INFORMATIONAL:
+        log.warning(
+            "account_update in inbox event %s: unknown event %s; recorded only",
+            where.inbox_event_id,
+            quoted(value.get("event")),
+        )
+    return _count(
+        account.apply_notice(
+            conn, where.organisation_id, notice, where.occurred_at, **where.about(ACCOUNT, value)
+        )
+    )
+
+
+def notice_of(value: dict[str, Any]) -> Notice:
+    """What one `account_update` value means for sending."""
+    event = value.get("event") if isinstance(value.get("event"), str) else None
+    label = f"account_update {event}"
+    if event == "DISABLED_UPDATE":
+        ban = value.get("ban_info") if isinstance(value.get("ban_info"), dict) else {}
+        state = ban.get("waba_ban_state")
+        date = ban.get("waba_ban_date")
+        when = f", ban date {date}" if isinstance(date, str) and date else ""
+        if state == "DISABLE":
+            return Notice(
+                "ban", event, state, f"WhatsApp disabled the account ({label}{when})", True
+            )
+        if state == "SCHEDULE_FOR_DISABLE":
+            return Notice(
+                "ban", event, state, f"WhatsApp scheduled the account to be disabled ({label})"
+            )
+        if state == "REINSTATE":
+            return Notice(
+                "ban", event, state, f"WhatsApp reinstated the account ({label})", reinstates=True
+            )
+        return Notice("account", event, None, f"{label} with ban state {quoted(state)}")
+    if event == "ACCOUNT_DELETED":
+        return Notice("ban", event, "DELETED", f"WhatsApp deleted the account ({label})", True)
+    if event == "ACCOUNT_RESTRICTION":
+        restrictions = account.restriction_list(value)
+        types = sorted({r["type"] for r in restrictions})
+        stopping = [r for r in restrictions if r["type"] == account.BIZ_INITIATED]
+        until = None
+        if stopping:
+            ends = [r["expires_at"] for r in stopping]
+            until = None if None in ends else max(ends)
+        remedy = next(
+            (
+                i.get("remediation")
+                for i in value.get("restriction_info") or []
+                if isinstance(i, dict) and isinstance(i.get("remediation"), str)
+            ),
+            None,
+        )
+        summary = (
+            "WhatsApp restricts "
+            + (", ".join(types) or "the account")
+            + (f" until {until.isoformat()}" if until else "")
+            + f" ({label})"
+            + (f": {remedy[:300]}" if remedy else "")
+        )
+        return Notice(
+            "restriction", event, ",".join(types) or None, summary, bool(stopping), False, until
+        )
+    if event == "ACCOUNT_VIOLATION":
+        info = value.get("violation_info") if isinstance(value.get("violation_info"), dict) else {}
+        kind = info.get("violation_type")
+        kind = kind if isinstance(kind, str) and kind else None
+        return Notice(
+            "violation", event, kind, f"WhatsApp reported a policy violation {kind or ''} ({label})"
+        )
+    return Notice("account", event or "(missing)", None, label)
