@@ -344,6 +344,53 @@ def _campaign_commands(commands: argparse._SubParsersAction) -> None:
     reset.add_argument("--reason", help="what was fixed")
 
 
+def cmd_templates_sync(args: argparse.Namespace) -> int:
+    """Read templates from Meta now: one organisation's, or every one's with a WABA id."""
+    from resources import templates
+    from resources.whatsapp import WhatsAppResource
+
+    synced: list[dict[str, Any]] = []
+    failed: list[str] = []
+    with _platform_engine(args) as engine:
+        client = WhatsAppResource.from_env().client
+        try:
+            with engine.connect() as conn:
+                wanted = templates.organisations(conn, args.organisation)
+            if args.organisation and not wanted:
+                raise templates.NoSuchOrganisation(
+                    f"organisation {args.organisation} does not exist"
+                )
+            for organisation in wanted:
+                try:
+                    result = templates.sync_organisation(engine, client, organisation.id)
+                except templates.SyncFailed as error:
+                    failed.append(str(error))
+                    continue
+                synced.append(templates.report(engine, result))
+        except (templates.NoSuchOrganisation, templates.NoWABA, templates.CannotReadMeta) as error:
+            print(f"waflow: error: {error}", file=sys.stderr)
+            return 1
+        finally:
+            client.close()
+    print(json.dumps(synced, indent=2, sort_keys=True))
+    if not wanted:
+        print("no organisation has a waba_id: nothing to sync", file=sys.stderr)
+    for failure in failed:
+        print(f"waflow: error: {failure}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _template_commands(commands: argparse._SubParsersAction) -> None:
+    ops = commands.add_parser(
+        "templates", help="message templates as Meta has them"
+    ).add_subparsers(dest="templates_command", required=True)
+    sync = ops.add_parser(
+        "sync", help="read templates from Meta now (every organisation with a WABA id, or one)"
+    )
+    sync.add_argument("--organisation", help="only this organisation (its id)")
+    sync.set_defaults(run=cmd_templates_sync)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="waflow", description=__doc__.splitlines()[0])
     top.add_argument("--state-dir", help="local state folder (default: $STATE_DIR or .state)")
@@ -371,6 +418,7 @@ def parser() -> argparse.ArgumentParser:
         "setup", help="apply the archive prefixes' lifecycle rules to the bucket (idempotent)"
     ).set_defaults(run=cmd_archive_setup)
     _campaign_commands(commands)
+    _template_commands(commands)
     sender = commands.add_parser(
         "sender", help="send queued messages until SIGTERM (the sender worker)"
     )

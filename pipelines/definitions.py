@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets_defs import archive, dispatch, media, reports
+from assets_defs import archive, dispatch, media, reports, templates
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource
@@ -62,4 +62,5 @@ defs = dg.Definitions.merge(
     archive.defs,
     dispatch.defs,
     reports.defs,
+    templates.defs,
 )

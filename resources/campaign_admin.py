@@ -19,8 +19,10 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
 from resources import campaign_runs, campaigns, consent, contact_csv, recurrence
+from resources import templates as meta_templates
 from resources.phone import InvalidPhoneNumber, to_e164
 from resources.queue import SQSResource
+from resources.settings import is_production
 
 MESSAGE_TYPES = ("template", "text", "image", "video", "document", "audio")
 TEMPLATE_TYPES = ("text", "image", "video", "document")
@@ -236,7 +238,42 @@ def _check_parameters(parameters: Any, errors: list) -> None:
             )
 
 
+def _against_meta(
+    conn: sa.Connection, organisation_id: str, name: str, language: str, parameters: Any
+) -> int | None:
+    """The template a sync created under this name and language, now given our
+    `parameters`; None when there is none, and a new row is to be created. Parameters that
+    do not fit Meta's components are refused, and so, in production, is a template Meta does
+    not have (a sync of the organisation's WABA found no such name and language)."""
+    known = meta_templates.known_template(conn, organisation_id, name, language)
+    if known is None:
+        missing = meta_templates.not_at_meta(conn, organisation_id, name, language)
+        if missing and is_production():
+            raise InvalidInput([{"field": "name", "error": missing}])
+        return None
+    if known.origin != "meta" or known.parameters:
+        raise InvalidInput(
+            [
+                {
+                    "field": "template",
+                    "error": f"template {name!r} ({language}) already exists (id {known.id});"
+                    f" change it with PATCH /api/templates/{known.id}",
+                }
+            ]
+        )
+    if known.components is not None:
+        found = meta_templates.problems(parameters, known.components)
+        if found:
+            raise InvalidInput([{"field": "parameters", "error": p} for p in found])
+    meta_templates.configure(conn, known.id, parameters)
+    meta_templates.refresh_problems(conn, organisation_id, known.id)
+    return known.id
+
+
 def create_template(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
+    """A template with our parameters. For a name and language a sync found at Meta, this
+    configures that template (Meta's status, category, body and components stay); in
+    production a name and language Meta does not have is refused."""
     errors = _require(data, "organisation_id", "name")
     if data.get("message_type", "text") not in TEMPLATE_TYPES:
         errors.append(
@@ -245,20 +282,28 @@ def create_template(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
     _check_parameters(data.get("parameters", []), errors)
     if errors:
         raise InvalidInput(errors)
+    organisation_id = _uuid(data["organisation_id"], "organisation_id")
+    language = data.get("language", "en")
     with engine.begin() as conn:
-        try:
-            template = campaigns.create_template(
-                conn,
-                _uuid(data["organisation_id"], "organisation_id"),
-                data["name"],
-                language=data.get("language", "en"),
-                message_type=data.get("message_type", "text"),
-                body=data.get("body"),
-                parameters=data.get("parameters", []),
-                category=data.get("category", "marketing"),
-            )
-        except sa.exc.IntegrityError as error:
-            raise InvalidInput([{"field": "template", "error": _constraint(error)}]) from None
+        template = _against_meta(
+            conn, organisation_id, data["name"], language, data.get("parameters", [])
+        )
+        if template is None:
+            try:
+                template = campaigns.create_template(
+                    conn,
+                    organisation_id,
+                    data["name"],
+                    language=language,
+                    message_type=data.get("message_type", "text"),
+                    body=data.get("body"),
+                    parameters=data.get("parameters", []),
+                    category=data.get("category", "marketing"),
+                )
+            except sa.exc.IntegrityError as error:
+                raise InvalidInput([{"field": "template", "error": _constraint(error)}]) from None
+            # Webhooks that named it before it existed here.
+            meta_templates.apply_pending(conn, organisation_id, data["name"], language)
     return get_template(engine, template)
 
 
@@ -268,7 +313,9 @@ def get_template(engine: sa.Engine, template_id: int) -> dict[str, Any]:
             conn.execute(
                 sa.text(
                     "SELECT id, organisation_id::text, name, language, category, message_type, body,"
-                    " parameters, status FROM templates WHERE id = :id"
+                    " parameters, status, status_reason, origin, meta_template_id, quality_score,"
+                    " rejected_reason, header_format, body_parameters, buttons, config_problems,"
+                    " synced_at FROM templates WHERE id = :id"
                 ),
                 {"id": template_id},
             )
@@ -277,7 +324,7 @@ def get_template(engine: sa.Engine, template_id: int) -> dict[str, Any]:
         )
     if row is None:
         raise NotFound(f"template {template_id} does not exist")
-    return dict(row)
+    return _jsonable(dict(row))
 
 
 def list_templates(engine: sa.Engine, organisation_id: str | None = None) -> list[dict[str, Any]]:
@@ -303,7 +350,8 @@ def update_template(engine: sa.Engine, template_id: int, data: dict[str, Any]) -
         _check_parameters(data["parameters"], errors)
     if errors:
         raise InvalidInput(errors)
-    get_template(engine, template_id)
+    current = get_template(engine, template_id)
+    _meta_owned(engine, current, data)
     with engine.begin() as conn:
         for name, value in data.items():
             try:
@@ -315,7 +363,39 @@ def update_template(engine: sa.Engine, template_id: int, data: dict[str, Any]) -
                 )
             except sa.exc.IntegrityError as error:
                 raise InvalidInput([{"field": name, "error": _constraint(error)}]) from None
+        meta_templates.refresh_problems(conn, current["organisation_id"], template_id)
     return get_template(engine, template_id)
+
+
+def _meta_owned(engine: sa.Engine, template: dict[str, Any], data: dict[str, Any]) -> None:
+    """Refuse what only Meta decides: its statuses (APPROVED, PAUSED, …) on any template,
+    and the status, category, body and message type of a template Meta lists; and
+    parameters that do not fit Meta's components."""
+    errors = []
+    status = data.get("status")
+    if isinstance(status, str) and status.isupper():
+        errors.append(
+            {"field": "status", "error": "Meta's statuses come from Meta (a sync, a webhook)"}
+        )
+    elif template["synced_at"] is not None:
+        errors += [
+            {
+                "field": name,
+                "error": "comes from Meta's template: change it in WhatsApp Manager, then sync",
+            }
+            for name in ("status", "category", "body", "message_type")
+            if name in data and data[name] != template[name]
+        ]
+    if "parameters" in data:
+        with engine.connect() as conn:
+            known = meta_templates.components_of(conn, template["id"])
+        if known is not None:
+            errors += [
+                {"field": "parameters", "error": p}
+                for p in meta_templates.problems(data["parameters"], known)
+            ]
+    if errors:
+        raise InvalidInput(errors)
 
 
 def create_campaign(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
@@ -383,7 +463,24 @@ def approve_campaign(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
             campaigns.set_campaign_status(conn, campaign_id, "approved")
         except campaigns.InvalidTransition as error:
             raise Conflict(str(error)) from None
+        _template_approvable(conn, campaign_id)
     return campaign_status(engine, campaign_id)
+
+
+def _template_approvable(conn: sa.Connection, campaign_id: str) -> None:
+    """A template campaign is approved only on a template Meta has APPROVED (in development,
+    also one declared approved locally) whose parameters fit Meta's components."""
+    template_id = conn.execute(
+        sa.text("SELECT template_id FROM campaigns WHERE id = :c"), {"c": campaign_id}
+    ).scalar_one()
+    if template_id is None:
+        return
+    refusal = meta_templates.approval_refusal(conn, template_id, is_production())
+    if refusal is None:
+        return
+    if refusal.kind == "conflict":
+        raise Conflict("; ".join(refusal.reasons))
+    raise InvalidInput([{"field": "template", "error": reason} for reason in refusal.reasons])
 
 
 CSV_CANNOT_OPT_IN = (

@@ -872,17 +872,61 @@ def active_campaigns_on_unsendable_templates(
     return [Unsendable(*row) for row in rows if not sendable(row[6], production)]
 
 
-def listing(conn: sa.Connection, limit: int = 500) -> list[dict[str, Any]]:
-    """Templates of every organisation, for the asset's table."""
+def listing(
+    conn: sa.Connection, limit: int = 500, organisation_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Templates of every organisation (or one), for the asset's table and sync reports."""
     rows = conn.execute(
         sa.text(
             "SELECT o.name AS organisation, t.id, t.name, t.language, t.status, t.category,"
             " t.quality_score, t.header_format, t.body_parameters, t.rejected_reason,"
             " t.status_reason, t.config_problems, t.synced_at IS NOT NULL AS at_meta"
             " FROM templates t JOIN organisations o ON o.id = t.organisation_id"
+            " WHERE CAST(:o AS uuid) IS NULL OR o.id = CAST(:o AS uuid)"
             " ORDER BY o.name, t.name, t.language LIMIT :n"
         ),
-        {"n": limit},
+        {"n": limit, "o": organisation_id},
+    ).mappings()
+    return [dict(row) for row in rows]
+
+
+def report(engine: sa.Engine, result: SyncResult) -> dict[str, Any]:
+    """What a sync did, and the organisation's templates after it (JSON-ready)."""
+    with engine.connect() as conn:
+        items = listing(conn, 10_000, result.organisation_id)
+    return {
+        **result.as_dict(),
+        "items": [
+            {
+                "id": t["id"],
+                "name": t["name"],
+                "language": t["language"],
+                "status": t["status"],
+                "status_reason": t["status_reason"],
+                "rejected_reason": t["rejected_reason"],
+                "category": t["category"],
+                "quality_score": t["quality_score"],
+                "header_format": t["header_format"],
+                "body_parameters": t["body_parameters"],
+                "at_meta": t["at_meta"],
+                "config_problems": t["config_problems"],
+            }
+            for t in items
+        ],
+    }
+
+
+def in_use_with_problems(conn: sa.Connection, limit: int = 500) -> list[dict[str, Any]]:
+    """Templates whose parameters do not fit Meta's components, used by a campaign that is a
+    draft or not over yet."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT t.id, t.name, t.language, t.config_problems FROM templates t"
+            " WHERE t.config_problems <> '[]' AND EXISTS (SELECT 1 FROM campaigns c"
+            "   WHERE c.template_id = t.id AND c.status = ANY(:using))"
+            " ORDER BY t.id LIMIT :n"
+        ),
+        {"using": ["draft", *ACTIVE_CAMPAIGN_STATUSES], "n": limit},
     ).mappings()
     return [dict(row) for row in rows]
 

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from resources import campaign_admin as admin
 from resources import campaign_control as control
+from resources import templates
 from resources.queue import SQSResource
 from webhook_app.auth import requires_admin
 
@@ -243,6 +244,35 @@ async def reset_breaker(request: Request) -> Any:
 
 
 @requires_admin
+async def sync_templates(request: Request) -> Response:
+    """Read the organisation's templates from Meta now (every page, then one transaction)
+    and answer what the sync did with the templates after it. 404 unknown organisation;
+    409 no WABA id, or dev mode (no access token); 502 the Graph API's error, with its code
+    and title. Nothing is changed unless the answer is 200."""
+    organisation_id = _path(request, "organisation_id")
+    engine = _engine(request)
+    try:
+        result = await run_in_threadpool(
+            templates.sync_organisation, engine, request.app.state.webhook.client, organisation_id
+        )
+    except templates.NoSuchOrganisation as error:
+        return JSONResponse({"error": "not found", "detail": str(error)}, 404)
+    except (templates.NoWABA, templates.CannotReadMeta) as error:
+        return JSONResponse({"error": "conflict", "detail": str(error)}, 409)
+    except templates.SyncFailed as error:
+        return JSONResponse(
+            {
+                "error": "graph api error",
+                "code": error.code,
+                "title": error.title,
+                "detail": str(error),
+            },
+            502,
+        )
+    return JSONResponse(await run_in_threadpool(templates.report, engine, result))
+
+
+@requires_admin
 async def sqs_status(request: Request) -> Response:
     try:
         return JSONResponse(await run_in_threadpool(admin.queue_status, _sqs()))
@@ -255,6 +285,11 @@ async def sqs_status(request: Request) -> Response:
 routes = [
     Route("/api/organisations", create_organisation, methods=["POST"]),
     Route("/api/organisations/{organisation_id:uuid}/contacts", upload_contacts, methods=["POST"]),
+    Route(
+        "/api/organisations/{organisation_id:uuid}/templates/sync",
+        sync_templates,
+        methods=["POST"],
+    ),
     Route("/api/templates", list_templates, methods=["GET"]),
     Route("/api/templates", create_template, methods=["POST"]),
     Route("/api/templates/{template_id:int}", get_template, methods=["GET"]),
