@@ -211,7 +211,12 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
     with _platform_engine(args) as engine:
         operations = {
             "create-organisation": lambda: admin.create_organisation(
-                engine, {"name": args.name, "phone_number_id": args.phone_number_id}
+                engine,
+                {
+                    "name": args.name,
+                    "phone_number_id": args.phone_number_id,
+                    **_organisation_fields(args),
+                },
             ),
             "templates": lambda: admin.list_templates(engine, args.organisation),
             "create-template": lambda: admin.create_template(engine, _read_json(args.file)),
@@ -233,6 +238,13 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
             "process": lambda: admin.process_messages(engine, args.campaign_id),
             "sqs-status": lambda: admin.queue_status(SQSResource.from_env()),
             "organisations": lambda: admin.list_organisations(engine, args.phone_number_id),
+            "update-organisation": lambda: admin.update_organisation(
+                engine, args.organisation_id, _organisation_fields(args)
+            ),
+            "account-events": lambda: admin.account_history(
+                engine, args.organisation_id, args.kind, args.limit
+            ),
+            "refresh-numbers": lambda: _refresh_numbers(engine, args.organisation),
             "contacts": lambda: admin.find_contacts(
                 engine, args.organisation_id, args.phone, args.user_id
             ),
@@ -271,6 +283,58 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
     return 0
 
 
+def _messaging_limit(text: str) -> int | None:
+    if text.strip().lower() in ("unlimited", "null", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number (50, 250, 1000, …) or unlimited") from None
+
+
+def _organisation_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The organisation fields given on the command line (`waba_id` "" or none clears it)."""
+    fields: dict[str, Any] = {}
+    if args.waba_id is not None:
+        fields["waba_id"] = None if args.waba_id.lower() in ("", "none") else args.waba_id
+    if args.messaging_limit is not _UNSET:
+        fields["messaging_limit"] = args.messaging_limit
+    displays = getattr(args, "display_phone", None) or []
+    if displays:
+        fields["phone_numbers"] = [
+            {"phone_number_id": number, "display_phone": display or None}
+            for number, _, display in (d.partition("=") for d in displays)
+        ]
+    for name in ("by", "reason"):
+        if getattr(args, name, None):
+            fields[name] = getattr(args, name)
+    return fields
+
+
+def _refresh_numbers(engine: sa.Engine, organisation_id: str | None) -> list[dict[str, Any]]:
+    from resources import account
+    from resources.whatsapp import WhatsAppResource
+
+    client = WhatsAppResource.from_env().client
+    try:
+        return account.refresh_numbers(engine, client, organisation_id)
+    finally:
+        client.close()
+
+
+_UNSET = object()
+
+
+def _organisation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--waba-id", help="its WhatsApp Business account id (none clears it)")
+    parser.add_argument(
+        "--messaging-limit",
+        type=_messaging_limit,
+        default=_UNSET,
+        help="one of WhatsApp's tiers: 50, 250, 1000, 2000, 10000, 100000 or unlimited",
+    )
+
+
 def _campaign_commands(commands: argparse._SubParsersAction) -> None:
     campaigns = commands.add_parser(
         "campaigns", help="operate campaigns (the operator API's operations)"
@@ -280,6 +344,7 @@ def _campaign_commands(commands: argparse._SubParsersAction) -> None:
     org = ops.add_parser("create-organisation", help="create an organisation")
     org.add_argument("--name", required=True)
     org.add_argument("--phone-number-id", help="its sending phone number ID")
+    _organisation_options(org)
     ops.add_parser("templates", help="list templates").add_argument("--organisation")
     ops.add_parser(
         "create-template", help="create a template from a JSON file (- for stdin)"
@@ -312,6 +377,28 @@ def _campaign_commands(commands: argparse._SubParsersAction) -> None:
     ops.add_parser("sqs-status", help="queue depth, in flight and dead-letter depth")
     organisations = ops.add_parser("organisations", help="list organisations and their numbers")
     organisations.add_argument("--phone-number-id", help="only the one holding this number ID")
+    change = ops.add_parser(
+        "update-organisation", help="change an organisation's WABA id, messaging limit, numbers"
+    )
+    change.add_argument("organisation_id")
+    _organisation_options(change)
+    change.add_argument(
+        "--display-phone",
+        action="append",
+        metavar="PHONE_NUMBER_ID=NUMBER",
+        help="a number's display number, as WhatsApp shows it (repeatable; empty clears it)",
+    )
+    change.add_argument("--by", help="who changes it (recorded with a limit change)")
+    change.add_argument("--reason", help="why (recorded with a limit change)")
+    history = ops.add_parser(
+        "account-events", help="an organisation's account history: limit, throughput, standing"
+    )
+    history.add_argument("organisation_id")
+    history.add_argument("--kind", help="messaging_limit, throughput, ban, restriction, …")
+    history.add_argument("--limit", type=int, default=100)
+    ops.add_parser(
+        "refresh-numbers", help="read the numbers' status from the Graph API now"
+    ).add_argument("--organisation", help="only this organisation's numbers")
     find = ops.add_parser("contacts", help="look contacts up, with their consent history")
     find.add_argument("organisation_id")
     who = find.add_mutually_exclusive_group(required=True)

@@ -255,7 +255,17 @@ def test_organisations_are_listed_and_a_taken_phone_number_id_is_a_409(client, e
         (other["id"], "Bare", 250),
     ]
     assert listed[0]["phone_numbers"] == [
-        {"phone_number_id": "555000", "display_phone": None, "messages_per_second": 80}
+        {
+            "phone_number_id": "555000",
+            "display_phone": None,
+            "messages_per_second": 80,
+            "throughput_level": None,
+            "quality_rating": None,
+            "name_status": None,
+            "verified_name": None,
+            "status_read_at": None,
+            "status_error": None,
+        }
     ]
     assert listed[1]["phone_numbers"] == []
     filtered = client.get("/api/organisations", params={"phone_number_id": "555000"}, headers=ADMIN)

@@ -186,6 +186,28 @@ async def list_organisations(request: Request) -> Any:
 
 
 @operation(200)
+async def update_organisation(request: Request) -> Any:
+    return await run_in_threadpool(
+        admin.update_organisation,
+        _engine(request),
+        _path(request, "organisation_id"),
+        await _json(request),
+    )
+
+
+@operation(200)
+async def account_history(request: Request) -> Any:
+    query = request.query_params
+    return await run_in_threadpool(
+        admin.account_history,
+        _engine(request),
+        _path(request, "organisation_id"),
+        query.get("kind"),
+        query.get("limit", "100"),
+    )
+
+
+@operation(200)
 async def find_contacts(request: Request) -> Any:
     query = request.query_params
     return await run_in_threadpool(
@@ -308,6 +330,12 @@ routes = [
     Route("/api/breakers", list_breakers, methods=["GET"]),
     Route("/api/breakers/{breaker_id:int}/reset", reset_breaker, methods=["POST"]),
     Route("/api/organisations", list_organisations, methods=["GET"]),
+    Route("/api/organisations/{organisation_id:uuid}", update_organisation, methods=["PATCH"]),
+    Route(
+        "/api/organisations/{organisation_id:uuid}/account-events",
+        account_history,
+        methods=["GET"],
+    ),
     Route("/api/organisations/{organisation_id:uuid}/contacts", find_contacts, methods=["GET"]),
     Route(
         "/api/organisations/{organisation_id:uuid}/contacts/{contact_id:int}/consent",
