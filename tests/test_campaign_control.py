@@ -268,4 +268,8 @@ def test_breakers_are_listed_and_reset_through_the_api(client, engine):
     assert client.post(f"/api/breakers/{opened.id}/reset", headers=AUTH).status_code == 409
     assert client.post("/api/breakers/999999/reset", headers=AUTH).status_code == 404
     assert client.get("/api/breakers", headers=AUTH).json() == []
-    assert client.get("/health").json()["sending"] == {"status": "ok", "open_breakers": []}
+    assert client.get("/health").json()["sending"] == {
+        "status": "ok",
+        "open_breakers": [],
+        "accounts": [],
+    }

@@ -2,7 +2,8 @@
 
 The worker processes report through their heartbeat rows (`webhook_workers`): a process
 whose last beat is older than `STALE_SECONDS` counts as gone. Both also show the open
-circuit breakers: sending is held in their scopes. An open breaker does not make this
+circuit breakers (sending is held in their scopes) and the organisations whose WhatsApp
+account is not in good standing. An open breaker does not make this
 instance unhealthy (it receives webhooks as before), so it does not change the status code.
 """
 
@@ -15,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from resources import breakers
+from resources import account, breakers
 from webhook_app import buffer
 from webhook_app.runtime import Runtime
 
@@ -43,12 +44,12 @@ def _inbox(conn: sa.Connection) -> dict:
 async def health(request: Request) -> JSONResponse:
     runtime: Runtime = request.app.state.webhook
 
-    def check() -> tuple[dict, list[sa.Row], list[dict]]:
+    def check() -> tuple[dict, list[sa.Row], list[dict], list[dict]]:
         with runtime.engine.connect() as conn:
-            return _inbox(conn), _live_workers(conn), _breakers(conn)
+            return _inbox(conn), _live_workers(conn), _breakers(conn), account.troubled(conn)
 
     try:
-        inbox, live, open_breakers = await run_in_threadpool(check)
+        inbox, live, open_breakers, accounts = await run_in_threadpool(check)
     except sa.exc.SQLAlchemyError as error:
         reason = str(error.orig if hasattr(error, "orig") else error).splitlines()[0]
         return JSONResponse({"status": "unavailable", "database": reason}, status_code=503)
@@ -61,7 +62,7 @@ async def health(request: Request) -> JSONResponse:
             "database": "ok",
             "inbox": inbox,
             "workers": workers,
-            "sending": _sending(open_breakers),
+            "sending": _sending(open_breakers, accounts),
         },
         status_code=200 if healthy else 503,
     )
@@ -82,8 +83,14 @@ def _breakers(conn: sa.Connection) -> list[dict]:
     ]
 
 
-def _sending(open_breakers: list[dict]) -> dict:
-    return {"status": "held" if open_breakers else "ok", "open_breakers": open_breakers}
+def _sending(open_breakers: list[dict], accounts: list[dict]) -> dict:
+    """Open breakers hold sending; `accounts` are the organisations whose WhatsApp account
+    is not in good standing (disabled, restricted, …), with the reason."""
+    return {
+        "status": "held" if open_breakers else "ok",
+        "open_breakers": open_breakers,
+        "accounts": accounts,
+    }
 
 
 async def stats(request: Request) -> JSONResponse:
@@ -110,7 +117,7 @@ async def stats(request: Request) -> JSONResponse:
                 ).all()
             )
             return {
-                "sending": _sending(_breakers(conn)),
+                "sending": _sending(_breakers(conn), account.troubled(conn)),
                 "buffer": {"active_buffers": buffer.active_buffers(conn)},
                 "inbox": {s: states.get(s, 0) for s in ("pending", "processed", "failed")},
                 "replies_sent": replies,
@@ -139,4 +146,5 @@ def _worker_counters(live: list[sa.Row]) -> dict:
         "turns_answered": counters["turns"],
         "replies_sent": counters["replies_sent"],
         "fallback_replies": counters["fallback_replies"],
+        "account_events": counters["account_events"],
     }
