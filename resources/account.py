@@ -78,6 +78,13 @@ def quoted(value: Any) -> str:
     return f"(a {type(value).__name__}, not shown)"
 
 
+def quoted_tier(label: str) -> str:
+    """A tier as it may be logged: Meta's TIER_… names and small counts, nothing else."""
+    if re.fullmatch(r"TIER_[A-Z0-9_]{1,20}|-?\d{1,7}", label):
+        return repr(label)
+    return quoted(label)
+
+
 def limit_text(limit: int | None) -> str:
     return "unlimited" if limit is None else str(limit)
 
@@ -307,7 +314,7 @@ def set_throughput(
     at = occurred_at or row.now
     rate = THROUGHPUT.get(level, row.messages_per_second)
     older = row.throughput_at is not None and at < row.throughput_at
-    changed = rate != row.messages_per_second or level != row.throughput_level
+    changed = rate != row.messages_per_second  # a level that keeps the rate is no news
     if not changed and not record_unchanged:
         if not older:
             _throughput_decided(conn, phone_number_id, level, rate, at)
@@ -829,6 +836,6 @@ def apply_number_status(conn: sa.Connection, phone_number_id: str, data: dict) -
             "phone number %s: unknown messaging limit tier %s read from the Graph API;"
             " the limit is left as it is",
             phone_number_id,
-            quoted(named.label),
+            quoted_tier(named.label),
         )
     return changes

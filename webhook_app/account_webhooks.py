@@ -231,7 +231,7 @@ def _limits(conn: sa.Connection, where: Entry, field: str, value: dict[str, Any]
             "%s in inbox event %s: unknown messaging limit tier %s; kept, nothing changed",
             field,
             where.inbox_event_id,
-            quoted(found.label),
+            account.quoted_tier(found.label),
         )
         return tally + _unchanged(conn, where, field, value, event, found.label, "unknown tier")
     if not found.sets:
