@@ -40,6 +40,28 @@ MESSAGE_TYPES = {
     "reaction",
 }
 MEDIA_TYPES = {"image", "video", "document", "audio"}
+# The WhatsApp Business Phone Number API's readable fields, and those it answers without
+# `fields`.
+NUMBER_FIELDS = {
+    "id",
+    "display_phone_number",
+    "verified_name",
+    "quality_rating",
+    "name_status",
+    "new_name_status",
+    "new_display_name",
+    "code_verification_status",
+    "platform_type",
+    "status",
+    "throughput",
+    "whatsapp_business_manager_messaging_limit",
+    "messaging_limit_tier",
+    "is_official_business_account",
+    "account_mode",
+    "last_onboarded_time",
+    "health_status",
+}
+NUMBER_DEFAULTS = ["id", "display_phone_number", "verified_name", "quality_rating"]
 
 
 @dataclass
@@ -72,6 +94,11 @@ class FakeGraph:
     template_page_size: int = 25
     template_requests: list[dict[str, str]] = field(default_factory=list)
     _template_page_failures: dict[tuple[str, int], Failure] = field(default_factory=dict)
+    # Business phone numbers by id, as `GET /{phone-number-id}` describes them; the numbers
+    # whose reads fail; the `fields` of every read.
+    phone_numbers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    number_requests: list[dict[str, str]] = field(default_factory=list)
+    _number_failures: dict[str, Failure] = field(default_factory=dict)
 
     def fail_next(self, failure: Failure, times: int = 1) -> None:
         with self._lock:
@@ -98,6 +125,7 @@ class FakeGraph:
             self._rules.clear()
             self._failures.clear()
             self._template_page_failures.clear()
+            self._number_failures.clear()
 
     def set_templates(self, waba_id: str, templates: list[dict[str, Any]]) -> None:
         """The WABA's templates as Meta lists them (`name`, `language`, `status`,
@@ -111,6 +139,29 @@ class FakeGraph:
         with self._lock:
             self._template_page_failures[(waba_id, page)] = failure
 
+    def add_phone_number(self, phone_number_id: str, **fields: Any) -> None:
+        """A business phone number Meta knows: its documented fields, a standard-throughput
+        number on the 250 limit unless `fields` say otherwise (`throughput={"level":
+        "HIGH"}`, `whatsapp_business_manager_messaging_limit="TIER_2K"`, …)."""
+        with self._lock:
+            self.phone_numbers[phone_number_id] = {
+                "display_phone_number": "+1 555-555-0100",
+                "verified_name": "Shop",
+                "quality_rating": "GREEN",
+                "name_status": "APPROVED",
+                "code_verification_status": "VERIFIED",
+                "platform_type": "CLOUD_API",
+                "status": "CONNECTED",
+                "throughput": {"level": "STANDARD"},
+                "whatsapp_business_manager_messaging_limit": "TIER_250",
+                **fields,
+            }
+
+    def fail_phone_number(self, phone_number_id: str, failure: Failure) -> None:
+        """Answer every read of the number with `failure`, until `recover()`."""
+        with self._lock:
+            self._number_failures[phone_number_id] = failure
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
@@ -122,7 +173,7 @@ class FakeGraph:
                 ),
                 Route("/_fake/stats", self._stats),
                 Route("/media-download/{media_id}", self._media_download, methods=["GET"]),
-                Route("/{version}/{media_id}", self._media_url, methods=["GET"]),
+                Route("/{version}/{media_id}", self._graph_object, methods=["GET"]),
             ]
         )
 
@@ -266,6 +317,35 @@ class FakeGraph:
     def add_media(self, media_id: str, content: bytes, mime_type: str) -> None:
         """Media a customer sent: its id resolves to a short-lived URL that serves `content`."""
         self.media[media_id] = (content, mime_type)
+
+    async def _graph_object(self, request: Request) -> JSONResponse:
+        """`GET /{version}/{id}`: a registered phone number's fields, else media metadata."""
+        number = request.path_params["media_id"]
+        if number not in self.phone_numbers and number not in self._number_failures:
+            return await self._media_url(request)
+        if request.headers.get("authorization") != f"Bearer {self.access_token}":
+            return _error(401, 190, "Invalid OAuth access token")
+        if not request.path_params["version"].startswith("v"):
+            return _error(400, 100, "Unknown path components")
+        asked = request.query_params.get("fields")
+        with self._lock:
+            self.number_requests.append({"id": number, "fields": asked or ""})
+            failure = self._number_failures.get(number)
+            described = dict(self.phone_numbers.get(number, {}))
+        if failure:
+            return _error(
+                failure.http_status, failure.code, failure.title, failure.subcode, failure.details
+            )
+        names = [f.strip() for f in asked.split(",") if f.strip()] if asked else NUMBER_DEFAULTS
+        unknown = [n for n in names if n not in NUMBER_FIELDS]
+        if unknown:
+            return _error(
+                400,
+                100,
+                f"(#100) Tried accessing nonexisting field ({unknown[0]}) on node type"
+                " (WhatsAppBusinessPhoneNumber)",
+            )
+        return JSONResponse({"id": number, **{n: described[n] for n in names if n in described}})
 
     async def _media_url(self, request: Request) -> JSONResponse:
         if request.headers.get("authorization") != f"Bearer {self.access_token}":

@@ -1,5 +1,9 @@
 """Runs a sender worker from the environment until SIGTERM/SIGINT (or until the queue is
-drained), as `waflow sender` and the demo do."""
+drained), as `waflow sender` and the demo do.
+
+At start-up it reads each phone number's status from the Graph API (throughput, which sets
+its messages per second, quality rating, name status, the portfolio's messaging limit):
+skipped in dev mode, and a read that fails is logged and does not stop the sender."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import signal
 from collections import Counter
 
 from pipelines.sender.worker import SenderConfig, Worker
-from resources import settings
+from resources import account, settings
 from resources.postgres import create_engine
 from resources.queue import SQSResource
 from resources.whatsapp import WhatsAppClient
@@ -42,7 +46,27 @@ def run(drain: bool = False, install_signals: bool = True) -> Counter[str]:
         " (dev mode: nothing leaves)" if client.dev_mode else "",
     )
     try:
+        _read_numbers(engine, client)
         return worker.run(drain=drain)
     finally:
         client.close()
         engine.dispose()
+
+
+def _read_numbers(engine, client: WhatsAppClient) -> None:
+    """Each number's status from the Graph API, before the first send (dev mode: nothing
+    can be read). Whatever goes wrong is logged: the sender starts all the same, with the
+    rates it had."""
+    log = logging.getLogger("waflow.sender")
+    try:
+        results = account.refresh_numbers(engine, client)
+    except Exception:
+        log.exception("phone number status not read at start-up; sending with the stored rates")
+        return
+    failed = [r["phone_number_id"] for r in results if "error" in r]
+    if results:
+        log.info(
+            "phone number status read for %d number(s)%s",
+            len(results) - len(failed),
+            f"; not read for {', '.join(failed)} (see above)" if failed else "",
+        )
