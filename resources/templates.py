@@ -339,7 +339,9 @@ def sync_organisation(
             f"organisation {organisation_id} has no waba_id: set its WhatsApp Business account"
             " id to read its templates from Meta"
         )
-    read_at = datetime.now(UTC)
+    # Whole seconds, as Meta's webhook times are: an event of the second the read started
+    # counts as no older than what the read finds.
+    read_at = datetime.now(UTC).replace(microsecond=0)
     try:
         listed = read(client, organisation.waba_id)
     except GraphAPIError as error:

@@ -94,6 +94,9 @@ class FakeGraph:
     template_page_size: int = 25
     template_requests: list[dict[str, str]] = field(default_factory=list)
     _template_page_failures: dict[tuple[str, int], Failure] = field(default_factory=dict)
+    # Called (in a thread) with the WABA id and page number before a page is answered: what
+    # happens at Meta while a client reads the pages.
+    before_template_page: Callable[[str, int], None] | None = None
     # Business phone numbers by id, as `GET /{phone-number-id}` describes them; the numbers
     # whose reads fail; the `fields` of every read.
     phone_numbers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -293,7 +296,12 @@ class FakeGraph:
                 start = int(base64.b64decode(query["after"]).decode()) if "after" in query else 0
             except ValueError:
                 return _error(400, 100, "Invalid parameter")
-            failure = self._template_page_failures.get((waba_id, start // max(size, 1)))
+            number = start // max(size, 1)
+            failure = self._template_page_failures.get((waba_id, number))
+        if self.before_template_page is not None:
+            await asyncio.to_thread(self.before_template_page, waba_id, number)
+        with self._lock:
+            listed = self.templates.get(waba_id, [])
             page = listed[start : start + size]
         if failure:
             return _error(
