@@ -694,6 +694,8 @@ def _apply_event(conn: sa.Connection, organisation_id: str, event_id: int, event
     ).scalar_one_or_none()
     if template is None:
         return "pending"
+    # Meta's reason, or when it says NONE what the event tells (a pause's title).
+    reason = event.reason if event.reason and event.reason.upper() != "NONE" else event.detail
     if event.kind == "noted":
         outcome = "noted"
     else:
@@ -706,7 +708,7 @@ def _apply_event(conn: sa.Connection, organisation_id: str, event_id: int, event
             {
                 "id": template,
                 "new": event.new,
-                "reason": event.reason,
+                "reason": reason,
                 "at": event.occurred_at,
                 "mid": event.meta_template_id,
             },
@@ -719,7 +721,7 @@ def _apply_event(conn: sa.Connection, organisation_id: str, event_id: int, event
                 event.name,
                 event.language,
                 event.new,
-                event.reason,
+                reason,
                 event.field,
             )
     conn.execute(

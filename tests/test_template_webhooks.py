@@ -167,7 +167,10 @@ def test_two_status_webhooks_out_of_order_end_on_the_newer(engine):
         breakers.template_key(organisation, "winter_sale", "en_US"),
         132015,
     )
-    assert (breaker.error_title, breaker.closes_by) == ("Template is paused", "operator")
+    assert breaker.error_title == (
+        "Template is paused (FIRST_PAUSE: Your WhatsApp message template has been paused)"
+    )
+    assert breaker.closes_by == "operator"
     with engine.connect() as conn:
         [closed] = breakers.listing(conn, include_closed=1)
     assert (closed["id"], closed["closed_by"]) == (breaker.id, "message_template_status_update")

@@ -101,13 +101,9 @@ def _parse(field: str, value: dict[str, Any], at: Any) -> tuple[templates.Event 
         reason = _text(value.get("reason"))
         other = value.get("other_info") or {}
         rejection = value.get("rejection_info") or {}
-        detail = _text(
-            " ".join(
-                str(part)
-                for part in (other.get("title"), other.get("description"), rejection.get("reason"))
-                if part
-            )
-        )
+        # Why, when `reason` is NONE: a pause's title and description, a rejection's detail.
+        info = ": ".join(str(p) for p in (other.get("title"), other.get("description")) if p)
+        detail = _text("; ".join(p for p in (info, str(rejection.get("reason") or "")) if p))
         if event in templates.STATUS_EVENTS:
             kind, new = "status", event
         elif event == templates.REINSTATED:
