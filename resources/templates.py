@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
+from uuid import UUID
 
 import sqlalchemy as sa
 
@@ -38,8 +39,16 @@ from resources.whatsapp import GraphAPIError, WhatsAppClient
 log = logging.getLogger(__name__)
 
 # What a sync asks Meta for, per template.
-FIELDS = ("name", "language", "status", "category", "quality_score", "components")
-FIELDS += ("rejected_reason", "id")
+FIELDS = (
+    "name",
+    "language",
+    "status",
+    "category",
+    "quality_score",
+    "components",
+    "rejected_reason",
+    "id",
+)
 PAGE_SIZE = 100
 
 APPROVED = "APPROVED"
@@ -311,7 +320,13 @@ class Organisation:
 
 
 def organisations(conn: sa.Connection, organisation_id: str | None = None) -> list[Organisation]:
-    """Organisations with a WABA (or the one asked for, with or without)."""
+    """Organisations with a WABA (or the one asked for, with or without; none for an id
+    that is not an organisation's)."""
+    if organisation_id is not None:
+        try:
+            organisation_id = str(UUID(str(organisation_id)))
+        except ValueError:
+            return []
     rows = conn.execute(
         sa.text(
             "SELECT id::text, name, waba_id FROM organisations"

@@ -523,6 +523,9 @@ def test_waflow_templates_sync(engine, graph, capsys, monkeypatch, database_url)
     reports = json.loads(capsys.readouterr().out)
     assert {r["organisation_id"]: r["created"] for r in reports} == {first: 1, second: 0}
 
+    assert main(["templates", "sync", "--organisation", "not-an-id"]) == 1
+    assert "organisation not-an-id does not exist" in capsys.readouterr().err
+
     graph.fail_template_page(WABA_ID, 0, RATE_LIMITED)
     assert main(["templates", "sync"]) == 1
     out, err = capsys.readouterr()
