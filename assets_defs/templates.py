@@ -3,14 +3,15 @@
 A template's status, category, quality score and components are Meta's decision, not
 ours: this asset reads them from each organisation's WhatsApp Business account
 (`resources.templates`, which `waflow templates sync` and the operator API's sync route
-call too), on a schedule and on demand. Its checks fail while an active campaign relies on a
+call too), on a schedule and on demand, with each organisation's phone numbers' status
+(`resources.account.refresh_numbers`). Its checks fail while an active campaign relies on a
 template Meta does not let it send, or on a configuration that does not fit Meta's
 template: such campaigns would otherwise find out one failed message at a time.
 """
 
 import dagster as dg
 
-from resources import settings, templates
+from resources import account, settings, templates
 from resources.postgres import PostgresResource
 from resources.whatsapp import WhatsAppResource
 
@@ -76,6 +77,7 @@ def whatsapp_templates(
         organisations = templates.organisations(conn)
     synced: list[templates.SyncResult] = []
     failed: list[templates.SyncFailed] = []
+    numbers: list[dict] = []
     note = None
     try:
         if organisations and client.dev_mode:
@@ -93,6 +95,8 @@ def whatsapp_templates(
                 except templates.SyncFailed as error:
                     context.log.error(str(error))
                     failed.append(error)
+                # The numbers' throughput, quality and name status, read with the templates.
+                numbers += account.refresh_numbers(postgres.engine, client, organisation.id)
     finally:
         client.close()
     with postgres.engine.connect() as conn:
@@ -109,6 +113,8 @@ def whatsapp_templates(
         "webhook_events_applied": sum(r.events_applied for r in synced),
         "breakers_opened": sum(len(r.breakers_opened) for r in synced),
         "breakers_closed": sum(len(r.breakers_closed) for r in synced),
+        "phone_numbers_read": sum("error" not in n for n in numbers),
+        "phone_numbers_unread": sum("error" in n for n in numbers),
         "by_status": dg.MetadataValue.json(by_status),
         "templates": _table(rows),
     }

@@ -546,3 +546,31 @@ def test_the_asset_and_its_schedule_are_in_the_code_location(monkeypatch):
     monkeypatch.setenv("TEMPLATE_SYNC_CRON", "every hour")
     with pytest.raises(settings.InvalidSetting, match="TEMPLATE_SYNC_CRON"):
         template_assets._schedule()
+
+
+def test_the_sync_reads_the_organisations_numbers_status_too(engine, postgres, graph, instance):
+    organisation = add_organisation(engine)
+    with engine.begin() as conn:
+        campaigns.add_phone_number(conn, organisation, "5550001")
+        campaigns.add_phone_number(conn, organisation, "5550002")
+    graph.set_templates(WABA_ID, [meta_template("spring_sale")])
+    graph.add_phone_number("5550001", quality_rating="YELLOW", throughput={"level": "HIGH"})
+    graph.fail_phone_number("5550002", Failure(100, "Unsupported get request"))
+    result = materialize(instance, postgres, graph)
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("whatsapp_templates")
+    assert materialization.metadata["phone_numbers_read"].value == 1
+    assert materialization.metadata["phone_numbers_unread"].value == 1
+    with engine.connect() as conn:
+        read, unread = conn.execute(
+            sa.text(
+                "SELECT quality_rating, messages_per_second, status_error FROM phone_numbers"
+                " ORDER BY phone_number_id"
+            )
+        ).all()
+    assert (read.quality_rating, read.messages_per_second, read.status_error) == (
+        "YELLOW",
+        1000,
+        None,
+    )
+    assert "Unsupported get request" in unread.status_error
