@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from pipelines.partitions import campaign_partitions, campaign_run_partitions, run_date_partitions
 from pipelines.sender.store import stuck_in_sending
-from resources import breakers, settings
+from resources import breakers, progress, settings
 from resources.postgres import PostgresResource
 
 STAGES = (
@@ -36,7 +36,6 @@ class Funnel:
     campaign_run_id: int
     stages: dict[str, int]
     failed_by_code: list[tuple[str, str, int]]
-    held_by: list[tuple[str, int]]
 
 
 def delivery_funnel(conn: sa.Connection, campaign_run_id: int) -> Funnel:
@@ -68,19 +67,10 @@ def delivery_funnel(conn: sa.Connection, campaign_run_id: int) -> Funnel:
         ),
         {"r": campaign_run_id},
     ).all()
-    held_by = conn.execute(
-        sa.text(
-            "SELECT COALESCE(status_reason, 'held'), count(*) FROM messages"
-            " WHERE campaign_run_id = :r AND status = 'pending' AND held_at IS NOT NULL"
-            " GROUP BY 1 ORDER BY 2 DESC"
-        ),
-        {"r": campaign_run_id},
-    ).all()
     return Funnel(
         campaign_run_id,
         {stage: getattr(stages, stage) for stage in STAGES},
         [(code, title or "", count) for code, title, count in failures],
-        [(reason, count) for reason, count in held_by],
     )
 
 
@@ -119,6 +109,33 @@ def _failures_table(funnel: Funnel) -> dg.TableMetadataValue:
     )
 
 
+def _waiting_table(waiting: list[dict]) -> dg.TableMetadataValue:
+    """What the messages not yet final wait for (see `resources.progress`)."""
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord(
+                {
+                    "reason": wait["reason"],
+                    "messages": wait["messages"],
+                    "detail": ", ".join(
+                        f"{key} {value}"
+                        for key, value in wait.items()
+                        if key not in ("reason", "messages") and value is not None
+                    ),
+                }
+            )
+            for wait in waiting
+        ],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("reason", "string"),
+                dg.TableColumn("messages", "int"),
+                dg.TableColumn("detail", "string"),
+            ]
+        ),
+    )
+
+
 def _bar_chart(funnel: Funnel) -> str:
     widest = max(funnel.stages.values()) or 1
     lines = [
@@ -145,20 +162,17 @@ def campaign_delivery_report(
                 f"campaign {keys['campaign']} has no run on {keys['date']}: nothing to report"
             )
         funnel = delivery_funnel(conn, run_id)
+        waits = progress.run_progress(conn, run_id, settings.number("SENDER_STUCK_AFTER_SECONDS"))
     return dg.MaterializeResult(
         metadata={
             "campaign_run_id": run_id,
             **{stage: dg.MetadataValue.int(count) for stage, count in funnel.stages.items()},
             "funnel": _funnel_table(funnel),
             "failed_by_code": _failures_table(funnel),
-            "held_by": dg.MetadataValue.table(
-                records=[
-                    dg.TableRecord({"reason": reason, "messages": count})
-                    for reason, count in funnel.held_by
-                ],
-                schema=dg.TableSchema(
-                    columns=[dg.TableColumn("reason", "string"), dg.TableColumn("messages", "int")]
-                ),
+            "waiting": _waiting_table(waits["waiting"]),
+            "estimated_finish_at": dg.MetadataValue.text(
+                waits["estimated_finish_at"]
+                or ("not while a breaker or a pause holds messages" if waits["waiting"] else "done")
             ),
             "chart": dg.MetadataValue.md(_bar_chart(funnel)),
         }

@@ -37,7 +37,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from pipelines.demo import load_demo
+    from pipelines.demo import load_demo, messaging_limit_note
     from pipelines.local_stack import local_stack
     from pipelines.supervisor import Service, check_ports, supervise
     from resources.postgres import PostgresResource
@@ -88,6 +88,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     with local_stack(_state_dir(args), postgres_port) as stack:
         postgres = PostgresResource.from_env()
         campaign = load_demo(postgres.engine)
+        print(messaging_limit_note(postgres.engine, campaign, f"http://{host}:{webhook_port}"))
         postgres.engine.dispose()
         print(f"demo campaign {campaign} is approved; starting the stack…", flush=True)
         return supervise(services, stack.env)
@@ -231,6 +232,7 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
                 engine, args.campaign_id, Path(args.csv).read_text()
             ),
             "approve": lambda: admin.approve_campaign(engine, args.campaign_id),
+            "readiness": lambda: admin.campaign_readiness(engine, args.campaign_id),
             "status": lambda: admin.campaign_status(engine, args.campaign_id),
             "audience": lambda: admin.list_audience(
                 engine, args.campaign_id, args.status, args.limit, args.after
@@ -364,7 +366,8 @@ def _campaign_commands(commands: argparse._SubParsersAction) -> None:
     audience_csv.add_argument("campaign_id")
     audience_csv.add_argument("csv")
     for name, text in (
-        ("approve", "approve a draft campaign"),
+        ("approve", "approve a draft campaign (refused, with every problem, if it cannot send)"),
+        ("readiness", "what approval checks, now, changing nothing: problems and first members"),
         ("status", "a campaign's status, audience counts and runs"),
         ("process", "record today's run now; the campaign-run sensor launches it"),
     ):

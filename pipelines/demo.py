@@ -87,6 +87,29 @@ def load_demo(engine: sa.Engine, members: int = 50) -> UUID:
         return campaign
 
 
+def messaging_limit_note(engine: sa.Engine, campaign_id: UUID, api_url: str) -> str:
+    """What `make dev` says about the demo organisation's messaging limit: it holds a
+    campaign bigger than the tier, and must match the tier WhatsApp granted."""
+    with engine.connect() as conn:
+        organisation_id, limit = conn.execute(
+            sa.text(
+                "SELECT o.id, o.messaging_limit FROM organisations o"
+                " JOIN campaigns c ON c.organisation_id = o.id WHERE c.id = :c"
+            ),
+            {"c": campaign_id},
+        ).one()
+    if limit is None:
+        return f"demo organisation {organisation_id}: no messaging limit (unlimited tier)"
+    return (
+        f"demo organisation {organisation_id} may message {limit:,} new recipients per 24 h"
+        " (its WhatsApp messaging limit; more wait, held, until the window frees room)."
+        f" To raise it to the tier WhatsApp granted: curl -X PATCH {api_url}/api/organisations/"
+        f"{organisation_id} -H 'Authorization: Bearer $ADMIN_API_TOKEN'"
+        ' -d \'{"messaging_limit": 2000}\', or waflow campaigns update-organisation'
+        f" {organisation_id} --messaging-limit 2000"
+    )
+
+
 def dispatch_demo(engine: sa.Engine, campaign_id: UUID) -> None:
     """What the campaign-run sensor and `dispatched_batches` do in `make dev`, run once."""
     import dagster as dg

@@ -19,10 +19,21 @@ from uuid import UUID
 import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
-from resources import account, campaign_runs, campaigns, consent, contact_csv, recurrence
+from resources import (
+    account,
+    campaign_runs,
+    campaigns,
+    consent,
+    contact_csv,
+    progress,
+    recurrence,
+    settings,
+)
 from resources import templates as meta_templates
 from resources.phone import InvalidPhoneNumber, to_e164
 from resources.queue import SQSResource
+from resources.readiness import Report
+from resources.readiness import check as check_readiness
 from resources.settings import is_production
 
 MESSAGE_TYPES = ("template", "text", "image", "video", "document", "audio")
@@ -54,6 +65,16 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     pass
+
+
+class NotReady(InvalidInput):
+    """The campaign cannot send what it is meant to (`resources.readiness`): every problem
+    with its count and first members in `report`; the message holds counts only."""
+
+    def __init__(self, report: Report) -> None:
+        ValueError.__init__(self, report.summary())
+        self.report = report
+        self.errors = [p.as_dict() for p in report.problems]
 
 
 def _uuid(value: Any, name: str) -> str:
@@ -642,21 +663,37 @@ def create_campaign(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def approve_campaign(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
+    """`draft → approved`, only for a campaign that can send what it is meant to: its
+    template is approvable (`_template_approvable`) and `resources.readiness` finds no
+    problem, else `NotReady` lists them and nothing changes. Answers the campaign's status
+    with the readiness report (`readiness`: its warnings, e.g. a check that could not be
+    made)."""
     campaign_id = _uuid(campaign_id, "campaign_id")
     with engine.begin() as conn:
         _campaign(conn, campaign_id)
-        members = conn.execute(
-            sa.text("SELECT count(*) FROM campaign_audience WHERE campaign_id = :c"),
-            {"c": campaign_id},
-        ).scalar_one()
-        if not members:
-            raise Conflict("a campaign needs an audience before it is approved")
         try:
+            # Also locks the campaign: an audience import waits until this commits.
             campaigns.set_campaign_status(conn, campaign_id, "approved")
         except campaigns.InvalidTransition as error:
             raise Conflict(str(error)) from None
         _template_approvable(conn, campaign_id)
-    return campaign_status(engine, campaign_id)
+        report = check_readiness(conn, campaign_id, is_production())
+        if report is None:
+            raise NotFound(f"campaign {campaign_id} does not exist")
+        if not report.ready:
+            raise NotReady(report)
+    return {**campaign_status(engine, campaign_id), "readiness": report.as_dict()}
+
+
+def campaign_readiness(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
+    """What approval checks, now, without approving or changing anything: `ready`, every
+    problem (`errors`) with its count and first members, and `warnings`."""
+    campaign_id = _uuid(campaign_id, "campaign_id")
+    with engine.connect() as conn:
+        report = check_readiness(conn, campaign_id, is_production())
+    if report is None:
+        raise NotFound(f"campaign {campaign_id} does not exist")
+    return report.as_dict()
 
 
 def _template_approvable(conn: sa.Connection, campaign_id: str) -> None:
@@ -736,13 +773,18 @@ def import_contacts(engine: sa.Engine, organisation_id: str, text: str) -> dict[
 
 
 def import_audience(engine: sa.Engine, campaign_id: str, text: str) -> dict[str, Any]:
-    """Add members to a campaign that is still a draft (numbers normalised, repeats refused)."""
+    """Add members to a campaign that is still a draft (numbers normalised, repeats refused).
+
+    Counts are for the whole file, as the contacts import's: `imported` rows, of which
+    `created` new members and `already_present` members the campaign already had."""
     campaign_id = _uuid(campaign_id, "campaign_id")
     try:
         rows = contact_csv.parse(text)
     except contact_csv.InvalidCSV as error:
         raise InvalidInput(error.errors) from None
     with engine.begin() as conn:
+        # An approval under way (it locks the campaign) checks every member: wait for it.
+        conn.execute(sa.text("SELECT 1 FROM campaigns WHERE id = :c FOR SHARE"), {"c": campaign_id})
         campaign = _campaign(conn, campaign_id)
         if campaign.status != "draft":
             raise Conflict(
@@ -751,7 +793,7 @@ def import_audience(engine: sa.Engine, campaign_id: str, text: str) -> dict[str,
         added = campaigns.add_audience(
             conn, campaign_id, [campaigns.Member(r.phone, r.name, r.attributes) for r in rows]
         )
-    return {"imported": added, "already_present": len(rows) - added}
+    return {"imported": len(rows), "created": added, "already_present": len(rows) - added}
 
 
 def campaign_status(engine: sa.Engine, campaign_id: str | UUID) -> dict[str, Any]:
@@ -784,22 +826,16 @@ def campaign_status(engine: sa.Engine, campaign_id: str | UUID) -> dict[str, Any
             ),
             {"c": campaign_id},
         )
-        # Pending rows held back, by why: a paused campaign, an open circuit breaker.
-        held = conn.execute(
-            sa.text(
-                "SELECT COALESCE(m.status_reason, 'held'), count(*) FROM messages m"
-                " JOIN campaign_runs r ON r.id = m.campaign_run_id WHERE r.campaign_id = :c"
-                " AND m.status = 'pending' AND m.held_at IS NOT NULL GROUP BY 1"
-            ),
-            {"c": campaign_id},
-        )
+        stuck = settings.number("SENDER_STUCK_AFTER_SECONDS")
         return _jsonable(
             {
                 **row,
                 "audience": campaigns.audience_counts(conn, campaign_id),
                 "messages": dict(messages.all()),
-                "held": dict(held.all()),
-                "runs": [dict(r) for r in run_rows],
+                # Each run: its messages by stage, what the rest wait for, when it should end.
+                "runs": [
+                    {**r, **progress.run_progress(conn, r["id"], stuck)} for r in run_rows.all()
+                ],
             }
         )
 

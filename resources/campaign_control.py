@@ -114,7 +114,7 @@ def cancel(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[st
         cancelled = conn.execute(
             sa.text(
                 "UPDATE messages m SET status = 'cancelled', cancelled_at = now(),"
-                " held_at = NULL, status_reason = :why FROM campaign_runs r"
+                " held_at = NULL, hold_reason = NULL, status_reason = :why FROM campaign_runs r"
                 " WHERE r.campaign_id = :c AND m.campaign_run_id = r.id AND m.status = 'pending'"
             ),
             {"c": campaign_id, "why": reason[:1000]},
@@ -146,6 +146,7 @@ def retry_failed(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> d
             conn.execute(
                 sa.text(
                     "UPDATE messages m SET status = :target, attempts = 0, held_at = now(),"
+                " hold_reason = 'retry',"
                     " breaker_id = NULL, queued_at = NULL, failed_at = NULL, error_code = NULL,"
                     " error_title = NULL, error_detail = NULL, status_reason = :why"
                     " FROM campaign_runs r"

@@ -321,13 +321,6 @@ SETTINGS: tuple[Setting, ...] = (
         low=0,
     ),
     Setting(
-        "SENDER_LIMIT_WAIT_SECONDS",
-        "300",
-        "How long a payload over the messaging limit waits before it is tried again.",
-        kind=float,
-        low=1,
-    ),
-    Setting(
         "SENDER_STUCK_AFTER_SECONDS",
         "1800",
         "A row in `sending` longer than this is reported as stuck (never re-sent automatically).",

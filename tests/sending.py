@@ -24,7 +24,6 @@ TEST_CONFIG = SenderConfig(
     visibility_seconds=10,
     wait_seconds=1,
     retry_base_seconds=1,
-    limit_wait_seconds=1,
     release_seconds=0.2,
     probe_seconds=1,
 )

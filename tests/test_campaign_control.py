@@ -4,7 +4,7 @@ real database, the local SQS server and the fake Graph API."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -77,8 +77,10 @@ def test_pause_during_sending_holds_the_rest_and_resume_sends_each_once(engine, 
         counts = statuses(engine, run)
         assert counts["sent"] < 40 and counts["sent"] + counts["pending"] == 40
         assert len(graph.requests) == counts["sent"]
-        status = campaign_admin.campaign_status(engine, run.campaign_id)
-        assert status["held"] == {"campaign paused": counts["pending"]}
+        [progress] = campaign_admin.campaign_status(engine, run.campaign_id)["runs"]
+        assert progress["messages"]["held"] == counts["pending"]
+        assert progress["waiting"] == [{"reason": "paused", "messages": counts["pending"]}]
+        assert progress["estimated_finish_at"] is None  # until someone resumes it
 
         campaign_control.resume(engine, run.campaign_id, {"by": "ops@example.com"})
         with pytest.raises(campaign_control.Conflict, match="not paused"):
@@ -273,3 +275,48 @@ def test_breakers_are_listed_and_reset_through_the_api(client, engine):
         "open_breakers": [],
         "accounts": [],
     }
+
+
+def test_a_campaign_held_by_its_messaging_limit_says_so_and_a_raise_lets_the_rest_go_once(
+    engine, sqs, graph
+):
+    run = make_run(engine, 30, messaging_limit=250)
+    _running(engine, run)
+    with engine.begin() as conn:  # 240 recipients already counted in the last 24 h
+        conn.execute(
+            sa.text(
+                "INSERT INTO messaging_window (organisation_id, recipient, counted_at)"
+                " SELECT CAST(:o AS uuid), '+1999' || n, now() - interval '1 hour'"
+                " FROM generate_series(1, 240) n"
+            ),
+            {"o": run.organisation_id},
+        )
+    enqueue(sqs, [payload(run, i) for i in range(30)])
+    worker, thread = start(engine, sqs, client_for(graph.url))
+    try:
+        wait_for(lambda: statuses(engine, run).get("sent") == 10 and _quiet(engine, sqs, run))
+        [progress] = campaign_admin.campaign_status(engine, run.campaign_id)["runs"]
+        assert progress["messages"]["sent"] == 10 and progress["messages"]["held"] == 20
+        [limit] = [w for w in progress["waiting"] if w["reason"] == "messaging_limit"]
+        assert (limit["messages"], limit["messaging_limit"], limit["counted_in_window"]) == (
+            20,
+            250,
+            250,
+        )
+        frees_at = datetime.fromisoformat(limit["next_slot_frees_at"])
+        assert datetime.now(UTC) + timedelta(hours=22) < frees_at
+        assert datetime.fromisoformat(progress["estimated_finish_at"]) >= frees_at
+        assert len(graph.requests) == 10
+
+        campaign_admin.update_organisation(
+            engine,
+            run.organisation_id,
+            {"messaging_limit": 2000, "by": "ops", "reason": "WhatsApp granted 2K"},
+        )
+        wait_for(lambda: statuses(engine, run) == {"sent": 30}, timeout=60)
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+    _sent_once(graph, run, 30)
+    [progress] = campaign_admin.campaign_status(engine, run.campaign_id)["runs"]
+    assert progress["waiting"] == [] and progress["estimated_finish_at"] is None

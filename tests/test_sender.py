@@ -384,9 +384,7 @@ def test_the_messaging_limit_holds_new_recipients_and_counts_each_recipient_once
         )
     enqueue(sqs, [payload(run, i) for i in range(3)])
     worker, thread = start(engine, sqs, client_for(graph.url))
-    wait_for(
-        lambda: statuses(engine, run).get("sent") == 2 and worker.stats["waiting_for_limit"] >= 2
-    )
+    wait_for(lambda: statuses(engine, run).get("sent") == 2 and worker.stats["held_by_limit"])
     assert statuses(engine, run) == {"sent": 2, "pending": 1}
     waiting = [
         m
@@ -406,6 +404,7 @@ def test_the_messaging_limit_holds_new_recipients_and_counts_each_recipient_once
     thread.join(timeout=30)
     assert len(graph.requests) == 3
     assert row(engine, waiting[0]).attempts == 1  # waiting never counted as an attempt
+    assert worker.stats["held_by_limit"] == 1  # held once in the database, not circling
     assert sqs.depth().dead_letter == 0
 
 

@@ -1,10 +1,12 @@
 """Held rows back onto the queue once their hold is lifted.
 
-A row is held (`pending`, `held_at` set, no payload on the queue) while its campaign is
-paused, while a circuit breaker on its scope is open, or after an operator asked for its
-failure to be retried. Every sender worker runs `release_due` every
-`SENDER_RELEASE_SECONDS`: it re-queues the rows whose campaign runs again and whose breaker
-closed, plus each due probe, from the payload stored with the row.
+A row is held (`pending`, `held_at` set, no payload on the queue) for a `hold_reason`:
+its campaign is paused, a circuit breaker on its scope is open, its organisation's
+messaging limit is reached, or an operator asked for its failure to be retried. Every
+sender worker runs `release_due` every `SENDER_RELEASE_SECONDS`: it re-queues, from the
+payload stored with each row, the rows whose campaign runs again and whose breaker closed,
+each due probe, and as many messaging-limit rows as their organisation's window has room
+for (all of them once the limit is unlimited).
 
 Exactly once: the rows are locked (`SKIP LOCKED`, so workers share the work) until the
 transaction that records the queueing commits. A payload that arrives before that commit
@@ -32,22 +34,43 @@ _PROBE_CANDIDATE = sa.text(
     " WHERE m.breaker_id = :b AND m.held_at IS NOT NULL AND m.status = 'pending'"
     " AND c.status NOT IN ('paused', 'cancelled') ORDER BY m.id LIMIT 1"
 )
-_RELEASABLE = sa.text(
-    "SELECT m.id, m.campaign_run_id, m.campaign_audience_id::text, m.peer_phone, m.payload"
+_RUNNING = (
     " FROM messages m JOIN campaign_runs r ON r.id = m.campaign_run_id"
     " JOIN campaigns c ON c.id = r.campaign_id"
     " LEFT JOIN circuit_breakers b ON b.id = m.breaker_id"
     " WHERE m.held_at IS NOT NULL AND m.status = 'pending'"
     " AND c.status NOT IN ('paused', 'cancelled')"
+)
+_COLUMNS = "SELECT m.id, m.campaign_run_id, m.campaign_audience_id::text, m.peer_phone, m.payload"
+_LIFTED = sa.text(
+    _COLUMNS + _RUNNING + " AND m.hold_reason <> 'messaging_limit'"
     " AND (m.breaker_id IS NULL OR b.closed_at IS NOT NULL OR b.probe_message_id = m.id)"
     " ORDER BY m.id LIMIT :n FOR UPDATE OF m SKIP LOCKED"
 )
+# Room in each organisation's messaging window, for those with rows waiting for it (NULL:
+# unlimited): its limit, less the recipients counted in the last 24 h and the payloads
+# already on the queue (each will be counted when a sender admits it).
+_ROOM = sa.text(
+    "SELECT o.id, o.messaging_limit - (SELECT count(*) FROM messaging_window w"
+    "   WHERE w.organisation_id = o.id AND w.counted_at > now() - interval '24 hours')"
+    " - (SELECT count(*) FROM messages q WHERE q.organisation_id = o.id"
+    "   AND q.status = 'pending' AND q.held_at IS NULL AND q.queued_at IS NOT NULL)"
+    " FROM organisations o WHERE EXISTS (SELECT 1 FROM messages m"
+    "   WHERE m.organisation_id = o.id AND m.hold_reason = 'messaging_limit'"
+    "   AND m.status = 'pending')"
+)
+_WITHIN_LIMIT = sa.text(
+    _COLUMNS + _RUNNING + " AND m.hold_reason = 'messaging_limit' AND m.organisation_id = :o"
+    " ORDER BY m.id LIMIT :n FOR UPDATE OF m SKIP LOCKED"
+)
 _QUEUED = sa.text(
-    "UPDATE messages SET held_at = NULL, queued_at = now(), status_reason = NULL"
+    "UPDATE messages SET held_at = NULL, hold_reason = NULL, queued_at = now(),"
+    " status_reason = NULL"
     " WHERE id = ANY(:ids)"
 )
 _UNSENDABLE = sa.text(
     "UPDATE messages SET status = 'failed', failed_at = now(), held_at = NULL,"
+    " hold_reason = NULL,"
     " error_title = 'not queued', error_detail = :reason WHERE id = ANY(:ids)"
 )
 
@@ -59,19 +82,40 @@ def release_due(engine: sa.Engine, sqs: SQSResource) -> int:
             candidate = conn.execute(_PROBE_CANDIDATE, {"b": breaker.id}).scalar_one_or_none()
             if candidate is not None:
                 breakers.claim_probe(conn, breaker.id, candidate)
+    total = _release(engine, sqs, _LIFTED, {})
+    with engine.connect() as conn:
+        rooms = conn.execute(_ROOM).all()
+    for organisation_id, room in rooms:
+        if room is None or room > 0:
+            total += _release(engine, sqs, _WITHIN_LIMIT, {"o": organisation_id}, room)
+    return total
+
+
+def _release(
+    engine: sa.Engine,
+    sqs: SQSResource,
+    query: sa.TextClause,
+    params: dict,
+    most: int | None = None,
+) -> int:
+    """Queue the rows `query` finds, page by page (at most `most`); how many were queued."""
     total = 0
-    while True:
-        found, queued = _release_page(engine, sqs)
+    while most is None or total < most:
+        page = PAGE if most is None else min(PAGE, most - total)
+        found, queued = _release_page(engine, sqs, query, {**params, "n": page})
         total += queued
-        if found < PAGE or queued < found:  # the last page, or SQS refused some: next tick
-            return total
+        if found < page or queued < found:  # the last page, or SQS refused some: next tick
+            break
+    return total
 
 
-def _release_page(engine: sa.Engine, sqs: SQSResource) -> tuple[int, int]:
+def _release_page(
+    engine: sa.Engine, sqs: SQSResource, query: sa.TextClause, params: dict
+) -> tuple[int, int]:
     """One page of releasable rows queued; (rows found, rows queued). An entry SQS refuses
     stays held for the next tick; an unreachable queue raises, and nothing changes."""
     with engine.begin() as conn:
-        rows = conn.execute(_RELEASABLE, {"n": PAGE}).all()
+        rows = conn.execute(query, params).all()
         entries, unsendable = [], []
         for message_id, run_id, member_id, to, payload in rows:
             if not payload:

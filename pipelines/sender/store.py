@@ -93,8 +93,9 @@ CLAIM = (
     "   ELSE m.attempts END,"
     " skipped_at = CASE WHEN t.verdict <> %(paused)s THEN now() ELSE m.skipped_at END,"
     " held_at = CASE WHEN t.verdict = %(paused)s THEN now() END,"
+    " hold_reason = CASE WHEN t.verdict = %(paused)s THEN 'paused' END,"
     " queued_at = CASE WHEN t.verdict = %(paused)s THEN NULL ELSE m.queued_at END,"
-    " status_reason = COALESCE(t.verdict, m.status_reason)"
+    " status_reason = t.verdict"
     " FROM target t WHERE m.id = t.id"
     " RETURNING m.id, m.peer_phone, m.attempts,"
     " (SELECT max(c.last_inbound_at) FROM conversations c"
@@ -111,6 +112,7 @@ RECORD = (
     " failed_at = CASE WHEN v.kind = 'failed' THEN now() ELSE m.failed_at END,"
     " attempts = CASE WHEN v.kind = 'hold' THEN greatest(m.attempts - 1, 0) ELSE m.attempts END,"
     " held_at = CASE WHEN v.kind = 'hold' THEN now() ELSE m.held_at END,"
+    " hold_reason = CASE WHEN v.kind = 'hold' THEN 'breaker' ELSE m.hold_reason END,"
     " breaker_id = CASE WHEN v.kind = 'hold' THEN v.breaker ELSE m.breaker_id END,"
     " queued_at = CASE WHEN v.kind = 'hold' THEN NULL ELSE m.queued_at END,"
     " status_reason = CASE WHEN v.kind = 'hold' THEN v.detail ELSE m.status_reason END,"
@@ -126,12 +128,13 @@ RECORD = (
     "   WHEN 'failed' THEN m.status IN ('pending', 'sending')"
     "   ELSE m.status = %(retry_source)s AND m.provider_message_id IS NULL END"
 )
-# Payloads received while a breaker on their scope is open: their rows wait here, unsent.
+# Payloads received while a breaker on their scope is open, or over their organisation's
+# messaging limit: their rows wait here, unsent.
 # A row still held but whose hold is lifted is being released: its payload may arrive
 # before the release commits, and then waits for it (rather than miss the row).
 HOLD = (
-    "UPDATE messages m SET held_at = now(), breaker_id = %(breaker)s, queued_at = NULL,"
-    " status_reason = %(reason)s"
+    "UPDATE messages m SET held_at = now(), hold_reason = %(why)s, breaker_id = %(breaker)s,"
+    " queued_at = NULL, status_reason = %(reason)s"
     " WHERE m.id = ANY(%(ids)s) AND m.status = 'pending' AND (m.held_at IS NULL"
     "   OR m.breaker_id IS NULL OR EXISTS (SELECT 1 FROM circuit_breakers b"
     "     WHERE b.id = m.breaker_id AND (b.closed_at IS NOT NULL OR b.probe_message_id = m.id)))"
@@ -181,9 +184,15 @@ class Store:
             for id_, peer_phone, attempts, last_inbound_at, verdict in rows
         }
 
-    def hold(self, message_ids: Sequence[int], breaker_id: int, reason: str) -> None:
-        """Hold rows still `pending` (their payloads leave the queue) until the breaker closes."""
-        self._run(HOLD, {"ids": list(message_ids), "breaker": breaker_id, "reason": reason})
+    def hold(
+        self, message_ids: Sequence[int], why: str, reason: str, breaker_id: int | None = None
+    ) -> None:
+        """Hold rows still `pending` (their payloads leave the queue) until `why` (a
+        `breaker`, the `messaging_limit`) is lifted; `reason` says it in words."""
+        self._run(
+            HOLD,
+            {"ids": list(message_ids), "why": why, "reason": reason, "breaker": breaker_id},
+        )
 
     def record(self, outcomes: Iterable[Outcome]) -> None:
         """Store each attempt's result in one statement.

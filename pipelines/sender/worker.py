@@ -41,6 +41,7 @@ MAX_VISIBILITY_SECONDS = 12 * 3600  # SQS's ceiling
 # Errors the same statement would meet again: retrying them would stall a lane for ever.
 NEVER_PASSES = (sa.exc.IntegrityError, sa.exc.DataError)
 RECEIVE_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId"]
+LIMIT_REACHED = "waiting: the organisation's messaging limit (recipients per 24 h) is reached"
 T = TypeVar("T")
 
 
@@ -51,7 +52,6 @@ class SenderConfig:
     wait_seconds: int = 20
     max_attempts: int = 3
     retry_base_seconds: float = 10.0
-    limit_wait_seconds: float = 300.0
     release_seconds: float = 5.0
     probe_seconds: float = 60.0
 
@@ -63,7 +63,6 @@ class SenderConfig:
             wait_seconds=settings.number("SENDER_WAIT_SECONDS"),
             max_attempts=settings.number("SENDER_MAX_ATTEMPTS"),
             retry_base_seconds=settings.number("SENDER_RETRY_BASE_SECONDS"),
-            limit_wait_seconds=settings.number("SENDER_LIMIT_WAIT_SECONDS"),
             release_seconds=settings.number("SENDER_RELEASE_SECONDS"),
             probe_seconds=settings.number("BREAKER_PROBE_SECONDS"),
         )
@@ -339,7 +338,7 @@ class Worker:
             reason = _hold_reason(breakers_by_id[breaker_id])
             self._persist(
                 f"hold {len(ids)} rows",
-                lambda i=ids, r=reason, b=breaker_id: self.store.hold(i, b, r),
+                lambda i=ids, r=reason, b=breaker_id: self.store.hold(i, "breaker", r, b),
             )
             self._count("held_by_breaker", len(group))
             self._delete([job.receipt for job in group])
@@ -431,7 +430,9 @@ class Worker:
                 consent.marketing_stopped(conn, message_id)
 
     def _admit(self, jobs: list[Job]) -> list[Job]:
-        """Hold back template messages over their organisation's messaging limit."""
+        """Hold template messages over their organisation's messaging limit: their rows
+        wait in the database (not their payloads in the queue, which keeps a message at
+        most four days) until the window has room or the limit is raised."""
         by_org: dict[str, list[Job]] = {}
         for job in jobs:
             if job.payload.business_initiated:
@@ -447,8 +448,13 @@ class Worker:
                 continue
             waiting = [job for job in group if job.payload.to not in admitted]
             if waiting:
-                self._count("waiting_for_limit", len(waiting))
-                self._postpone([job.message for job in waiting], self.config.limit_wait_seconds)
+                ids = [job.payload.message_id for job in waiting]
+                self._persist(
+                    f"hold {len(ids)} rows",
+                    lambda i=ids: self.store.hold(i, "messaging_limit", LIMIT_REACHED),
+                )
+                self._count("held_by_limit", len(waiting))
+                self._delete([job.receipt for job in waiting])
                 held.update(id(job) for job in waiting)
         return [job for job in jobs if id(job) not in held]
 
