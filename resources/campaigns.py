@@ -145,18 +145,21 @@ def create_campaign(
 
 
 def add_audience(conn: sa.Connection, campaign_id: UUID, members: Iterable[Member]) -> int:
-    """Insert members (a repeated msisdn is ignored) and link each valid number to its contact."""
+    """Insert members (a repeated msisdn is ignored) and link each valid number to its contact.
+    Returns how many members were added, over every page of the insert."""
     rows = [(campaign_id, m.msisdn, m.name, json.dumps(m.attributes or {})) for m in members]
     cursor = conn.connection.dbapi_connection.cursor()
-    execute_values(
+    # One row back per member inserted, from every page (`rowcount` is the last page's).
+    added = execute_values(
         cursor,
         "INSERT INTO campaign_audience (campaign_id, msisdn, name, attributes)"
-        " VALUES %s ON CONFLICT (campaign_id, msisdn) DO NOTHING",
+        " VALUES %s ON CONFLICT (campaign_id, msisdn) DO NOTHING RETURNING 1",
         [(str(c), msisdn, name, attrs) for c, msisdn, name, attrs in rows],
         template="(%s, %s, %s, %s::jsonb)",
         page_size=1000,
+        fetch=True,
     )
-    inserted = cursor.rowcount
+    inserted = len(added)
     params = {"c": campaign_id}
     conn.execute(
         sa.text(

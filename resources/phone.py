@@ -6,7 +6,9 @@ import re
 
 import phonenumbers
 
-_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+# E.164's shape, also used in SQL (`msisdn ~ '^…$'`).
+E164_PATTERN = r"\+[1-9][0-9]{6,14}"
+_E164 = re.compile(E164_PATTERN)
 
 
 class InvalidPhoneNumber(ValueError):

@@ -84,7 +84,7 @@ def test_a_campaign_from_creation_to_a_requested_dispatch(client, organisation, 
         content=csv,
         headers={**AUTH, "Content-Type": "text/csv"},
     )
-    assert upload.json() == {"imported": 2, "already_present": 0}
+    assert upload.json() == {"imported": 2, "created": 2, "already_present": 0}
     assert (
         client.post(f"/api/campaigns/{campaign}/approve", headers=AUTH).json()["status"]
         == "approved"

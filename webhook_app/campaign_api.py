@@ -1,7 +1,8 @@
 """The operator API for campaigns (bearer `ADMIN_API_TOKEN`): thin HTTP handlers over
 `resources.campaign_admin`, which the CLI calls too.
 
-Bad input answers 422 with every problem listed, a missing row 404, a refused status change
+Bad input answers 422 with every problem listed (a campaign that is not ready to approve:
+each problem with its count and first members), a missing row 404, a refused status change
 or a taken phone number ID 409; CSV uploads take the file as the request body
 (`Content-Type: text/csv`).
 """
@@ -66,6 +67,11 @@ def operation(status_code: int = 200) -> Callable:
         async def endpoint(request: Request) -> Response:
             try:
                 return JSONResponse(await handler(request), status_code=status_code)
+            except admin.NotReady as error:
+                return JSONResponse(
+                    {"error": "campaign not ready", "detail": str(error), **error.report.as_dict()},
+                    422,
+                )
             except admin.InvalidInput as error:
                 return JSONResponse({"error": "invalid input", "errors": error.errors}, 422)
             except admin.NotFound as error:
@@ -142,6 +148,13 @@ async def upload_audience(request: Request) -> Any:
 async def approve_campaign(request: Request) -> Any:
     return await run_in_threadpool(
         admin.approve_campaign, _engine(request), _path(request, "campaign_id")
+    )
+
+
+@operation(200)
+async def campaign_readiness(request: Request) -> Any:
+    return await run_in_threadpool(
+        admin.campaign_readiness, _engine(request), _path(request, "campaign_id")
     )
 
 
@@ -321,6 +334,7 @@ routes = [
     Route("/api/campaigns/{campaign_id:uuid}/audience", upload_audience, methods=["POST"]),
     Route("/api/campaigns/{campaign_id:uuid}/audience", list_audience, methods=["GET"]),
     Route("/api/campaigns/{campaign_id:uuid}/approve", approve_campaign, methods=["POST"]),
+    Route("/api/campaigns/{campaign_id:uuid}/readiness", campaign_readiness, methods=["GET"]),
     Route("/api/campaigns/{campaign_id:uuid}/status", campaign_status, methods=["GET"]),
     Route("/api/campaigns/{campaign_id:uuid}/process-messages", process_messages, methods=["POST"]),
     Route("/api/campaigns/{campaign_id:uuid}/pause", pause_campaign, methods=["POST"]),
