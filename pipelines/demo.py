@@ -105,7 +105,7 @@ def messaging_limit_note(engine: sa.Engine, campaign_id: UUID, api_url: str) -> 
         " (its WhatsApp messaging limit; more wait, held, until the window frees room)."
         f" To raise it to the tier WhatsApp granted: curl -X PATCH {api_url}/api/organisations/"
         f"{organisation_id} -H 'Authorization: Bearer $ADMIN_API_TOKEN'"
-        ' -d \'{"messaging_limit": 2000}\', or waflow campaigns update-organisation'
+        " -d '{\"messaging_limit\": 2000}', or waflow campaigns update-organisation"
         f" {organisation_id} --messaging-limit 2000"
     )
 

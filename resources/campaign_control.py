@@ -146,7 +146,7 @@ def retry_failed(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> d
             conn.execute(
                 sa.text(
                     "UPDATE messages m SET status = :target, attempts = 0, held_at = now(),"
-                " hold_reason = 'retry',"
+                    " hold_reason = 'retry',"
                     " breaker_id = NULL, queued_at = NULL, failed_at = NULL, error_code = NULL,"
                     " error_title = NULL, error_detail = NULL, status_reason = :why"
                     " FROM campaign_runs r"

@@ -89,7 +89,7 @@ class PeakRSS:
                 try:
                     if (
                         process.name() != "postgres"
-                        and "tests.bench.aws_server" not in process.cmdline()
+                        and "pipelines.local_aws" not in process.cmdline()
                     ):
                         total += process.memory_info().rss
                 except psutil.Error:

@@ -1,0 +1,197 @@
+"""The local S3 + SQS server: moto in a process of its own, served by uvicorn.
+
+One setup for everything that runs locally: `local_stack` starts it for `make dev`, `make
+demo` and each test worker, and the benchmarks start the same server (`tests/bench`).
+
+- Its own process: moto's work shares no interpreter lock with the stack's (dispatch,
+  Dagster's code server, the tests), and its CPU and memory are its own.
+- moto patched by `pipelines.moto_sqs.patch_sqs()`: thread-safe, and no per-message costs
+  that grow with the queue.
+- uvicorn keeps connections alive, as SQS and S3 do: werkzeug's server (moto's own) closes
+  the connection after every answer, so each call paid a TCP handshake and teardown.
+- The stack binds the listening socket itself and hands it to the server, so a port in use
+  is a `StackError` at once, and there is no window in which another process could take a
+  port found free.
+- It lives as long as the process that started it: `stop()` ends it, and so does the end
+  of that process however it ends (the server exits when its stdin, a pipe from the
+  starter, closes). It runs in a session of its own, so a Ctrl-C in the terminal reaches
+  the supervisor, which stops its services first, and not the server under them.
+
+Everything is in memory: stopping the server empties every bucket and queue.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from pipelines.local_stack import StackError
+
+# moto accepts any credentials; real ones must never reach it.
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_SESSION_TOKEN": "local",
+}
+# A thread per concurrent request: long polls hold theirs for up to 20 s.
+_THREADS = 64
+_READY_PATH = "/moto-api/"
+
+
+class LocalAWS:
+    """moto's S3 + SQS server on `host` (a free port unless one is given), in a child process.
+
+    `log`: where the server's own output goes (a temporary file when not given); the last
+    line is quoted when it cannot start.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, log: Path | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.log = log
+        self._process: subprocess.Popen | None = None
+        self._output: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self, wait: bool = True) -> str:
+        """Start the server; return its endpoint URL once it answers (`wait`), or at once
+        (the caller then calls `wait_until_ready` before using it)."""
+        listener = _listen(self.host, self.port)
+        self.port = listener.getsockname()[1]
+        self._output = open(self.log, "w+b") if self.log else tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "pipelines.local_aws", str(listener.fileno())],
+                stdin=subprocess.PIPE,
+                stdout=self._output,
+                stderr=subprocess.STDOUT,
+                pass_fds=(listener.fileno(),),
+                start_new_session=True,
+            )
+        finally:
+            listener.close()  # the child holds its own copy
+        if wait:
+            self.wait_until_ready()
+        return self.url
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the server (its state is in memory: nothing to save) and wait for it."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.stdin.close()  # the server exits when its stdin closes
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        else:
+            process.stdin.close()
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+
+    def wait_until_ready(self, timeout: float = 60.0) -> None:
+        """Return once the server answers; `StackError` (and the server stopped) if it
+        exits or does not answer in time."""
+        try:
+            self._wait(timeout)
+        except StackError:
+            self.stop()
+            raise
+
+    def _wait(self, timeout: float) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=5.0, trust_env=False) as client:
+            while True:
+                if self._process.poll() is not None:
+                    raise StackError(
+                        f"the local S3/SQS server exited with code {self._process.returncode}"
+                        f" during start-up: {self._last_line()}"
+                    )
+                try:
+                    client.get(self.url + _READY_PATH)
+                    return
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline:
+                        raise StackError(
+                            f"the local S3/SQS server did not answer on {self.url}"
+                            f" within {timeout:.0f} s"
+                        ) from None
+                    time.sleep(0.1)
+
+    def _last_line(self) -> str:
+        if self._output is None:
+            return "no output"
+        self._output.seek(0)
+        text = self._output.read()
+        lines = text.decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "no output"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as error:
+        raise StackError(f"cannot start the local S3/SQS server on {host}: {error}") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(1024)
+    except OSError as error:
+        listener.close()
+        if port and error.errno == errno.EADDRINUSE:
+            reason = f"port {port} on {host} is in use"
+        else:
+            reason = f"cannot listen on {host}:{port}: {error.strerror}"
+        raise StackError(f"cannot start the local S3/SQS server: {reason}") from None
+    return listener
+
+
+def _exit_when_orphaned() -> None:
+    """End this process when the one that started it closes our stdin, or is gone."""
+    try:
+        sys.stdin.buffer.read()
+    finally:
+        os._exit(0)
+
+
+def serve(fd: int) -> None:
+    """The server's process: moto, patched, served by uvicorn on the listening socket `fd`."""
+    threading.Thread(target=_exit_when_orphaned, name="orphan-watch", daemon=True).start()
+
+    import uvicorn
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from uvicorn.middleware.wsgi import WSGIMiddleware
+
+    from pipelines.moto_sqs import patch_sqs
+
+    patch_sqs()
+    app = WSGIMiddleware(DomainDispatcherApplication(create_backend_app), workers=_THREADS)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))
