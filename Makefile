@@ -3,17 +3,29 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH ?=
+# The installer of the lock files (the same version as in them).
+UV_VERSION := 0.13.9
 
-.PHONY: install dev test demo bench lint format clean
+.PHONY: install lock dev test demo bench lint format clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-dev.lock
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
+	@echo "== creating $(VENV): uv, then the locked dependencies (requirements-dev.lock), then waflow"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --progress-bar on "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install --python $(BIN)/python --require-hashes -r requirements-dev.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	@touch $(STAMP)
+
+# Re-resolve the lock files from pyproject.toml (production's, and development's with the
+# `local` and `dev` extras); commit both.
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes --no-header \
+		--annotation-style line --upgrade -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra local --extra dev --python-version 3.11 \
+		--generate-hashes --no-header --annotation-style line --upgrade -o requirements-dev.lock
 
 dev: install
 	$(BIN)/waflow dev

@@ -35,7 +35,7 @@ from typing import IO
 
 import httpx
 
-from pipelines.local_stack import StackError
+from pipelines.local_stack import StackError, require_local_extra
 
 # moto accepts any credentials; real ones must never reach it.
 CREDENTIALS = {
@@ -74,6 +74,7 @@ class LocalAWS:
     def start(self, wait: bool = True) -> str:
         """Start the server; return its endpoint URL once it answers (`wait`), or at once
         (the caller then calls `wait_until_ready` before using it)."""
+        require_local_extra("moto", "the local S3/SQS server")
         listener = _listen(self.host, self.port)
         self.port = listener.getsockname()[1]
         self._output = open(self.log, "w+b") if self.log else tempfile.TemporaryFile()  # noqa: SIM115

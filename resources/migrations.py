@@ -1,4 +1,4 @@
-"""Applies the numbered SQL files in `sql/` in order, once each.
+"""Applies the numbered SQL files in `resources/sql/` in order, once each.
 
 Every process that needs the schema calls `migrate()` at start-up, so several may
 race: a transaction-scoped advisory lock serialises them and the second finds
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parent / "sql"
 _LOCK_KEY = 0x5741_4D49  # arbitrary, constant: "WAMI"
 _NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 
