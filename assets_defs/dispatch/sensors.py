@@ -70,7 +70,12 @@ def run_request(run: runs.CampaignRun) -> dg.RunRequest:
             {"campaign": campaign_partition_key(run.campaign_id), "date": run.run_date.isoformat()}
         ),
         asset_selection=[dispatched_batches.key],
-        tags={"campaign": run.campaign_id, "campaign_run_id": str(run.id)},
+        # `dispatch_campaign`: the run coordinator's limit of dispatch runs per campaign.
+        tags={
+            "campaign": run.campaign_id,
+            "dispatch_campaign": run.campaign_id,
+            "campaign_run_id": str(run.id),
+        },
     )
 
 

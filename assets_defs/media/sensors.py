@@ -31,7 +31,8 @@ def media_run_request(campaign_id: str, run_key: str) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=f"campaign_media:{run_key}",
         partition_key=campaign_id,
-        tags={"campaign": campaign_id},
+        # `media_campaign`: the run coordinator's limit of media runs per campaign.
+        tags={"campaign": campaign_id, "media_campaign": campaign_id},
     )
 
 
