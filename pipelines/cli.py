@@ -481,6 +481,40 @@ def _template_commands(commands: argparse._SubParsersAction) -> None:
     sync.set_defaults(run=cmd_templates_sync)
 
 
+def cmd_tokens(args: argparse.Namespace) -> int:
+    """An organisation's API tokens (`resources.tenants`), printed as JSON: the database is
+    the platform's, so whoever runs this is the platform admin."""
+    from resources import tenants
+
+    who = {"by": args.by} if getattr(args, "by", None) else {}
+    with _platform_engine(args) as engine:
+        if args.tokens_command == "create":
+            result = tenants.create_token(engine, args.organisation_id, {"name": args.name, **who})
+        elif args.tokens_command == "list":
+            result = tenants.list_tokens(engine, args.organisation_id)
+        else:
+            result = tenants.revoke_token(engine, args.organisation_id, args.token_id, who)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _token_commands(commands: argparse._SubParsersAction) -> None:
+    tokens = commands.add_parser("tokens", help="organisations' API tokens (platform admin)")
+    tokens.set_defaults(run=cmd_tokens)
+    ops = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = ops.add_parser("create", help="a new token for an organisation, printed once")
+    create.add_argument("organisation_id")
+    create.add_argument("--name", required=True, help="what the token is for")
+    create.add_argument("--by", help="who asks (recorded; default: platform admin)")
+    ops.add_parser(
+        "list", help="an organisation's tokens (never the tokens themselves)"
+    ).add_argument("organisation_id")
+    revoke = ops.add_parser("revoke", help="revoke a token; it stops working at once")
+    revoke.add_argument("organisation_id")
+    revoke.add_argument("token_id", type=int)
+    revoke.add_argument("--by", help="who asks (recorded; default: platform admin)")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="waflow", description=__doc__.splitlines()[0])
     top.add_argument("--state-dir", help="local state folder (default: $STATE_DIR or .state)")
@@ -509,6 +543,7 @@ def parser() -> argparse.ArgumentParser:
     ).set_defaults(run=cmd_archive_setup)
     _campaign_commands(commands)
     _template_commands(commands)
+    _token_commands(commands)
     sender = commands.add_parser(
         "sender", help="send queued messages until SIGTERM (the sender worker)"
     )

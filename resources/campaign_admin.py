@@ -136,11 +136,14 @@ def create_organisation(engine: sa.Engine, data: dict[str, Any]) -> dict[str, An
 
 
 def list_organisations(
-    engine: sa.Engine, phone_number_id: str | None = None
+    engine: sa.Engine, phone_number_id: str | None = None, organisation_id: str | None = None
 ) -> list[dict[str, Any]]:
-    """Every organisation (or the one holding `phone_number_id`) with its phone numbers."""
+    """Every organisation (or the one holding `phone_number_id`, or only `organisation_id`)
+    with its phone numbers."""
     with engine.connect() as conn:
-        return _organisations(conn, phone_number_id=phone_number_id)
+        return _organisations(
+            conn, organisation_id=organisation_id, phone_number_id=phone_number_id
+        )
 
 
 def _organisations(
@@ -643,6 +646,18 @@ def create_campaign(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
                 raise InvalidInput(
                     [{"field": "template_id", "error": "no such template in this organisation"}]
                 )
+        if (
+            data.get("phone_number_id") not in (None, "")
+            and not conn.execute(
+                sa.text(
+                    "SELECT 1 FROM phone_numbers WHERE phone_number_id = :p AND organisation_id = :o"
+                ),
+                {"p": str(data["phone_number_id"]), "o": organisation},
+            ).scalar()
+        ):
+            raise InvalidInput(
+                [{"field": "phone_number_id", "error": "no such phone number in this organisation"}]
+            )
         try:
             campaign = campaigns.create_campaign(
                 conn,

@@ -1,5 +1,9 @@
-"""The operator API for campaigns (bearer `ADMIN_API_TOKEN`): thin HTTP handlers over
-`resources.campaign_admin`, which the CLI calls too.
+"""The operator API for campaigns: thin HTTP handlers over `resources.campaign_admin`,
+which the CLI calls too.
+
+Each route acts within one organisation (`webhook_app.auth`): with an organisation's token,
+a campaign, template or organisation of another one answers 404 exactly as one that does not
+exist, and lists hold only its own rows; the platform's routes answer it 403.
 
 Bad input answers 422 with every problem listed (a campaign that is not ready to approve:
 each problem with its count and first members), a missing row 404, a refused status change
@@ -12,7 +16,8 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
+from uuid import UUID
 
 from botocore.exceptions import BotoCoreError, ClientError
 from starlette.concurrency import run_in_threadpool
@@ -22,9 +27,9 @@ from starlette.routing import Route
 
 from resources import campaign_admin as admin
 from resources import campaign_control as control
-from resources import templates
+from resources import templates, tenants
 from resources.queue import SQSResource
-from webhook_app.auth import requires_admin
+from webhook_app.auth import caller, requires_admin, requires_token
 
 MAX_CSV_BYTES = 20 * 1024 * 1024
 
@@ -58,11 +63,12 @@ async def _csv(request: Request) -> str:
         raise admin.InvalidInput([{"field": "body", "error": "must be UTF-8 text"}]) from None
 
 
-def operation(status_code: int = 200) -> Callable:
-    """Guard with the admin token and map the operations' errors onto HTTP answers."""
+def operation(status_code: int = 200, platform: bool = False) -> Callable:
+    """Guard with a token (the platform admin's only, for a `platform` route) and map the
+    operations' errors onto HTTP answers."""
 
     def wrap(handler: Callable) -> Callable:
-        @requires_admin
+        @(requires_admin if platform else requires_token)
         @functools.wraps(handler)
         async def endpoint(request: Request) -> Response:
             try:
@@ -88,7 +94,45 @@ def _path(request: Request, name: str) -> str:
     return str(request.path_params[name])
 
 
-@operation(201)
+def _within(request: Request, organisation_id: Any) -> None:
+    """404 for an organisation the caller's token does not act for, as if it did not exist."""
+    if not caller(request).sees(organisation_id):
+        raise admin.NotFound(f"organisation {organisation_id} does not exist")
+
+
+def _organisation(request: Request) -> str:
+    """The path's organisation, checked against the caller's."""
+    organisation_id = _path(request, "organisation_id")
+    _within(request, organisation_id)
+    return organisation_id
+
+
+def _named_organisation(request: Request, data: dict[str, Any]) -> dict[str, Any]:
+    """A body's `organisation_id`, checked against the caller's (a value that is not a UUID
+    is left to the operation, which says so)."""
+    try:
+        given = UUID(str(data.get("organisation_id")))
+    except ValueError:
+        return data
+    _within(request, given)
+    return data
+
+
+async def _owned(request: Request, kind: Literal["campaign", "template"]) -> Any:
+    """The path's campaign or template; another organisation's is 404, as a missing one."""
+    object_id = request.path_params[f"{kind}_id"]
+    if caller(request).organisation_id is not None:
+        owner = await run_in_threadpool(tenants.organisation_of, _engine(request), kind, object_id)
+        if owner is None or not caller(request).sees(owner):
+            raise admin.NotFound(f"{kind} {object_id} does not exist")
+    return object_id
+
+
+async def _campaign(request: Request) -> str:
+    return str(await _owned(request, "campaign"))
+
+
+@operation(201, platform=True)
 async def create_organisation(request: Request) -> Any:
     return await run_in_threadpool(
         admin.create_organisation, _engine(request), await _json(request)
@@ -99,25 +143,30 @@ async def create_organisation(request: Request) -> Any:
 async def upload_contacts(request: Request) -> Any:
     text = await _csv(request)
     return await run_in_threadpool(
-        admin.import_contacts, _engine(request), _path(request, "organisation_id"), text
+        admin.import_contacts, _engine(request), _organisation(request), text
     )
 
 
 @operation(200)
 async def list_templates(request: Request) -> Any:
     organisation = request.query_params.get("organisation_id")
-    return await run_in_threadpool(admin.list_templates, _engine(request), organisation)
+    if organisation:
+        _named_organisation(request, {"organisation_id": organisation})
+    return await run_in_threadpool(
+        admin.list_templates, _engine(request), organisation or caller(request).organisation_id
+    )
 
 
 @operation(201)
 async def create_template(request: Request) -> Any:
-    return await run_in_threadpool(admin.create_template, _engine(request), await _json(request))
+    data = _named_organisation(request, await _json(request))
+    return await run_in_threadpool(admin.create_template, _engine(request), data)
 
 
 @operation(200)
 async def get_template(request: Request) -> Any:
     return await run_in_threadpool(
-        admin.get_template, _engine(request), request.path_params["template_id"]
+        admin.get_template, _engine(request), await _owned(request, "template")
     )
 
 
@@ -126,42 +175,43 @@ async def update_template(request: Request) -> Any:
     return await run_in_threadpool(
         admin.update_template,
         _engine(request),
-        request.path_params["template_id"],
+        await _owned(request, "template"),
         await _json(request),
     )
 
 
 @operation(201)
 async def create_campaign(request: Request) -> Any:
-    return await run_in_threadpool(admin.create_campaign, _engine(request), await _json(request))
+    data = _named_organisation(request, await _json(request))
+    return await run_in_threadpool(admin.create_campaign, _engine(request), data)
 
 
 @operation(200)
 async def upload_audience(request: Request) -> Any:
     text = await _csv(request)
     return await run_in_threadpool(
-        admin.import_audience, _engine(request), _path(request, "campaign_id"), text
+        admin.import_audience, _engine(request), await _campaign(request), text
     )
 
 
 @operation(200)
 async def approve_campaign(request: Request) -> Any:
     return await run_in_threadpool(
-        admin.approve_campaign, _engine(request), _path(request, "campaign_id")
+        admin.approve_campaign, _engine(request), await _campaign(request)
     )
 
 
 @operation(200)
 async def campaign_readiness(request: Request) -> Any:
     return await run_in_threadpool(
-        admin.campaign_readiness, _engine(request), _path(request, "campaign_id")
+        admin.campaign_readiness, _engine(request), await _campaign(request)
     )
 
 
 @operation(200)
 async def campaign_status(request: Request) -> Any:
     return await run_in_threadpool(
-        admin.campaign_status, _engine(request), _path(request, "campaign_id")
+        admin.campaign_status, _engine(request), await _campaign(request)
     )
 
 
@@ -175,7 +225,7 @@ async def list_audience(request: Request) -> Any:
     return await run_in_threadpool(
         admin.list_audience,
         _engine(request),
-        _path(request, "campaign_id"),
+        await _campaign(request),
         query.get("status"),
         limit,
         query.get("after"),
@@ -185,7 +235,7 @@ async def list_audience(request: Request) -> Any:
 @operation(202)
 async def process_messages(request: Request) -> Any:
     return await run_in_threadpool(
-        admin.process_messages, _engine(request), _path(request, "campaign_id")
+        admin.process_messages, _engine(request), await _campaign(request)
     )
 
 
@@ -195,15 +245,44 @@ async def list_organisations(request: Request) -> Any:
         admin.list_organisations,
         _engine(request),
         request.query_params.get("phone_number_id") or None,
+        caller(request).organisation_id,
     )
 
 
-@operation(200)
+@operation(200, platform=True)
 async def update_organisation(request: Request) -> Any:
     return await run_in_threadpool(
         admin.update_organisation,
         _engine(request),
         _path(request, "organisation_id"),
+        await _json(request),
+    )
+
+
+@operation(201, platform=True)
+async def create_token(request: Request) -> Any:
+    return await run_in_threadpool(
+        tenants.create_token,
+        _engine(request),
+        _path(request, "organisation_id"),
+        await _json(request),
+    )
+
+
+@operation(200, platform=True)
+async def list_tokens(request: Request) -> Any:
+    return await run_in_threadpool(
+        tenants.list_tokens, _engine(request), _path(request, "organisation_id")
+    )
+
+
+@operation(200, platform=True)
+async def revoke_token(request: Request) -> Any:
+    return await run_in_threadpool(
+        tenants.revoke_token,
+        _engine(request),
+        _path(request, "organisation_id"),
+        request.path_params["token_id"],
         await _json(request),
     )
 
@@ -214,7 +293,7 @@ async def account_history(request: Request) -> Any:
     return await run_in_threadpool(
         admin.account_history,
         _engine(request),
-        _path(request, "organisation_id"),
+        _organisation(request),
         query.get("kind"),
         query.get("limit", "100"),
     )
@@ -226,7 +305,7 @@ async def find_contacts(request: Request) -> Any:
     return await run_in_threadpool(
         admin.find_contacts,
         _engine(request),
-        _path(request, "organisation_id"),
+        _organisation(request),
         query.get("phone"),
         query.get("user_id"),
     )
@@ -237,7 +316,7 @@ async def set_consent(request: Request) -> Any:
     return await run_in_threadpool(
         admin.set_consent,
         _engine(request),
-        _path(request, "organisation_id"),
+        _organisation(request),
         request.path_params["contact_id"],
         await _json(request),
     )
@@ -249,7 +328,7 @@ def _control(act: Callable) -> Callable:
     @functools.wraps(act)
     async def handler(request: Request) -> Any:
         return await run_in_threadpool(
-            act, _engine(request), _path(request, "campaign_id"), await _json(request)
+            act, _engine(request), await _campaign(request), await _json(request)
         )
 
     return operation(200)(handler)
@@ -261,14 +340,14 @@ cancel_campaign = _control(control.cancel)
 retry_failed = _control(control.retry_failed)
 
 
-@operation(200)
+@operation(200, platform=True)
 async def list_breakers(request: Request) -> Any:
     return await run_in_threadpool(
         control.list_breakers, _engine(request), request.query_params.get("include_closed", 0)
     )
 
 
-@operation(200)
+@operation(200, platform=True)
 async def reset_breaker(request: Request) -> Any:
     return await run_in_threadpool(
         control.reset_breaker,
@@ -278,19 +357,19 @@ async def reset_breaker(request: Request) -> Any:
     )
 
 
-@requires_admin
+@requires_token
 async def sync_templates(request: Request) -> Response:
     """Read the organisation's templates from Meta now (every page, then one transaction)
     and answer what the sync did with the templates after it. 404 unknown organisation;
     409 no WABA id, or dev mode (no access token); 502 the Graph API's error, with its code
     and title. Nothing is changed unless the answer is 200."""
-    organisation_id = _path(request, "organisation_id")
     engine = _engine(request)
     try:
+        organisation_id = _organisation(request)
         result = await run_in_threadpool(
             templates.sync_organisation, engine, request.app.state.webhook.client, organisation_id
         )
-    except templates.NoSuchOrganisation as error:
+    except (templates.NoSuchOrganisation, admin.NotFound) as error:
         return JSONResponse({"error": "not found", "detail": str(error)}, 404)
     except (templates.NoWABA, templates.CannotReadMeta) as error:
         return JSONResponse({"error": "conflict", "detail": str(error)}, 409)
@@ -345,6 +424,13 @@ routes = [
     Route("/api/breakers/{breaker_id:int}/reset", reset_breaker, methods=["POST"]),
     Route("/api/organisations", list_organisations, methods=["GET"]),
     Route("/api/organisations/{organisation_id:uuid}", update_organisation, methods=["PATCH"]),
+    Route("/api/organisations/{organisation_id:uuid}/tokens", create_token, methods=["POST"]),
+    Route("/api/organisations/{organisation_id:uuid}/tokens", list_tokens, methods=["GET"]),
+    Route(
+        "/api/organisations/{organisation_id:uuid}/tokens/{token_id:int}",
+        revoke_token,
+        methods=["DELETE"],
+    ),
     Route(
         "/api/organisations/{organisation_id:uuid}/account-events",
         account_history,

@@ -4,6 +4,11 @@ While a conversation is taken over the agent stays silent; the operator's messag
 stored in the conversation, which is the agent's memory, so after the handback it knows
 what was said. Free-form messages are allowed only within 24 h of the customer's last
 message (WhatsApp's customer-service window); outside it a template is needed.
+
+The customer is looked up within one organisation: an organisation's token's own (an
+`organisation_id` naming another answers 404, as an unknown customer), or, for the platform
+admin, the body's `organisation_id`, which it must give when the customer has conversations
+in more than one organisation.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +27,7 @@ from starlette.routing import Route
 from resources.phone import InvalidPhoneNumber, to_e164
 from resources.whatsapp import GraphAPIError
 from webhook_app import outbound
-from webhook_app.auth import requires_admin
+from webhook_app.auth import Caller, caller, requires_token
 from webhook_app.runtime import Runtime
 
 SERVICE_WINDOW = timedelta(hours=24)
@@ -57,17 +63,36 @@ def _customer(body: dict[str, Any]) -> tuple[str | None, str | None]:
     return None, str(user_id)
 
 
-def _conversation(conn: sa.Connection, body: dict[str, Any]) -> outbound.Conversation:
+def _organisation(body: dict[str, Any], who: Caller) -> tuple[str | None, bool]:
+    """The organisation to look in (None: any, for the platform admin), and whether the
+    caller may see that one."""
+    given = body.get("organisation_id")
+    if given in (None, ""):
+        return who.organisation_id, True
+    try:
+        organisation_id = str(UUID(str(given)))
+    except ValueError:
+        raise RequestError(400, "organisation_id must be a UUID") from None
+    return organisation_id, who.sees(organisation_id)
+
+
+def _conversation(conn: sa.Connection, body: dict[str, Any], who: Caller) -> outbound.Conversation:
     phone, user_id = _customer(body)
-    conversation = outbound.find(conn, phone, user_id)
-    if conversation is None:
+    organisation_id, visible = _organisation(body, who)
+    found = outbound.find(conn, phone, user_id, organisation_id) if visible else []
+    if not found:
         raise RequestError(404, f"no conversation with {phone or user_id}")
-    return conversation
+    if len(found) > 1:
+        raise RequestError(
+            400,
+            "this customer has conversations in more than one organisation: give organisation_id",
+        )
+    return found[0]
 
 
-def _set_takeover(runtime: Runtime, body: dict[str, Any], taken: bool) -> None:
+def _set_takeover(runtime: Runtime, body: dict[str, Any], who: Caller, taken: bool) -> None:
     with runtime.engine.begin() as conn:
-        conversation = _conversation(conn, body)
+        conversation = _conversation(conn, body, who)
         conn.execute(
             sa.text(
                 "UPDATE conversations SET human_takeover = :t,"
@@ -78,10 +103,10 @@ def _set_takeover(runtime: Runtime, body: dict[str, Any], taken: bool) -> None:
         )
 
 
-def _operator_message(runtime: Runtime, body: dict[str, Any]) -> dict[str, Any]:
+def _operator_message(runtime: Runtime, body: dict[str, Any], who: Caller) -> dict[str, Any]:
     message = _message_of(body)
     with runtime.engine.begin() as conn:
-        conversation = _conversation(conn, body)
+        conversation = _conversation(conn, body, who)
         conversation = outbound.load(conn, conversation.id, lock=True)
         last = conversation.last_inbound_at
         if last is None or datetime.now(UTC) - last > SERVICE_WINDOW:
@@ -115,11 +140,11 @@ def _message_of(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _endpoint(work, answer: dict[str, Any] | None = None):
-    @requires_admin
+    @requires_token
     async def endpoint(request: Request) -> JSONResponse:
         try:
             body = await _body(request)
-            result = await run_in_threadpool(work, request.app.state.webhook, body)
+            result = await run_in_threadpool(work, request.app.state.webhook, body, caller(request))
         except RequestError as error:
             return JSONResponse({"error": error.reason}, status_code=error.status)
         return JSONResponse(answer or result)
@@ -130,12 +155,12 @@ def _endpoint(work, answer: dict[str, Any] | None = None):
 routes = [
     Route(
         "/api/v1/takeover",
-        _endpoint(lambda r, b: _set_takeover(r, b, True), {"status": "takeover_complete"}),
+        _endpoint(lambda r, b, c: _set_takeover(r, b, c, True), {"status": "takeover_complete"}),
         methods=["POST"],
     ),
     Route(
         "/api/v1/handback",
-        _endpoint(lambda r, b: _set_takeover(r, b, False), {"status": "handback_complete"}),
+        _endpoint(lambda r, b, c: _set_takeover(r, b, c, False), {"status": "handback_complete"}),
         methods=["POST"],
     ),
     Route("/api/v1/operator-message", _endpoint(_operator_message), methods=["POST"]),

@@ -42,13 +42,21 @@ def load(conn: sa.Connection, conversation_id: int, lock: bool = False) -> Conve
     return Conversation(*conn.execute(sa.text(sql), {"id": conversation_id}).one())
 
 
-def find(conn: sa.Connection, phone: str | None, user_id: str | None) -> Conversation | None:
-    """The conversation of the customer with this phone (E.164) or business-scoped user id."""
-    row = conn.execute(
-        sa.text(_SELECT + " WHERE c.phone = :p OR c.wa_user_id = :u ORDER BY v.id LIMIT 1"),
-        {"p": phone, "u": user_id},
-    ).first()
-    return Conversation(*row) if row else None
+def find(
+    conn: sa.Connection, phone: str | None, user_id: str | None, organisation_id: str | None
+) -> list[Conversation]:
+    """The conversation of the customer with this phone (E.164) or business-scoped user id
+    in the organisation (one at most), or, with no organisation, in each that has one (the
+    first two: enough to tell that the customer is not one organisation's)."""
+    rows = conn.execute(
+        sa.text(
+            _SELECT + " WHERE (c.phone = :p OR c.wa_user_id = :u)"
+            " AND (CAST(:o AS uuid) IS NULL OR v.organisation_id = CAST(:o AS uuid))"
+            " ORDER BY v.id LIMIT 2"
+        ),
+        {"p": phone, "u": user_id, "o": organisation_id},
+    ).all()
+    return [Conversation(*row) for row in rows]
 
 
 def send(
