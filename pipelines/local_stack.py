@@ -245,7 +245,7 @@ def local_stack(state_dir: Path, pg_port: int | None = None) -> Iterator[Stack]:
             cleanup.callback(aws.stop)
             env["AWS_ENDPOINT_URL"] = aws.start(wait=False)  # it starts while Postgres does
             env.update(CREDENTIALS)  # moto accepts any; real ones must never reach it
-            env["AWS_DEFAULT_REGION"] = settings.get("AWS_REGION")
+            env["AWS_DEFAULT_REGION"] = settings.get("AWS_REGION") or "us-east-1"
         postgres = None
         if embedded and not os.environ.get("DATABASE_URL"):
             postgres = EmbeddedPostgres(state_dir / "postgres", pg_port, host)

@@ -2,6 +2,12 @@
 
 `dagster-aws` ships no SQS resource; this one mirrors `S3Resource`'s settings
 (region, endpoint) so both point at the same AWS account or local server.
+
+Two clients: boto3's for the rare administrative calls (queue creation, attributes, URLs),
+and the lean one (`resources.sqs_client`) for the calls made per message. The lean one
+takes its endpoint and signing region from boto3's, so botocore's resolver decides both:
+every partition (China, GovCloud), FIPS and dual-stack endpoints, `AWS_ENDPOINT_URL_SQS`,
+`AWS_DEFAULT_REGION` and the profile's region work alike for both.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import boto3
 import botocore.session
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
@@ -35,13 +42,15 @@ class SQSResource(ConfigurableResource):
     queue_name: str = settings.BY_NAME["SQS_QUEUE_NAME"].default
     dlq_name: str = settings.BY_NAME["SQS_DLQ_NAME"].default
     max_receive_count: int = 3
-    region_name: str = settings.BY_NAME["AWS_REGION"].default
+    # None: botocore's own (AWS_DEFAULT_REGION, the profile), else us-east-1.
+    region_name: str | None = None
     endpoint_url: str | None = None
 
     _client: SQSClient | None = PrivateAttr(default=None)
+    _admin: Any = PrivateAttr(default=None)
     _urls: dict[str, str] = PrivateAttr(default_factory=dict)
     # Dispatch's sending threads and the sender's lanes share one client and its connections.
-    _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _client_lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
 
     @classmethod
     def from_env(cls) -> SQSResource:
@@ -58,12 +67,27 @@ class SQSResource(ConfigurableResource):
         return self.queue_name.endswith(".fifo")
 
     @property
+    def admin(self) -> Any:
+        """boto3's SQS client, for administrative calls."""
+        with self._client_lock:
+            if self._admin is None:
+                session = boto3.session.Session()
+                self._admin = session.client(
+                    "sqs",
+                    region_name=self.region_name or session.region_name or "us-east-1",
+                    endpoint_url=self.endpoint_url,
+                )
+            return self._admin
+
+    @property
     def client(self) -> SQSClient:
+        """The lean client, for the calls made per message."""
         with self._client_lock:
             if self._client is None:
+                meta = self.admin.meta
                 self._client = SQSClient(
-                    self.endpoint_url or f"https://sqs.{self.region_name}.amazonaws.com",
-                    self.region_name,
+                    meta.endpoint_url,
+                    meta.region_name,
                     botocore.session.get_session().get_credentials(),
                 )
             return self._client
@@ -71,21 +95,21 @@ class SQSResource(ConfigurableResource):
     def url(self, name: str | None = None) -> str:
         name = name or self.queue_name
         if name not in self._urls:
-            self._urls[name] = self.client.get_queue_url(QueueName=name)["QueueUrl"]
+            self._urls[name] = self.admin.get_queue_url(QueueName=name)["QueueUrl"]
         return self._urls[name]
 
     def ensure_queues(self) -> None:
         """Create the DLQ and the queue with its redrive policy; a no-op when they exist."""
         fifo = {"FifoQueue": "true"} if self.is_fifo else {}
-        dlq_url = self.client.create_queue(
+        dlq_url = self.admin.create_queue(
             QueueName=self.dlq_name,
             Attributes={**fifo, "MessageRetentionPeriod": str(14 * 24 * 3600)},
         )["QueueUrl"]
-        dlq_arn = self.client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        dlq_arn = self.admin.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
             "Attributes"
         ]["QueueArn"]
         redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(self.max_receive_count)}
-        self.client.create_queue(
+        self.admin.create_queue(
             QueueName=self.queue_name,
             Attributes={
                 **fifo,
@@ -124,7 +148,7 @@ class SQSResource(ConfigurableResource):
 
     def depth(self) -> QueueDepth:
         def attrs(url: str) -> dict[str, str]:
-            return self.client.get_queue_attributes(
+            return self.admin.get_queue_attributes(
                 QueueUrl=url,
                 AttributeNames=[
                     "ApproximateNumberOfMessages",

@@ -58,7 +58,12 @@ SETTINGS: tuple[Setting, ...] = (
         "S3/SQS endpoint. Unset in development: a local S3+SQS server on loopback; "
         "unset in production: AWS itself.",
     ),
-    Setting("AWS_REGION", "us-east-1", "AWS region of the bucket and queues."),
+    Setting(
+        "AWS_REGION",
+        None,
+        "AWS region of the bucket and queues. Unset: botocore's own (`AWS_DEFAULT_REGION`,"
+        " the profile's), else us-east-1.",
+    ),
     Setting(
         "S3_BUCKET",
         "whatsapp-campaigns",

@@ -11,7 +11,14 @@ It stays a drop-in for the calls we make: methods are the operations in snake ca
 (`send_message_batch(QueueUrl=..., Entries=...)`), errors are botocore's `ClientError` with
 the same `Error.Code`, and an unreachable endpoint raises botocore's
 `EndpointConnectionError`. Credentials come from botocore's usual chain (environment,
-profile, instance role), refreshed as botocore refreshes them.
+profile, instance role), refreshed as botocore refreshes them. The endpoint and the
+signing region are given by botocore's own resolver (`resources.queue.SQSResource`), so
+every partition and endpoint setting botocore knows works here too.
+
+Retries are botocore's standard mode: three attempts in all, for a connection error, an
+answer of 500, 502, 503 or 504, or one of SQS's throttling errors, each after a random wait
+of up to 2^attempt seconds (full jitter), so that many clients throttled together do not
+come back together.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,16 +39,29 @@ from botocore.exceptions import ClientError, EndpointConnectionError, NoCredenti
 _CONTENT_TYPE = "application/x-amz-json-1.0"
 # Long polls wait up to 20 s before SQS answers.
 _TIMEOUT = urllib3.Timeout(connect=10.0, read=60.0)
-# As botocore's standard retry mode: three attempts in all for a connection error or an
-# answer of 500, 502, 503 or 504. The last error answer is returned, to become a ClientError.
-_RETRY = urllib3.Retry(
-    total=2,
-    redirect=0,
-    backoff_factor=0.2,
-    status_forcelist=(500, 502, 503, 504),
-    allowed_methods=None,
-    raise_on_status=False,
+# botocore's standard retry mode.
+MAX_ATTEMPTS = 3
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+_THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+        "KMS.ThrottlingException",
+    }
 )
+_MAX_BACKOFF_SECONDS = 20.0
 
 
 class SQSClient:
@@ -61,7 +82,7 @@ class SQSClient:
         self._credentials = credentials
         self._signing_keys: dict[tuple[str, str], bytes] = {}
         self._pool = urllib3.connection_from_url(
-            endpoint_url, maxsize=max_connections, timeout=_TIMEOUT, retries=_RETRY
+            endpoint_url, maxsize=max_connections, timeout=_TIMEOUT, retries=False
         )
 
     def __getattr__(self, name: str) -> Callable[..., dict[str, Any]]:
@@ -73,14 +94,27 @@ class SQSClient:
     def call(self, action: str, params: dict[str, Any]) -> dict[str, Any]:
         """Run one SQS operation (`SendMessageBatch`, ...) and return its answer."""
         body = json.dumps(params, separators=(",", ":")).encode()
-        headers = self._sign(action, body)
-        try:
-            response = self._pool.urlopen("POST", self._path, body=body, headers=headers)
-        except urllib3.exceptions.HTTPError as error:
-            raise EndpointConnectionError(endpoint_url=self.endpoint_url, error=error) from error
-        if response.status >= 300:
-            raise ClientError(_error_response(response), action)
-        return json.loads(response.data) if response.data else {}
+        attempt = 1
+        while True:
+            try:
+                response = self._pool.urlopen(
+                    "POST", self._path, body=body, headers=self._sign(action, body)
+                )
+            except urllib3.exceptions.HTTPError as error:
+                if attempt == MAX_ATTEMPTS:
+                    raise EndpointConnectionError(
+                        endpoint_url=self.endpoint_url, error=error
+                    ) from error
+            else:
+                if response.status < 300:
+                    return json.loads(response.data) if response.data else {}
+                answer = _error_response(response)
+                if attempt == MAX_ATTEMPTS or not _retryable(
+                    response.status, answer["Error"]["Code"]
+                ):
+                    raise ClientError(answer, action)
+            _backoff(attempt)
+            attempt += 1
 
     def close(self) -> None:
         self._pool.close()
@@ -133,6 +167,14 @@ class SQSClient:
             self._signing_keys = {(secret, day): key}
             cached = key
         return cached
+
+
+def _retryable(status: int, code: str) -> bool:
+    return status in _RETRY_STATUSES or code in _THROTTLING_CODES
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(random.random() * min(_MAX_BACKOFF_SECONDS, 2.0**attempt))
 
 
 def _sha256(text: str) -> str:

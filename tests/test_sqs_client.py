@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from pipelines.local_stack import free_port
 from resources import sqs_client
+from resources.queue import SQSResource
 from resources.sqs_client import SQSClient
 from tests.servers import serve
 
@@ -121,3 +122,68 @@ def test_server_errors_are_retried_then_reported_by_their_status():
     assert error.value.response["Error"]["Code"] == "500"
     assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
     assert len(broken.state.seen) == 3
+
+
+def throttling_server(throttled: int, code: str = "RequestThrottled") -> Starlette:
+    """Answers its first `throttled` requests as SQS answers a throttled one (HTTP 400 and an
+    error code), then as SQS would."""
+    seen = []
+
+    async def endpoint(request):
+        seen.append(request.headers["x-amz-target"])
+        if len(seen) <= throttled:
+            return JSONResponse(
+                {"__type": f"com.amazonaws.sqs#{code}", "message": "Rate exceeded"},
+                status_code=400,
+                headers={"x-amzn-query-error": f"{code};Sender"},
+            )
+        return JSONResponse({"QueueUrl": "http://queue"})
+
+    app = Starlette(routes=[Route("/", endpoint, methods=["POST"])])
+    app.state.seen = seen
+    return app
+
+
+def test_throttling_is_retried_and_a_refusal_is_not():
+    credentials = Credentials("local", "local")
+    throttled = throttling_server(throttled=2)
+    with serve(throttled) as url:
+        answer = SQSClient(url, "us-east-1", credentials).get_queue_url(QueueName="q")
+    assert answer == {"QueueUrl": "http://queue"}
+    assert len(throttled.state.seen) == 3
+
+    refused = throttling_server(throttled=100, code="InvalidParameterValue")
+    with serve(refused) as url, pytest.raises(ClientError) as error:
+        SQSClient(url, "us-east-1", credentials).get_queue_url(QueueName="q")
+    assert error.value.response["Error"]["Code"] == "InvalidParameterValue"
+    assert len(refused.state.seen) == 1
+
+
+def _resolved(monkeypatch, **env: str) -> SQSClient:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no profile's region either
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return SQSResource.from_env().client
+
+
+def test_the_endpoint_and_region_are_botocores(monkeypatch):
+    china = _resolved(monkeypatch, AWS_DEFAULT_REGION="cn-north-1")
+    assert china.endpoint_url == "https://sqs.cn-north-1.amazonaws.com.cn"
+    assert china._region == "cn-north-1"
+
+    ours = _resolved(monkeypatch, AWS_REGION="eu-west-1", AWS_DEFAULT_REGION="us-west-2")
+    assert (ours.endpoint_url, ours._region) == ("https://sqs.eu-west-1.amazonaws.com", "eu-west-1")
+
+    fips = _resolved(monkeypatch, AWS_DEFAULT_REGION="us-gov-west-1", AWS_USE_FIPS_ENDPOINT="true")
+    assert fips.endpoint_url.startswith("https://sqs.us-gov-west-1.")
+    assert fips._region == "us-gov-west-1"
+
+    service = _resolved(
+        monkeypatch, AWS_DEFAULT_REGION="eu-central-1", AWS_ENDPOINT_URL_SQS="http://127.0.0.1:9"
+    )
+    assert (service.endpoint_url, service._region) == ("http://127.0.0.1:9", "eu-central-1")
+
+    nothing = _resolved(monkeypatch)
+    assert nothing._region == "us-east-1"
