@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from resources import settings
+from resources import logs, settings
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -70,8 +70,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
-                "webhook_app.app:app",
+                "pipelines.cli",
+                "webhook-app",
                 "--host",
                 host,
                 "--port",
@@ -115,7 +115,24 @@ def cmd_sender(args: argparse.Namespace) -> int:
 def cmd_webhook_worker(args: argparse.Namespace) -> int:
     from webhook_app.workers import run
 
+    logs.configure("webhook-worker")
     run()
+    return 0
+
+
+def cmd_webhook_app(args: argparse.Namespace) -> int:
+    """The webhook app under uvicorn, its logs (and uvicorn's) set up as every process's."""
+    import uvicorn
+
+    logs.configure("webhook-app")
+    uvicorn.run(
+        "webhook_app.app:app",
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+    )
     return 0
 
 
@@ -553,6 +570,17 @@ def parser() -> argparse.ArgumentParser:
         "webhook-worker",
         help="process the webhook inbox, answer with the agent, copy media (until SIGTERM)",
     ).set_defaults(run=cmd_webhook_worker)
+    app = commands.add_parser(
+        "webhook-app", help="serve the webhook app and the operator API (uvicorn)"
+    )
+    app.add_argument("--host", default="127.0.0.1")
+    app.add_argument("--port", type=int, default=8000)
+    app.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        help="proxies whose X-Forwarded-* headers are trusted (uvicorn's option; * for all)",
+    )
+    app.set_defaults(run=cmd_webhook_app)
     stuck = commands.add_parser(
         "sender-stuck", help="list messages left in sending (never re-sent automatically)"
     )
@@ -599,6 +627,7 @@ def explain(error: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="platformdirs")
     args = parser().parse_args(argv)
+    logs.configure("cli")  # a long-running command sets it up again under its own name
     try:
         return args.run(args)
     except Exception as error:

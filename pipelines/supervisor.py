@@ -1,7 +1,8 @@
 """Runs the stack's long-lived processes side by side, as `make dev` does.
 
 One process owns the others: it starts them in their own process groups, says where each
-listens once it answers, and stops them all on Ctrl-C, on SIGTERM, or as soon as one dies.
+listens once it answers, prints every line they print labelled with the service's name,
+and stops them all on Ctrl-C, on SIGTERM, or as soon as one dies.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from typing import IO
 
 import httpx
 
@@ -49,8 +52,18 @@ def supervise(services: list[Service], env: dict[str, str], ready_timeout: float
     try:
         for service in services:
             running[service.name] = subprocess.Popen(
-                service.argv, env={**os.environ, **env}, start_new_session=True
+                service.argv,
+                env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
+            threading.Thread(
+                target=_relay,
+                args=(service.name, running[service.name].stdout),
+                name=f"relay-{service.name}",
+                daemon=True,
+            ).start()
         _wait_until_ready(services, running, ready_timeout)
         for service in services:
             where = f"{service.url}" if service.url else "running"
@@ -70,6 +83,14 @@ def supervise(services: list[Service], env: dict[str, str], ready_timeout: float
         return 0
     finally:
         _stop_all(running)
+
+
+def _relay(name: str, output: IO[bytes]) -> None:
+    """Every line a service prints, labelled with the service's name."""
+    label = f"{name:<14} | ".encode()
+    for line in output:
+        sys.stdout.buffer.write(label + line)
+        sys.stdout.buffer.flush()
 
 
 def check_ports(services: list[Service]) -> None:

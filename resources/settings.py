@@ -421,6 +421,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Cron schedule (UTC) of the `whatsapp_templates` sync of every organisation's templates"
         " from its WhatsApp Business account.",
     ),
+    # Logs (resources/logs.py)
+    Setting(
+        "LOG_FORMAT",
+        "text",
+        "`text` (one readable line per record) or `json` (one JSON object per line: time,"
+        " level, process, logger, message and the row ids).",
+    ),
+    Setting("LOG_LEVEL", "INFO", "Level of the platform's own loggers (`waflow.*`)."),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -131,6 +131,7 @@ def test_the_compose_file_resolves_with_every_process_of_the_platform(tmp_path):
         assert "/app/deploy/workspace.yaml" in services[name]["command"], name
         assert services[name]["environment"]["DAGSTER_CODE_HOST"] == "code", name
     assert services["sender"]["command"] == ["waflow", "sender"]
+    assert services["webhook-app"]["command"][:2] == ["waflow", "webhook-app"]
     assert services["webhook-worker"]["command"] == ["waflow", "webhook-worker"]
 
 
@@ -246,6 +247,6 @@ def test_the_kubernetes_manifests_agree_on_the_image_and_scale_the_right_things(
 def test_the_ecs_example_is_a_task_definition_of_the_same_processes():
     task = json.loads((DEPLOY / "ecs" / "webhook-app.task.json").read_text())
     [container] = task["containerDefinitions"]
-    assert container["command"][:2] == ["uvicorn", "webhook_app.app:app"]
+    assert container["command"][:2] == ["waflow", "webhook-app"]
     assert {"name": "APP_ENV", "value": "production"} in container["environment"]
     assert task["requiresCompatibilities"] == ["FARGATE"]

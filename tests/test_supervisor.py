@@ -55,3 +55,28 @@ def test_ctrl_c_stops_every_service_and_exits_cleanly(repo_root):
     assert supervisor.wait(timeout=30) == 0
     _, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
+
+
+LABELLED = """
+import sys
+from pipelines.supervisor import Service, supervise
+talker = [sys.executable, "-c", "import time; print('hello from a service'); time.sleep(600)"]
+sys.exit(supervise([Service("talker", talker)], env={}))
+"""
+
+
+def test_every_line_a_service_prints_is_labelled_with_its_name(repo_root):
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", LABELLED], cwd=repo_root, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        for line in supervisor.stdout:
+            lines.append(line.rstrip("\n"))
+            if "hello" in line or time.monotonic() > deadline:
+                break
+        assert f"{'talker':<14} | hello from a service" in lines
+    finally:
+        os.kill(supervisor.pid, signal.SIGINT)
+        assert supervisor.wait(timeout=30) == 0

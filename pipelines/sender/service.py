@@ -12,7 +12,7 @@ import signal
 from collections import Counter
 
 from pipelines.sender.worker import SenderConfig, Worker
-from resources import account, settings
+from resources import account, logs, settings
 from resources.postgres import create_engine
 from resources.queue import SQSResource
 from resources.whatsapp import WhatsAppClient
@@ -35,11 +35,7 @@ def run(drain: bool = False, install_signals: bool = True) -> Counter[str]:
     if install_signals:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: worker.stop())
-    # Libraries stay at WARNING: httpx and botocore log every request at INFO.
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s sender %(levelname)s %(message)s"
-    )
-    logging.getLogger("waflow.sender").setLevel(logging.INFO)
+    logs.configure("sender")
     logging.getLogger("waflow.sender").info(
         "sending from %s%s",
         sqs.queue_name,
