@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from assets_defs.media.asset import report_metadata
-from assets_defs.media.isolation import resolve
+from assets_defs.media.isolation import candidates, resolve
 from assets_defs.media.runner import CampaignMediaRun, Policy, Report, media_prefix
 from assets_defs.media.sandbox import Limits, MemberInput, run_sample
 from tests.media_campaigns import campaign_row, create_campaign, members
@@ -348,7 +348,9 @@ def test_a_forged_preview_never_reaches_the_metadata(engine, s3, secrets):
         assert "evil.example" not in text and all(secret not in text for secret in secrets)
 
 
-def test_a_hostile_source_run_as_a_sample_returns_no_secret_and_no_connection(secrets):
+@pytest.mark.parametrize("mechanism", [offered.mechanism for offered in candidates()])
+def test_a_hostile_source_run_as_a_sample_returns_no_secret_and_no_connection(secrets, mechanism):
+    [isolation] = [offered for offered in candidates() if offered.mechanism == mechanism]
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.setblocking(False)
         source = textwrap.dedent(
@@ -377,10 +379,10 @@ def test_a_hostile_source_run_as_a_sample_returns_no_secret_and_no_connection(se
             """
         )
         port = listener.getsockname()[1]
-        returned = run_sample(source, MemberInput({"port": port}, "Ada", "+12025550100"), "gen.py")
-        raised = run_sample(
-            source, MemberInput({"port": port, "raise": True}, "Ada", "+12025550100"), "gen.py"
-        )
+        member = MemberInput({"port": port}, "Ada", "+12025550100")
+        returned = run_sample(source, member, "gen.py", isolation=isolation)
+        member = MemberInput({"port": port, "raise": True}, "Ada", "+12025550100")
+        raised = run_sample(source, member, "gen.py", isolation=isolation)
         with pytest.raises(BlockingIOError):
             listener.accept()
     assert returned.error is None

@@ -69,7 +69,7 @@ class Isolation:
         folders = [str(Path(settings.get("STATE_DIR") or ".state").resolve())]
         if self.mechanism == "userns":
             folders.append(str(Path.home().resolve()))
-        return folders
+        return [folder for folder in folders if folder != "/"]
 
     def describe(self) -> str:
         if self.mechanism == "root":
@@ -134,12 +134,12 @@ def resolve() -> Isolation:
 
 def probe(isolation: Isolation) -> str | None:
     """Why `isolation` does not hold on this host, or None when it does."""
-    return _probe(isolation.command, isolation.uid)
+    return _probe(isolation.command, isolation.uid, tuple(isolation.concealed()))
 
 
 @functools.cache
-def _probe(command: tuple[str, ...], uid: int | None) -> str | None:
-    config = json.dumps({"probe": True, "confine": True, "uid": uid, "conceal": []})
+def _probe(command: tuple[str, ...], uid: int | None, conceal: tuple[str, ...]) -> str | None:
+    config = json.dumps({"probe": True, "confine": True, "uid": uid, "conceal": conceal})
     try:
         done = subprocess.run(
             [*command, sys.executable, "-I", str(WORKER_SCRIPT), config],

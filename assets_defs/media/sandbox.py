@@ -39,6 +39,9 @@ from resources.asset_kinds import ASSET_KINDS, MB, SNIFF_BYTES, content_matches
 
 # Variables a generator may see; everything else (credentials, URLs, tokens) is left out.
 ALLOWED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+# Numeric libraries start no thread pool of their own: a generator must leave no thread
+# running when it returns.
+SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 LARGEST_ASSET = max(kind.max_bytes for kind in ASSET_KINDS.values())
 # What one member may write in all (the worker's tmpfs), and in how many files.
@@ -130,7 +133,8 @@ class Outcome:
 
 
 def sandbox_env() -> dict[str, str]:
-    return {name: os.environ[name] for name in ALLOWED_ENV if os.environ.get(name)}
+    allowed = {name: os.environ[name] for name in ALLOWED_ENV if os.environ.get(name)}
+    return {**allowed, **SINGLE_THREADED}
 
 
 class WorkerLost(Exception):
@@ -143,7 +147,8 @@ class SandboxWorker:
     def __init__(self, limits: Limits, isolation: Isolation, work_dir: Path) -> None:
         self.timeout = limits.timeout_seconds
         self.output = tempfile.TemporaryFile(dir=work_dir)  # noqa: SIM115 - closed in stop()
-        files_root = tempfile.mkdtemp(prefix="worker-", dir=work_dir)
+        # Without namespaces (no tmpfs of its own), members' folders are made in here.
+        files_root = None if isolation.confined else tempfile.mkdtemp(dir=work_dir)
         config = {
             "confine": isolation.confined,
             "uid": isolation.uid,
@@ -196,8 +201,11 @@ class SandboxWorker:
             _close_all(files)
             self.kill()
             raise
-        except (EOFError, OSError, ValueError, TypeError):
+        except (EOFError, OSError, ValueError, TypeError) as error:
             _close_all(files)
+            if isinstance(error, (EOFError, BrokenPipeError)):  # it died: let its status arrive
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout=5)
             self.kill()
             raise WorkerLost(self.death_reason()) from None
         return reply, files

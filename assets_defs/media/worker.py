@@ -117,6 +117,7 @@ def confine(config: dict) -> None:
     _check(libc.capset(header, nothing), "drop capabilities")
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no new privileges")
     os.chdir(CONFINED_ROOT)
+    os.environ["TMPDIR"] = CONFINED_ROOT  # the only writable place
 
 
 def python_paths() -> list[str]:
