@@ -213,6 +213,14 @@ SETTINGS: tuple[Setting, ...] = (
         high=1,
     ),
     Setting(
+        "MEDIA_SANDBOX",
+        "auto",
+        "`auto`: generators run in the strongest sandbox the host allows (root: a uid and "
+        "namespaces of their own; else an unprivileged user namespace), and not at all in "
+        "production when neither works. `trusted`: run them anyway without isolation (a "
+        "warning at every run).",
+    ),
+    Setting(
         "MEDIA_STUCK_MINUTES",
         "30",
         "Members in `asset_generating` this long with no live run are reset to `pending`.",

@@ -3,19 +3,20 @@
 import json
 import os
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from assets_defs.media.runner import Policy
-from assets_defs.media.sandbox import (
-    Generator,
-    Limits,
-    MemberInput,
-    WorkerPool,
-    validate_files,
+from assets_defs.media.isolation import (
+    SandboxUnavailable,
+    _verdict,
+    candidates,
+    probe,
+    resolve,
 )
+from assets_defs.media.runner import CampaignMediaRun, Policy
+from assets_defs.media.sandbox import Generator, Limits, MemberInput, WorkerPool
 from resources import settings
+from tests.media_campaigns import campaign_row, create_campaign, members, versioned
 
 MEMBER = MemberInput({"offer": "10% off", "code": "C001"}, "Ada", "+12025550100")
 FAST = Limits(workers=1, timeout_seconds=10, memory_mb=512, cpu_seconds=10)
@@ -34,7 +35,7 @@ def pool(tmp_path):
 
 
 def run(pool: WorkerPool, source: str, version: int = 1, preview: bool = False):
-    return pool.generate(generator(source, version), MEMBER, pool.fresh_member_dir(), preview)
+    return pool.generate(generator(source, version), MEMBER, preview)
 
 
 def test_the_demo_generator_renders_an_image_and_a_json_file(pool, repo_root):
@@ -44,8 +45,8 @@ def test_the_demo_generator_renders_an_image_and_a_json_file(pool, repo_root):
     by_type = {f.asset_type: f for f in outcome.files}
     assert set(by_type) == {"image", "json"}
     assert by_type["image"].content_type == "image/jpeg"
-    assert by_type["image"].path.read_bytes()[:3] == b"\xff\xd8\xff"
-    assert json.loads(by_type["json"].path.read_text())["code"] == "C001"
+    assert by_type["image"].read()[:3] == b"\xff\xd8\xff"
+    assert json.loads(by_type["json"].read())["code"] == "C001"
     assert outcome.preview and len(outcome.preview) < 50_000
 
 
@@ -126,10 +127,11 @@ def test_no_secret_reaches_the_generator(pool, monkeypatch):
                 return {"json": "env.json"}
             """,
         )
-    seen = json.loads(outcome.files[0].path.read_text())
+    seen = json.loads(outcome.files[0].read())
     assert not set(seen) & set(secrets)
     assert not set(seen.values()) & set(secrets.values())
-    assert set(seen) <= {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"}
+    allowed = {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"}
+    assert set(seen) <= allowed | {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}
 
 
 def test_a_path_outside_temp_dir_is_refused(pool):
@@ -153,7 +155,9 @@ def test_a_symlink_out_of_temp_dir_is_refused(pool):
             return {"text": "leak.txt"}
         """,
     )
-    assert outcome.error == "text: leak.txt is outside temp_dir"
+    assert outcome.error == (
+        "text: leak.txt goes through a symbolic link; only files inside temp_dir are accepted"
+    )
 
 
 def test_a_directory_is_refused(pool):
@@ -194,16 +198,29 @@ def test_returning_nothing_is_refused(pool):
         (["a.jpg"], "generate_asset returned list; expected {asset_type: path}"),
         ({"sticker": "a.webp"}, "unknown asset type 'sticker'"),
         ({"image": "a.gif"}, "a.gif has an extension that is not allowed for image"),
-        ({"image": "fake.jpg"}, "fake.jpg is not a JPEG or PNG image"),
+        ({"image": "fake.jpg"}, "image: fake.jpg does not hold image/jpeg data"),
+        ({"image": "real.png.jpg"}, "image: real.png.jpg does not hold image/jpeg data"),
+        ({"document": "fake.pdf"}, "document: fake.pdf does not hold application/pdf data"),
+        ({"json": "binary.json"}, "json: binary.json does not hold application/json data"),
         ({"video": "missing.mp4"}, "video: missing.mp4 does not exist"),
         ({"image": 42}, "image: expected a file path, got 42"),
+        ({"text": "../a.txt"}, "text: ../a.txt is outside temp_dir"),
     ],
 )
-def test_returned_values_are_validated(tmp_path, result, message):
-    (tmp_path / "a.gif").write_bytes(b"GIF89a")
-    (tmp_path / "fake.jpg").write_text("not an image")
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        validate_files(result, tmp_path)
+def test_returned_values_are_validated(pool, result, message):
+    outcome = run(
+        pool,
+        f"""
+        def generate_asset(attributes, name, msisdn, temp_dir):
+            for name, data in [("a.gif", b"GIF89a"), ("fake.jpg", b"not an image"),
+                               ("real.png.jpg", b"\\x89PNG\\r\\n\\x1a\\n" + bytes(8)),
+                               ("fake.pdf", b"<html>"), ("binary.json", b"\\x00\\x01")]:
+                with open(name, "wb") as f:
+                    f.write(data)
+            return {result!r}
+        """,
+    )
+    assert message in outcome.error
 
 
 def test_output_is_captured_and_the_source_compiled_once_per_worker_and_version(pool):
@@ -222,7 +239,7 @@ def test_output_is_captured_and_the_source_compiled_once_per_worker_and_version(
     first, second = run(pool, source), run(pool, source)
     assert first.output == "module loaded\ncall 1 for Ada\nwarning!\n"
     assert second.output == "call 2 for Ada\nwarning!\n"
-    assert second.files[0].path.read_text() == "2"
+    assert second.files[0].read() == b"2"
     newer = run(pool, source, version=2)
     assert newer.output.startswith("module loaded\ncall 1")
 
@@ -237,12 +254,11 @@ def test_each_member_gets_a_fresh_temp_dir_as_working_directory(pool):
             return {"text": "seen.txt"}
         """
     first, second = run(pool, source), run(pool, source)
-    cwd_first, listed_first = first.files[0].path.read_text().split("|")
-    cwd_second, listed_second = second.files[0].path.read_text().split("|")
+    cwd_first, listed_first = first.files[0].read().decode().split("|")
+    cwd_second, listed_second = second.files[0].read().decode().split("|")
     assert cwd_first != cwd_second
     assert listed_first == listed_second == ""
-    assert Path(cwd_second) == second.files[0].path.parent
-    assert os.path.basename(cwd_second) == "files"
+    assert os.path.basename(cwd_second).startswith("member-")
 
 
 @pytest.mark.parametrize(
@@ -268,3 +284,73 @@ def test_the_defaults_are_the_documented_ones(monkeypatch):
     assert Limits.from_settings() == Limits(
         workers=5, timeout_seconds=60, memory_mb=512, cpu_seconds=30
     )
+
+
+def test_every_mechanism_this_host_offers_passes_its_probe():
+    offered = candidates()
+    if not offered:
+        pytest.skip("no unshare command on this host")
+    assert [probe(mechanism) for mechanism in offered] == [None] * len(offered)
+    assert resolve() == offered[0]
+
+
+def test_a_probe_report_that_shows_a_leak_is_refused_with_its_cause():
+    sealed = {"processes": ["1"], "interfaces": ["lo"], "capabilities": 0, "read_only_root": True}
+    assert _verdict(sealed, None) is None
+    assert _verdict({**sealed, "processes": ["1", "42"]}, None) == "other processes are visible"
+    assert "network interface" in _verdict({**sealed, "interfaces": ["lo", "eth0"]}, None)
+    assert _verdict({**sealed, "uid": 0}, 64_999) == "the worker did not switch to uid 64999"
+
+
+@pytest.fixture
+def no_sandbox(monkeypatch, tmp_path):
+    """A host without util-linux `unshare`: no mechanism can isolate generators."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("MEDIA_SANDBOX", raising=False)
+
+
+def test_production_refuses_generators_without_isolation_and_names_the_cause(
+    no_sandbox, monkeypatch, engine, s3
+):
+    monkeypatch.setenv("APP_ENV", "production")
+    with pytest.raises(SandboxUnavailable) as refused:
+        resolve()
+    assert "the unshare command (util-linux) is not on PATH" in str(refused.value)
+    assert "MEDIA_SANDBOX=trusted" in str(refused.value)
+    campaign_id, _ = create_campaign(engine, 2, versioned(1))
+    run = CampaignMediaRun(engine, s3, str(campaign_id), FAST, Policy(), lambda line: None)
+    with pytest.raises(SandboxUnavailable):
+        run.run(release_stale_claims=True)
+    assert campaign_row(engine, campaign_id).status == "approved"  # untouched
+    assert {row.status for row in members(engine, campaign_id)} == {"pending"}
+
+
+def test_trusted_runs_without_isolation_and_warns_at_every_run(no_sandbox, monkeypatch, engine, s3):
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("MEDIA_SANDBOX", "trusted")
+    warnings: list[str] = []
+    for _ in range(2):
+        campaign_id, _ = create_campaign(engine, 2, versioned(1))
+        CampaignMediaRun(
+            engine, s3, str(campaign_id), FAST, Policy(), lambda line: None, warnings.append
+        ).run(release_stale_claims=True)
+        assert {row.status for row in members(engine, campaign_id)} == {"asset_generated"}
+    assert len(warnings) == 2
+    assert warnings[0].startswith("MEDIA_SANDBOX=trusted: generator code runs without isolation")
+
+
+def test_development_falls_back_to_a_plain_process_with_a_warning(no_sandbox, tmp_path, repo_root):
+    fallback = resolve()
+    assert fallback.mechanism == "none" and not fallback.confined
+    assert fallback.warning.startswith("development fallback: generator code runs without")
+    source = (repo_root / "assets_defs" / "generators" / "demo_offer.py").read_text()
+    with WorkerPool(FAST, tmp_path, fallback) as pool:
+        outcome = run(pool, source)
+    assert outcome.ok, outcome.error
+    assert {f.asset_type for f in outcome.files} == {"image", "json"}
+
+
+def test_an_unknown_media_sandbox_value_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("MEDIA_SANDBOX", "off")
+    with pytest.raises(settings.InvalidSetting, match="MEDIA_SANDBOX must be one of auto, trusted"):
+        resolve()

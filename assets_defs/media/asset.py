@@ -71,6 +71,7 @@ def campaign_media(
         Limits.from_settings(),
         Policy.from_settings(),
         context.log.info,
+        context.log.warning,
     )
     report = run.run(release_stale_claims=not others)
     if report.released:

@@ -20,15 +20,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from assets_defs.media import store
-from assets_defs.media.sandbox import (
-    Generator,
-    Limits,
-    MemberInput,
-    Outcome,
-    WorkerPool,
-    remove_member_dir,
-)
+from assets_defs.media import isolation, store
+from assets_defs.media.sandbox import Generator, Limits, MemberInput, Outcome, WorkerPool
 from resources import settings
 from resources.campaigns import audience_counts
 from resources.storage import S3Storage
@@ -94,6 +87,7 @@ class CampaignMediaRun:
         limits: Limits,
         policy: Policy,
         log: Callable[[str], None],
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.s3 = s3
@@ -101,12 +95,19 @@ class CampaignMediaRun:
         self.limits = limits
         self.policy = policy
         self.log = log
+        self.warn = warn or log
         self.report = Report(campaign_id)
         self._lock = threading.Lock()
         self._window = limits.workers * 4
 
     def run(self, release_stale_claims: bool) -> Report:
+        """Raises `isolation.SandboxUnavailable` before touching the campaign when generators
+        may not run on this host."""
         started = time.monotonic()
+        sandbox = isolation.resolve()
+        self.log(sandbox.describe())
+        if sandbox.warning:
+            self.warn(sandbox.warning)
         with self.engine.begin() as conn:
             store.start_generation(conn, self.campaign_id)
             if release_stale_claims:
@@ -117,7 +118,7 @@ class CampaignMediaRun:
         self.s3.client  # noqa: B018 - one client, created before the threads share it
         with (
             tempfile.TemporaryDirectory(prefix="waflow-media-") as work_dir,
-            WorkerPool(self.limits, Path(work_dir)) as pool,
+            WorkerPool(self.limits, Path(work_dir), sandbox) as pool,
             ThreadPoolExecutor(self.limits.workers * 2, thread_name_prefix="media") as threads,
         ):
             self._generate_all(pool, threads, started, already_done)
@@ -201,10 +202,10 @@ class CampaignMediaRun:
         member_input = MemberInput(member.attributes, member.name, member.msisdn)
         error = ""
         for attempt in range(1, self.policy.max_attempts + 1):
-            member_dir = pool.fresh_member_dir()
+            outcome = Outcome()
             try:
                 outcome = pool.generate(
-                    generator, member_input, member_dir, preview=self.report.preview is None
+                    generator, member_input, preview=self.report.preview is None
                 )
                 if outcome.output:
                     self.log(f"generator output, member {member.id}:\n{outcome.output.rstrip()}")
@@ -220,7 +221,7 @@ class CampaignMediaRun:
             except (BotoCoreError, ClientError) as upload_error:
                 error = f"upload to S3 failed: {upload_error}"
             finally:
-                remove_member_dir(member_dir)
+                outcome.close()
             if attempt < self.policy.max_attempts:
                 time.sleep(self.policy.backoff_seconds * 2 ** (attempt - 1))
         return store.MemberResult(
@@ -229,6 +230,7 @@ class CampaignMediaRun:
 
     def _upload(self, member_id: object, outcome: Outcome) -> dict[str, str]:
         """Each file under its deterministic key: a re-run overwrites, never adds a copy.
+        The body is the parent's own spooled copy, the bytes that were checked.
 
         `put_object` rather than the transfer manager: these files are small, and one
         request per file costs the parent far less CPU.
@@ -236,10 +238,14 @@ class CampaignMediaRun:
         keys = {}
         for file in outcome.files:
             key = media_key(self.campaign_id, member_id, file.asset_type, file.extension)
-            with file.path.open("rb") as body:
-                self.s3.client.put_object(
-                    Bucket=self.s3.bucket, Key=key, Body=body, ContentType=file.content_type
-                )
+            file.body.seek(0)
+            self.s3.client.put_object(
+                Bucket=self.s3.bucket,
+                Key=key,
+                Body=file.body,
+                ContentType=file.content_type,
+                ContentLength=file.size,
+            )
             keys[file.asset_type] = key
         return keys
 

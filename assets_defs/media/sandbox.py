@@ -1,41 +1,62 @@
 """The sandbox that runs user generator code: a pool of persistent worker processes.
 
 User code never runs in the Dagster process. Each worker (`worker.py`) is a separate Python
-started with an environment built from an allow-list, so no AWS, database, WhatsApp or
-Gemini variable reaches it, and under hard limits on memory and file size; CPU time is
-capped per member. The parent enforces the wall-clock timeout by killing the worker's
-process group and starting a replacement. Workers stay up between members so each compiles
-a generator version once, not once per member.
+started with an environment built from an allow-list, inside namespaces of its own under
+the strongest mechanism the host allows (`isolation.py`), and under hard limits on memory,
+file size, processes, bytes written and CPU time. The parent enforces the wall-clock
+timeout by killing the worker, which takes its whole PID namespace with it, and starting a
+replacement. Workers stay up between members so each compiles a generator version once, not
+once per member.
 
-What a worker returns is untrusted: `validate_files` checks every path before the parent
-uploads anything.
+What a worker returns is untrusted: the parent never opens a path the generator chose. The
+worker streams each file's bytes from the descriptor it checked; the parent spools them in
+its own private folder, checks their size and sniffs their type from the content, and
+uploads what it checked. The image preview is checked too before it reaches Dagster.
+`run_sample` is the one way to run a source for a single sample member.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from assets_defs.media.isolation import WORKER_SCRIPT, Isolation, resolve
 from resources import settings
-from resources.asset_kinds import ASSET_KINDS, MB
-
-WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
+from resources.asset_kinds import ASSET_KINDS, MB, SNIFF_BYTES, content_matches
 
 # Variables a generator may see; everything else (credentials, URLs, tokens) is left out.
 ALLOWED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+# Numeric libraries start no thread pool of their own: a generator must leave no thread
+# running when it returns.
+SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 LARGEST_ASSET = max(kind.max_bytes for kind in ASSET_KINDS.values())
+# What one member may write in all (the worker's tmpfs), and in how many files.
+WRITE_BUDGET_BYTES = LARGEST_ASSET + 28 * MB
+MAX_FILES = 4096
+# Processes of the sandbox uid at once, the worker included.
+MAX_PROCESSES = 64
+# A worker's hard CPU-time limit, in members' worth of MEDIA_CPU_SECONDS; it retires when
+# less than one member's worth is left.
+CPU_BUDGET_MEMBERS = 20
+CHUNK_BYTES = 1 << 20
+SPOOL_IN_MEMORY_BYTES = MB
+# The preview goes into Dagster metadata: a small JPEG, as base64.
+PREVIEW_MAX_CHARS = 64_000
+PREVIEW_MAX_PIXELS = 240
 
 
 @dataclass(frozen=True)
@@ -76,17 +97,25 @@ class MemberInput:
     msisdn: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class GeneratedFile:
+    """One returned file, spooled by the parent: `body` is what was checked."""
+
     asset_type: str
-    path: Path
+    name: str
     extension: str
     content_type: str
+    size: int
+    body: IO[bytes]
+
+    def read(self) -> bytes:
+        self.body.seek(0)
+        return self.body.read()
 
 
 @dataclass
 class Outcome:
-    """One generator call: the validated files, or why the member failed."""
+    """One generator call: the checked files, or why the member failed."""
 
     files: list[GeneratedFile] = field(default_factory=list)
     error: str | None = None
@@ -98,58 +127,117 @@ class Outcome:
     def ok(self) -> bool:
         return self.error is None
 
+    def close(self) -> None:
+        for file in self.files:
+            file.body.close()
+
 
 def sandbox_env() -> dict[str, str]:
-    return {name: os.environ[name] for name in ALLOWED_ENV if os.environ.get(name)}
+    allowed = {name: os.environ[name] for name in ALLOWED_ENV if os.environ.get(name)}
+    return {**allowed, **SINGLE_THREADED}
+
+
+class WorkerLost(Exception):
+    """The worker died, was killed or broke the protocol during a call."""
 
 
 class SandboxWorker:
-    """One worker process and its two pipes."""
+    """One worker process, its two pipes and the file its output is captured in."""
 
-    def __init__(self, limits: Limits) -> None:
-        worker_limits = {
+    def __init__(self, limits: Limits, isolation: Isolation, work_dir: Path) -> None:
+        self.timeout = limits.timeout_seconds
+        self.output = tempfile.TemporaryFile(dir=work_dir)  # noqa: SIM115 - closed in stop()
+        # Without namespaces (no tmpfs of its own), members' folders are made in here.
+        files_root = None if isolation.confined else tempfile.mkdtemp(dir=work_dir)
+        config = {
+            "confine": isolation.confined,
+            "uid": isolation.uid,
+            "conceal": isolation.concealed(),
+            "files_root": files_root,
+            "output_fd": self.output.fileno(),
             "memory_bytes": limits.memory_mb * MB,
             "file_size_bytes": LARGEST_ASSET + MB,
+            "write_budget_bytes": WRITE_BUDGET_BYTES,
+            "max_files": MAX_FILES,
+            "max_processes": MAX_PROCESSES,
             "cpu_seconds": limits.cpu_seconds,
+            "cpu_budget_seconds": limits.cpu_seconds * CPU_BUDGET_MEMBERS,
+            "kinds": {name: {"max_bytes": kind.max_bytes} for name, kind in ASSET_KINDS.items()},
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-I", str(WORKER_SCRIPT), json.dumps(worker_limits)],
+            [*isolation.command, sys.executable, "-I", str(WORKER_SCRIPT), json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=sandbox_env(),
-            cwd=tempfile.gettempdir(),
+            cwd="/",
             start_new_session=True,
+            pass_fds=(self.output.fileno(),),
         )
         self.requests = Connection(os.dup(self.process.stdin.fileno()), readable=False)
         self.replies = Connection(os.dup(self.process.stdout.fileno()), writable=False)
         self.process.stdin.close()
         self.process.stdout.close()
 
-    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """The worker's reply; raises `WorkerLost` (and leaves the worker dead) otherwise."""
+    def call(
+        self, request: dict[str, Any], spool_dir: Path
+    ) -> tuple[dict[str, Any], list[tuple[str, str, IO[bytes], int]]]:
+        """The worker's reply header and the returned files, spooled; raises `WorkerLost`
+        (and leaves the worker dead) otherwise."""
+        deadline = time.monotonic() + self.timeout
+        files: list[tuple[str, str, IO[bytes], int]] = []
         try:
             self.requests.send_bytes(json.dumps(request).encode())
-            if not self.replies.poll(timeout):
-                self.kill()
-                raise WorkerLost(f"timed out after {timeout:g} s (wall clock); worker replaced")
-            reply = json.loads(self.replies.recv_bytes(maxlength=16 * MB))
-        except (EOFError, OSError, ValueError):
+            reply = json.loads(self._receive(deadline, 16 * MB))
+            if not isinstance(reply, dict):
+                raise WorkerLost("worker sent an unreadable reply; worker replaced")
+            for asset_type, name in _announced(reply):
+                body = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - the outcome closes it
+                    SPOOL_IN_MEMORY_BYTES, dir=spool_dir
+                )
+                files.append((asset_type, name, body, 0))
+                size = self._spool(body, deadline, ASSET_KINDS[asset_type].max_bytes)
+                files[-1] = (asset_type, name, body, size)
+        except WorkerLost:
+            _close_all(files)
+            self.kill()
+            raise
+        except (EOFError, OSError, ValueError, TypeError) as error:
+            _close_all(files)
+            if isinstance(error, (EOFError, BrokenPipeError)):  # it died: let its status arrive
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout=5)
             self.kill()
             raise WorkerLost(self.death_reason()) from None
-        if not isinstance(reply, dict):
-            self.kill()
-            raise WorkerLost("worker sent an unreadable reply; worker replaced")
-        return reply
+        return reply, files
+
+    def _receive(self, deadline: float, limit: int) -> bytes:
+        if not self.replies.poll(max(deadline - time.monotonic(), 0)):
+            raise WorkerLost(f"timed out after {self.timeout:g} s (wall clock); worker replaced")
+        return self.replies.recv_bytes(maxlength=limit)
+
+    def _spool(self, body: IO[bytes], deadline: float, limit: int) -> int:
+        size = 0
+        while chunk := self._receive(deadline, CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise WorkerLost("worker sent more than a file may hold; worker replaced")
+            body.write(chunk)
+        return size
+
+    def output_tail(self) -> str:
+        size = os.fstat(self.output.fileno()).st_size
+        return os.pread(self.output.fileno(), 8192, max(0, size - 8192)).decode(errors="replace")
 
     def death_reason(self) -> str:
         code = self.process.wait()
-        if code == -signal.SIGXCPU:
+        if code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
             return "CPU time limit exceeded; worker replaced"
         if code < 0:
             return f"worker killed by {signal.Signals(-code).name}; worker replaced"
         return f"worker exited with status {code}; worker replaced"
 
     def kill(self) -> None:
+        """The worker, and with it its PID namespace: every process the generator started."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
@@ -162,22 +250,38 @@ class SandboxWorker:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
         self.kill()
+        self.output.close()
 
 
-class WorkerLost(Exception):
-    """The worker died or was killed during a call."""
+def _announced(reply: dict[str, Any]) -> list[tuple[str, str]]:
+    """The files a successful reply says follow, each a known asset type and a name."""
+    if not reply.get("ok"):
+        return []
+    files = reply.get("files")
+    if not isinstance(files, list) or not all(
+        isinstance(f, list) and len(f) == 2 and f[0] in ASSET_KINDS and isinstance(f[1], str)
+        for f in files
+    ):
+        raise WorkerLost("worker sent an unreadable reply; worker replaced")
+    return [(asset_type, name) for asset_type, name in files]
+
+
+def _close_all(files: list[tuple[str, str, IO[bytes], int]]) -> None:
+    for _, _, body, _ in files:
+        body.close()
 
 
 class WorkerPool:
     """`limits.workers` persistent workers shared by any number of threads."""
 
-    def __init__(self, limits: Limits, work_dir: Path) -> None:
+    def __init__(self, limits: Limits, work_dir: Path, isolation: Isolation | None = None) -> None:
         self.limits = limits
+        self.isolation = isolation or resolve()
         self.work_dir = work_dir.resolve()
         self._idle: queue.Queue[SandboxWorker] = queue.Queue()
         self._all: list[SandboxWorker] = []
         for _ in range(limits.workers):
-            self._release(SandboxWorker(limits))
+            self._release(self._start())
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -189,17 +293,22 @@ class WorkerPool:
         for worker in self._all:
             worker.stop()
 
+    def _start(self) -> SandboxWorker:
+        return SandboxWorker(self.limits, self.isolation, self.work_dir)
+
     def _release(self, worker: SandboxWorker) -> None:
         if worker not in self._all:
             self._all.append(worker)
         self._idle.put(worker)
 
-    def generate(
-        self, generator: Generator, member: MemberInput, member_dir: Path, preview: bool = False
-    ) -> Outcome:
-        """Run the generator for one member in `member_dir/files`; files stay there for upload."""
-        temp_dir = member_dir / "files"
-        temp_dir.mkdir(parents=True)
+    def _replace(self, worker: SandboxWorker) -> None:
+        worker.stop()
+        self._all.remove(worker)
+        self._release(self._start())
+
+    def generate(self, generator: Generator, member: MemberInput, preview: bool = False) -> Outcome:
+        """Run the generator for one member; the outcome's files are the parent's own copies
+        (close the outcome when done with them)."""
         request = {
             "generator": generator.key,
             "file_name": generator.file_name,
@@ -207,18 +316,19 @@ class WorkerPool:
             "attributes": member.attributes,
             "name": member.name,
             "msisdn": member.msisdn,
-            "temp_dir": str(temp_dir),
-            "output_path": str(member_dir / "output.log"),
             "preview": preview,
         }
         worker = self._idle.get()
         try:
-            reply = worker.call(request, self.limits.timeout_seconds)
+            reply, spooled = worker.call(request, self.work_dir)
         except WorkerLost as lost:
-            self._all.remove(worker)
-            self._release(SandboxWorker(self.limits))
-            return Outcome(error=str(lost), output=_read_tail(member_dir / "output.log"))
-        self._release(worker)
+            output = worker.output_tail()
+            self._replace(worker)
+            return Outcome(error=str(lost), output=output)
+        if reply.get("retire"):
+            self._replace(worker)
+        else:
+            self._release(worker)
         output = str(reply.get("output") or "")
         if not reply.get("ok"):
             return Outcome(
@@ -226,78 +336,121 @@ class WorkerPool:
                 retryable=bool(reply.get("retryable", True)),
                 output=output,
             )
+        outcome = Outcome(output=output, preview=checked_preview(reply.get("preview")))
         try:
-            files = validate_files(reply.get("result"), temp_dir)
+            for asset_type, name, body, size in spooled:
+                outcome.files.append(check_file(asset_type, name, body, size))
         except InvalidAssets as invalid:
+            _close_all(spooled)
             return Outcome(error=str(invalid), output=output)
-        return Outcome(files=files, output=output, preview=reply.get("preview") or None)
-
-    def fresh_member_dir(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="member-", dir=self.work_dir))
-
-
-def _read_tail(path: Path) -> str:
-    try:
-        return path.read_bytes()[-8192:].decode(errors="replace")
-    except OSError:
-        return ""
+        return outcome
 
 
 class InvalidAssets(ValueError):
     """What generate_asset returned cannot be uploaded; the message says why."""
 
 
-def validate_files(result: object, temp_dir: Path) -> list[GeneratedFile]:
-    """Every returned path must be a regular file inside `temp_dir`, of a known asset type,
-    with an allowed extension and within WhatsApp's size limit for that type.
-
-    `temp_dir` is the parent's own resolved path: were the generator to swap it for a
-    symbolic link, every file behind it would resolve outside and be refused."""
-    if result is None:
-        raise InvalidAssets("generate_asset returned nothing (None); expected {asset_type: path}")
-    if not isinstance(result, dict):
+def check_file(asset_type: str, name: str, body: IO[bytes], size: int) -> GeneratedFile:
+    """A returned file of a known asset type must have an allowed extension, fit WhatsApp's
+    size limit for that type and hold what its extension says (sniffed from its bytes)."""
+    kind = ASSET_KINDS.get(asset_type)
+    if kind is None:
+        raise InvalidAssets(f"unknown asset type {asset_type!r}; allowed: {', '.join(ASSET_KINDS)}")
+    extension = os.path.splitext(name)[1].lower()
+    if extension not in kind.extensions:
         raise InvalidAssets(
-            f"generate_asset returned {type(result).__name__}; expected {{asset_type: path}}"
+            f"{asset_type}: {name} has an extension that is not allowed for {asset_type}"
+            f" (allowed: {', '.join(kind.extensions)})"
         )
-    if not result:
-        raise InvalidAssets("generate_asset returned no files")
-    root = temp_dir
-    files = []
-    for asset_type, value in result.items():
-        kind = ASSET_KINDS.get(asset_type)
-        if kind is None:
-            raise InvalidAssets(
-                f"unknown asset type {asset_type!r}; allowed: {', '.join(ASSET_KINDS)}"
-            )
-        if not isinstance(value, str) or not value:
-            raise InvalidAssets(f"{asset_type}: expected a file path, got {value!r}")
-        path = (root / value).resolve()
-        if not path.is_relative_to(root):
-            raise InvalidAssets(f"{asset_type}: {value} is outside temp_dir")
-        if not path.exists():
-            raise InvalidAssets(f"{asset_type}: {value} does not exist")
-        if not path.is_file():
-            raise InvalidAssets(f"{asset_type}: {value} is not a regular file")
-        extension = path.suffix.lower()
-        if extension not in kind.extensions:
-            raise InvalidAssets(
-                f"{asset_type}: {path.name} has an extension that is not allowed for {asset_type}"
-                f" (allowed: {', '.join(kind.extensions)})"
-            )
-        size = path.stat().st_size
-        if size > kind.max_bytes:
-            raise InvalidAssets(
-                f"{asset_type}: {path.name} is {size / MB:.1f} MB, over WhatsApp's"
-                f" {kind.max_bytes // MB} MB limit for {asset_type}"
-            )
-        if kind.magic:
-            with path.open("rb") as f:
-                head = f.read(16)
-            if not any(head.startswith(magic) for magic in kind.magic):
-                raise InvalidAssets(f"{asset_type}: {path.name} is not a JPEG or PNG image")
-        files.append(GeneratedFile(asset_type, path, extension, kind.extensions[extension]))
-    return files
+    if size > kind.max_bytes:
+        raise InvalidAssets(
+            f"{asset_type}: {name} is {size / MB:.1f} MB, over WhatsApp's"
+            f" {kind.max_bytes // MB} MB limit for {asset_type}"
+        )
+    content_type = kind.extensions[extension]
+    body.seek(0)
+    if not content_matches(content_type, body.read(SNIFF_BYTES)):
+        raise InvalidAssets(f"{asset_type}: {name} does not hold {content_type} data")
+    body.seek(0)
+    return GeneratedFile(asset_type, name, extension, content_type, size, body)
 
 
-def remove_member_dir(member_dir: Path) -> None:
-    shutil.rmtree(member_dir, ignore_errors=True)
+def checked_preview(value: object) -> str | None:
+    """The worker's thumbnail, if it is a small, well-formed JPEG; re-encoded, so only the
+    base64 alphabet reaches the metadata's Markdown."""
+    if not isinstance(value, str) or not value or len(value) > PREVIEW_MAX_CHARS:
+        return None
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    size = jpeg_size(data)
+    if size is None or max(size) > PREVIEW_MAX_PIXELS or min(size) < 1:
+        return None
+    return base64.b64encode(data).decode()
+
+
+# JPEG start-of-frame markers (every coding process), which carry the image's size.
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG whose segments are well formed up to its scan and which
+    ends with its end-of-image marker; None for anything else. Reads markers, decodes no
+    pixel."""
+    if not data.startswith(b"\xff\xd8") or not data.endswith(b"\xff\xd9"):
+        return None
+    size = None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if length < 2 or i + 2 + length > len(data):
+            return None
+        if marker in _SOF_MARKERS and length >= 7:
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            size = (width, height)
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            return size
+        i += 2 + length
+    return None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample member's result: its files (type, content type, bytes), or its error."""
+
+    files: list[tuple[str, str, bytes]]
+    error: str | None
+    output: str
+    preview: str | None
+
+
+def run_sample(
+    source: str,
+    member: MemberInput,
+    file_name: str = "generator.py",
+    limits: Limits | None = None,
+    isolation: Isolation | None = None,
+) -> Sample:
+    """Run a generator source (a draft or a stored version) for one sample member, in the
+    same sandbox and under the same limits as a campaign: the single way to try a source
+    outside a campaign run (the operator API's preview calls this)."""
+    limits = replace(limits or Limits.from_settings(), workers=1)
+    with (
+        tempfile.TemporaryDirectory(prefix="waflow-sample-") as work_dir,
+        WorkerPool(limits, Path(work_dir), isolation) as pool,
+    ):
+        outcome = pool.generate(Generator(0, 0, file_name, source), member, preview=True)
+        try:
+            return Sample(
+                files=[(f.asset_type, f.content_type, f.read()) for f in outcome.files],
+                error=outcome.error,
+                output=outcome.output,
+                preview=outcome.preview,
+            )
+        finally:
+            outcome.close()
