@@ -33,7 +33,7 @@ REQUIRED_IN_PRODUCTION = (
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    settings.check_production(REQUIRED_IN_PRODUCTION)
+    settings.check_production(REQUIRED_IN_PRODUCTION, "webhook app")
     postgres = PostgresResource.from_env()
     await run_in_threadpool(postgres.migrate)
     app.state.postgres = postgres

@@ -261,7 +261,7 @@ async def start(
 
 def run() -> None:
     """`waflow webhook-worker`: run the workers until SIGTERM or Ctrl-C."""
-    settings.check_production(REQUIRED_IN_PRODUCTION)
+    settings.check_production(REQUIRED_IN_PRODUCTION, "webhook worker")
     os.nice(settings.number("WEBHOOK_WORKER_NICE"))
     asyncio.run(_serve())
 
