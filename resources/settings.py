@@ -411,6 +411,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Comma-separated messages (whole message, any case) that opt a contact out of campaigns.",
     ),
     Setting("OPT_IN_WORDS", "START", "Comma-separated messages that opt a contact back in."),
+    # Operator API input limits
+    Setting(
+        "CSV_MAX_ROWS",
+        "200000",
+        "Most rows one contacts or audience CSV may have (API and CLI); a longer file is"
+        " refused whole, naming the limit: split it (each upload adds).",
+        kind=int,
+        low=1,
+    ),
     # Templates read from Meta (whatsapp_templates)
     Setting(
         "TEMPLATE_SYNC_CRON",
