@@ -137,7 +137,7 @@ def cmd_sender_stuck(args: argparse.Namespace) -> int:
     engine.dispose()
     for row in rows:
         print(
-            f"message {row.id}\trun {row.campaign_run_id}\tto {row.peer_phone}"
+            f"message {row.id}\trun {row.campaign_run_id}\tcontact {row.contact_id}"
             f"\tsending since {row.sending_at.isoformat()}\tattempts {row.attempts}"
         )
     print(f"{len(rows)} message(s) in sending for more than {threshold:g} s", file=sys.stderr)
@@ -147,7 +147,7 @@ def cmd_sender_stuck(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import print_summary, run_demo
 
-    print_summary(run_demo())
+    print_summary(run_demo(Path(args.state_dir) if args.state_dir else None))
     return 0
 
 
