@@ -58,7 +58,9 @@ def parse_json(raw: bytes) -> Any:
         raise BodyRefused(f"body is not JSON: {error}") from None
     except RecursionError:
         raise BodyRefused(f"body is nested deeper than {MAX_JSON_DEPTH} levels") from None
-    if _depth(value) > MAX_JSON_DEPTH:
+    # Fewer brackets than the limit cannot nest past it: most bodies skip the walk.
+    brackets = raw.count(b"{") + raw.count(b"[")
+    if brackets > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
         raise BodyRefused(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
     return value
 
@@ -106,15 +108,15 @@ def _no_constant(name: str) -> None:
 
 
 def _depth(value: Any) -> int:
-    """How deep the containers nest (a scalar: 0), without recursion; it stops looking
-    below `MAX_JSON_DEPTH` + 1."""
-    deepest, pending = 0, [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if not isinstance(item, dict | list):
-            continue
-        deepest = max(deepest, depth)
-        if depth <= MAX_JSON_DEPTH:
-            children = item.values() if isinstance(item, dict) else item
-            pending.extend((child, depth + 1) for child in children)
-    return deepest
+    """How deep the containers nest (a scalar: 0), level by level, without recursion; it
+    stops counting past `MAX_JSON_DEPTH`."""
+    depth, level = 0, [value] if isinstance(value, dict | list) else []
+    while level and depth <= MAX_JSON_DEPTH:
+        depth += 1
+        below = []
+        for item in level:
+            for child in item.values() if isinstance(item, dict) else item:
+                if isinstance(child, dict | list):
+                    below.append(child)
+        level = below
+    return depth
