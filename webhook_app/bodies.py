@@ -51,9 +51,7 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError as error:
         raise BodyRefused(f"body is not valid UTF-8 (byte {error.start})") from None
     try:
-        value = json.loads(
-            text, parse_int=_integer, parse_float=_float, parse_constant=_no_constant
-        )
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as error:
         raise BodyRefused(f"body is not JSON: {error}") from None
     except RecursionError:
@@ -105,6 +103,10 @@ def _float(text: str) -> float:
 
 def _no_constant(name: str) -> None:
     raise BodyRefused(f"body is not JSON: {name} is not a JSON value")
+
+
+# Built once: `json.loads` with hooks would build a decoder per body.
+_DECODER = json.JSONDecoder(parse_int=_integer, parse_float=_float, parse_constant=_no_constant)
 
 
 def _depth(value: Any) -> int:
