@@ -21,6 +21,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from resources import logs, settings
 
+# What a command needs in production (`check_settings`), or that it runs in development only.
+DEVELOPMENT_ONLY = ("development only",)
+
 
 def _state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state_dir or settings.get("STATE_DIR"))
@@ -151,7 +154,7 @@ def cmd_sender_stuck(args: argparse.Namespace) -> int:
     engine.dispose()
     for row in rows:
         print(
-            f"message {row.id}\trun {row.campaign_run_id}\tto {row.peer_phone}"
+            f"message {row.id}\trun {row.campaign_run_id}\tcontact {row.contact_id}"
             f"\tsending since {row.sending_at.isoformat()}\tattempts {row.attempts}"
         )
     print(f"{len(rows)} message(s) in sending for more than {threshold:g} s", file=sys.stderr)
@@ -161,7 +164,7 @@ def cmd_sender_stuck(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import print_summary, run_demo
 
-    print_summary(run_demo())
+    print_summary(run_demo(Path(args.state_dir) if args.state_dir else None))
     return 0
 
 
@@ -358,7 +361,7 @@ def _campaign_commands(commands: argparse._SubParsersAction) -> None:
     campaigns = commands.add_parser(
         "campaigns", help="operate campaigns (the operator API's operations)"
     )
-    campaigns.set_defaults(run=cmd_campaigns)
+    campaigns.set_defaults(run=cmd_campaigns, needs=("DATABASE_URL",))
     ops = campaigns.add_subparsers(dest="operation", required=True)
     org = ops.add_parser("create-organisation", help="create an organisation")
     org.add_argument("--name", required=True)
@@ -416,9 +419,11 @@ def _campaign_commands(commands: argparse._SubParsersAction) -> None:
     history.add_argument("organisation_id")
     history.add_argument("--kind", help="messaging_limit, throughput, ban, restriction, …")
     history.add_argument("--limit", type=int, default=100)
-    ops.add_parser(
+    refresh = ops.add_parser(
         "refresh-numbers", help="read the numbers' status from the Graph API now"
-    ).add_argument("--organisation", help="only this organisation's numbers")
+    )
+    refresh.add_argument("--organisation", help="only this organisation's numbers")
+    refresh.set_defaults(needs=("DATABASE_URL", "WHATSAPP_ACCESS_TOKEN"))
     find = ops.add_parser("contacts", help="look contacts up, with their consent history")
     find.add_argument("organisation_id")
     who = find.add_mutually_exclusive_group(required=True)
@@ -495,7 +500,7 @@ def _template_commands(commands: argparse._SubParsersAction) -> None:
         "sync", help="read templates from Meta now (every organisation with a WABA id, or one)"
     )
     sync.add_argument("--organisation", help="only this organisation (its id)")
-    sync.set_defaults(run=cmd_templates_sync)
+    sync.set_defaults(run=cmd_templates_sync, needs=("DATABASE_URL", "WHATSAPP_ACCESS_TOKEN"))
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
@@ -535,17 +540,21 @@ def _token_commands(commands: argparse._SubParsersAction) -> None:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="waflow", description=__doc__.splitlines()[0])
     top.add_argument("--state-dir", help="local state folder (default: $STATE_DIR or .state)")
+    # The sender and the webhook worker check their own settings (`run` of each).
+    top.set_defaults(needs=())
     commands = top.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help="apply pending schema migrations").set_defaults(
-        run=cmd_migrate
+        run=cmd_migrate, needs=("DATABASE_URL",)
     )
     commands.add_parser(
         "dev", help="run the whole stack locally with a demo campaign"
-    ).set_defaults(run=cmd_dev)
-    commands.add_parser("load-demo", help="load the demo campaign").set_defaults(run=cmd_load_demo)
+    ).set_defaults(run=cmd_dev, needs=DEVELOPMENT_ONLY)
+    commands.add_parser("load-demo", help="load the demo campaign").set_defaults(
+        run=cmd_load_demo, needs=DEVELOPMENT_ONLY
+    )
     commands.add_parser(
         "demo", help="run the whole flow once, headless; JSON summary last"
-    ).set_defaults(run=cmd_demo)
+    ).set_defaults(run=cmd_demo, needs=DEVELOPMENT_ONLY)
     archive = commands.add_parser("archive", help="message and media archive").add_subparsers(
         dest="archive_command", required=True
     )
@@ -554,10 +563,10 @@ def parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("--from", dest="first", required=True, metavar="YYYY-MM-DD")
     restore.add_argument("--to", dest="last", required=True, metavar="YYYY-MM-DD")
-    restore.set_defaults(run=cmd_archive_restore)
+    restore.set_defaults(run=cmd_archive_restore, needs=("DATABASE_URL", "S3_BUCKET"))
     archive.add_parser(
         "setup", help="apply the archive prefixes' lifecycle rules to the bucket (idempotent)"
-    ).set_defaults(run=cmd_archive_setup)
+    ).set_defaults(run=cmd_archive_setup, needs=("DATABASE_URL", "S3_BUCKET"))
     _campaign_commands(commands)
     _template_commands(commands)
     _token_commands(commands)
@@ -587,7 +596,7 @@ def parser() -> argparse.ArgumentParser:
     stuck.add_argument(
         "--older-than", type=float, help="seconds (default SENDER_STUCK_AFTER_SECONDS)"
     )
-    stuck.set_defaults(run=cmd_sender_stuck)
+    stuck.set_defaults(run=cmd_sender_stuck, needs=("DATABASE_URL",))
     return top
 
 
@@ -624,11 +633,26 @@ def explain(error: BaseException) -> str | None:
     return None
 
 
+def check_settings(args: argparse.Namespace) -> None:
+    """Before a command connects to anything: `APP_ENV` is usable, a production command has
+    every setting it needs, and a development command does not run in production."""
+    process = f"waflow {args.command}"
+    if args.needs is DEVELOPMENT_ONLY:
+        if settings.is_production():
+            raise settings.InvalidSetting(
+                f"{process} runs in development only: unset DATABASE_URL (the embedded stack),"
+                " or set APP_ENV=development to run it on your own servers"
+            )
+        return
+    settings.check_production(args.needs, process)
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="platformdirs")
     args = parser().parse_args(argv)
     logs.configure("cli")  # a long-running command sets it up again under its own name
     try:
+        check_settings(args)
         return args.run(args)
     except Exception as error:
         message = explain(error)

@@ -2,6 +2,9 @@
 
 Resource values resolve when a run starts (`EnvVar`), so loading the code location reads no
 secret and talks to no server; an optional setting left unset keeps its documented default.
+In production, loading it checks that the settings its runs need are there, so a missing
+secret stops the code location at start-up rather than failing (or sending in dev mode) in
+a run.
 """
 
 from __future__ import annotations
@@ -12,12 +15,21 @@ from typing import Any
 import dagster as dg
 
 from assets_defs import archive, dispatch, media, reports, templates
+from resources import settings
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource
 from resources.settings import BY_NAME
 from resources.storage import S3Storage
 from resources.whatsapp import WhatsAppResource
+
+REQUIRED_IN_PRODUCTION = (
+    "DATABASE_URL",
+    "DAGSTER_POSTGRES_URL",
+    "S3_BUCKET",
+    "WHATSAPP_ACCESS_TOKEN",
+    "WHATSAPP_PHONE_NUMBER_ID",
+)
 
 
 def _env(name: str) -> Any:
@@ -55,6 +67,8 @@ def resources() -> dict[str, dg.ConfigurableResource]:
         ),
     }
 
+
+settings.check_production(REQUIRED_IN_PRODUCTION, "Dagster code location")
 
 defs = dg.Definitions.merge(
     dg.Definitions(resources=resources()),

@@ -6,6 +6,7 @@ template has a media generator and 50 audience members (fictional 555-01xx numbe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -216,9 +217,12 @@ def send_queued(engine: sa.Engine, campaign_id: UUID) -> dict[str, int]:
     from resources.whatsapp import WhatsAppResource
 
     client = WhatsAppResource.from_env().client
-    Worker(engine, SQSResource.from_env(), client, SenderConfig(lanes=2, wait_seconds=1)).run(
-        drain=True
-    )
+    try:
+        Worker(engine, SQSResource.from_env(), client, SenderConfig(lanes=2, wait_seconds=1)).run(
+            drain=True
+        )
+    finally:
+        client.close()
     with engine.connect() as conn:
         counts = dict(
             conn.execute(
@@ -232,12 +236,17 @@ def send_queued(engine: sa.Engine, campaign_id: UUID) -> dict[str, int]:
     return {"messages_sent": counts.get("sent", 0), "send_failed": counts.get("failed", 0)}
 
 
-def run_demo() -> dict[str, Any]:
-    """The whole flow once, headless, on a fresh embedded stack."""
+def run_demo(state_dir: Path | None = None) -> dict[str, Any]:
+    """The whole flow once, headless, on a fresh embedded stack: in a temporary folder, or
+    in `state_dir` (which keeps its logs) when given."""
     from pipelines.local_stack import local_stack
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="waflow-demo-") as state, local_stack(Path(state)):
+    with contextlib.ExitStack() as scope:
+        state = state_dir or Path(
+            scope.enter_context(tempfile.TemporaryDirectory(prefix="waflow-demo-"))
+        )
+        scope.enter_context(local_stack(state))
         postgres = PostgresResource.from_env()
         campaign_id = load_demo(postgres.engine)
         generate_demo_media(campaign_id)

@@ -227,14 +227,16 @@ def local_stack(state_dir: Path, pg_port: int | None = None) -> Iterator[Stack]:
 
     Yields the environment for every process of the stack: explicit settings are kept,
     embedded services fill the gaps (in development only: production names every endpoint).
+    In development the environment says so (`APP_ENV=development`): its processes get a
+    `DATABASE_URL`, which without it would make them production.
     """
     embedded = not settings.is_production()
     if not embedded:
-        settings.check_production(("DATABASE_URL", "DAGSTER_POSTGRES_URL", "S3_BUCKET"))
+        settings.check_production(("DATABASE_URL",), "the local stack")
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     host = settings.get("HOST")
-    env: dict[str, str] = {}
+    env: dict[str, str] = {"APP_ENV": "development"} if embedded else {}
     with ExitStack() as cleanup:
         cleanup.enter_context(_exclusive(state_dir))
         aws = None

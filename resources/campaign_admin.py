@@ -49,6 +49,8 @@ MEMBER_STATUSES = (
     "skipped",
 )
 MAX_PAGE = 500
+# The largest id a bigint column holds.
+MAX_ID = 2**63 - 1
 
 
 class InvalidInput(ValueError):
@@ -88,6 +90,37 @@ def _require(data: dict[str, Any], *names: str) -> list[dict[str, str]]:
     return [{"field": n, "error": "is required"} for n in names if data.get(n) in (None, "")]
 
 
+def is_id(value: Any) -> bool:
+    """A row id as JSON gives it: a whole number a bigint column holds (not a boolean)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
+
+
+def _typed(
+    data: dict[str, Any], texts: tuple[str, ...] = (), ids: tuple[str, ...] = ()
+) -> list[dict[str, str]]:
+    """The fields given with the wrong JSON type, each named: a text given as a number, a
+    list or an object, an id that is not a whole number in range. Unchecked, the database
+    would refuse them with an error the caller cannot read."""
+    errors = [
+        {"field": name, "error": "must be a string"}
+        for name in texts
+        if data.get(name) is not None and not isinstance(data[name], str)
+    ]
+    return errors + [
+        {"field": name, "error": f"must be a whole number from 1 to {MAX_ID}"}
+        for name in ids
+        if data.get(name) is not None and not is_id(data[name])
+    ]
+
+
+def _phone_number_id(data: dict[str, Any]) -> list[dict[str, str]]:
+    """A phone number ID is text; a whole number is taken as its digits."""
+    value = data.get("phone_number_id")
+    if value is None or isinstance(value, str) or is_id(value):
+        return []
+    return [{"field": "phone_number_id", "error": "must be a string (the phone number ID)"}]
+
+
 def _timestamp(data: dict[str, Any], name: str, errors: list) -> datetime | None:
     value = data.get(name)
     if value in (None, ""):
@@ -104,7 +137,7 @@ def create_organisation(engine: sa.Engine, data: dict[str, Any]) -> dict[str, An
     """A new organisation, with its sending phone number ID and its WhatsApp Business
     account id (`waba_id`) if given. A phone number ID or a WABA id that another
     organisation holds is a `Conflict`, and nothing is created."""
-    errors = _require(data, "name")
+    errors = _require(data, "name") + _typed(data, texts=("name",)) + _phone_number_id(data)
     limit = data.get("messaging_limit", 250)
     if not account.is_limit(limit):
         errors.append({"field": "messaging_limit", "error": LIMIT_ERROR})
@@ -490,7 +523,9 @@ def create_template(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
     """A template with our parameters. For a name and language a sync found at Meta, this
     configures that template (Meta's status, category, body and components stay); in
     production a name and language Meta does not have is refused."""
-    errors = _require(data, "organisation_id", "name")
+    errors = _require(data, "organisation_id", "name") + _typed(
+        data, texts=("organisation_id", "name", "language", "body", "category", "message_type")
+    )
     if data.get("message_type", "text") not in TEMPLATE_TYPES:
         errors.append(
             {"field": "message_type", "error": f"must be one of {', '.join(TEMPLATE_TYPES)}"}
@@ -562,6 +597,7 @@ def list_templates(engine: sa.Engine, organisation_id: str | None = None) -> lis
 def update_template(engine: sa.Engine, template_id: int, data: dict[str, Any]) -> dict[str, Any]:
     allowed = {"body", "parameters", "status", "category", "message_type"}
     errors = [{"field": k, "error": "cannot be changed"} for k in data if k not in allowed]
+    errors += _typed(data, texts=("body", "status", "category", "message_type"))
     if "parameters" in data:
         _check_parameters(data["parameters"], errors)
     if errors:
@@ -615,7 +651,12 @@ def _meta_owned(engine: sa.Engine, template: dict[str, Any], data: dict[str, Any
 
 
 def create_campaign(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
-    errors = _require(data, "organisation_id", "name", "message_type")
+    errors = _require(data, "organisation_id", "name", "message_type") + _phone_number_id(data)
+    errors += _typed(
+        data,
+        texts=("organisation_id", "name", "message_type", "message_content", "media_caption"),
+        ids=("template_id",),
+    )
     message_type = data.get("message_type")
     if message_type and message_type not in MESSAGE_TYPES:
         errors.append(

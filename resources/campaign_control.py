@@ -20,7 +20,7 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from resources import breakers, campaigns, graph_errors
-from resources.campaign_admin import Conflict, InvalidInput, NotFound, campaign_status
+from resources.campaign_admin import Conflict, InvalidInput, NotFound, campaign_status, is_id
 from resources.status import RETRY_ON_REQUEST
 
 PAUSABLE = ("approved", "asset_generation", "asset_generated", "ready_to_launch", "running")
@@ -135,7 +135,7 @@ def retry_failed(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> d
     re-queues them; a permanent recipient error is never retried."""
     campaign_id, by = _campaign_id(campaign_id), _actor(data)
     run_id = data.get("campaign_run_id")
-    if run_id is not None and (not isinstance(run_id, int) or isinstance(run_id, bool)):
+    if run_id is not None and not is_id(run_id):
         raise InvalidInput([{"field": "campaign_run_id", "error": "must be an integer"}])
     source, target = RETRY_ON_REQUEST
     with engine.begin() as conn:

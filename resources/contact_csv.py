@@ -3,7 +3,8 @@
 Columns: `phone` (or `msisdn`, required, normalised to E.164), `name`, `opted_out`
 (true/false, contacts only; a missing column or an empty cell means "leave consent as it
 is"); every other column becomes an attribute. A file with any bad row is refused whole,
-with one error per bad row, so nothing is ever half imported.
+with one error per bad row, so nothing is ever half imported; so is a file that is not CSV
+(the error names its line) or has more than `CSV_MAX_ROWS` rows.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
+from resources import settings
 from resources.phone import InvalidPhoneNumber, to_e164
 
 _PHONE_COLUMNS = ("phone", "msisdn")
@@ -47,7 +49,18 @@ class ContactRow:
 
 def parse(text: str, allow_opt_out: bool = False) -> list[ContactRow]:
     reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    try:
+        return _rows(reader, allow_opt_out, settings.number("CSV_MAX_ROWS"))
+    except csv.Error as error:
+        # `line_num` counts the lines read before the one that failed.
+        line = reader.line_num + 1
+        raise InvalidCSV([{"line": line, "error": f"not valid CSV: {error}"}]) from None
+
+
+def _rows(reader: csv.DictReader, allow_opt_out: bool, max_rows: int) -> list[ContactRow]:
     columns = [c.strip().lower() for c in reader.fieldnames or []]
+    if any("\x00" in c for c in columns):
+        raise InvalidCSV([{"line": 1, "error": "a NUL character cannot be stored"}])
     phone_column = next((c for c in _PHONE_COLUMNS if c in columns), None)
     if phone_column is None:
         raise InvalidCSV([{"line": 1, "error": "the header needs a `phone` (or `msisdn`) column"}])
@@ -56,10 +69,17 @@ def parse(text: str, allow_opt_out: bool = False) -> list[ContactRow]:
     errors: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for line, record in enumerate(reader, start=2):
+        if line - 1 > max_rows:
+            raise InvalidCSV(
+                [{"line": line, "error": f"more than {max_rows:,} rows (CSV_MAX_ROWS): split it"}]
+            )
         if None in record:
             errors.append({"line": line, "error": "more fields than the header has columns"})
             continue
         values = {k: (v or "").strip() for k, v in record.items()}
+        if any("\x00" in v for v in values.values()):
+            errors.append({"line": line, "error": "a NUL character cannot be stored"})
+            continue
         try:
             phone = to_e164(values.pop(phone_column))
         except InvalidPhoneNumber as error:

@@ -14,7 +14,9 @@ def create_engine(database_url: str, pool_size: int = 5) -> sa.Engine:
     """A pooled engine that survives a server restart.
 
     `pool_pre_ping` replaces connections the server dropped; the short connect timeout
-    turns an unreachable server into an error instead of a hang.
+    turns an unreachable server into an error instead of a hang. `hide_parameters` keeps
+    the statement's values (phone numbers, message text) out of every error's text, and
+    so out of the logs.
     """
     try:
         url = sa.make_url(database_url)
@@ -34,6 +36,7 @@ def create_engine(database_url: str, pool_size: int = 5) -> sa.Engine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        hide_parameters=True,
         connect_args={"connect_timeout": 5, "application_name": "waflow"},
     )
 

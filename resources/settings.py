@@ -28,9 +28,11 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "APP_ENV",
-        "development",
-        "`development` fills every unset endpoint with an embedded service; "
-        "`production` refuses to start while a required setting is missing.",
+        None,
+        "`development` or `production` (anything else is refused). Unset: development on the "
+        "embedded stack (`DATABASE_URL` unset), production otherwise. Production refuses to "
+        "start while a setting it needs is missing; development fills gaps with embedded "
+        "services and dev secrets.",
     ),
     Setting(
         "STATE_DIR",
@@ -422,6 +424,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Comma-separated messages (whole message, any case) that opt a contact out of campaigns.",
     ),
     Setting("OPT_IN_WORDS", "START", "Comma-separated messages that opt a contact back in."),
+    # Operator API input limits
+    Setting(
+        "CSV_MAX_ROWS",
+        "200000",
+        "Most rows one contacts or audience CSV may have (API and CLI); a longer file is"
+        " refused whole, naming the limit: split it (each upload adds).",
+        kind=int,
+        low=1,
+    ),
     # Templates read from Meta (whatsapp_templates)
     Setting(
         "TEMPLATE_SYNC_CRON",
@@ -450,14 +461,39 @@ class InvalidSetting(ValueError):
     """A setting's value cannot be used; the message names the variable, never the value."""
 
 
+ENVIRONMENTS = ("development", "production")
+
+
+def environment() -> str:
+    """`development` or `production`: `APP_ENV` if set, else development only on the
+    embedded stack. A process pointed at a database of its own is production unless it
+    says otherwise, so a forgotten `APP_ENV` fails closed instead of falling back to the
+    well-known dev secrets."""
+    value = os.environ.get("APP_ENV")
+    if value:
+        if value not in ENVIRONMENTS:
+            raise InvalidSetting("APP_ENV must be `development` or `production` (or unset)")
+        return value
+    return "production" if os.environ.get("DATABASE_URL") else "development"
+
+
 def is_production() -> bool:
-    return get("APP_ENV") == "production"
+    return environment() == "production"
 
 
 def get(name: str) -> str | None:
-    """The variable's value, or its documented default when unset or empty."""
+    """The variable's value, or its documented default when unset or empty.
+
+    A secret's default (`dev-admin-token`, …) is for development only: in production an
+    unset secret stays unset.
+    """
     value = os.environ.get(name)
-    return value if value else BY_NAME[name].default
+    if value:
+        return value
+    setting = BY_NAME[name]
+    if setting.secret and setting.default is not None and is_production():
+        return None
+    return setting.default
 
 
 def number(name: str) -> int | float:
@@ -489,16 +525,27 @@ def require(name: str) -> str:
     return value
 
 
-def check_production(names: tuple[str, ...] | None = None) -> None:
-    """In production, fail at start-up on the first required setting that is unset.
+def check_production(names: tuple[str, ...], process: str) -> None:
+    """In production, refuse to start `process` while one of the settings it needs is unset,
+    naming both in one line. Call it before any connection is made.
 
-    Defaults do not count: a production deployment states every required value.
+    Defaults do not count: a production deployment states every required value. An
+    `APP_ENV` that is neither environment is refused here too, in every environment.
     """
     if not is_production():
         return
-    wanted = names or tuple(s.name for s in SETTINGS if s.required_in_production)
-    for name in wanted:
-        if not os.environ.get(name):
-            raise MissingSetting(
-                f"missing required setting {name} (APP_ENV=production): {BY_NAME[name].help}"
-            )
+    why = (
+        "APP_ENV=production"
+        if os.environ.get("APP_ENV")
+        else "production: DATABASE_URL is set and APP_ENV is not"
+    )
+    missing = [name for name in names if not os.environ.get(name)]
+    if len(missing) == 1:
+        raise MissingSetting(
+            f"{process} cannot start: missing required setting {missing[0]} ({why}):"
+            f" {BY_NAME[missing[0]].help}"
+        )
+    if missing:
+        raise MissingSetting(
+            f"{process} cannot start: missing required settings {', '.join(missing)} ({why})"
+        )

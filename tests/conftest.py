@@ -34,6 +34,8 @@ _OUTSIDE = (
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The embedded stack; it sets `APP_ENV=development` for the session, so the tests'
+    `DATABASE_URL`s (and the processes they start) stay development."""
     for name in _OUTSIDE:
         os.environ.pop(name, None)
     with local_stack(tmp_path_factory.mktemp("state")) as running:

@@ -12,11 +12,11 @@ import uvicorn
 
 
 @contextmanager
-def serve(app, host: str = "127.0.0.1") -> Iterator[str]:
+def serve(app, host: str = "127.0.0.1", log_level: str = "warning") -> Iterator[str]:
     sock = socket.socket()
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -66,6 +66,7 @@ def test_an_unreachable_s3_sqs_endpoint(tmp_path, repo_root, database_url):
         str(tmp_path),
         "migrate",
         env={
+            "APP_ENV": "development",  # production provisions no bucket or queue
             "DATABASE_URL": database_url,
             "AWS_ENDPOINT_URL": "http://127.0.0.1:1",
             "AWS_ACCESS_KEY_ID": "x",

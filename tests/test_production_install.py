@@ -37,11 +37,11 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.rmtree(cache)
     venv = root / "venv"
     python = venv / "bin" / "python"
+    install = [uv, "pip", "install", "--quiet", "--python", str(python)]
     for command in (
         [uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
-        [uv, "pip", "install", "--quiet", "--python", str(python), "--require-hashes"]
-        + ["-r", str(REPO / "requirements.lock")],
-        [uv, "pip", "install", "--quiet", "--python", str(python), "--no-deps", str(source)],
+        [*install, "--require-hashes", "-r", str(REPO / "requirements.lock")],
+        [*install, "--no-deps", str(source)],
     ):
         done = subprocess.run(command, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -66,9 +66,7 @@ def test_the_local_stand_ins_and_test_tools_are_not_installed(production, tmp_pa
 
 
 def test_every_production_entry_point_imports(production, tmp_path):
-    script = "import importlib\nfor name in {!r}:\n    importlib.import_module(name)\n".format(
-        ENTRY_POINTS
-    )
+    script = f"import importlib\nfor name in {ENTRY_POINTS!r}:\n    importlib.import_module(name)\n"
     imported = _run(production, tmp_path, "-c", script)
     assert imported.returncode == 0, imported.stderr[-3000:]
 

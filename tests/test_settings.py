@@ -21,10 +21,54 @@ def test_unset_and_empty_settings_fall_back_to_their_default(monkeypatch):
 def test_production_does_not_accept_defaults_for_required_settings(monkeypatch):
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.delenv("ADMIN_API_TOKEN", raising=False)
-    with pytest.raises(settings.MissingSetting, match="ADMIN_API_TOKEN"):
-        settings.check_production(("ADMIN_API_TOKEN",))
+    with pytest.raises(settings.MissingSetting, match=r"sender cannot start: .*ADMIN_API_TOKEN"):
+        settings.check_production(("ADMIN_API_TOKEN",), "sender")
+    assert settings.get("ADMIN_API_TOKEN") is None  # the dev token is for development only
     monkeypatch.setenv("APP_ENV", "development")
-    settings.check_production(("ADMIN_API_TOKEN",))
+    settings.check_production(("ADMIN_API_TOKEN",), "sender")
+    assert settings.get("ADMIN_API_TOKEN") == "dev-admin-token"
+
+
+@pytest.mark.parametrize(
+    ("app_env", "database_url", "expected"),
+    [
+        ("development", "postgresql://db.example/x", "development"),
+        ("production", "", "production"),
+        ("", "", "development"),  # the embedded stack
+        ("", "postgresql://db.example/x", "production"),  # any other database
+    ],
+)
+def test_unset_app_env_is_development_only_on_the_embedded_stack(
+    monkeypatch, app_env, database_url, expected
+):
+    monkeypatch.setenv("APP_ENV", app_env)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert settings.environment() == expected
+
+
+@pytest.mark.parametrize("value", ["prod-eu", "Production", "staging", "live"])
+def test_an_app_env_that_is_no_environment_is_refused(monkeypatch, value):
+    monkeypatch.setenv("APP_ENV", value)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(settings.InvalidSetting, match="APP_ENV must be") as refused:
+        settings.check_production(("ADMIN_API_TOKEN",), "webhook app")
+    assert value not in str(refused.value)
+
+
+def test_every_missing_setting_is_named_on_one_line(monkeypatch):
+    monkeypatch.delenv("APP_ENV", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db.example/x")
+    for name in ("WHATSAPP_APP_SECRET", "ADMIN_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(settings.MissingSetting) as refused:
+        settings.check_production(
+            ("DATABASE_URL", "WHATSAPP_APP_SECRET", "ADMIN_API_TOKEN"), "webhook app"
+        )
+    message = str(refused.value)
+    assert message.startswith("webhook app cannot start: missing required settings")
+    assert "WHATSAPP_APP_SECRET, ADMIN_API_TOKEN" in message
+    assert "DATABASE_URL is set and APP_ENV is not" in message
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from resources import settings
 from resources.postgres import PostgresResource
-from webhook_app import campaign_api, operator_api, runtime, stats, webhook
+from webhook_app import access_log, campaign_api, operator_api, runtime, stats, webhook
 
 REQUIRED_IN_PRODUCTION = (
     "DATABASE_URL",
@@ -33,7 +33,8 @@ REQUIRED_IN_PRODUCTION = (
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    settings.check_production(REQUIRED_IN_PRODUCTION)
+    settings.check_production(REQUIRED_IN_PRODUCTION, "webhook app")
+    access_log.install()
     postgres = PostgresResource.from_env()
     await run_in_threadpool(postgres.migrate)
     app.state.postgres = postgres

@@ -14,7 +14,6 @@ or a taken phone number ID 409; CSV uploads take the file as the request body
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from typing import Any, Literal
 from uuid import UUID
@@ -29,9 +28,8 @@ from resources import campaign_admin as admin
 from resources import campaign_control as control
 from resources import templates, tenants
 from resources.queue import SQSResource
+from webhook_app import bodies
 from webhook_app.auth import caller, requires_admin, requires_token
-
-MAX_CSV_BYTES = 20 * 1024 * 1024
 
 
 @functools.cache
@@ -44,23 +42,11 @@ def _engine(request: Request):
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    try:
-        data = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise admin.InvalidInput([{"field": "body", "error": "must be a JSON object"}]) from None
-    if not isinstance(data, dict):
-        raise admin.InvalidInput([{"field": "body", "error": "must be a JSON object"}])
-    return data
+    return await bodies.json_object(request, optional=True)
 
 
 async def _csv(request: Request) -> str:
-    raw = await request.body()
-    if len(raw) > MAX_CSV_BYTES:
-        raise admin.InvalidInput([{"field": "body", "error": f"over {MAX_CSV_BYTES:,} bytes"}])
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise admin.InvalidInput([{"field": "body", "error": "must be UTF-8 text"}]) from None
+    return await bodies.csv_text(request)
 
 
 def operation(status_code: int = 200, platform: bool = False) -> Callable:
@@ -80,6 +66,10 @@ def operation(status_code: int = 200, platform: bool = False) -> Callable:
                 )
             except admin.InvalidInput as error:
                 return JSONResponse({"error": "invalid input", "errors": error.errors}, 422)
+            except bodies.BodyRefused as error:
+                errors = [{"field": "body", "error": str(error)}]
+                status = 413 if isinstance(error, bodies.BodyTooLarge) else 422
+                return JSONResponse({"error": "invalid input", "errors": errors}, status)
             except admin.NotFound as error:
                 return JSONResponse({"error": "not found", "detail": str(error)}, 404)
             except admin.Conflict as error:

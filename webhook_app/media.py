@@ -13,6 +13,7 @@ import mimetypes
 
 import sqlalchemy as sa
 
+from resources import safe_errors
 from resources.storage import S3Storage
 from resources.whatsapp import WhatsAppClient
 
@@ -38,7 +39,7 @@ def copy_pending(engine: sa.Engine, client: WhatsAppClient, s3: S3Storage, limit
             try:
                 _copy(conn, client, s3, row)
             except Exception as error:
-                log.warning("inbound media %s not copied: %s", row.provider_media_id, error)
+                log.warning("inbound media %s not copied: %s", row.id, safe_errors.describe(error))
                 conn.execute(
                     sa.text(
                         "UPDATE media SET attempts = attempts + 1, error = :e,"

@@ -13,7 +13,6 @@ in more than one organisation.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -26,7 +25,7 @@ from starlette.routing import Route
 
 from resources.phone import InvalidPhoneNumber, to_e164
 from resources.whatsapp import GraphAPIError
-from webhook_app import outbound
+from webhook_app import bodies, outbound
 from webhook_app.auth import Caller, caller, requires_token
 from webhook_app.runtime import Runtime
 
@@ -43,12 +42,10 @@ class RequestError(Exception):
 
 async def _body(request: Request) -> dict[str, Any]:
     try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise RequestError(400, "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise RequestError(400, "the body must be a JSON object")
-    return body
+        return await bodies.json_object(request)
+    except bodies.BodyRefused as error:
+        status = 413 if isinstance(error, bodies.BodyTooLarge) else 400
+        raise RequestError(status, str(error)) from None
 
 
 def _customer(body: dict[str, Any]) -> tuple[str | None, str | None]:

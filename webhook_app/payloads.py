@@ -6,8 +6,9 @@ fields and message types over time, and those must be stored and skipped, not re
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from webhook_app.bodies import BodyRefused, parse_json
 
 
 class BadPayload(ValueError):
@@ -16,21 +17,13 @@ class BadPayload(ValueError):
 
 def parse(body: bytes) -> dict[str, Any]:
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise BadPayload(f"body is not valid UTF-8 (byte {error.start})") from None
-    try:
-        payload = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as error:
-        raise BadPayload(f"body is not JSON: {error}") from None
+        payload = parse_json(body)
+    except BodyRefused as error:
+        raise BadPayload(str(error)) from None
     problem = envelope_problem(payload)
     if problem:
         raise BadPayload(f"not a WhatsApp webhook payload: {problem}")
     return payload
-
-
-def _reject_constant(name: str) -> None:
-    raise BadPayload(f"body is not JSON: {name} is not a JSON value")
 
 
 def envelope_problem(payload: Any) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from resources import safe_errors
 from webhook_app import account_webhooks, inbound, preferences, receipts, template_webhooks
 from webhook_app.payloads import changes
 
@@ -58,14 +59,20 @@ def process_batch(engine: sa.Engine, limit: int = BATCH) -> Counter:
                 with conn.begin_nested():
                     tally.update(_apply_receipts(conn, receipts_only))
             except Exception as error:
-                log.warning("batch of receipts failed, retrying one by one: %s", error)
+                log.warning(
+                    "batch of receipts failed, retrying one by one: %s", safe_errors.describe(error)
+                )
                 one_by_one = claimed
         for event_id, payload in one_by_one:
             try:
                 with conn.begin_nested():
                     tally.update(apply_event(conn, payload, event_id))
             except Exception as error:
-                log.warning("webhook event %s failed: %s", event_id, error)
+                log.warning(
+                    "webhook event %s failed: %s (in webhook_inbox.error)",
+                    event_id,
+                    safe_errors.describe(error),
+                )
                 conn.execute(_FAILED, {"id": event_id, "error": str(error), "max": MAX_ATTEMPTS})
                 tally["failed"] += 1
             else:

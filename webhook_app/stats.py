@@ -9,6 +9,7 @@ instance unhealthy (it receives webhooks as before), so it does not change the s
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 import sqlalchemy as sa
@@ -16,9 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from resources import account, breakers
+from resources import account, breakers, safe_errors
 from webhook_app import buffer
 from webhook_app.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 STALE_SECONDS = 10
 _LIVE_WORKERS = sa.text(
@@ -51,8 +54,13 @@ async def health(request: Request) -> JSONResponse:
     try:
         inbox, live, open_breakers, accounts = await run_in_threadpool(check)
     except sa.exc.SQLAlchemyError as error:
-        reason = str(error.orig if hasattr(error, "orig") else error).splitlines()[0]
-        return JSONResponse({"status": "unavailable", "database": reason}, status_code=503)
+        # The driver's message names the server and the user: the log has it, the
+        # unauthenticated answer does not.
+        log.warning("health: database unavailable: %s", safe_errors.describe(error))
+        return JSONResponse(
+            {"status": "unavailable", "database": f"unavailable ({type(error).__name__})"},
+            status_code=503,
+        )
     # Each loop of each live worker process; none at all means nobody processes the inbox.
     workers = {f"{w.id}/{name}": alive for w in live for name, alive in w.loops.items()}
     healthy = bool(workers) and all(workers.values())

@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from resources import settings
 from webhook_app import signature
+from webhook_app.bodies import BodyTooLarge, read_capped
 from webhook_app.inbox import InboxUnavailable
 from webhook_app.payloads import BadPayload, parse
 from webhook_app.runtime import Runtime
@@ -24,10 +25,6 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 
 # Every stored event gets the same answer: built once, sent as is.
 RECEIVED = JSONResponse({"status": "received"})
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 async def verify(request: Request) -> Response:
@@ -58,20 +55,6 @@ async def receive(request: Request) -> Response:
     except InboxUnavailable as error:
         return _error(503, str(error), headers={"Retry-After": "5"})
     return RECEIVED
-
-
-async def read_capped(request: Request, limit: int) -> bytes:
-    """The body, read chunk by chunk; `BodyTooLarge` as soon as it passes `limit`."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from langchain_core.language_models import BaseChatModel
 from starlette.applications import Starlette
 
-from resources import settings
+from resources import safe_errors, settings
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
 from resources.storage import S3Storage
@@ -134,9 +134,7 @@ class Workers:
                 failures = 0
             except Exception as error:
                 failures += 1
-                log.warning(
-                    "%s worker: %s", name, str(error).splitlines()[0] if str(error) else error
-                )
+                log.warning("%s worker: %s", name, safe_errors.describe(error))
                 await asyncio.sleep(min(30.0, 0.5 * 2**failures))
                 continue
             if busy:
@@ -178,7 +176,11 @@ class Workers:
         try:
             turn = await self.agent.answer(conversation_id)
         except Exception as error:
-            log.warning("turn of conversation %s not answered: %s", conversation_id, error)
+            log.warning(
+                "turn of conversation %s not answered: %s",
+                conversation_id,
+                safe_errors.describe(error),
+            )
             self.counters["turns_failed"] += 1
             await asyncio.to_thread(
                 buffer.release_later, self.engine, conversation_id, RETRY_TURN_SECONDS
@@ -261,7 +263,7 @@ async def start(
 
 def run() -> None:
     """`waflow webhook-worker`: run the workers until SIGTERM or Ctrl-C."""
-    settings.check_production(REQUIRED_IN_PRODUCTION)
+    settings.check_production(REQUIRED_IN_PRODUCTION, "webhook worker")
     os.nice(settings.number("WEBHOOK_WORKER_NICE"))
     asyncio.run(_serve())
 

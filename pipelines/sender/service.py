@@ -17,9 +17,11 @@ from resources.postgres import create_engine
 from resources.queue import SQSResource
 from resources.whatsapp import WhatsAppClient
 
+REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_PHONE_NUMBER_ID")
+
 
 def run(drain: bool = False, install_signals: bool = True) -> Counter[str]:
-    settings.check_production(("DATABASE_URL", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_PHONE_NUMBER_ID"))
+    settings.check_production(REQUIRED_IN_PRODUCTION, "sender")
     config = SenderConfig.from_env()
     engine = create_engine(settings.require("DATABASE_URL"), pool_size=config.lanes + 2)
     sqs = SQSResource.from_env()

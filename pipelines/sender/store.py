@@ -266,7 +266,7 @@ class Store:
 class Stuck:
     id: int
     campaign_run_id: int | None
-    peer_phone: str | None
+    contact_id: int | None
     sending_at: datetime
     attempts: int
 
@@ -279,7 +279,7 @@ def stuck_in_sending(
     automatically; an operator decides (a status webhook may still settle them)."""
     rows = conn.execute(
         sa.text(
-            "SELECT id, campaign_run_id, peer_phone, sending_at, attempts FROM messages"
+            "SELECT id, campaign_run_id, contact_id, sending_at, attempts FROM messages"
             " WHERE status = 'sending' AND sending_at < now() - make_interval(secs => :s)"
             " AND (CAST(:run AS bigint) IS NULL OR campaign_run_id = :run)"
             " ORDER BY sending_at LIMIT 1000"

@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipelines.sender import release, store
 from pipelines.sender.gate import BreakerView, Held, Trip, trip_of
 from pipelines.sender.payload import MalformedPayload, Payload, parse
-from resources import breakers, consent, settings
+from resources import breakers, consent, safe_errors, settings
 from resources.breakers import Breaker
 from resources.graph_errors import MARKETING_STOPPED, ErrorClass, classify
 from resources.queue import SQSResource
@@ -148,7 +148,10 @@ class Worker:
             try:
                 self._process(messages)
             except sa.exc.DBAPIError as error:
-                log.warning("database unavailable before sending; payloads come back: %s", error)
+                log.warning(
+                    "database unavailable before sending; payloads come back: %s",
+                    safe_errors.describe(error),
+                )
                 self._stopping.wait(2.0)
             except (BotoCoreError, ClientError) as error:
                 log.warning("SQS refused a request; the payloads come back: %s", error)
@@ -166,7 +169,7 @@ class Worker:
                 self.view.refresh(force=True)  # the lanes see a closed breaker as closed
                 released = release.release_due(self.engine, self.sqs)
             except sa.exc.DBAPIError as error:
-                log.warning("cannot re-queue held messages yet: %s", _refusal(error))
+                log.warning("cannot re-queue held messages yet: %s", safe_errors.describe(error))
                 continue
             except (BotoCoreError, ClientError) as error:
                 log.warning("cannot re-queue held messages yet: %s", error)
@@ -487,7 +490,7 @@ class Worker:
             try:
                 self._persist("record a result", lambda o=outcome: self.store.record([o]))
             except NEVER_PASSES as error:
-                reason = _refusal(error)
+                reason = safe_errors.describe(error)
                 if reason not in self._refusals:
                     self._refusals.add(reason)
                     log.error("the database refuses a send result for good: %s", reason)
@@ -509,7 +512,7 @@ class Worker:
             except NEVER_PASSES:
                 raise
             except sa.exc.DBAPIError as error:
-                log.warning("cannot %s yet: %s", what, _refusal(error))
+                log.warning("cannot %s yet: %s", what, safe_errors.describe(error))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -577,11 +580,6 @@ class Worker:
             return {}
         group = message.get("Attributes", {}).get("MessageGroupId") or "sender"
         return {"MessageGroupId": group, "MessageDeduplicationId": uuid.uuid4().hex}
-
-
-def _refusal(error: sa.exc.DBAPIError) -> str:
-    """The driver's message, first line: it names the constraint, and holds no values."""
-    return str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
 
 
 def _hold_reason(breaker: Breaker) -> str:
