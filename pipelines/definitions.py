@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets_defs import archive, dispatch, media, reports, templates
+from assets_defs import archive, dispatch, media, reports, retention, templates
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource
@@ -63,4 +63,5 @@ defs = dg.Definitions.merge(
     dispatch.defs,
     reports.defs,
     templates.defs,
+    retention.defs,
 )

@@ -328,6 +328,15 @@ SETTINGS: tuple[Setting, ...] = (
         low=0,
     ),
     Setting(
+        "SENDER_REQUEUE_AFTER_SECONDS",
+        "3600",
+        "A `pending` row whose payload was queued this long ago and never received is re-queued"
+        " once from its stored payload (a payload SQS dead-lettered during a database outage,"
+        " or a queue emptied); a copy that turns up anyway is dropped by the claim.",
+        kind=float,
+        low=60,
+    ),
+    Setting(
         "SENDER_RELEASE_SECONDS",
         "5",
         "How often a sender re-queues held messages whose hold was lifted (a resumed campaign,"
@@ -415,6 +424,23 @@ SETTINGS: tuple[Setting, ...] = (
         "0 * * * *",
         "Cron schedule (UTC) of the `whatsapp_templates` sync of every organisation's templates"
         " from its WhatsApp Business account.",
+    ),
+    # Retention of the webhook history (webhook_retention_schedule)
+    Setting(
+        "WEBHOOK_RETENTION_DAYS",
+        "30",
+        "Inbox events are deleted this many days after they were processed or failed for good"
+        " (redrive before then); applied receipts this long after they were applied.",
+        kind=int,
+        low=1,
+    ),
+    Setting(
+        "RECEIPT_RETENTION_DAYS",
+        "7",
+        "Delivery receipts that never matched a message are deleted this many days after they"
+        " arrived.",
+        kind=int,
+        low=1,
     ),
 )
 
