@@ -142,8 +142,9 @@ def test_the_agent_killed_around_its_reply_sends_it_once_and_keeps_its_record(
     worker = start_until(point, ["-m", "pipelines.cli", "webhook-worker"], env, repo_root, tmp_path)
     kill_9(worker)
     [reply] = rows(engine, "SELECT * FROM messages WHERE sender_type = 'ai'")
-    assert reply.handled_at is None  # an outbound row; the customer's turn is handled:
-    assert scalar(engine, "SELECT count(*) FROM messages WHERE handled_at IS NULL") == 1
+    # The reply was stored with the turn: the customer's message is handled, not re-answered.
+    unanswered = "SELECT count(*) FROM messages WHERE direction = 'inbound' AND handled_at IS NULL"
+    assert scalar(engine, unanswered) == 0
     accepted = len(graph.requests)
     assert (reply.status, accepted) == (
         ("pending", 0) if point == "outbound.queued" else ("sending", 1)
