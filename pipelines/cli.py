@@ -492,6 +492,31 @@ def cmd_templates_sync(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_webhook_redrive(args: argparse.Namespace) -> int:
+    """Send webhook events that failed for good back to processing (see Retention)."""
+    from resources import webhook_history
+
+    with _platform_engine(args) as engine:
+        result = webhook_history.redrive(engine, args.since, args.until)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _webhook_commands(commands: argparse._SubParsersAction) -> None:
+    ops = commands.add_parser("webhook", help="the webhook inbox").add_subparsers(
+        dest="webhook_command", required=True
+    )
+    redrive = ops.add_parser(
+        "redrive",
+        help="process again the events that failed for good (e.g. for a number registered since)",
+    )
+    redrive.add_argument(
+        "--since", required=True, help="events received from this ISO date or time (UTC)"
+    )
+    redrive.add_argument("--until", help="and before this one (default: now)")
+    redrive.set_defaults(run=cmd_webhook_redrive)
+
+
 def _template_commands(commands: argparse._SubParsersAction) -> None:
     ops = commands.add_parser(
         "templates", help="message templates as Meta has them"
@@ -570,6 +595,7 @@ def parser() -> argparse.ArgumentParser:
     _campaign_commands(commands)
     _template_commands(commands)
     _token_commands(commands)
+    _webhook_commands(commands)
     sender = commands.add_parser(
         "sender", help="send queued messages until SIGTERM (the sender worker)"
     )

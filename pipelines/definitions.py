@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets_defs import archive, dispatch, media, reports, templates
+from assets_defs import archive, dispatch, media, reports, retention, templates
 from resources import settings
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
@@ -77,4 +77,5 @@ defs = dg.Definitions.merge(
     dispatch.defs,
     reports.defs,
     templates.defs,
+    retention.defs,
 )

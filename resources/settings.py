@@ -343,6 +343,15 @@ SETTINGS: tuple[Setting, ...] = (
         low=0,
     ),
     Setting(
+        "SENDER_REQUEUE_AFTER_SECONDS",
+        "3600",
+        "A `pending` row whose payload was queued this long ago and never received is re-queued"
+        " once from its stored payload (a payload SQS dead-lettered during a database outage,"
+        " or a queue emptied); a copy that turns up anyway is dropped by the claim.",
+        kind=float,
+        low=60,
+    ),
+    Setting(
         "SENDER_RELEASE_SECONDS",
         "5",
         "How often a sender re-queues held messages whose hold was lifted (a resumed campaign,"
@@ -448,6 +457,23 @@ SETTINGS: tuple[Setting, ...] = (
         " level, process, logger, message and the row ids).",
     ),
     Setting("LOG_LEVEL", "INFO", "Level of the platform's own loggers (`waflow.*`)."),
+    # Retention of the webhook history (webhook_retention_schedule)
+    Setting(
+        "WEBHOOK_RETENTION_DAYS",
+        "30",
+        "Inbox events are deleted this many days after they were processed or failed for good"
+        " (redrive before then); applied receipts this long after they were applied.",
+        kind=int,
+        low=1,
+    ),
+    Setting(
+        "RECEIPT_RETENTION_DAYS",
+        "7",
+        "Delivery receipts that never matched a message are deleted this many days after they"
+        " arrived.",
+        kind=int,
+        low=1,
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -124,23 +124,28 @@ def test_a_failing_model_gets_the_customer_a_fallback_and_the_turn_is_kept(
     assert stats["workers"]["fallback_replies"] == 1
 
 
-def test_a_turn_whose_reply_cannot_be_sent_stays_unanswered_for_a_retry(engine, zero_buffer):
+def test_a_reply_that_cannot_be_sent_yet_waits_in_the_outbox_and_goes_once(
+    engine, zero_buffer, monkeypatch
+):
     from tests.fake_graph import Failure
+    from webhook_app import outbound
 
+    monkeypatch.setattr(outbound, "OUTBOX_RETRY_SECONDS", 0.2)
     add_organisation(engine)
     model = GenericFakeChatModel(messages=iter([AIMessage("hello")]))
     with fake_graph() as (graph, url), webhook_client(url, model) as client:
         graph.fail_next(Failure(131000, "Something went wrong", http_status=500))
         post(client, p.inbound(p.text("hi")))
-        wait_until(lambda: graph.requests)
-        wait_until(lambda: client.get("/stats").json()["workers"]["turns_answered"] == 0)
-        wait_until(
-            lambda: scalar(
-                engine, "SELECT agent_lease_until > now() + interval '10 s' FROM conversations"
-            )
-        )
-    assert _unhandled(engine) == 1
-    assert _ai_rows(engine) == []
+        wait_until(lambda: len(graph.requests) == 2)  # refused, then sent from the outbox
+        wait_until(lambda: _ai_rows(engine) and _ai_rows(engine)[0].provider_message_id)
+        worker_stats(client, replies_sent_from_outbox=1)
+    assert _unhandled(engine) == 0  # the turn was answered once: the reply was stored first
+    assert _sent_texts(graph) == ["hello", "hello"]
+    assert graph.answers == [131000, None]
+    [reply] = rows(
+        engine, "SELECT status, attempts, error_code FROM messages WHERE sender_type = 'ai'"
+    )
+    assert tuple(reply) == ("sent", 2, 131000)
 
 
 def test_a_customer_asking_for_a_human_is_handed_over_and_the_agent_then_stays_silent(

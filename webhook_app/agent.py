@@ -5,8 +5,9 @@ checkpointer: every inbound, AI, operator and campaign message is already stored
 (the archive, the operator API and receipts need them anyway), so the history the model sees
 is read from it each turn. Operator messages are therefore in the agent's memory the moment
 they are stored, with no second copy to keep in sync, and a restart loses nothing. A turn
-is marked handled only in the transaction that stores its reply, so a crash or a failed
-send leaves it to be answered again.
+is marked handled in the transaction that stores its reply as an outbox row; the reply is
+sent after that commit (`webhook_app.outbound`), so a crash before it leaves the turn to be
+answered again, and one after it leaves the reply to be sent once, by the outbox loop.
 """
 
 from __future__ import annotations
@@ -205,9 +206,11 @@ class Agent:
         return await asyncio.to_thread(self._deliver_sync, turn)
 
     def _deliver_sync(self, turn: Turn) -> Turn:
-        """Send and store under the conversation's row lock: a takeover that lands while the
-        model was thinking is seen here, and the agent then stays silent."""
-        sent: list[int] = []
+        """Decide and store under the conversation's row lock (a takeover that lands while
+        the model was thinking is seen here, and the agent then stays silent), then send
+        after the commit: the replies are outbox rows first, so a crash at any point
+        neither loses one nor sends one twice."""
+        replies: list[int] = []
         with self.engine.begin() as conn:
             conversation = outbound.load(conn, turn["conversation_id"], lock=True)
             if turn.get("opt") is not None and consent.record(
@@ -221,12 +224,10 @@ class Agent:
                 ),
             ):
                 reply = OPT_OUT_REPLY if turn["opt"] else OPT_IN_REPLY
-                sent.append(
-                    outbound.send(conn, self.client, conversation, outbound.text(reply), "system")
-                )
+                replies.append(outbound.queue(conn, conversation, outbound.text(reply), "system"))
             if turn.get("reply") and not conversation.human_takeover:
                 message = outbound.text(turn["reply"])
-                sent.append(outbound.send(conn, self.client, conversation, message, "ai"))
+                replies.append(outbound.queue(conn, conversation, message, "ai"))
                 if turn.get("handoff"):
                     conn.execute(
                         sa.text(
@@ -243,7 +244,8 @@ class Agent:
                 sa.text("UPDATE conversations SET agent_lease_until = NULL WHERE id = :id"),
                 {"id": conversation.id},
             )
-        return {"sent": sent}
+        deliveries = [outbound.deliver(self.engine, self.client, r) for r in replies]
+        return {"sent": [d.message_id for d in deliveries if d.outcome == "sent"]}
 
 
 def _as_chat_message(row: sa.Row) -> BaseMessage:

@@ -24,7 +24,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from resources.phone import InvalidPhoneNumber, to_e164
-from resources.whatsapp import GraphAPIError
 from webhook_app import bodies, outbound
 from webhook_app.auth import Caller, caller, requires_token
 from webhook_app.runtime import Runtime
@@ -112,11 +111,12 @@ def _operator_message(runtime: Runtime, body: dict[str, Any], who: Caller) -> di
                 "outside the 24-hour customer-service window (no customer message in the"
                 " last 24 h): only an approved template may be sent",
             )
-        try:
-            message_id = outbound.send(conn, runtime.client, conversation, message, "operator")
-        except GraphAPIError as error:
-            raise RequestError(502, f"WhatsApp refused the message: {error}") from None
-    return {"status": "sent", "message_id": message_id}
+        message_id = outbound.queue(conn, conversation, message, "operator")
+    delivery = outbound.deliver(runtime.engine, runtime.client, message_id)
+    if delivery.outcome == "failed":
+        raise RequestError(502, f"WhatsApp refused the message: {delivery.error}")
+    status = {"sent": "sent", "retry": "queued"}.get(delivery.outcome, "sending")
+    return {"status": status, "message_id": message_id}
 
 
 def _message_of(body: dict[str, Any]) -> dict[str, Any]:

@@ -1,20 +1,28 @@
 """Messages the business side sends in a conversation (agent, operator, confirmations).
 
-They go out through the shared `WhatsAppClient` and are stored as outbound rows of the
-conversation, so the messages table is the whole conversation: what the agent remembers,
-what an operator reads, what the archive keeps.
+They are stored as outbound rows of the conversation, so the messages table is the whole
+conversation: what the agent remembers, what an operator reads, what the archive keeps.
+The row comes first (an outbox: `queue`, in the transaction that decides to answer), the
+send after its commit (`deliver`), so a crash at any point neither loses the reply's record
+nor sends it twice. Rows a crash or a retryable error left `pending` are sent by the webhook
+worker's outbox loop (`deliver_due`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
 
+from resources import crash_points
+from resources.graph_errors import ErrorClass, classify
 from resources.whatsapp import WhatsAppClient
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,31 +67,73 @@ def find(
     return [Conversation(*row) for row in rows]
 
 
-def send(
+OUTBOX_RETRY_SECONDS = 10.0
+MAX_ATTEMPTS = 3
+
+_QUEUE = sa.text(
+    "INSERT INTO messages (organisation_id, conversation_id, contact_id, direction,"
+    " sender_type, phone_number_id, peer_phone, peer_wa_user_id, message_type, body,"
+    " payload, media, status)"
+    " VALUES (:o, :conv, :c, 'outbound', :sender, :p, :phone, :user, :kind, :body,"
+    " CAST(:payload AS jsonb), CAST(:media AS jsonb), 'pending')"
+    " RETURNING id"
+)
+# Only an outbox row (no campaign run) that is still `pending`: the compare-and-set that
+# lets one sender through, whoever else tries.
+_CLAIM = sa.text(
+    "UPDATE messages SET status = 'sending', sending_at = now(), attempts = attempts + 1"
+    " WHERE id = :id AND direction = 'outbound' AND campaign_run_id IS NULL"
+    " AND status = 'pending'"
+    " RETURNING payload, peer_phone, peer_wa_user_id, phone_number_id, attempts"
+)
+# A receipt may have come first (it finds the row by biz_opaque_callback_data): its status
+# and wamid stand.
+_SENT = sa.text(
+    "UPDATE messages SET status = CASE WHEN status = 'sending' THEN 'sent' ELSE status END,"
+    " provider_message_id = COALESCE(provider_message_id, :wamid),"
+    " sent_at = COALESCE(sent_at, now()),"
+    " payload = payload || jsonb_build_object('wamid', CAST(:wamid AS text))"
+    " WHERE id = :id"
+)
+_RETRY = sa.text(
+    "UPDATE messages SET status = 'pending', error_code = :code, error_title = :title"
+    " WHERE id = :id AND status = 'sending'"
+)
+_FAILED = sa.text(
+    "UPDATE messages SET status = 'failed', failed_at = now(), error_code = :code,"
+    " error_title = :title WHERE id = :id AND status = 'sending'"
+)
+_DUE = sa.text(
+    "SELECT id FROM messages WHERE status = 'pending' AND campaign_run_id IS NULL"
+    " AND direction = 'outbound'"
+    " AND updated_at < now() - make_interval(secs => :after) ORDER BY id LIMIT :n"
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one delivery came to: `sent` (with the wamid), `retry` (back in the outbox),
+    `failed` (with WhatsApp's code and title), `unclear` (the request may have reached
+    WhatsApp: left `sending`, never sent again) or `taken` (not ours to send)."""
+
+    message_id: int
+    outcome: str
+    wamid: str | None = None
+    error: str | None = None
+
+
+def queue(
     conn: sa.Connection,
-    client: WhatsAppClient,
     conversation: Conversation,
     message: dict[str, Any],
     sender_type: str,
 ) -> int:
-    """Send `message` (`type` + its object) to the customer and store it; the row id."""
-    sent = client.send(
-        conversation.phone or "",
-        message,
-        phone_number_id=conversation.phone_number_id,
-        recipient=None if conversation.phone else conversation.user_id,
-    )
+    """Store `message` (`type` + its object) for the customer as a `pending` outbound row of
+    the conversation, in the caller's transaction; `deliver` sends it after the commit."""
     kind = message["type"]
     content = message.get(kind) or {}
     return conn.execute(
-        sa.text(
-            "INSERT INTO messages (organisation_id, conversation_id, contact_id, direction,"
-            " sender_type, phone_number_id, peer_phone, peer_wa_user_id, message_type, body,"
-            " payload, media, provider_message_id, status, sent_at)"
-            " VALUES (:o, :conv, :c, 'outbound', :sender, :p, :phone, :user, :kind, :body,"
-            " CAST(:payload AS jsonb), CAST(:media AS jsonb), :wamid, 'sent', now())"
-            " RETURNING id"
-        ),
+        _QUEUE,
         {
             "o": conversation.organisation_id,
             "conv": conversation.id,
@@ -94,11 +144,59 @@ def send(
             "user": conversation.user_id,
             "kind": kind,
             "body": content.get("body") or content.get("caption"),
-            "payload": json.dumps({**message, "wamid": sent.wamid}),
+            "payload": json.dumps(message),
             "media": json.dumps(content) if kind != "text" else None,
-            "wamid": sent.wamid,
         },
     ).scalar_one()
+
+
+def deliver(engine: sa.Engine, client: WhatsAppClient, message_id: int) -> Delivery:
+    """Send one outbox row at most once: the claim (`pending → sending`) commits before the
+    request, and the answer is recorded after it. A crash between the two leaves the row in
+    `sending`: it is never sent again, and the `sent` receipt, which carries the row's id in
+    `biz_opaque_callback_data`, records its wamid."""
+    crash_points.reached("outbound.queued")
+    with engine.begin() as conn:
+        row = conn.execute(_CLAIM, {"id": message_id}).one_or_none()
+    if row is None:
+        return Delivery(message_id, "taken")
+    message = {**row.payload, "biz_opaque_callback_data": str(message_id)}
+    try:
+        sent = client.send(
+            row.peer_phone or "",
+            message,
+            phone_number_id=row.phone_number_id,
+            recipient=None if row.peer_phone else row.peer_wa_user_id,
+        )
+    except Exception as error:
+        return _refused(engine, message_id, row.attempts, error)
+    crash_points.reached("outbound.accepted")
+    with engine.begin() as conn:
+        conn.execute(_SENT, {"id": message_id, "wamid": sent.wamid})
+    return Delivery(message_id, "sent", wamid=sent.wamid)
+
+
+def deliver_due(engine: sa.Engine, client: WhatsAppClient, limit: int = 50) -> int:
+    """Send the outbox rows left `pending` (a crash before their delivery, or a retryable
+    error) for `OUTBOX_RETRY_SECONDS`; how many were sent."""
+    with engine.connect() as conn:
+        ids = conn.execute(_DUE, {"after": OUTBOX_RETRY_SECONDS, "n": limit}).scalars().all()
+    return sum(deliver(engine, client, message_id).outcome == "sent" for message_id in ids)
+
+
+def _refused(engine: sa.Engine, message_id: int, attempts: int, error: Exception) -> Delivery:
+    verdict = classify(error)
+    if verdict.kind is ErrorClass.AMBIGUOUS:
+        log.warning("message %s: %s; left in sending, not sent again", message_id, verdict.title)
+        return Delivery(message_id, "unclear", error=verdict.title)
+    retry = verdict.kind is ErrorClass.RETRYABLE and attempts < MAX_ATTEMPTS
+    with engine.begin() as conn:
+        conn.execute(
+            _RETRY if retry else _FAILED,
+            {"id": message_id, "code": verdict.code, "title": verdict.title},
+        )
+    reason = f"{verdict.code} {verdict.title}" if verdict.code is not None else verdict.title
+    return Delivery(message_id, "retry" if retry else "failed", error=reason)
 
 
 def text(body: str) -> dict[str, Any]:

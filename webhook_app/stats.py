@@ -153,6 +153,7 @@ def _worker_counters(live: list[sa.Row]) -> dict:
         "inbound_messages": counters["inbound"],
         "turns_answered": counters["turns"],
         "replies_sent": counters["replies_sent"],
+        "replies_sent_from_outbox": counters["outbox_sent_late"],
         "fallback_replies": counters["fallback_replies"],
         "account_events": counters["account_events"],
     }

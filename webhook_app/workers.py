@@ -38,7 +38,7 @@ from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
 from resources.storage import S3Storage
 from resources.whatsapp import WhatsAppClient, WhatsAppResource
-from webhook_app import buffer, media, processing
+from webhook_app import buffer, media, outbound, processing
 from webhook_app.agent import Agent, AgentConfig
 from webhook_app.inbox import conninfo
 
@@ -57,6 +57,7 @@ AGENT_POLL_SECONDS = 0.25
 # every waiting receipt, so it runs on its own, slower clock rather than after every batch.
 RECEIPT_POLL_SECONDS = 2.0
 RETRY_TURN_SECONDS = 30.0
+OUTBOX_POLL_SECONDS = 2.0
 BURST_EVENTS = 20
 GATHER_SECONDS = 0.1
 BEAT_SECONDS = 2.0
@@ -100,6 +101,7 @@ class Workers:
             self._spawn(f"inbox-{n}", self._inbox_step, self.inbox_ready, POLL_SECONDS)
         self._spawn("agent", self._agent_step, self.turns_ready, AGENT_POLL_SECONDS)
         self._spawn("media", self._media_step, self.media_ready, POLL_SECONDS)
+        self._spawn("outbox", self._outbox_step, asyncio.Event(), OUTBOX_POLL_SECONDS)
         self._spawn(
             "early-receipts", self._early_receipts_step, asyncio.Event(), RECEIPT_POLL_SECONDS
         )
@@ -193,6 +195,12 @@ class Workers:
     async def _early_receipts_step(self) -> bool:
         applied = await asyncio.to_thread(processing.apply_early_receipts, self.engine)
         self.counters["receipts_applied_late"] += applied
+        return False
+
+    async def _outbox_step(self) -> bool:
+        """Replies left in the outbox by a crash before their send, or by a retryable error."""
+        sent = await asyncio.to_thread(outbound.deliver_due, self.engine, self.client)
+        self.counters["outbox_sent_late"] += sent
         return False
 
     async def _media_step(self) -> bool:

@@ -1,11 +1,12 @@
 """`media_archive`: a day's media moved under `archived-media/`, one object per media record.
 
 Media already in our bucket (generated assets, inbound media copied on arrival) is copied
-server-side and its hot copy removed once the archived one has been read back; media known
+server-side and its hot copy removed once the archived one has been read back and its
+SHA-256 found equal to the source's; media known
 only by URL is streamed down (timeouts, a size cap, the content type checked). A download
 that keeps failing is recorded on its row with the reason and the rest of the day goes on.
-Each row is committed as soon as its object is verified, so a killed run resumes where it
-stopped.
+Each row is committed as soon as its object is verified, with the hot copy still to delete
+(`hot_key`), so a killed run resumes where it stopped and the next run deletes what it left.
 """
 
 import hashlib
@@ -35,6 +36,7 @@ from assets_defs.archive.policy import (
     refuse_too_new,
 )
 from pipelines.partitions import archive_day_partitions
+from resources import crash_points
 from resources.postgres import PostgresResource
 from resources.storage import S3Storage
 
@@ -179,12 +181,16 @@ def archive_one(
 def mark_archived(
     engine: sa.Engine, s3: S3Storage, row: MediaRow, stored: StoredObject, content_type: str | None
 ) -> None:
+    """Point the row at the verified archive object and name the hot copy to delete in one
+    commit, then delete it: a crash in between leaves `hot_key` for `delete_hot_copies`."""
+    hot = row.s3_key if (row.s3_bucket or s3.bucket) == s3.bucket else None
+    crash_points.reached("media_archive.copied")
     with engine.begin() as conn:
         conn.execute(
             sa.text(
                 "UPDATE media SET s3_bucket = :bucket, s3_key = :key, size_bytes = :size,"
                 " sha256 = :sha, mime_type = COALESCE(mime_type, :mime), status = 'archived',"
-                " error = NULL, archived_at = now() WHERE id = :id"
+                " error = NULL, archived_at = now(), hot_key = :hot WHERE id = :id"
             ),
             {
                 "bucket": s3.bucket,
@@ -192,11 +198,33 @@ def mark_archived(
                 "size": stored.size,
                 "sha": stored.sha256,
                 "mime": content_type,
+                "hot": hot if hot != stored.key else None,
                 "id": row.id,
             },
         )
-    if row.s3_key and (row.s3_bucket or s3.bucket) == s3.bucket and row.s3_key != stored.key:
-        s3.client.delete_object(Bucket=s3.bucket, Key=row.s3_key)
+    crash_points.reached("media_archive.recorded")
+    delete_hot_copies(engine, s3, [row.id])
+
+
+def delete_hot_copies(engine: sa.Engine, s3: S3Storage, media_ids: list[int] | None = None) -> int:
+    """Delete the hot copies of archived media (these rows', or every one left by an earlier
+    run that stopped before deleting); how many. Deleting a missing object is not an error,
+    so a repeat does no harm."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT id, hot_key FROM media WHERE hot_key IS NOT NULL"
+                " AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(:ids)) ORDER BY id"
+            ),
+            {"ids": media_ids},
+        ).all()
+    for media_id, hot_key in rows:
+        s3.client.delete_object(Bucket=s3.bucket, Key=hot_key)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE media SET hot_key = NULL WHERE id = :id"), {"id": media_id}
+            )
+    return len(rows)
 
 
 def mark_failed(engine: sa.Engine, row: MediaRow, reason: str) -> None:
@@ -258,6 +286,7 @@ class MediaDay:
     bytes: int = 0
     copied: int = 0
     downloaded: int = 0
+    hot_copies_deleted: int = 0
 
 
 def archive_media_day(
@@ -270,6 +299,8 @@ def archive_media_day(
     log: dg.DagsterLogManager,
 ) -> MediaDay:
     result = MediaDay(day)
+    if not config.dry_run:
+        result.hot_copies_deleted = delete_hot_copies(engine, s3)
     for row in pending_media(engine, day):
         if config.dry_run:
             result.copied += bool(row.s3_key)
@@ -330,6 +361,7 @@ def media_archive(
         "failed": sum(r.failed for r in results),
         "copied_in_bucket": sum(r.copied for r in results),
         "downloaded": sum(r.downloaded for r in results),
+        "hot_copies_deleted_late": sum(r.hot_copies_deleted for r in results),
         "bytes": sum(r.bytes for r in results),
         "duration_s": dg.MetadataValue.float(round(seconds, 3)),
         "media_per_second": dg.MetadataValue.float(

@@ -58,8 +58,8 @@ def put_verified(
 
 
 def copy_verified(s3: S3Storage, source_bucket: str, source_key: str, key: str) -> StoredObject:
-    """Server-side copy (no download through us), then read the copy back against the source."""
-    source = s3.client.head_object(Bucket=source_bucket, Key=source_key)
+    """Server-side copy (no download through us), then both objects read back: the copy's
+    SHA-256 must be the source's, since the source is deleted on the strength of it."""
     s3.client.copy_object(
         Bucket=s3.bucket,
         Key=key,
@@ -68,15 +68,18 @@ def copy_verified(s3: S3Storage, source_bucket: str, source_key: str, key: str) 
         MetadataDirective="COPY",
     )
     size, sha256 = read_digest(s3, key)
-    if size != source["ContentLength"]:
+    source_size, source_sha256 = read_digest(s3, source_key, source_bucket)
+    if (size, sha256) != (source_size, source_sha256):
         raise ArchiveMismatch(
-            f"s3://{s3.bucket}/{key}: copy has {size} bytes, source has {source['ContentLength']}"
+            f"s3://{s3.bucket}/{key}: copy has {size} bytes with SHA-256 {sha256}, source"
+            f" s3://{source_bucket}/{source_key} has {source_size} bytes with SHA-256"
+            f" {source_sha256}"
         )
     return StoredObject(key, size, sha256)
 
 
-def read_digest(s3: S3Storage, key: str) -> tuple[int, str]:
-    body = s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"]
+def read_digest(s3: S3Storage, key: str, bucket: str | None = None) -> tuple[int, str]:
+    body = s3.client.get_object(Bucket=bucket or s3.bucket, Key=key)["Body"]
     digest = hashlib.sha256()
     size = 0
     for chunk in body.iter_chunks(_CHUNK):

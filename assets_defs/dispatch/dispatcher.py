@@ -33,7 +33,7 @@ from assets_defs.dispatch.payloads import (
     prepare,
     with_message_id,
 )
-from resources import consent
+from resources import consent, crash_points
 from resources.queue import SQSResource
 from resources.status import member_sources
 
@@ -335,6 +335,7 @@ class Dispatch:
         self.stats.sent += len(sent)
         if not sent and not failed:
             return
+        crash_points.reached("dispatch.sqs_accepted")
         with self.engine.begin() as conn:
             if sent:
                 conn.execute(

@@ -14,6 +14,13 @@ waits for it in the claim, which takes a held row whose hold is lifted; the clai
 compare-and-set on `pending` then lets only one copy through. A worker that dies after
 SQS accepted a payload but before its commit leaves the row held: that payload still
 claims it, and if the row is queued again meanwhile, the second copy finds it taken.
+
+A row can also lose its payload while it is not held: SQS moves a payload to the
+dead-letter queue after `SQS_MAX_RECEIVE_COUNT` receives, which a long database outage can
+cause while the row stays `pending`, and a queue can be emptied. `requeue_lost` finds the
+rows `pending`, not held, queued longer ago than `SENDER_REQUEUE_AFTER_SECONDS` (longer than
+a payload waits on the queue) and not re-queued since, and queues each once more from its
+stored payload. Should the first payload still turn up, the claim lets one copy through.
 """
 
 from __future__ import annotations
@@ -65,8 +72,16 @@ _WITHIN_LIMIT = sa.text(
 )
 _QUEUED = sa.text(
     "UPDATE messages SET held_at = NULL, hold_reason = NULL, queued_at = now(),"
-    " status_reason = NULL"
+    " requeued_at = NULL, status_reason = NULL"
     " WHERE id = ANY(:ids)"
+)
+_LOST = sa.text(
+    _COLUMNS + " FROM messages m WHERE m.status = 'pending' AND m.held_at IS NULL"
+    " AND m.queued_at < now() - make_interval(secs => :age) AND m.requeued_at IS NULL"
+    " ORDER BY m.queued_at LIMIT :n FOR UPDATE OF m SKIP LOCKED"
+)
+_REQUEUED = sa.text(
+    "UPDATE messages SET queued_at = now(), requeued_at = now() WHERE id = ANY(:ids)"
 )
 _UNSENDABLE = sa.text(
     "UPDATE messages SET status = 'failed', failed_at = now(), held_at = NULL,"
@@ -91,18 +106,26 @@ def release_due(engine: sa.Engine, sqs: SQSResource) -> int:
     return total
 
 
+def requeue_lost(engine: sa.Engine, sqs: SQSResource, older_than_seconds: float) -> int:
+    """Queue once more the rows whose payload has not been received for `older_than_seconds`
+    since it was queued; how many were queued."""
+    return _release(engine, sqs, _LOST, {"age": older_than_seconds}, mark=_REQUEUED)
+
+
 def _release(
     engine: sa.Engine,
     sqs: SQSResource,
     query: sa.TextClause,
     params: dict,
     most: int | None = None,
+    mark: sa.TextClause = _QUEUED,
 ) -> int:
-    """Queue the rows `query` finds, page by page (at most `most`); how many were queued."""
+    """Queue the rows `query` finds, page by page (at most `most`), and `mark` them; how
+    many were queued."""
     total = 0
     while most is None or total < most:
         page = PAGE if most is None else min(PAGE, most - total)
-        found, queued = _release_page(engine, sqs, query, {**params, "n": page})
+        found, queued = _release_page(engine, sqs, query, {**params, "n": page}, mark)
         total += queued
         if found < page or queued < found:  # the last page, or SQS refused some: next tick
             break
@@ -110,7 +133,7 @@ def _release(
 
 
 def _release_page(
-    engine: sa.Engine, sqs: SQSResource, query: sa.TextClause, params: dict
+    engine: sa.Engine, sqs: SQSResource, query: sa.TextClause, params: dict, mark: sa.TextClause
 ) -> tuple[int, int]:
     """One page of releasable rows queued; (rows found, rows queued). An entry SQS refuses
     stays held for the next tick; an unreachable queue raises, and nothing changes."""
@@ -134,5 +157,5 @@ def _release_page(
             answer = sqs.send_batch(entries[start : start + 10])
             queued += [int(ok["Id"]) for ok in answer.get("Successful", [])]
         if queued:
-            conn.execute(_QUEUED, {"ids": queued})
+            conn.execute(mark, {"ids": queued})
     return len(rows), len(queued)

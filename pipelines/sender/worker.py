@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipelines.sender import release, store
 from pipelines.sender.gate import BreakerView, Held, Trip, trip_of
 from pipelines.sender.payload import MalformedPayload, Payload, parse
-from resources import breakers, consent, safe_errors, settings
+from resources import breakers, consent, crash_points, safe_errors, settings
 from resources.breakers import Breaker
 from resources.graph_errors import MARKETING_STOPPED, ErrorClass, classify
 from resources.queue import SQSResource
@@ -54,6 +54,7 @@ class SenderConfig:
     retry_base_seconds: float = 10.0
     release_seconds: float = 5.0
     probe_seconds: float = 60.0
+    requeue_after_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls) -> SenderConfig:
@@ -65,6 +66,7 @@ class SenderConfig:
             retry_base_seconds=settings.number("SENDER_RETRY_BASE_SECONDS"),
             release_seconds=settings.number("SENDER_RELEASE_SECONDS"),
             probe_seconds=settings.number("BREAKER_PROBE_SECONDS"),
+            requeue_after_seconds=settings.number("SENDER_REQUEUE_AFTER_SECONDS"),
         )
 
 
@@ -97,6 +99,9 @@ class Worker:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._refusals: set[str] = set()
+        # Each lane's received batch, kept hidden from the other lanes while it waits out
+        # a database outage (see `_persist`).
+        self._local = threading.local()
 
     def stop(self) -> None:
         """Stop receiving; lanes finish and record what is in flight, then return."""
@@ -163,11 +168,15 @@ class Worker:
                 self._stopping.wait(2.0)
 
     def _releaser(self) -> None:
-        """Re-queue held rows whose hold was lifted, and start due breaker probes."""
+        """Re-queue held rows whose hold was lifted, start due breaker probes, and re-queue
+        once the rows whose payload has not been seen for `requeue_after_seconds`."""
         while not self._stopping.wait(self.config.release_seconds):
             try:
                 self.view.refresh(force=True)  # the lanes see a closed breaker as closed
                 released = release.release_due(self.engine, self.sqs)
+                requeued = release.requeue_lost(
+                    self.engine, self.sqs, self.config.requeue_after_seconds
+                )
             except sa.exc.DBAPIError as error:
                 log.warning("cannot re-queue held messages yet: %s", safe_errors.describe(error))
                 continue
@@ -179,12 +188,16 @@ class Worker:
                 continue
             if released:
                 self._count("released_from_hold", released)
+            if requeued:
+                self._count("requeued_lost", requeued)
+                log.warning("re-queued %d messages whose payload was no longer queued", requeued)
 
     def _queue_is_empty(self) -> bool:
         depth = self.sqs.depth()
         return depth.visible + depth.in_flight + depth.delayed == 0
 
     def _process(self, messages: list[dict[str, Any]]) -> None:
+        self._local.batch, self._local.hidden_at = messages, time.monotonic()
         jobs = []
         for message in messages:
             try:
@@ -204,6 +217,7 @@ class Worker:
         # again, rather than left `sending` with nothing sent.
         token, ids = str(uuid.uuid4()), [job.payload.message_id for job in jobs]
         claimed = self._persist(f"claim {len(ids)} rows", lambda: self.store.claim(ids, token))
+        crash_points.reached("sender.claimed")
         sending, outcomes, done = [], [], []
         for job in jobs:
             # pop: a second copy of a payload in the same batch is a duplicate too
@@ -443,7 +457,12 @@ class Worker:
         held: set[int] = set()
         for organisation_id, group in by_org.items():
             try:
-                admitted = self.store.admit(organisation_id, [j.payload.to for j in group])
+                admitted = self._persist(
+                    "admit recipients",
+                    lambda o=organisation_id, g=group: self.store.admit(
+                        o, [j.payload.to for j in g]
+                    ),
+                )
             except sa.exc.DataError:
                 for job in group:
                     self._dead_letter(job.message, "organizationId is not a UUID", None)
@@ -468,7 +487,10 @@ class Worker:
             by_phone.setdefault(job.payload.phone_number_id, []).append(job)
         scheduled = []
         for phone_number_id, group in by_phone.items():
-            slots = self.store.reserve_slots(phone_number_id, len(group))
+            slots = self._persist(
+                "reserve send slots",
+                lambda p=phone_number_id, g=group: self.store.reserve_slots(p, len(g)),
+            )
             start = time.monotonic() + slots.wait_seconds
             scheduled += [
                 Job(job.message, job.payload, start + i * slots.spacing_seconds)
@@ -504,7 +526,11 @@ class Worker:
 
     def _persist(self, what: str, statement: Callable[[], T]) -> T:
         """Run `statement` until the database takes it, waiting out an outage. An error
-        that can never pass (`NEVER_PASSES`) is raised at once."""
+        that can never pass (`NEVER_PASSES`) is raised at once.
+
+        Meanwhile the lane's batch stays hidden: were it to come back, other lanes would
+        receive it again and again, and SQS would move it to the dead-letter queue after
+        `SQS_MAX_RECEIVE_COUNT` receives while its rows stay `pending`."""
         delay = 0.5
         while True:
             try:
@@ -513,8 +539,17 @@ class Worker:
                 raise
             except sa.exc.DBAPIError as error:
                 log.warning("cannot %s yet: %s", what, safe_errors.describe(error))
-                time.sleep(delay)
+                time.sleep(min(delay, self.config.visibility_seconds / 3))
                 delay = min(delay * 2, 5.0)
+                self._keep_hidden()
+
+    def _keep_hidden(self) -> None:
+        """Renew the hiding of the lane's batch once a third of it has passed."""
+        batch = getattr(self._local, "batch", None)
+        since = time.monotonic() - getattr(self._local, "hidden_at", 0.0)
+        if batch and since >= self.config.visibility_seconds / 3:
+            self._change_visibility(batch, self.config.visibility_seconds)
+            self._local.hidden_at = time.monotonic()
 
     def _delete(self, receipts: list[str]) -> None:
         for start in range(0, len(receipts), 10):
