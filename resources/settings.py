@@ -223,9 +223,19 @@ SETTINGS: tuple[Setting, ...] = (
         "warning at every run).",
     ),
     Setting(
+        "MEDIA_RUNS_PER_CAMPAIGN",
+        "1",
+        "Runs that generate one campaign's media at once, sharing its members; with a cluster"
+        " run launcher (ECS, Kubernetes) each runs on a machine of its own.",
+        kind=int,
+        low=1,
+        high=64,
+    ),
+    Setting(
         "MEDIA_STUCK_MINUTES",
         "30",
-        "Members in `asset_generating` this long with no live run are reset to `pending`.",
+        "Members in `asset_generating` this long, claimed by a run that is gone, are reset to"
+        " `pending`.",
         kind=float,
         low=1,
     ),

@@ -190,10 +190,11 @@ def test_the_single_host_instance_runs_on_postgres(make_database, monkeypatch):
 
 def test_the_sensors_tag_runs_with_the_keys_the_instances_limit():
     from assets_defs.dispatch.sensors import run_request
-    from assets_defs.media.sensors import media_run_request
+    from assets_defs.media.sensors import media_run_requests
     from resources.campaign_runs import CampaignRun
 
-    assert media_run_request("c1", "k").tags["media_campaign"] == "c1"
+    [request] = media_run_requests("c1", "k")  # MEDIA_RUNS_PER_CAMPAIGN=1
+    assert request.tags["media_campaign"] == "c1:0"
     run = CampaignRun(1, "c1", date(2026, 1, 1), "pending")
     assert run_request(run).tags["dispatch_campaign"] == "c1"
 

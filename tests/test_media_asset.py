@@ -10,6 +10,7 @@ import time
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from assets_defs.media.asset import objects_check
 from assets_defs.media.runner import CampaignMediaRun, Policy, media_prefix
@@ -36,7 +37,7 @@ def generate(engine, s3, campaign_id, workers: int = 2, log=lambda message: None
     run = CampaignMediaRun(
         engine, s3, str(campaign_id), Limits(workers=workers), Policy(backoff_seconds=0.01), log
     )
-    return run.run(release_stale_claims=True)
+    return run.run()
 
 
 def stored_keys(s3, campaign_id) -> dict[str, str]:
@@ -196,7 +197,7 @@ def test_a_new_version_mid_campaign_applies_to_the_members_not_yet_done(engine, 
         Limits(workers=1),
         Policy(backoff_seconds=0.01),
         lambda m: None,
-    ).run(release_stale_claims=True)
+    ).run()
 
     rows = members(engine, campaign_id)
     assert published == [2]
@@ -229,7 +230,7 @@ def test_a_run_killed_with_sigkill_loses_nothing_and_the_next_run_finishes(
         from resources.storage import S3Storage
         s3 = S3Storage.from_env().model_copy(update={{"bucket": "{s3.bucket}"}})
         CampaignMediaRun(create_engine("{database_url}"), s3, "{campaign_id}",
-                         Limits(workers=2), Policy(), lambda m: None).run(True)
+                         Limits(workers=2), Policy(), lambda m: None).run()
         """
     )
     child = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
@@ -300,3 +301,85 @@ def test_a_paused_campaign_is_left_alone(engine, s3):
 
     assert campaign_row(engine, campaign_id).status == "paused"
     assert {r.status for r in members(engine, campaign_id)} == {"pending"}
+
+
+def _claimed_by(engine, campaign_id) -> dict[str, str | None]:
+    with engine.connect() as conn:
+        return dict(
+            conn.execute(
+                sa.text(
+                    "SELECT id::text, claimed_by_run FROM campaign_audience WHERE campaign_id = :c"
+                ),
+                {"c": campaign_id},
+            ).all()
+        )
+
+
+def test_three_runs_share_a_campaign_and_a_killed_ones_members_are_generated_once_more(
+    engine, s3, database_url
+):
+    slow = """
+        import time, uuid
+        def generate_asset(attributes, name, msisdn, temp_dir):
+            time.sleep(0.2)
+            open("card.txt", "w").write(uuid.uuid4().hex)
+            return {"text": "card.txt"}
+        """
+    campaign_id, _ = create_campaign(engine, 60, slow)
+    # Every upload of a key is a version of its own: a member generated twice shows two.
+    s3.client.put_bucket_versioning(Bucket=s3.bucket, VersioningConfiguration={"Status": "Enabled"})
+    runs = ["run-a", "run-b", "run-c"]
+
+    def start(run_id: str, live: list[str]) -> subprocess.Popen:
+        script = textwrap.dedent(
+            f"""
+            from assets_defs.media.runner import CampaignMediaRun, Policy
+            from assets_defs.media.sandbox import Limits
+            from resources.postgres import create_engine
+            from resources.storage import S3Storage
+            s3 = S3Storage.from_env().model_copy(update={{"bucket": "{s3.bucket}"}})
+            CampaignMediaRun(create_engine("{database_url}"), s3, "{campaign_id}",
+                             Limits(workers=1), Policy(), lambda m: None).run({run_id!r}, {live!r})
+            """
+        )
+        return subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+
+    children = {run_id: start(run_id, runs) for run_id in runs}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        claimed = _claimed_by(engine, campaign_id)
+        done = [r for r in members(engine, campaign_id) if r.status == "asset_generated"]
+        if len(done) >= 12 and {"run-a", "run-b", "run-c"} <= set(claimed.values()):
+            break
+        time.sleep(0.1)
+    children["run-b"].send_signal(signal.SIGKILL)
+    for child in children.values():
+        child.wait(timeout=300)
+    assert children["run-a"].returncode == children["run-c"].returncode == 0
+    # The two live runs left run-b's claims alone; the campaign waits for them.
+    left_by_b = [r.id for r in members(engine, campaign_id) if r.status == "asset_generating"]
+    assert left_by_b and all(_claimed_by(engine, campaign_id)[str(i)] == "run-b" for i in left_by_b)
+    assert campaign_row(engine, campaign_id).status == "asset_generation"
+
+    recovery = start("run-d", [])  # as the recovery sensor requests once no run is live
+    assert recovery.wait(timeout=300) == 0
+
+    after = members(engine, campaign_id)
+    assert {r.status for r in after} == {"asset_generated"}
+    assert campaign_row(engine, campaign_id).status == "asset_generated"
+    claimed = _claimed_by(engine, campaign_id)
+    assert {"run-a", "run-c", "run-d"} <= set(claimed.values())
+    versions: dict[str, int] = {}
+    pages = s3.client.get_paginator("list_object_versions").paginate(
+        Bucket=s3.bucket, Prefix=media_prefix(campaign_id)
+    )
+    for page in pages:
+        for version in page.get("Versions", ()):
+            versions[version["Key"]] = versions.get(version["Key"], 0) + 1
+    for member in after:
+        count = versions[member.generated_asset_urls["text"]]
+        if claimed[str(member.id)] == "run-d":
+            # run-b may have uploaded before it was killed, never recorded: once more at most.
+            assert member.id in left_by_b and count <= 2
+        else:
+            assert count == 1, (claimed[str(member.id)], count)

@@ -320,7 +320,7 @@ def test_production_refuses_generators_without_isolation_and_names_the_cause(
     campaign_id, _ = create_campaign(engine, 2, versioned(1))
     run = CampaignMediaRun(engine, s3, str(campaign_id), FAST, Policy(), lambda line: None)
     with pytest.raises(SandboxUnavailable):
-        run.run(release_stale_claims=True)
+        run.run()
     assert campaign_row(engine, campaign_id).status == "approved"  # untouched
     assert {row.status for row in members(engine, campaign_id)} == {"pending"}
 
@@ -333,7 +333,7 @@ def test_trusted_runs_without_isolation_and_warns_at_every_run(no_sandbox, monke
         campaign_id, _ = create_campaign(engine, 2, versioned(1))
         CampaignMediaRun(
             engine, s3, str(campaign_id), FAST, Policy(), lambda line: None, warnings.append
-        ).run(release_stale_claims=True)
+        ).run()
         assert {row.status for row in members(engine, campaign_id)} == {"asset_generated"}
     assert len(warnings) == 2
     assert warnings[0].startswith("MEDIA_SANDBOX=trusted: generator code runs without isolation")

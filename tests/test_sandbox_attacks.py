@@ -85,7 +85,7 @@ def attack(engine, s3, body: str, **attributes) -> Attacked:
         Policy(max_attempts=1, backoff_seconds=0.01, failure_threshold=0.5),
         lines.append,
     )
-    report = run.run(release_stale_claims=True)
+    report = run.run()
     rows = sorted(members(engine, campaign_id), key=lambda r: r.msisdn)
     listing = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix=media_prefix(str(campaign_id)))
     objects = [

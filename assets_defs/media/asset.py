@@ -63,7 +63,6 @@ def campaign_media(
         ).scalar_one_or_none()
     if exists is None:
         raise dg.Failure(f"campaign {campaign_id} does not exist")
-    others = [r for r in live_runs(context.instance, campaign_id) if r.run_id != context.run.run_id]
     run = CampaignMediaRun(
         postgres.engine,
         s3,
@@ -73,7 +72,10 @@ def campaign_media(
         context.log.info,
         context.log.warning,
     )
-    report = run.run(release_stale_claims=not others)
+    # Sibling runs (MEDIA_RUNS_PER_CAMPAIGN) keep their claims; a dead run's go back.
+    report = run.run(
+        context.run.run_id, [r.run_id for r in live_runs(context.instance, campaign_id)]
+    )
     if report.released:
         context.log.info(f"{report.released} members claimed by a dead run went back to pending")
     return dg.MaterializeResult(

@@ -12,7 +12,8 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,9 +101,14 @@ class CampaignMediaRun:
         self._lock = threading.Lock()
         self._window = limits.workers * 4
 
-    def run(self, release_stale_claims: bool) -> Report:
-        """Raises `isolation.SandboxUnavailable` before touching the campaign when generators
+    def run(self, run_id: str | None = None, live_run_ids: Collection[str] = ()) -> Report:
+        """Generate until no member is left to claim. `run_id` names this run's claims (a new
+        id when not given); the claims of runs neither this one nor in `live_run_ids` go back
+        to `pending` first: their runs are gone.
+
+        Raises `isolation.SandboxUnavailable` before touching the campaign when generators
         may not run on this host."""
+        self.run_id = run_id or uuid.uuid4().hex
         started = time.monotonic()
         sandbox = isolation.resolve()
         self.log(sandbox.describe())
@@ -110,8 +116,9 @@ class CampaignMediaRun:
             self.warn(sandbox.warning)
         with self.engine.begin() as conn:
             store.start_generation(conn, self.campaign_id)
-            if release_stale_claims:
-                self.report.released = store.release_claims(conn, self.campaign_id)
+            self.report.released = store.release_claims(
+                conn, self.campaign_id, [self.run_id, *live_run_ids]
+            )
             counts = audience_counts(conn, self.campaign_id)
         self.report.total = sum(n for status, n in counts.items() if status != "skipped")
         already_done = self.report.total - counts.get("pending", 0)
@@ -165,7 +172,7 @@ class CampaignMediaRun:
             generator = store.active_generator(conn, self.campaign_id)
             if generator is None:
                 return [], None
-            return store.claim_members(conn, self.campaign_id, limit), generator
+            return store.claim_members(conn, self.campaign_id, limit, self.run_id), generator
 
     def _record(self, results: list[store.MemberResult]) -> None:
         with self.engine.begin() as conn:

@@ -1,7 +1,7 @@
 """The sensors that start and recover media generation.
 
 `campaign_media_sensor` turns approved campaigns into runs: each gets a `campaigns`
-partition and one run named by the moment its generation began, so a campaign approved
+partition and `MEDIA_RUNS_PER_CAMPAIGN` runs named by the moment its generation began, so a campaign approved
 again later gets a new run and a repeated tick gets none. `media_recovery_sensor` is seed 1's
 startup and runtime recovery: members claimed long ago by a run that is gone go back to
 `pending`, and a campaign left in `asset_generation` with no live run is requested again.
@@ -27,13 +27,20 @@ ORPHAN_GRACE_SECONDS = 120
 MAX_FAILED_RUNS = 3
 
 
-def media_run_request(campaign_id: str, run_key: str) -> dg.RunRequest:
-    return dg.RunRequest(
-        run_key=f"campaign_media:{run_key}",
-        partition_key=campaign_id,
-        # `media_campaign`: the run coordinator's limit of media runs per campaign.
-        tags={"campaign": campaign_id, "media_campaign": campaign_id},
-    )
+def media_run_requests(campaign_id: str, run_key: str) -> list[dg.RunRequest]:
+    """`MEDIA_RUNS_PER_CAMPAIGN` runs of the campaign's partition, which share its members
+    (each claims its own); the run launcher may start each on a machine of its own."""
+    runs = int(settings.number("MEDIA_RUNS_PER_CAMPAIGN"))
+    return [
+        dg.RunRequest(
+            run_key=f"campaign_media:{run_key}" + (f":{slot}" if slot else ""),
+            partition_key=campaign_id,
+            # `media_campaign`: the run coordinator allows one live run per value, so one
+            # per slot of the campaign.
+            tags={"campaign": campaign_id, "media_campaign": f"{campaign_id}:{slot}"},
+        )
+        for slot in range(runs)
+    ]
 
 
 @dg.sensor(
@@ -57,8 +64,9 @@ def campaign_media_sensor(
     keys = [campaign_partition_key(campaign_id) for campaign_id, _ in starting]
     return dg.SensorResult(
         run_requests=[
-            media_run_request(key, f"{key}:{began.isoformat()}")
+            request
             for key, (_, began) in zip(keys, starting, strict=True)
+            for request in media_run_requests(key, f"{key}:{began.isoformat()}")
         ],
         dynamic_partitions_requests=[campaign_partitions.build_add_request(keys)] if keys else [],
     )
@@ -72,15 +80,17 @@ def campaign_media_sensor(
 def media_recovery_sensor(
     context: dg.SensorEvaluationContext, postgres: PostgresResource
 ) -> dg.SensorResult:
-    """Resets stuck members and re-requests orphaned campaigns; only where no run is live."""
+    """Resets members stuck with a run that is gone, and re-requests campaigns left with no
+    live run."""
     stuck_minutes = settings.number("MEDIA_STUCK_MINUTES")
     instance = context.instance
     requests = []
     orphans = []
     with postgres.engine.begin() as conn:
         for campaign_id in store.campaigns_with_stuck_members(conn, stuck_minutes):
-            if not live_runs(instance, str(campaign_id)):
-                reset = store.reset_stuck_members(conn, campaign_id, stuck_minutes)
+            live = [run.run_id for run in live_runs(instance, str(campaign_id))]
+            reset = store.reset_stuck_members(conn, campaign_id, stuck_minutes, live)
+            if reset:
                 context.log.info(f"campaign {campaign_id}: {reset} stuck member(s) back to pending")
         generating = store.campaigns_generating(conn, ORPHAN_GRACE_SECONDS, CAMPAIGNS_PER_TICK)
         for campaign_id, began in generating:
@@ -105,7 +115,7 @@ def media_recovery_sensor(
             last = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": key}), limit=1)
             # One request per dead run: its id names the next one.
             after = f"after:{last[0].run_id}" if last else "orphaned"
-            requests.append(media_run_request(key, f"{key}:{after}"))
+            requests += media_run_requests(key, f"{key}:{after}")
             orphans.append(key)
             context.log.info(f"campaign {key} is in asset_generation with no live run")
     return dg.SensorResult(

@@ -157,45 +157,62 @@ def campaigns_with_stuck_members(conn: sa.Connection, minutes: float) -> list[UU
     )
 
 
-def reset_stuck_members(conn: sa.Connection, campaign_id: UUID, minutes: float) -> int:
-    """`asset_generating → pending` for members claimed more than `minutes` ago."""
+def reset_stuck_members(
+    conn: sa.Connection, campaign_id: UUID, minutes: float, live_run_ids: list[str]
+) -> int:
+    """`asset_generating → pending` for members claimed more than `minutes` ago by a run
+    that is not alive."""
     return conn.execute(
         sa.text(
-            "UPDATE campaign_audience SET status = 'pending', status_changed_at = now()"
+            "UPDATE campaign_audience SET status = 'pending', status_changed_at = now(),"
+            " claimed_by_run = NULL"
             " WHERE campaign_id = :c AND status = 'asset_generating'"
             " AND status_changed_at < now() - make_interval(secs => :m * 60)"
+            " AND (claimed_by_run IS NULL OR claimed_by_run <> ALL(:live))"
         ),
-        {"c": campaign_id, "m": minutes},
+        {"c": campaign_id, "m": minutes, "live": live_run_ids},
     ).rowcount
 
 
-def release_claims(conn: sa.Connection, campaign_id: str) -> int:
-    """Return members a dead run had claimed to `pending`; only call with no other live run."""
+def release_claims(conn: sa.Connection, campaign_id: str, live_run_ids: list[str]) -> int:
+    """Return to `pending` the members claimed by runs that are no longer alive; the claims
+    of live runs (this one, its siblings) are theirs."""
     return conn.execute(
         sa.text(
-            "UPDATE campaign_audience SET status = 'pending', status_changed_at = now()"
+            "UPDATE campaign_audience SET status = 'pending', status_changed_at = now(),"
+            " claimed_by_run = NULL"
             " WHERE campaign_id = :c AND status = 'asset_generating'"
+            " AND (claimed_by_run IS NULL OR claimed_by_run <> ALL(:live))"
         ),
-        {"c": campaign_id},
+        {"c": campaign_id, "live": live_run_ids},
     ).rowcount
 
 
-def claim_members(conn: sa.Connection, campaign_id: str, limit: int) -> list[ClaimedMember]:
-    """Move up to `limit` pending members to `asset_generating` and return them.
+def claim_members(
+    conn: sa.Connection, campaign_id: str, limit: int, run_id: str
+) -> list[ClaimedMember]:
+    """Move up to `limit` pending members to `asset_generating`, claimed by `run_id`, and
+    return them.
 
     SKIP LOCKED lets concurrent claimers take disjoint sets; the campaign must still be in
     `asset_generation`, so pausing or cancelling it stops the run at its next claim.
     """
     rows = conn.execute(
         sa.text(
-            "UPDATE campaign_audience SET status = 'asset_generating', status_changed_at = now()"
+            "UPDATE campaign_audience SET status = 'asset_generating', status_changed_at = now(),"
+            " claimed_by_run = :run"
             " WHERE id IN (SELECT a.id FROM campaign_audience a JOIN campaigns c"
             "   ON c.id = a.campaign_id AND c.status = 'asset_generation'"
             "   WHERE a.campaign_id = :c AND a.status = ANY(:sources)"
             "   LIMIT :n FOR UPDATE OF a SKIP LOCKED)"
             " RETURNING id, name, msisdn, attributes"
         ),
-        {"c": campaign_id, "n": limit, "sources": member_sources("asset_generating")},
+        {
+            "c": campaign_id,
+            "n": limit,
+            "run": run_id,
+            "sources": member_sources("asset_generating"),
+        },
     )
     return [ClaimedMember(**row._mapping) for row in rows]
 
