@@ -302,6 +302,9 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/api/breakers"): Case("platform", lambda w: ("/api/breakers", {})),
     ("POST", "/api/breakers/{breaker_id:int}/reset"): Case("platform", _breaker),
+    ("POST", "/api/webhooks/redrive"): Case(
+        "platform", lambda w: ("/api/webhooks/redrive", {"json": {"since": "2026-01-01"}})
+    ),
 }
 # Not behind a bearer token, by design: Meta signs what it posts (403 otherwise) and proves
 # the subscription with the verify token; load balancers probe health and counters.

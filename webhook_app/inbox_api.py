@@ -1,9 +1,8 @@
-"""The operator API's view of the webhook inbox (bearer `ADMIN_API_TOKEN`): redrive the
+"""The operator API's view of the webhook inbox (the platform admin's token): redrive the
 events whose processing failed for good, as `waflow webhook redrive` does."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -12,18 +11,15 @@ from starlette.routing import Route
 
 from resources import webhook_history
 from resources.campaign_admin import InvalidInput
+from webhook_app import bodies
 from webhook_app.campaign_api import operation
 
 
-@operation(200)
+@operation(200, platform=True)
 async def redrive(request: Request) -> Any:
-    """`{"since": "2026-01-31", "until": …}` → how many events went back to processing."""
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise InvalidInput([{"field": "body", "error": "must be a JSON object"}])
+    """`{"since": "2026-01-31", "until": …}` → how many events went back to processing.
+    The inbox is the platform's (one webhook for every organisation): admin only."""
+    body = await bodies.json_object(request)
     if not body.get("since"):
         raise InvalidInput([{"field": "since", "error": "required: an ISO date or date-time"}])
     return await run_in_threadpool(
