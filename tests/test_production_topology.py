@@ -23,11 +23,12 @@ from pathlib import Path
 import httpx
 import psycopg2
 import pytest
-import sqlalchemy as sa
 
 from pipelines.demo import load_demo
 from pipelines.local_stack import free_port, local_stack
 from resources.postgres import create_engine
+from tests.fake_graph import FakeGraph
+from tests.template_payloads import WABA_ID, meta_template
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -36,6 +37,7 @@ MEMBERS = 10
 ADMIN_TOKEN = "topology-admin-token"
 PHONE_NUMBER_ID = "1234567890"
 SENT = ("sent", "delivered", "read")
+DEMO_BODY = "Hi {{1}}, {{2}}! Show the code in the picture at checkout."
 # The session's stack sets these; this test runs a stack of its own.
 _OUTSIDE = (
     "DATABASE_URL",
@@ -159,6 +161,7 @@ def _production_env(tmp_path: Path, graph_url: str, code_port: int) -> dict[str,
 @dataclass
 class Topology:
     processes: Processes
+    graph: FakeGraph
     api: str
     webserver: str
     dagster_url: str
@@ -239,6 +242,7 @@ def production(tmp_path, monkeypatch, graph) -> Iterator[Topology]:
         try:
             yield Topology(
                 processes,
+                graph,
                 api=f"http://127.0.0.1:{app_port}",
                 webserver=f"http://127.0.0.1:{webserver_port}",
                 dagster_url=stack.env["DAGSTER_POSTGRES_URL"],
@@ -254,12 +258,33 @@ def test_the_production_processes_send_a_campaign_approved_through_the_operator_
     engine = create_engine(os.environ["DATABASE_URL"])
     try:
         campaign = load_demo(engine, members=MEMBERS, approved=False)
-        with engine.begin() as conn:  # as `waflow templates sync` records Meta's approval
-            conn.execute(sa.text("UPDATE templates SET status = 'APPROVED'"))
     finally:
         engine.dispose()
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     _wait_for("the webhook app", lambda: _answers(f"{api}/health"), processes)
+    # Production approves a campaign only on a template Meta has APPROVED: Meta holds the
+    # demo's, and the operator syncs the organisation's templates.
+    draft = httpx.get(f"{api}/api/campaigns/{campaign}/status", headers=headers, timeout=10)
+    assert draft.json()["status"] == "draft", draft.text
+    organisation = draft.json()["organisation_id"]
+    production.graph.set_templates(
+        WABA_ID, [meta_template("demo_offer", "en", header="IMAGE", body=DEMO_BODY)]
+    )
+    waba = httpx.patch(
+        f"{api}/api/organisations/{organisation}",
+        headers=headers,
+        json={"waba_id": WABA_ID},
+        timeout=10,
+    )
+    assert waba.status_code == 200, waba.text
+    synced = subprocess.run(
+        [str(BIN / "waflow"), "templates", "sync"],
+        cwd=REPO,
+        env=processes.env,
+        capture_output=True,
+        text=True,
+    )
+    assert synced.returncode == 0, synced.stdout + synced.stderr
     approved = httpx.post(f"{api}/api/campaigns/{campaign}/approve", headers=headers, timeout=30)
     assert approved.status_code == 200, approved.text
     assert approved.json()["status"] == "approved"
@@ -283,3 +308,6 @@ def test_the_production_processes_send_a_campaign_approved_through_the_operator_
     _wait_for(
         "every message sent by runs the daemon launched", all_sent_by_finished_runs, processes
     )
+    accepted = production.graph.accepted()
+    assert len(accepted) == MEMBERS
+    assert {r["template"]["name"] for r in accepted} == {"demo_offer"}
