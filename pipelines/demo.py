@@ -40,8 +40,11 @@ def demo_members(count: int = 50) -> list[campaigns.Member]:
     ]
 
 
-def load_demo(engine: sa.Engine, members: int = 50) -> UUID:
-    """Create the demo organisation and its approved campaign, once; returns the campaign id."""
+def load_demo(engine: sa.Engine, members: int = 50, approved: bool = True) -> UUID:
+    """Create the demo organisation and its campaign, once; returns the campaign id.
+
+    The campaign is approved, unless `approved=False` leaves it a draft for the operator API
+    to approve (as the production topology's test does)."""
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('load_demo'))"))
         existing = conn.execute(
@@ -84,7 +87,8 @@ def load_demo(engine: sa.Engine, members: int = 50) -> UUID:
             phone_number_id=phone_number_id,
         )
         campaigns.add_audience(conn, campaign, demo_members(members))
-        campaigns.set_campaign_status(conn, campaign, "approved")
+        if approved:
+            campaigns.set_campaign_status(conn, campaign, "approved")
         return campaign
 
 

@@ -44,6 +44,8 @@ SERVICES = {
 INSTANCE_ENV = {
     "DAGSTER_POSTGRES_URL": "postgresql://dagster@127.0.0.1:5432/dagster",
     "DAGSTER_MAX_CONCURRENT_RUNS": "4",
+    "DAGSTER_STORAGE_DIR": "/opt/dagster/storage",
+    "DAGSTER_COMPUTE_LOGS_DIR": "/opt/dagster/storage/compute_logs",
     "WAFLOW_IMAGE": "waflow:test",
 }
 
@@ -177,9 +179,11 @@ def test_each_production_instance_names_its_launcher_and_the_run_limits(target, 
     assert config["telemetry"]["enabled"] is False
 
 
-def test_the_single_host_instance_runs_on_postgres(make_database, monkeypatch):
+def test_the_single_host_instance_runs_on_postgres(make_database, monkeypatch, tmp_path):
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", make_database(migrated=False))
     monkeypatch.setenv("DAGSTER_MAX_CONCURRENT_RUNS", "3")
+    monkeypatch.setenv("DAGSTER_STORAGE_DIR", str(tmp_path / "storage"))
+    monkeypatch.setenv("DAGSTER_COMPUTE_LOGS_DIR", str(tmp_path / "storage" / "compute_logs"))
     with dg.DagsterInstance.from_config(str(DEPLOY / "dagster" / "single-host")) as instance:
         assert type(instance.run_launcher).__name__ == "DefaultRunLauncher"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
@@ -203,6 +207,8 @@ def test_the_workspace_points_at_the_code_server():
     workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
     [location] = workspace["load_from"]
     assert location["grpc_server"]["host"] == {"env": "DAGSTER_CODE_HOST"}
+    assert location["grpc_server"]["port"] == {"env": "DAGSTER_CODE_PORT"}
+    assert "DAGSTER_CODE_PORT=4000" in (DEPLOY / "Dockerfile").read_text()
     assert location["grpc_server"]["location_name"] == "waflow"
 
 
