@@ -21,8 +21,9 @@ def tick(sensor, instance, postgres) -> dg.SensorResult:
         return sensor(context)
 
 
-def age(engine, campaign_id, minutes: int, claimed: int = 0) -> None:
-    """Make the campaign look untouched for `minutes`, with `claimed` members claimed as long."""
+def age(engine, campaign_id, minutes: int, claimed: int = 0, by_run: str | None = None) -> None:
+    """Make the campaign look untouched for `minutes`, with `claimed` members claimed as long
+    (by the run `by_run`)."""
     with engine.begin() as conn:
         conn.execute(sa.text("SET LOCAL session_replication_role = replica"))  # no touch trigger
         conn.execute(
@@ -35,11 +36,11 @@ def age(engine, campaign_id, minutes: int, claimed: int = 0) -> None:
         conn.execute(
             sa.text(
                 "UPDATE campaign_audience SET status = 'asset_generating',"
-                " status_changed_at = now() - make_interval(mins => :m)"
+                " status_changed_at = now() - make_interval(mins => :m), claimed_by_run = :run"
                 " WHERE id IN (SELECT id FROM campaign_audience WHERE campaign_id = :c"
                 " ORDER BY msisdn LIMIT :n)"
             ),
-            {"c": campaign_id, "m": minutes, "n": claimed},
+            {"c": campaign_id, "m": minutes, "n": claimed, "run": by_run},
         )
 
 
@@ -105,13 +106,15 @@ def test_members_claimed_recently_are_left_alone(engine, postgres, instance):
     assert {m.status for m in members(engine, campaign_id)} == {"asset_generating"}
 
 
-def test_recovery_waits_while_a_run_of_the_campaign_is_live(engine, postgres, instance):
-    campaign_id, _ = create_campaign(engine, 2, versioned(1))
-    age(engine, campaign_id, minutes=45, claimed=2)
+def test_recovery_leaves_a_live_runs_claims_and_returns_a_gone_ones(engine, postgres, instance):
+    campaign_id, _ = create_campaign(engine, 3, versioned(1))
+    live = str(uuid.uuid4())
+    age(engine, campaign_id, minutes=45, claimed=3, by_run="a-run-that-is-gone")
+    age(engine, campaign_id, minutes=45, claimed=2, by_run=live)
     instance.add_run(
         dg.DagsterRun(
             job_name="__ASSET_JOB",
-            run_id=str(uuid.uuid4()),
+            run_id=live,
             status=dg.DagsterRunStatus.STARTED,
             tags={"dagster/partition": str(campaign_id)},
         )
@@ -119,8 +122,12 @@ def test_recovery_waits_while_a_run_of_the_campaign_is_live(engine, postgres, in
 
     result = tick(media_recovery_sensor, instance, postgres)
 
-    assert result.run_requests == []
-    assert {m.status for m in members(engine, campaign_id)} == {"asset_generating"}
+    assert result.run_requests == []  # a run is live: it finishes the campaign
+    assert sorted(m.status for m in members(engine, campaign_id)) == [
+        "asset_generating",
+        "asset_generating",
+        "pending",
+    ]
 
 
 def test_after_a_dead_run_the_next_request_is_named_by_it(engine, postgres, instance):

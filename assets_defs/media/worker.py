@@ -82,17 +82,18 @@ def confine(config: dict) -> None:
     process can write only to its tmpfs and holds no capability, in any namespace."""
     uid = config.get("uid")
     keep = python_paths()
+    # Python's own paths under the folder the private tmpfs covers (a checkout in /tmp):
+    # held open now, bound back read-only once the tmpfs is there.
+    in_tmpfs = {
+        path: os.open(path, os.O_PATH | os.O_CLOEXEC)
+        for path in keep
+        if _within(path, CONFINED_ROOT)
+    }
     hidden = set(config.get("conceal", ()))
     if uid is not None:
         hidden.update(filter(None, map(_first_closed_folder, keep)))
     cover(sorted(hidden, key=len), keep)
-    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-    _check(
-        libc.syscall(
-            SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)
-        ),
-        "read-only /",
-    )
+    _read_only("/")
     owner = f",uid={uid},gid={uid}" if uid is not None else ""
     budget = config.get("write_budget_bytes", 64 << 20)
     files = config.get("max_files", 1024)
@@ -103,6 +104,11 @@ def confine(config: dict) -> None:
         MS_NOSUID | MS_NODEV,
         f"size={budget},nr_inodes={files},mode=0700{owner}",
     )
+    for path, handle in in_tmpfs.items():
+        os.makedirs(path, exist_ok=True)
+        _mount(f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
+        os.close(handle)
+        _read_only(path)
     with open("/proc/sys/kernel/cap_last_cap") as f:
         last_cap = int(f.read())
     for cap in range(last_cap + 1):
@@ -118,6 +124,22 @@ def confine(config: dict) -> None:
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no new privileges")
     os.chdir(CONFINED_ROOT)
     os.environ["TMPDIR"] = CONFINED_ROOT  # the only writable place
+
+
+def _read_only(path: str) -> None:
+    """Make the mount at `path`, and every mount under it, read-only."""
+    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    _check(
+        libc.syscall(
+            SYS_MOUNT_SETATTR,
+            AT_FDCWD,
+            path.encode(),
+            AT_RECURSIVE,
+            ctypes.byref(attr),
+            ctypes.sizeof(attr),
+        ),
+        f"read-only {path}",
+    )
 
 
 def python_paths() -> list[str]:
