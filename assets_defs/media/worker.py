@@ -77,9 +77,12 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str =
     )
 
 
-def confine(config: dict) -> None:
+def confine(config: dict) -> set[str]:
     """Runs first, with the namespaces' privileges, before any user code: afterwards the
-    process can write only to its tmpfs and holds no capability, in any namespace."""
+    process can write only to its tmpfs and holds no capability, in any namespace.
+
+    Returns the entries of the tmpfs that hold Python's own paths bound back (a checkout
+    in /tmp), which stay there."""
     uid = config.get("uid")
     keep = python_paths()
     # Python's own paths under the folder the private tmpfs covers (a checkout in /tmp):
@@ -124,6 +127,7 @@ def confine(config: dict) -> None:
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no new privileges")
     os.chdir(CONFINED_ROOT)
     os.environ["TMPDIR"] = CONFINED_ROOT  # the only writable place
+    return {os.path.relpath(path, CONFINED_ROOT).split("/")[0] for path in in_tmpfs}
 
 
 def _read_only(path: str) -> None:
@@ -400,6 +404,7 @@ class Worker:
         self.output = config["output_fd"]
         self.root = CONFINED_ROOT if config.get("confine") else config["files_root"]
         self.members = 0
+        self.kept: set[str] = set()  # the tmpfs's entries that are not the members'
 
     def handle(self, request: dict) -> None:
         self.members += 1
@@ -469,7 +474,7 @@ class Worker:
         """Empty the member's folder; False when the generator made that impossible."""
         os.chdir(self.root)
         shutil.rmtree(temp_dir, ignore_errors=True)
-        return not os.listdir(self.root)
+        return set(os.listdir(self.root)) <= self.kept
 
     def send(self, reply: dict, opened: list[tuple[str, str, int]]) -> None:
         """The header, then each file as chunks ending with an empty one."""
@@ -485,8 +490,7 @@ class Worker:
 
 def main() -> None:
     config = json.loads(sys.argv[1])
-    if config.get("confine"):
-        confine(config)
+    kept = confine(config) if config.get("confine") else set()
     if config.get("probe"):
         print(json.dumps(probe_report()))
         return
@@ -499,6 +503,7 @@ def main() -> None:
     os.close(devnull)
     sys.stdout.reconfigure(line_buffering=True)  # keep prints and errors in order
     worker = Worker(config, replies)
+    worker.kept = kept
     while True:
         try:
             request = json.loads(requests.recv_bytes())
