@@ -396,7 +396,7 @@ def stop_strays() -> None:
 
 
 class Worker:
-    def __init__(self, config: dict, replies: Connection) -> None:
+    def __init__(self, config: dict, replies: Connection, kept: set[str]) -> None:
         self.config = config
         self.replies = replies
         self.generators: dict[str, object] = {}
@@ -404,7 +404,7 @@ class Worker:
         self.output = config["output_fd"]
         self.root = CONFINED_ROOT if config.get("confine") else config["files_root"]
         self.members = 0
-        self.kept: set[str] = set()  # the tmpfs's entries that are not the members'
+        self.kept = kept  # the tmpfs's entries that are not the members' (see `confine`)
 
     def handle(self, request: dict) -> None:
         self.members += 1
@@ -502,8 +502,7 @@ def main() -> None:
         os.dup2(devnull, fd)
     os.close(devnull)
     sys.stdout.reconfigure(line_buffering=True)  # keep prints and errors in order
-    worker = Worker(config, replies)
-    worker.kept = kept
+    worker = Worker(config, replies, kept)
     while True:
         try:
             request = json.loads(requests.recv_bytes())
