@@ -35,14 +35,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from resources import templates as meta_templates
-from resources.asset_kinds import ASSET_KINDS
+from resources.asset_kinds import ASSET_KINDS, MEDIA_MESSAGE_TYPES
 from resources.phone import E164_PATTERN
 
 # Members named per problem in an answer.
 FIRST_MEMBERS = 5
-# Message types dispatch sends as a media message: the member's generated asset of that type
-# (the same list as `MEDIA_TYPES` in `assets_defs/dispatch/payloads.py`).
-MEDIA_MESSAGES = ("image", "video", "document", "audio")
 # Header parameter types that carry media (a link to the member's asset).
 MEDIA_VALUES = ("image", "video", "document")
 SOURCES = ("contact.", "attributes.", "asset.", "literal:")
@@ -433,7 +430,7 @@ def _blank(column: str) -> str:
 def _assets(campaign: _Campaign, found: _Checks) -> None:
     """The asset types the messages need against those the active generator returns."""
     needed: dict[str, str] = {}  # type → where it is needed
-    if campaign.message_type in MEDIA_MESSAGES:
+    if campaign.message_type in MEDIA_MESSAGE_TYPES:
         needed[campaign.message_type] = "message_type"
     if campaign.message_type == "template":
         for position, parameter in enumerate(campaign.parameters or [], start=1):

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from resources.asset_kinds import MEDIA_MESSAGE_TYPES
 from resources.phone import InvalidPhoneNumber, to_e164
 
-MEDIA_TYPES = ("image", "video", "document", "audio")
 # SQS refuses a message (and a whole SendMessageBatch) over 256 KiB.
 SQS_MAX_MESSAGE_BYTES = 256 * 1024
 # The widest `messageId` a bigint can hold: the size check counts it before the row exists.
@@ -125,7 +125,7 @@ def _content(spec: CampaignSpec, recipient: Recipient, media_url: MediaUrl) -> d
         }
     if spec.message_type == "text":
         return {"messageType": "text", "messageContent": spec.message_content}
-    if spec.message_type in MEDIA_TYPES:
+    if spec.message_type in MEDIA_MESSAGE_TYPES:
         return {
             "messageType": spec.message_type,
             "mediaUrl": _asset_url(spec.message_type, recipient, media_url),

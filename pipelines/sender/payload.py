@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from resources.asset_kinds import MEDIA_MESSAGE_TYPES
 from resources.breakers import template_key
 from resources.phone import is_e164
 
-MEDIA_TYPES = frozenset({"image", "video", "document", "audio"})
 PARAMETER_SLOTS = frozenset({"header", "body", "button"})
 PARAMETER_VALUES = frozenset({"text", "image", "video", "document"})
 
@@ -71,7 +71,7 @@ def _parse(data: dict[str, Any], message_id: int) -> Payload:
         content = _template(data)
     elif kind == "text":
         content = {"body": _text(data, "messageContent"), "preview_url": False}
-    elif kind in MEDIA_TYPES:
+    elif kind in MEDIA_MESSAGE_TYPES:
         content = _media(data, kind)
     else:
         raise MalformedPayload(
