@@ -55,7 +55,14 @@ class TCPProxy:
             client.settimeout(None)
             upstream = socket.create_connection(self.upstream)
             with self._lock:
-                self._sockets |= {client, upstream}
+                # A cut between the accept and here must not miss this connection.
+                cut = self._listener is not listener
+                if not cut:
+                    self._sockets |= {client, upstream}
+            if cut:
+                for sock in (client, upstream):
+                    sock.close()
+                return
             doomed = threading.Event()
             threading.Thread(
                 target=self._pump, args=(client, upstream, doomed, True), daemon=True

@@ -1,6 +1,5 @@
 """Mistakes a user makes at start-up get one line naming the cause, never a traceback."""
 
-import json
 import os
 import socket
 import subprocess
@@ -114,20 +113,3 @@ def test_migrate_reports_the_schema_version(tmp_path, repo_root, database_url):
     assert result.returncode == 0, result.stderr
     assert "schema at version" in result.stdout
     assert "applied now: nothing" in result.stdout
-
-
-@pytest.mark.timeout(240)
-def test_demo_prints_a_json_summary_as_its_last_line(repo_root):
-    result = waflow("demo", env={}, cwd=repo_root, timeout=240)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["audience"] == 50
-    assert (summary["media_generated"], summary["media_failed"]) == (50, 0)
-    assert summary["campaign_runs"] == 1
-    assert summary["campaign_status"] == "completed"
-    dispatched = (
-        summary["messages_queued"] + summary["messages_failed"] + summary["messages_skipped"]
-    )
-    assert dispatched == summary["audience"]
-    assert summary["messages_queued"] == 50
-    assert (summary["messages_sent"], summary["send_failed"]) == (50, 0)  # dev mode: dev_ ids

@@ -1,4 +1,4 @@
-"""No secret and no personal data in the logs of a full `make demo`.
+"""A full `make demo`: its JSON summary, and no secret and no personal data in its logs.
 
 The demo runs as `make demo` does (`waflow demo`, the whole flow: media in the sandbox,
 dispatch, the sender, signed webhooks, the agent, archives), with every secret set to a
@@ -11,6 +11,7 @@ the WhatsApp message ids (a real wamid encodes the recipient's number).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -67,7 +68,9 @@ def _occurs(value: str, line: str) -> bool:
 
 
 @pytest.mark.timeout(600)
-def test_a_full_demo_logs_no_secret_and_no_personal_data(stack, make_database, repo_root, tmp_path):
+def test_a_full_demo_sends_everything_and_logs_no_secret_and_no_personal_data(
+    stack, make_database, repo_root, tmp_path
+):
     url = sa.make_url(make_database()).set(password=DB_PASSWORD)
     database_url = url.render_as_string(hide_password=False)
     graph = FakeGraph(access_token=SECRETS["WHATSAPP_ACCESS_TOKEN"])
@@ -93,7 +96,15 @@ def test_a_full_demo_logs_no_secret_and_no_personal_data(stack, make_database, r
             timeout=540,
         )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert '"messages_sent": 50' in result.stdout and '"replies_answered": 3' in result.stdout
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["audience"] == 50
+    assert (summary["media_generated"], summary["media_failed"]) == (50, 0)
+    assert summary["campaign_runs"] == 1
+    assert summary["campaign_status"] == "completed"
+    assert (summary["messages_queued"], summary["messages_failed"]) == (50, 0)
+    assert summary["messages_skipped"] == 0
+    assert (summary["messages_sent"], summary["send_failed"]) == (50, 0)
+    assert summary["replies_answered"] == 3
     assert len(graph.requests) >= 50  # the campaign and the agent's replies went out for real
 
     logs = {"demo output": result.stdout + result.stderr}
