@@ -74,7 +74,7 @@ def deliver(client, engine, *payloads: dict[str, Any]) -> Counter:
         seen = counters(engine)
         return seen if seen["events"] == expected else None
 
-    tally = wait_until(done, timeout=30)
+    tally = wait_until(done)
     assert not scalar(engine, "SELECT count(*) FROM webhook_inbox WHERE error IS NOT NULL")
     return tally
 

@@ -284,7 +284,7 @@ def test_every_inbound_type_is_stored_once_and_media_is_copied_to_the_bucket(
         wait_until(
             lambda: scalar(engine, "SELECT count(*) FROM media WHERE status = 'stored'") == 5
         )
-        wait_until(lambda: _unhandled(engine) == 0)
+        wait_until(lambda: _unhandled(engine) == 0 and _sent_texts(graph))
         # A pass can fail and be retried (its event is counted each time): wait for what the
         # three deliveries hold, not for a number of passes.
         stats = worker_stats(client, duplicates_dropped=2 * len(messages))
@@ -353,7 +353,7 @@ def test_an_unanswered_turn_survives_a_restart(engine, zero_buffer):
     assert _unhandled(engine) == 1
     model = GenericFakeChatModel(messages=iter([AIMessage("Yes, here!")]))
     with fake_graph() as (graph, url), webhook_client(url, model):
-        wait_until(lambda: _unhandled(engine) == 0)
+        wait_until(lambda: _unhandled(engine) == 0 and _sent_texts(graph))
     assert _sent_texts(graph) == ["Yes, here!"]
 
 

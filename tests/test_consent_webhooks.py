@@ -43,7 +43,7 @@ def wait_counters(engine, **expected: int) -> Counter:
         seen = counters(engine)
         return seen if all(seen[k] == v for k, v in expected.items()) else None
 
-    return wait_until(read, timeout=30)
+    return wait_until(read)
 
 
 def contact(engine, **where: str) -> sa.Row:
@@ -253,7 +253,7 @@ def test_a_131050_receipt_that_arrives_before_its_wamid_opts_out_when_it_is_appl
                 sa.text("UPDATE messages SET provider_message_id = 'wamid.EARLY' WHERE id = :m"),
                 {"m": message},
             )
-        wait_until(lambda: scalar(engine, "SELECT marketing_opted_out FROM contacts"), timeout=30)
+        wait_until(lambda: scalar(engine, "SELECT marketing_opted_out FROM contacts"))
     assert [(e.source, e.message_id) for e in history(engine, contact(engine, phone=PHONE).id)] == [
         ("error_131050", message)
     ]

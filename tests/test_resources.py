@@ -67,7 +67,7 @@ def test_sqs_fifo_queue_round_trip_with_a_dead_letter_queue(sqs):
     assert len(sqs.send_batch(entries)["Successful"]) == 10
     assert sqs.depth().visible == 10
     received = []
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while len(received) < 10 and time.monotonic() < deadline:
         for message in sqs.receive(wait_seconds=1):
             received.append(json.loads(message["Body"])["n"])

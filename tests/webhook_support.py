@@ -65,7 +65,7 @@ def worker_stats(client: TestClient, **expected: int) -> dict:
     return wait_until(read)
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+def wait_until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
     """Poll `check` until it returns something truthy; fail with what it last returned."""
     deadline = time.monotonic() + timeout
     while True:
