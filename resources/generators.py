@@ -137,7 +137,9 @@ def _b64(data: bytes | None) -> str | None:
 def validate_source(source: str) -> None:
     """Refuse, with its line and reason, a source that cannot be a generator: too large,
     not compiling, or without a module-level `def generate_asset` of four parameters."""
-    if not isinstance(source, str) or not source.strip():
+    if not isinstance(source, str):
+        raise GeneratorRejected(None, "the source must be text")
+    if not source.strip():
         raise GeneratorRejected(None, "the source is empty")
     limit = settings.number("GENERATOR_MAX_BYTES")
     size = len(source.encode("utf-8", errors="surrogatepass"))

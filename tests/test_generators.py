@@ -100,31 +100,32 @@ def test_publishing_lists_and_rolling_back_and_forward(engine, template):
     assert generators.get_version(engine, template, 1).as_dict()["source"] == GOOD
 
 
-@pytest.mark.parametrize(
-    ("source", "line", "reason"),
-    [
-        ("def generate_asset(attributes, name, msisdn, temp_dir):\n    return {\n", 2, "syntax"),
-        ("x = 1\ndef generate_asset(attributes, name, msisdn)\n    pass\n", 2, "syntax"),
-        ("def generate_asset(attributes, name, msisdn):\n    return {}\n", 1, "exactly four"),
-        ("\n\ndef generate_asset(*args):\n    return {}\n", 3, "exactly four"),
-        ("def generate_asset(a, b, c, d, *, e):\n    return {}\n", 1, "exactly four"),
-        ("async def generate_asset(a, b, c, d):\n    return {}\n", 1, "not async"),
-        ("def generate(attributes, name, msisdn, temp_dir):\n    return {}\n", None, "no module"),
-        ("def f():\n    def generate_asset(a, b, c, d):\n        pass\n", None, "no module"),
-        ("return 1\n", 1, "'return' outside function"),
-        ("   \n", None, "empty"),
-    ],
-)
-def test_a_rejected_source_names_line_and_reason_and_stores_nothing(
-    engine, template, source, line, reason
-):
-    with pytest.raises(generators.GeneratorRejected) as rejected:
-        generators.publish(engine, template, source, "gen.py", "")
-    assert rejected.value.line == line
-    assert reason in rejected.value.reason
-    assert rejected.value.errors == [
-        {"field": "source", "line": line, "error": rejected.value.reason}
-    ]
+REJECTED = [
+    ("def generate_asset(attributes, name, msisdn, temp_dir):\n    return {\n", 2, "syntax"),
+    ("x = 1\ndef generate_asset(attributes, name, msisdn)\n    pass\n", 2, "syntax"),
+    ("def generate_asset(attributes, name, msisdn):\n    return {}\n", 1, "exactly four"),
+    ("\n\ndef generate_asset(*args):\n    return {}\n", 3, "exactly four"),
+    ("def generate_asset(a, b, c, d, *, e):\n    return {}\n", 1, "exactly four"),
+    ("async def generate_asset(a, b, c, d):\n    return {}\n", 1, "not async"),
+    ("def generate(attributes, name, msisdn, temp_dir):\n    return {}\n", None, "no module"),
+    ("def f():\n    def generate_asset(a, b, c, d):\n        pass\n", None, "no module"),
+    ("return 1\n", 1, "'return' outside function"),
+    ("   \n", None, "empty"),
+    (42, None, "must be text"),
+]
+
+
+def test_a_rejected_source_names_line_and_reason_and_stores_nothing(engine, template):
+    for source, line, reason in REJECTED:
+        with pytest.raises(generators.GeneratorRejected) as rejected:
+            generators.publish(engine, template, source, "gen.py", "")
+        assert (rejected.value.line, source) == (line, source)
+        assert reason in rejected.value.reason
+        assert rejected.value.errors == [
+            {"field": "source", "line": line, "error": rejected.value.reason}
+        ]
+        where = f"line {line}: " if line else ""
+        assert str(rejected.value) == where + rejected.value.reason
     assert stored(engine, template) == []
 
 
