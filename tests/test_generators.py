@@ -1,9 +1,10 @@
-"""Generator authoring's data layer: publish (checked first, nothing stored when rejected),
-versions, roll back and forward, and the preview in the real media sandbox."""
+"""Generator authoring's data layer and its CLI: publish (checked first, nothing stored when
+rejected), versions, roll back and forward, and the preview in the real media sandbox."""
 
 from __future__ import annotations
 
 import base64
+import json
 import textwrap
 
 import pytest
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 
 from assets_defs.media.isolation import resolve
 from assets_defs.media.sandbox import png_size
+from pipelines.cli import main
 from resources import campaign_admin as admin
 from resources import generators
 
@@ -265,3 +267,59 @@ def test_a_generator_escaping_temp_dir_is_contained(engine, template, tmp_path, 
         assert f"refused {targets[3]} Read-only file system" in result.output
     assert not (tmp_path / "escaped.txt").exists()
     assert not (repo_root / "escaped.txt").exists()
+
+
+def cli(capsys, *argv: str) -> tuple[int, object, str]:
+    code = main(["generators", *argv])
+    out, err = capsys.readouterr()
+    try:
+        return code, json.loads(out), err
+    except ValueError:
+        return code, out, err
+
+
+@needs_sandbox
+def test_the_cli_publishes_lists_rolls_back_and_previews_into_a_folder(
+    capsys, engine, template, tmp_path
+):
+    draft = tmp_path / "card.py"
+    draft.write_text(IMAGE)
+    t = str(template)
+    code, published, _ = cli(capsys, "publish", str(draft), "--template", t, "--description", "v1")
+    assert code == 0 and published["version"] == 1 and published["file_name"] == "card.py"
+    broken = tmp_path / "broken.py"
+    broken.write_text("import os\ndef generate_asset(a, b, c):\n    pass\n")
+    code, _, err = cli(capsys, "publish", str(broken), "--template", t)
+    assert code == 1
+    assert err == (
+        "waflow: error: line 2: generate_asset(a, b, c) must take exactly four parameters:"
+        " generate_asset(attributes, name, msisdn, temp_dir)\n"
+    )
+    draft.write_text(GOOD)
+    assert cli(capsys, "publish", str(draft), "--template", t)[1]["version"] == 2
+    code, listed, _ = cli(capsys, "list", "--template", t)
+    assert [(v["version"], v["active"]) for v in listed] == [(2, True), (1, False)]
+    assert cli(capsys, "activate", "1", "--template", t)[1]["active"] is True
+    assert cli(capsys, "show", "2", "--template", t, "--source-only")[1] == GOOD
+
+    out = tmp_path / "preview"
+    code, result, _ = cli(capsys, "preview", "--template", t, "--out", str(out))
+    assert code == 0 and result["ok"] and result["version"] == 1
+    [image] = result["files"]
+    assert image["path"] == str(out / "card.png") and image["data"] is None
+    assert (out / "card.png").read_bytes().startswith(b"\x89PNG")
+    assert png_size((out / "card.thumbnail.png").read_bytes()) == (240, 120)
+
+    member = tmp_path / "ana.json"
+    member.write_text(json.dumps({"name": "Ana", "msisdn": "+12025550100", "attributes": {}}))
+    failing = tmp_path / "failing.py"
+    failing.write_text(FAILING)
+    code, result, err = cli(
+        capsys, "preview", str(failing), "--template", t, "--member", str(member), "--out", str(out)
+    )
+    assert code == 1 and result["files"] == [] and result["member"]["name"] == "Ana"
+    assert result["traceback"][-1] == "    return 1 / value"
+    assert err == (
+        "waflow: error: the generator failed:"
+        " ZeroDivisionError: division by zero at failing.py line 3\n"
+    )
