@@ -114,6 +114,10 @@ REJECTED = [
     ("return 1\n", 1, "'return' outside function"),
     ("   \n", None, "empty"),
     (42, None, "must be text"),
+    ("def generate_asset(a, b, c, d):\n    return '\x00'\n", 2, "NUL"),
+    ("x = 1\n# \ud800\ndef generate_asset(a, b, c, d):\n    pass\n", 2, "lone surrogate"),
+    ("x = " + "(" * 300 + ")" * 300 + "\n", 1, "too many nested parentheses"),
+    ("x = " + "1+" * 90_000 + "1\n", None, "nested too deeply"),
 ]
 
 
