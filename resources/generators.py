@@ -182,7 +182,7 @@ def _check_signature(tree: ast.Module) -> None:
         a.arg for a, default in zip(args.kwonlyargs, args.kw_defaults, strict=True) if not default
     ]
     if len(positional) != 4 or args.vararg or args.kwarg or required_keywords:
-        shown = ast.unparse(args)
+        shown = ast.unparse(args)[:120]
         raise GeneratorRejected(
             function.lineno,
             f"generate_asset({shown}) must take exactly four parameters: {SIGNATURE}",

@@ -96,6 +96,9 @@ def test_publish_reject_list_read_and_roll_back(client, template, monkeypatch):
     assert versions(client, template) == [(2, False), (1, True)]
     assert client.post(f"{url}/7/activate", headers=AUTH).status_code == 404
     assert client.get("/api/templates/999999/generators", headers=AUTH).status_code == 404
+    huge = "99999999999999999999999"
+    assert client.get(f"{url}/{huge}", headers=AUTH).status_code == 404
+    assert client.get(f"/api/templates/{huge}/generators", headers=AUTH).status_code == 404
 
 
 @needs_sandbox

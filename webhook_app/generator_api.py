@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from resources import generators, tenants
-from resources.campaign_admin import InvalidInput, NotFound
+from resources.campaign_admin import InvalidInput, NotFound, is_id
 from webhook_app import bodies
 from webhook_app.auth import caller
 from webhook_app.campaign_api import operation
@@ -32,6 +32,8 @@ def _engine(request: Request):
 async def _template(request: Request) -> int:
     """The path's template; another organisation's is 404, as a missing one."""
     template_id = request.path_params["template_id"]
+    if not is_id(template_id):  # beyond a bigint: no template has it
+        raise NotFound(f"template {template_id} does not exist")
     if caller(request).organisation_id is not None:
         owner = await run_in_threadpool(
             tenants.organisation_of, _engine(request), "template", template_id
