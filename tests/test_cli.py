@@ -131,3 +131,24 @@ def test_demo_prints_a_json_summary_as_its_last_line(repo_root):
     assert dispatched == summary["audience"]
     assert summary["messages_queued"] == 50
     assert (summary["messages_sent"], summary["send_failed"]) == (50, 0)  # dev mode: dev_ ids
+
+
+def test_version_and_every_commands_help_shows_its_input_and_an_example(capsys):
+    from importlib.metadata import version
+
+    from pipelines import cli, cli_help
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"waflow {version('waflow')}"
+    commands = cli_help.commands(cli.parser())
+    undocumented = [path for path, command in commands.items() if not command.epilog]
+    assert undocumented == [], "add an input shape and an example to pipelines/cli_help.py"
+    assert all("example" in command.epilog for command in commands.values())
+    # The file inputs name their JSON fields and CSV columns.
+    assert "message_type" in commands["campaigns create"].format_help()
+    assert "template_id" in commands["campaigns create"].format_help()
+    assert "valueType" in commands["campaigns create-template"].format_help()
+    assert "opted_out" in commands["campaigns upload-contacts"].format_help()
+    assert "phone" in commands["campaigns upload-audience"].format_help()
