@@ -106,6 +106,8 @@ def test_a_changed_number_moves_to_the_contact_once_under_concurrent_processing(
         ("number_changed", f"+{OLD}", f"+{NEW}")
     ]
     assert scalar(engine, "SELECT count(*) FROM messages WHERE message_type = 'system'") == 1
+    # A notice is not the customer writing: no customer-service window opens.
+    assert scalar(engine, "SELECT last_inbound_at FROM conversations") is None
     assert scalar(engine, "SELECT count(*) FROM webhook_inbox WHERE error IS NOT NULL") == 0
 
 

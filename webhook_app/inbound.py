@@ -122,14 +122,23 @@ def store(
         sa.text(
             "INSERT INTO conversations"
             " (organisation_id, contact_id, phone_number_id, last_inbound_at, last_message_at)"
-            " VALUES (:o, :c, :p, least(coalesce(:ts, now()), now()), now())"
+            " VALUES (:o, :c, :p,"
+            " CASE WHEN :opens THEN least(coalesce(:ts, now()), now()) END, now())"
             " ON CONFLICT (contact_id) DO UPDATE SET"
             " phone_number_id = EXCLUDED.phone_number_id,"
             " last_inbound_at = greatest(conversations.last_inbound_at, EXCLUDED.last_inbound_at),"
             " last_message_at = now()"
             " RETURNING id"
         ),
-        {"o": organisation_id, "c": contact_id, "p": phone_number_id, "ts": sent_at},
+        {
+            "o": organisation_id,
+            "c": contact_id,
+            "p": phone_number_id,
+            "ts": sent_at,
+            # WhatsApp's notices (a changed number) are not the customer writing: they open
+            # no customer-service window.
+            "opens": kind != "system",
+        },
     ).scalar_one()
     media = _media_of(kind, message)
     message_id = conn.execute(
