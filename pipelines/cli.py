@@ -14,12 +14,14 @@ import textwrap
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pipelines import cli_help
 from resources import logs, settings
 
 # What a command needs in production (`check_settings`), or that it runs in development only.
@@ -778,6 +780,7 @@ def _token_commands(commands: argparse._SubParsersAction) -> None:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="waflow", description=__doc__.splitlines()[0])
+    top.add_argument("--version", action="version", version=f"waflow {version('waflow')}")
     top.add_argument("--state-dir", help="local state folder (default: $STATE_DIR or .state)")
     # The sender and the webhook worker check their own settings (`run` of each).
     top.set_defaults(needs=())
@@ -838,7 +841,7 @@ def parser() -> argparse.ArgumentParser:
         "--older-than", type=float, help="seconds (default SENDER_STUCK_AFTER_SECONDS)"
     )
     stuck.set_defaults(run=cmd_sender_stuck, needs=("DATABASE_URL",))
-    return top
+    return cli_help.document(top)
 
 
 def explain(error: BaseException) -> str | None:

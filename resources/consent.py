@@ -23,6 +23,8 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
+from resources import contact_identity
+
 log = logging.getLogger(__name__)
 
 SCOPES = ("campaigns", "marketing")
@@ -255,7 +257,8 @@ def find_contacts(
 
 
 def describe(conn: sa.Connection, contact_id: int, history: int = 50) -> dict[str, Any]:
-    """A contact's identity, its two facts (with when each was set) and its history."""
+    """A contact's identity (and how it changed), its two facts (with when each was set) and
+    its consent history."""
     row = (
         conn.execute(
             sa.text(
@@ -267,7 +270,11 @@ def describe(conn: sa.Connection, contact_id: int, history: int = 50) -> dict[st
         .mappings()
         .one()
     )
-    return {**row, **state(conn, contact_id, history)}
+    return {
+        **row,
+        **state(conn, contact_id, history),
+        "identity_history": contact_identity.history(conn, contact_id, history),
+    }
 
 
 def marketing_stopped(

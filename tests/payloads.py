@@ -226,3 +226,41 @@ def user_preferences(
         contact["user_id"] = user_id
     value = {**_metadata(), "contacts": [contact], "user_preferences": list(items)}
     return envelope(value, field="user_preferences")
+
+
+def voice_note(media_id: str = "MEDIA_VOICE_1", **kw: Any) -> dict[str, Any]:
+    """An `audio` message recorded in WhatsApp (`voice: true`), as Meta documents it."""
+    content = {
+        "mime_type": "audio/ogg; codecs=opus",
+        "sha256": "h",
+        "id": media_id,
+        "voice": True,
+    }
+    return message("audio", content, **kw)
+
+
+def number_changed(old: str, new: str, name: str = "Ana", **kw: Any) -> dict[str, Any]:
+    """A `system` message of type `user_changed_number`: from the old number, naming the new
+    one in `system.wa_id`; as documented, with no `contacts` array."""
+    system = {
+        "body": f"User {name} changed from {old} to {new}",
+        "wa_id": new,
+        "type": "user_changed_number",
+    }
+    item = message("system", system, wa_id=old, **kw)
+    return envelope({**_metadata(), "messages": [item]})
+
+
+def with_errors(payload: dict[str, Any], *errors: dict[str, Any]) -> dict[str, Any]:
+    """`payload` with a value-level `errors` array beside its `messages` / `statuses`."""
+    payload["entry"][0]["changes"][0]["value"]["errors"] = list(errors)
+    return payload
+
+
+def provider_error(code: int = 131000, title: str = "Something went wrong") -> dict[str, Any]:
+    return {
+        "code": code,
+        "title": title,
+        "message": title,
+        "error_data": {"details": f"{title} (details)"},
+    }

@@ -113,3 +113,24 @@ def test_migrate_reports_the_schema_version(tmp_path, repo_root, database_url):
     assert result.returncode == 0, result.stderr
     assert "schema at version" in result.stdout
     assert "applied now: nothing" in result.stdout
+
+
+def test_version_and_every_commands_help_shows_its_input_and_an_example(capsys):
+    from importlib.metadata import version
+
+    from pipelines import cli, cli_help
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"waflow {version('waflow')}"
+    commands = cli_help.commands(cli.parser())
+    undocumented = [path for path, command in commands.items() if not command.epilog]
+    assert undocumented == [], "add an input shape and an example to pipelines/cli_help.py"
+    assert all("example" in command.epilog for command in commands.values())
+    # The file inputs name their JSON fields and CSV columns.
+    assert "message_type" in commands["campaigns create"].format_help()
+    assert "template_id" in commands["campaigns create"].format_help()
+    assert "valueType" in commands["campaigns create-template"].format_help()
+    assert "opted_out" in commands["campaigns upload-contacts"].format_help()
+    assert "phone" in commands["campaigns upload-audience"].format_help()

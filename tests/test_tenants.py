@@ -339,12 +339,14 @@ CASES: dict[tuple[str, str], Case] = {
     ),
 }
 # Not behind a bearer token, by design: Meta signs what it posts (403 otherwise) and proves
-# the subscription with the verify token; load balancers probe health and counters.
+# the subscription with the verify token; load balancers probe health and counters; the
+# OpenAPI document describes the routes and holds no data.
 OPEN = {
     ("POST", "/webhook"),
     ("GET", "/webhook"),
     ("GET", "/health"),
     ("GET", "/stats"),
+    ("GET", "/api/openapi.json"),
 }
 
 
@@ -399,6 +401,7 @@ def test_a_route_acts_only_for_the_token_that_may_use_it(client, world, method, 
 def test_open_routes_need_no_bearer_token_and_the_webhook_its_signature(client):
     assert client.get("/health").status_code in (200, 503)
     assert client.get("/stats").status_code == 200
+    assert client.get("/api/openapi.json").status_code == 200
     assert client.post("/webhook", content=b"{}").status_code == 403
     assert client.get("/webhook", params={"hub.mode": "subscribe"}).status_code == 403
 

@@ -8,15 +8,22 @@ they are stored, with no second copy to keep in sync, and a restart loses nothin
 is marked handled in the transaction that stores its reply as an outbox row; the reply is
 sent after that commit (`webhook_app.outbound`), so a crash before it leaves the turn to be
 answered again, and one after it leaves the reply to be sent once, by the outbox loop.
+
+Every turn gets an answer. Photos, stickers and voice notes reach a model that sees media
+(Gemini) as LangChain content blocks, read from our bucket's copy of the inbound media;
+video and documents reach it described. The offline responder sees no media, so a turn
+with any then gets a reply saying what arrived and asking for text. Reactions, receipts
+and system notices are stored handled (`webhook_app.inbound`) and never start a turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import sqlalchemy as sa
 from langchain_core.language_models import BaseChatModel
@@ -31,6 +38,8 @@ from langchain_core.messages.utils import count_tokens_approximately
 from langgraph.graph import END, START, StateGraph
 
 from resources import consent, settings
+from resources.chat import OfflineResponder
+from resources.storage import S3Storage
 from resources.whatsapp import WhatsAppClient
 from webhook_app import outbound
 
@@ -45,7 +54,17 @@ OPT_OUT_REPLY = (
     "You are unsubscribed and will get no more campaign messages. Reply START to subscribe again."
 )
 OPT_IN_REPLY = "You are subscribed again. Reply STOP to unsubscribe."
+UNSUPPORTED_REPLY = (
+    "Sorry, this kind of message can't be shown here. Could you send it as text, a photo or"
+    " a voice note?"
+)
 HISTORY_ROWS = 100
+# Kinds the customer typed or tapped: the rest are "received" things the reply may name.
+TYPED_KINDS = ("text", "button", "interactive")
+# Media the model is given itself (Gemini reads images and audio inline); other media is
+# described in words. Larger files are described too: an inline request is capped (20 MB).
+MODEL_MEDIA = {"image": "image", "sticker": "image", "audio": "audio"}
+MODEL_MEDIA_MAX_BYTES = 8 * 1024 * 1024
 
 
 def _words(name: str) -> frozenset[str]:
@@ -78,6 +97,8 @@ class Turn(TypedDict, total=False):
     message_ids: list[int]
     texts: list[str]
     text_ids: list[int]
+    received: list[str]
+    only_unsupported: bool
     history: list[BaseMessage]
     silent: bool
     opt: bool | None
@@ -95,11 +116,15 @@ class Agent:
         client: WhatsAppClient,
         model: BaseChatModel,
         config: AgentConfig,
+        s3: S3Storage | None = None,
     ) -> None:
         self.engine = engine
         self.client = client
         self.model = model
         self.config = config
+        self.s3 = s3
+        # Any real model (Gemini, or a test's stand-in for it) is given the media.
+        self.sees_media = not isinstance(model, OfflineResponder)
         graph = StateGraph(Turn)
         graph.add_node("load", self._load)
         graph.add_node("triage", self._triage)
@@ -123,7 +148,7 @@ class Agent:
             conversation = outbound.load(conn, conversation_id)
             rows = conn.execute(
                 sa.text(
-                    "SELECT * FROM (SELECT id, direction, sender_type, message_type, body,"
+                    "SELECT * FROM (SELECT id, direction, sender_type, message_type, body, media,"
                     " handled_at, created_at FROM messages WHERE conversation_id = :c"
                     " ORDER BY created_at DESC, id DESC LIMIT :n) recent"
                     " ORDER BY created_at, id"
@@ -131,13 +156,55 @@ class Agent:
                 {"c": conversation_id, "n": HISTORY_ROWS},
             ).all()
         pending = [r for r in rows if r.direction == "inbound" and r.handled_at is None]
+        pending_ids = {r.id for r in pending}
         return {
             "message_ids": [r.id for r in pending],
             "texts": [r.body for r in pending if r.body],
             "text_ids": [r.id for r in pending if r.body],
-            "history": [_as_chat_message(r) for r in rows],
+            "received": [
+                describe(r.message_type, r.media)
+                for r in pending
+                if r.message_type not in TYPED_KINDS
+            ],
+            "only_unsupported": bool(pending)
+            and all(r.message_type == "unsupported" for r in pending),
+            "history": [self._chat_message(r, r.id in pending_ids) for r in rows],
             "silent": conversation.human_takeover,
         }
+
+    def _chat_message(self, row: sa.Row, pending: bool) -> BaseMessage:
+        """The row as the model reads it; this turn's photos and voice notes as content
+        blocks when the model sees media (earlier turns' media only by their description,
+        so a long conversation does not resend it)."""
+        message = _as_chat_message(row)
+        if not (pending and self.sees_media and row.message_type in MODEL_MEDIA):
+            return message
+        data = self._media_bytes(row)
+        if data is None:
+            return message
+        block = {
+            "type": MODEL_MEDIA[row.message_type],
+            "base64": base64.b64encode(data).decode("ascii"),
+        }
+        mime_type = (row.media.get("mime_type") or "").split(";")[0].strip()
+        if mime_type:
+            block["mime_type"] = mime_type
+        return HumanMessage(content=[{"type": "text", "text": message.text}, block])
+
+    def _media_bytes(self, row: sa.Row) -> bytes | None:
+        """Our copy of the message's media, or None (not copied, too large, unreadable)."""
+        media = row.media or {}
+        if self.s3 is None or not media.get("s3_key"):
+            return None
+        try:
+            head = self.s3.client.head_object(Bucket=media["s3_bucket"], Key=media["s3_key"])
+            if head["ContentLength"] > MODEL_MEDIA_MAX_BYTES:
+                return None
+            got = self.s3.client.get_object(Bucket=media["s3_bucket"], Key=media["s3_key"])
+            return got["Body"].read()
+        except Exception as error:
+            log.warning("media of message %s not read: %s", row.id, type(error).__name__)
+            return None
 
     async def _triage(self, turn: Turn) -> Turn:
         """Opt-out/opt-in words and requests for a human are answered without the model.
@@ -159,6 +226,7 @@ class Agent:
                 "handoff": False,
                 "reply": None,
                 "texts": [],
+                "received": [],
             }
         rest = [
             t
@@ -171,12 +239,21 @@ class Agent:
         opted = {"opt": opt, "opt_message_id": opt_message_id}
         if asked_for_human and not turn["silent"]:
             return {**opted, "handoff": True, "reply": HANDOFF_REPLY, "texts": rest}
-        return {**opted, "handoff": False, "reply": None, "texts": rest}
+        return {**opted, "handoff": False, "reply": self._reply_without_model(turn), "texts": rest}
+
+    def _reply_without_model(self, turn: Turn) -> str | None:
+        """A turn of only messages WhatsApp could not show us, or one with media when the
+        model sees none, is answered by the agent itself."""
+        if turn["only_unsupported"]:
+            return UNSUPPORTED_REPLY
+        if turn["received"] and not self.sees_media:
+            return received_reply(turn["received"])
+        return None
 
     def _needs_model(self, turn: Turn) -> str:
-        if turn["silent"] or turn["handoff"] or not turn["texts"]:
+        if turn["silent"] or turn["handoff"] or turn.get("reply"):
             return "deliver"
-        return "think"
+        return "think" if turn["texts"] or turn["received"] else "deliver"
 
     async def _think(self, turn: Turn) -> Turn:
         history = trim_messages(
@@ -248,10 +325,50 @@ class Agent:
         return {"sent": [d.message_id for d in deliveries if d.outcome == "sent"]}
 
 
+def received_reply(received: list[str]) -> str:
+    """The offline answer to a turn with media: what arrived (`describe()`'s words), and a
+    request for text."""
+    names = list(dict.fromkeys(received))
+    said = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return (
+        f"Thanks, we received your {said}. I can only read text messages here at the moment:"
+        " could you type what you need? A member of our team can also follow up."
+    )
+
+
+def describe(kind: str, media: dict[str, Any] | None = None) -> str:
+    """A received message's kind in words (what the customer would call it)."""
+    if kind == "audio":
+        return "voice note" if (media or {}).get("voice") else "audio message"
+    return {
+        "image": "photo",
+        "sticker": "sticker",
+        "video": "video",
+        "document": "document",
+        "location": "location",
+        "contacts": "shared contact",
+        "order": "order",
+        "unsupported": "message",
+    }.get(kind, f"{kind} message")
+
+
 def _as_chat_message(row: sa.Row) -> BaseMessage:
-    text = row.body or f"[{row.message_type} message]"
     if row.direction == "inbound":
-        return HumanMessage(text)
+        return HumanMessage(_inbound_text(row))
+    text = row.body or f"[{row.message_type} message]"
     if row.sender_type == "operator":
         return AIMessage(f"(a member of our team wrote) {text}")
     return AIMessage(text)
+
+
+def _inbound_text(row: sa.Row) -> str:
+    """What the customer sent, in words: typed text as it is, anything else named first
+    (`[voice note]`, `[photo] caption`), so the model knows what it is looking at."""
+    if row.message_type in TYPED_KINDS:
+        return row.body or f"[{row.message_type} message]"
+    if row.message_type == "unsupported":
+        return "[a message WhatsApp could not show us]"
+    if row.message_type in ("location", "contacts", "order") and row.body:
+        return row.body
+    name = f"[{describe(row.message_type, row.media)}]"
+    return f"{name} {row.body}" if row.body else name

@@ -23,6 +23,7 @@ from webhook_app import (
     campaign_api,
     generator_api,
     inbox_api,
+    openapi,
     operator_api,
     runtime,
     stats,
@@ -64,6 +65,7 @@ routes = [
     *campaign_api.routes,
     *generator_api.routes,
     *inbox_api.routes,
+    *openapi.routes,
 ]
 
 app = Starlette(routes=routes, lifespan=lifespan)

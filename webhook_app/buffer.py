@@ -4,6 +4,9 @@ A conversation's unhandled inbound messages form its next turn. The turn is due 
 customer has been quiet for the window (default 3 s) — or has kept typing for the longest
 wait — and is claimed with a lease on the conversation, so one instance answers it even
 when several run; a lease whose holder died expires and the turn is answered again.
+
+An agent whose model sees media (`await_media`) also waits for the turn's inbound media to
+reach our bucket: until each has had its first copy attempt, or for the longest wait.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ _CLAIM = sa.text(
         WHERE (w.last <= clock_timestamp() - make_interval(secs => :window)
                OR w.first <= clock_timestamp() - make_interval(secs => :max_wait))
           AND (c.agent_lease_until IS NULL OR c.agent_lease_until < clock_timestamp())
+          AND (NOT :await_media
+               OR w.first <= clock_timestamp() - make_interval(secs => :max_wait)
+               OR NOT EXISTS (
+                   SELECT 1 FROM messages m JOIN media md ON md.message_id = m.id
+                   WHERE m.conversation_id = c.id AND m.direction = 'inbound'
+                     AND m.handled_at IS NULL AND md.status = 'pending' AND md.attempts = 0))
         ORDER BY w.first LIMIT :n
         FOR UPDATE OF c SKIP LOCKED
     )
@@ -32,15 +41,23 @@ _CLAIM = sa.text(
 
 
 def claim_due(
-    engine: sa.Engine, window: float, max_wait: float, lease: float, limit: int = 8
+    engine: sa.Engine,
+    window: float,
+    max_wait: float,
+    lease: float,
+    limit: int = 8,
+    await_media: bool = False,
 ) -> list[int]:
     """Conversations whose turn is due, now leased to the caller for `lease` seconds."""
+    params = {
+        "window": window,
+        "max_wait": max_wait,
+        "lease": lease,
+        "n": limit,
+        "await_media": await_media,
+    }
     with engine.begin() as conn:
-        return list(
-            conn.execute(
-                _CLAIM, {"window": window, "max_wait": max_wait, "lease": lease, "n": limit}
-            ).scalars()
-        )
+        return list(conn.execute(_CLAIM, params).scalars())
 
 
 def release_later(engine: sa.Engine, conversation_id: int, seconds: float) -> None:

@@ -8,15 +8,19 @@ customer is identified by phone (`from` / `wa_id`) and/or by the business-scoped
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import consent
+from resources import consent, contact_identity
 from resources.phone import InvalidPhoneNumber, to_e164
 from webhook_app.receipts import timestamp
+
+log = logging.getLogger(__name__)
 
 MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
 # Kinds that never start an agent turn: they are stored as handled.
@@ -107,6 +111,8 @@ def store(
     wamid = message.get("id")
     if not isinstance(wamid, str) or not wamid:
         raise ValueError("inbound message without an id")
+    if _seen(conn, wamid):
+        return None
     kind = str(message.get("type") or "unsupported")
     sent_at = timestamp(message.get("timestamp"))
     contact_id = consent.upsert_contact(
@@ -116,14 +122,23 @@ def store(
         sa.text(
             "INSERT INTO conversations"
             " (organisation_id, contact_id, phone_number_id, last_inbound_at, last_message_at)"
-            " VALUES (:o, :c, :p, least(coalesce(:ts, now()), now()), now())"
+            " VALUES (:o, :c, :p,"
+            " CASE WHEN :opens THEN least(coalesce(:ts, now()), now()) END, now())"
             " ON CONFLICT (contact_id) DO UPDATE SET"
             " phone_number_id = EXCLUDED.phone_number_id,"
             " last_inbound_at = greatest(conversations.last_inbound_at, EXCLUDED.last_inbound_at),"
             " last_message_at = now()"
             " RETURNING id"
         ),
-        {"o": organisation_id, "c": contact_id, "p": phone_number_id, "ts": sent_at},
+        {
+            "o": organisation_id,
+            "c": contact_id,
+            "p": phone_number_id,
+            "ts": sent_at,
+            # WhatsApp's notices (a changed number) are not the customer writing: they open
+            # no customer-service window.
+            "opens": kind != "system",
+        },
     ).scalar_one()
     media = _media_of(kind, message)
     message_id = conn.execute(
@@ -170,6 +185,17 @@ def store(
     return message_id
 
 
+def _seen(conn: sa.Connection, wamid: str) -> bool:
+    """Whether this wamid is stored already, decided before anything else is touched: a
+    redelivery must not recreate what the first delivery changed (the contact of a number
+    change). The lock makes a worker holding the same wamid wait for the other's commit."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:w, 0))"), {"w": wamid})
+    found = conn.execute(
+        sa.text("SELECT 1 FROM messages WHERE provider_message_id = :w"), {"w": wamid}
+    ).first()
+    return found is not None
+
+
 def text_of(kind: str, message: dict[str, Any]) -> str | None:
     """What the customer said, as text the agent and an operator can read."""
     content = message.get(kind)
@@ -194,7 +220,12 @@ def text_of(kind: str, message: dict[str, Any]) -> str | None:
     if kind == "reaction":
         return content.get("emoji")
     if kind == "order":
-        return content.get("text") or "[order]"
+        items = [i for i in content.get("product_items") or [] if isinstance(i, dict)]
+        listed = ", ".join(f"{i.get('quantity')} x {i.get('product_retailer_id')}" for i in items)
+        said = f": {content['text']}" if content.get("text") else ""
+        return f"[order] {listed or 'no items'}{said}"
+    if kind == "system":
+        return content.get("body")
     return None
 
 
@@ -204,3 +235,32 @@ def _media_of(kind: str, message: dict[str, Any]) -> dict[str, Any] | None:
         return None
     keep = ("id", "mime_type", "sha256", "caption", "filename", "voice", "animated")
     return {k: content[k] for k in keep if k in content}
+
+
+def changed_number(message: dict[str, Any]) -> bool:
+    """A `system` message saying the customer changed their WhatsApp number."""
+    system = message.get("system")
+    return (
+        message.get("type") == "system"
+        and isinstance(system, dict)
+        and system.get("type") == "user_changed_number"
+    )
+
+
+def follow_number(
+    conn: sa.Connection, organisation_id: UUID, message: dict[str, Any], message_id: int
+) -> Counter:
+    """The customer of stored `message_id` (sent from the old number) takes the new number,
+    `system.wa_id`; called once per stored notice, so a redelivered webhook does nothing."""
+    try:
+        new_phone = to_e164(str(message["system"].get("wa_id") or ""))
+    except InvalidPhoneNumber:
+        log.warning("number change in message %s names no valid new number: ignored", message_id)
+        return Counter(number_changes_ignored=1)
+    contact_id, sent_at = conn.execute(
+        sa.text("SELECT contact_id, provider_ts FROM messages WHERE id = :m"), {"m": message_id}
+    ).one()
+    change = contact_identity.change_number(
+        conn, organisation_id, contact_id, new_phone, message_id, sent_at
+    )
+    return Counter(numbers_changed=1, contacts_merged=int(change.merged_contact_id is not None))

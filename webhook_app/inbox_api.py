@@ -18,7 +18,23 @@ from webhook_app.campaign_api import operation
 @operation(200, platform=True)
 async def redrive(request: Request) -> Any:
     """`{"since": "2026-01-31", "until": …}` → how many events went back to processing.
-    The inbox is the platform's (one webhook for every organisation): admin only."""
+    The inbox is the platform's (one webhook for every organisation): admin only.
+
+    ---
+    summary: Process again the webhook events that failed for good
+    tags: [webhooks]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {type: object}
+          example: {"since": "2026-03-01T08:00:00Z", "until": "2026-03-01T12:00:00Z"}
+    responses:
+      "200":
+        description: how many events went back to processing
+      "422":
+        description: since is missing or not an ISO date or time
+    """
     body = await bodies.json_object(request)
     if not body.get("since"):
         raise InvalidInput([{"field": "since", "error": "required: an ISO date or date-time"}])

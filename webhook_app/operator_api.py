@@ -136,7 +136,7 @@ def _message_of(body: dict[str, Any]) -> dict[str, Any]:
     return outbound.text(text)
 
 
-def _endpoint(work, answer: dict[str, Any] | None = None):
+def _endpoint(work, doc: str, answer: dict[str, Any] | None = None):
     @requires_token
     async def endpoint(request: Request) -> JSONResponse:
         try:
@@ -146,19 +146,75 @@ def _endpoint(work, answer: dict[str, Any] | None = None):
             return JSONResponse({"error": error.reason}, status_code=error.status)
         return JSONResponse(answer or result)
 
+    endpoint.__doc__ = doc
     return endpoint
+
+
+def _doc(summary: str, example: str, ok: str, *errors: str) -> str:
+    """The route's OpenAPI operation (see `webhook_app.openapi`)."""
+    described = "".join(f"\n      {e}" for e in errors)
+    return f"""{summary}.
+
+    ---
+    summary: "{summary}"
+    tags: [conversations]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema: {{type: object}}
+          example: {example}
+    responses:
+      "200":
+        description: "{ok}"
+      "400":
+        description: no phone or user_id, a bad phone, or a customer of several organisations
+          without organisation_id
+      "404":
+        description: no conversation with this customer in the caller's organisation{described}
+    """
 
 
 routes = [
     Route(
         "/api/v1/takeover",
-        _endpoint(lambda r, b, c: _set_takeover(r, b, c, True), {"status": "takeover_complete"}),
+        _endpoint(
+            lambda r, b, c: _set_takeover(r, b, c, True),
+            _doc(
+                "Take a conversation over: the agent stays silent",
+                '{"phone": "+16505551234", "operator": "Bo"}',
+                "takeover_complete",
+            ),
+            {"status": "takeover_complete"},
+        ),
         methods=["POST"],
     ),
     Route(
         "/api/v1/handback",
-        _endpoint(lambda r, b, c: _set_takeover(r, b, c, False), {"status": "handback_complete"}),
+        _endpoint(
+            lambda r, b, c: _set_takeover(r, b, c, False),
+            _doc(
+                "Hand a conversation back to the agent",
+                '{"phone": "+16505551234"}',
+                "handback_complete",
+            ),
+            {"status": "handback_complete"},
+        ),
         methods=["POST"],
     ),
-    Route("/api/v1/operator-message", _endpoint(_operator_message), methods=["POST"]),
+    Route(
+        "/api/v1/operator-message",
+        _endpoint(
+            _operator_message,
+            _doc(
+                "Write to the customer as an operator",
+                '{"phone": "+16505551234", "message": "Your parcel left today",'
+                ' "media": {"type": "image", "link": "https://example.com/parcel.jpg"}}',
+                "sent, queued or sending, with the message's id",
+                '"409":\n        description: outside the 24-hour customer-service window',
+                '"502":\n        description: WhatsApp refused the message',
+            ),
+        ),
+        methods=["POST"],
+    ),
 ]

@@ -16,7 +16,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from resources import safe_errors
-from webhook_app import account_webhooks, inbound, preferences, receipts, template_webhooks
+from webhook_app import (
+    account_webhooks,
+    inbound,
+    preferences,
+    provider_errors,
+    receipts,
+    template_webhooks,
+)
 from webhook_app.payloads import changes
 
 log = logging.getLogger(__name__)
@@ -89,7 +96,8 @@ def apply_early_receipts(engine: sa.Engine) -> int:
 
 def _receipts_only(payload: dict[str, Any]) -> bool:
     return all(
-        field == "messages" and not value.get("messages") for field, value in changes(payload)
+        field == "messages" and not value.get("messages") and not value.get("errors")
+        for field, value in changes(payload)
     )
 
 
@@ -110,10 +118,12 @@ def _apply_receipts(conn: sa.Connection, events: list[tuple[int, dict[str, Any]]
 def apply_event(
     conn: sa.Connection, payload: dict[str, Any], event_id: int | None = None
 ) -> Counter:
-    """Every change of every entry: statuses, inbound messages, the customer's marketing
-    preferences (`user_preferences`), template status, category and quality; other fields
-    are skipped."""
+    """Every change of every entry: statuses, inbound messages (and a customer's change of
+    number), the customer's marketing preferences (`user_preferences`), template status,
+    category and quality, and the errors WhatsApp reports beside them; other fields are
+    skipped."""
     tally: Counter = Counter()
+    tally.update(provider_errors.keep(conn, payload, event_id))
     tally.update(template_webhooks.apply(conn, payload, event_id))
     tally.update(account_webhooks.apply(conn, payload, event_id))
     for field, value in changes(payload):
@@ -140,4 +150,6 @@ def apply_event(
             customer = inbound.customer_of(message, contacts)
             stored = inbound.store(conn, organisation_id, phone_number_id, message, customer)
             tally["inbound" if stored is not None else "duplicates_dropped"] += 1
+            if stored is not None and inbound.changed_number(message):
+                tally.update(inbound.follow_number(conn, organisation_id, message, stored))
     return tally

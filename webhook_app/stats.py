@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from resources import account, breakers, safe_errors
-from webhook_app import buffer
+from webhook_app import buffer, provider_errors
 from webhook_app.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ async def stats(request: Request) -> JSONResponse:
                 "sending": _sending(_breakers(conn), account.troubled(conn)),
                 "buffer": {"active_buffers": buffer.active_buffers(conn)},
                 "inbox": {s: states.get(s, 0) for s in ("pending", "processed", "failed")},
+                "provider_errors": provider_errors.by_code(conn),
                 "replies_sent": replies,
                 "workers": _worker_counters(live),
             }
@@ -156,4 +157,7 @@ def _worker_counters(live: list[sa.Row]) -> dict:
         "replies_sent_from_outbox": counters["outbox_sent_late"],
         "fallback_replies": counters["fallback_replies"],
         "account_events": counters["account_events"],
+        "provider_errors": counters["provider_errors"],
+        "numbers_changed": counters["numbers_changed"],
+        "contacts_merged": counters["contacts_merged"],
     }

@@ -170,6 +170,7 @@ class Workers:
             self.buffer_max_seconds,
             lease,
             MAX_CONCURRENT_TURNS,
+            self.agent.sees_media,
         )
         await asyncio.gather(*(self._answer(c) for c in conversation_ids))
         return bool(conversation_ids)
@@ -249,16 +250,18 @@ async def start(
     """Build the workers from the environment and start their loops (`WEBHOOK_WORKERS`
     inbox loops); the first heartbeat is written when this returns."""
     client = client or WhatsAppResource.from_env().client
+    s3 = S3Storage.from_env()
     workers = Workers(
         engine=engine,
         database_url=database_url,
         client=client,
-        s3=S3Storage.from_env(),
+        s3=s3,
         agent=Agent(
             engine,
             client,
             chat_model or ChatModelResource.from_env().chat_model(),
             AgentConfig.from_env(),
+            s3,
         ),
         buffer_seconds=settings.number("AGENT_BUFFER_SECONDS"),
         buffer_max_seconds=settings.number("AGENT_BUFFER_MAX_SECONDS"),

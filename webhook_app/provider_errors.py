@@ -1,0 +1,68 @@
+"""The `errors` array WhatsApp puts in a change's `value`, beside `messages` and `statuses`.
+
+It reports what WhatsApp could not deliver to us (a message it could not process, a
+throughput or configuration problem), not a failure of one of our sends. Each error is
+logged by its code and title (Meta's text, never the customer's), counted in `/stats`, and
+kept with the event (`webhook_inbox.provider_errors`) for an operator to read; the rest of
+the event is applied as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+import sqlalchemy as sa
+
+from webhook_app.payloads import changes
+
+log = logging.getLogger(__name__)
+
+
+def of(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every value-level error of the event, as WhatsApp sent it."""
+    found = []
+    for _, value in changes(payload):
+        errors = value.get("errors")
+        if isinstance(errors, list):
+            found += [e for e in errors if isinstance(e, dict)]
+    return found
+
+
+def keep(conn: sa.Connection, payload: dict[str, Any], event_id: int | None) -> Counter:
+    errors = of(payload)
+    if not errors:
+        return Counter()
+    for error in errors:
+        log.warning(
+            "webhook event %s: WhatsApp reported error %s (%s)",
+            event_id,
+            error.get("code"),
+            str(error.get("title") or "no title")[:200],
+        )
+    if event_id is not None:
+        conn.execute(
+            sa.text(
+                "UPDATE webhook_inbox SET provider_errors = CAST(:errors AS jsonb) WHERE id = :id"
+            ),
+            {"errors": json.dumps(errors), "id": event_id},
+        )
+    return Counter(provider_errors=len(errors))
+
+
+def by_code(conn: sa.Connection) -> dict[str, Any]:
+    """The errors kept with the stored events: how many events reported some, and how many
+    errors of each code."""
+    events = conn.execute(
+        sa.text("SELECT count(*) FROM webhook_inbox WHERE provider_errors IS NOT NULL")
+    ).scalar_one()
+    codes = conn.execute(
+        sa.text(
+            "SELECT coalesce(e->>'code', 'none'), count(*) FROM webhook_inbox i,"
+            " jsonb_array_elements(i.provider_errors) e"
+            " WHERE i.provider_errors IS NOT NULL GROUP BY 1 ORDER BY 1"
+        )
+    ).all()
+    return {"events": events, "by_code": dict(codes)}
