@@ -185,6 +185,11 @@ def _only_b(response: Any, w: World) -> None:
     assert [o["id"] for o in response.json()] == [w.b.id]
 
 
+def _only_b_conversations(response: Any, w: World) -> None:
+    assert response.status_code == 200
+    assert [c["id"] for c in response.json()["conversations"]] == [w.b.conversation_id]
+
+
 ORG = "/api/organisations/{organisation_id:uuid}"
 CAMPAIGN = "/api/campaigns/{campaign_id:uuid}"
 CASES: dict[tuple[str, str], Case] = {
@@ -194,6 +199,13 @@ CASES: dict[tuple[str, str], Case] = {
     ("POST", "/api/v1/handback"): Case("organisation", lambda w: _operator(w, "/api/v1/handback")),
     ("POST", "/api/v1/operator-message"): Case(
         "organisation", lambda w: _operator(w, "/api/v1/operator-message", message="Hi")
+    ),
+    ("POST", "/api/v1/dismiss"): Case("organisation", lambda w: _operator(w, "/api/v1/dismiss")),
+    ("GET", "/api/v1/conversations"): Case(
+        "organisation", lambda w: ("/api/v1/conversations", {}), foreign=_only_b_conversations
+    ),
+    ("GET", "/api/v1/conversations/{conversation_id:int}/messages"): Case(
+        "organisation", lambda w: (f"/api/v1/conversations/{w.a.conversation_id}/messages", {})
     ),
     ("POST", "/api/organisations"): Case(
         "platform", lambda w: ("/api/organisations", {"json": {"name": "New"}}), 201
