@@ -239,6 +239,31 @@ SETTINGS: tuple[Setting, ...] = (
         kind=float,
         low=1,
     ),
+    # Generator authoring (publish, preview)
+    Setting(
+        "GENERATOR_MAX_BYTES",
+        "200000",
+        "Largest generator source that may be published or previewed, in bytes of UTF-8.",
+        kind=int,
+        low=1,
+        high=500_000,
+    ),
+    Setting(
+        "GENERATOR_PREVIEW_SECONDS",
+        "30",
+        "Wall-clock limit of one preview (capped by `MEDIA_TIMEOUT_SECONDS`); a generator that"
+        " runs longer is killed and the preview answers with the timeout as its error.",
+        kind=float,
+        low=0.1,
+    ),
+    Setting(
+        "GENERATOR_PREVIEWS_AT_ONCE",
+        "2",
+        "Previews one webhook app process runs at once (each is a sandbox worker); a further"
+        " one waits for a free slot up to its time limit, then answers 503.",
+        kind=int,
+        low=1,
+    ),
     # Archival (message_archive, media_archive, restore)
     Setting(
         "ARCHIVE_THRESHOLD_DAYS",

@@ -21,6 +21,7 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 import os
 import queue
 import signal
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -54,9 +56,13 @@ MAX_PROCESSES = 64
 CPU_BUDGET_MEMBERS = 20
 CHUNK_BYTES = 1 << 20
 SPOOL_IN_MEMORY_BYTES = MB
-# The preview goes into Dagster metadata: a small JPEG, as base64.
-PREVIEW_MAX_CHARS = 64_000
+# The preview goes into Dagster metadata: a small JPEG, as base64. A sample's thumbnail is
+# a PNG (lossless, larger), for the operator API and console.
+PREVIEW_MAX_CHARS = {"JPEG": 64_000, "PNG": 400_000}
 PREVIEW_MAX_PIXELS = 240
+# What a failed call may report of the generator's own traceback.
+TRACEBACK_MAX_LINES = 40
+TRACEBACK_MAX_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -115,13 +121,18 @@ class GeneratedFile:
 
 @dataclass
 class Outcome:
-    """One generator call: the checked files, or why the member failed."""
+    """One generator call: the checked files, or why the member failed; how long it took and
+    the worker's peak memory (None when the worker was lost), and the failure's traceback
+    lines that belong to the generator's code."""
 
     files: list[GeneratedFile] = field(default_factory=list)
     error: str | None = None
     retryable: bool = True
     output: str = ""
     preview: str | None = None
+    seconds: float = 0.0
+    peak_memory_mb: float | None = None
+    traceback: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -306,9 +317,16 @@ class WorkerPool:
         self._all.remove(worker)
         self._release(self._start())
 
-    def generate(self, generator: Generator, member: MemberInput, preview: bool = False) -> Outcome:
+    def generate(
+        self,
+        generator: Generator,
+        member: MemberInput,
+        preview: bool = False,
+        thumbnail: str = "JPEG",
+    ) -> Outcome:
         """Run the generator for one member; the outcome's files are the parent's own copies
-        (close the outcome when done with them)."""
+        (close the outcome when done with them). With `preview`, the first image also comes
+        back as a small `thumbnail` (JPEG or PNG)."""
         request = {
             "generator": generator.key,
             "file_name": generator.file_name,
@@ -316,34 +334,57 @@ class WorkerPool:
             "attributes": member.attributes,
             "name": member.name,
             "msisdn": member.msisdn,
-            "preview": preview,
+            "preview": thumbnail if preview else None,
         }
         worker = self._idle.get()
+        started = time.monotonic()
         try:
             reply, spooled = worker.call(request, self.work_dir)
         except WorkerLost as lost:
             output = worker.output_tail()
             self._replace(worker)
-            return Outcome(error=str(lost), output=output)
+            return Outcome(error=str(lost), output=output, seconds=time.monotonic() - started)
         if reply.get("retire"):
             self._replace(worker)
         else:
             self._release(worker)
-        output = str(reply.get("output") or "")
+        measured = {
+            "output": str(reply.get("output") or ""),
+            "seconds": _number(reply.get("seconds")) or time.monotonic() - started,
+            "peak_memory_mb": _number(reply.get("peak_memory_mb")),
+        }
         if not reply.get("ok"):
             return Outcome(
                 error=str(reply.get("error")),
                 retryable=bool(reply.get("retryable", True)),
-                output=output,
+                traceback=_lines(reply.get("traceback")),
+                **measured,
             )
-        outcome = Outcome(output=output, preview=checked_preview(reply.get("preview")))
+        preview_data = checked_preview(reply.get("preview"), thumbnail)
+        outcome = Outcome(preview=preview_data, **measured)
         try:
             for asset_type, name, body, size in spooled:
                 outcome.files.append(check_file(asset_type, name, body, size))
         except InvalidAssets as invalid:
             _close_all(spooled)
-            return Outcome(error=str(invalid), output=output)
+            return Outcome(error=str(invalid), **measured)
         return outcome
+
+
+def _number(value: object) -> float | None:
+    """A measurement from the worker's reply, if it is a plausible one (the reply is
+    untrusted)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+def _lines(value: object) -> list[str]:
+    """The traceback lines of a reply: strings only, few and short (the reply is untrusted)."""
+    if not isinstance(value, list):
+        return []
+    texts = [line for line in value if isinstance(line, str)]
+    return [line[:TRACEBACK_MAX_CHARS] for line in texts[-TRACEBACK_MAX_LINES:]]
 
 
 class InvalidAssets(ValueError):
@@ -375,16 +416,16 @@ def check_file(asset_type: str, name: str, body: IO[bytes], size: int) -> Genera
     return GeneratedFile(asset_type, name, extension, content_type, size, body)
 
 
-def checked_preview(value: object) -> str | None:
-    """The worker's thumbnail, if it is a small, well-formed JPEG; re-encoded, so only the
-    base64 alphabet reaches the metadata's Markdown."""
-    if not isinstance(value, str) or not value or len(value) > PREVIEW_MAX_CHARS:
+def checked_preview(value: object, image_format: str = "JPEG") -> str | None:
+    """The worker's thumbnail, if it is a small, well-formed JPEG (or PNG); re-encoded, so
+    only the base64 alphabet reaches the metadata's Markdown."""
+    if not isinstance(value, str) or not value or len(value) > PREVIEW_MAX_CHARS[image_format]:
         return None
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         return None
-    size = jpeg_size(data)
+    size = jpeg_size(data) if image_format == "JPEG" else png_size(data)
     if size is None or max(size) > PREVIEW_MAX_PIXELS or min(size) < 1:
         return None
     return base64.b64encode(data).decode()
@@ -419,14 +460,50 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG whose chunks are all well formed (length, ASCII type, CRC),
+    starting with its header and ending with its end chunk; None for anything else. Reads
+    chunks, decodes no pixel."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    i, size, kinds = len(PNG_SIGNATURE), None, []
+    while i + 12 <= len(data):
+        length = int.from_bytes(data[i : i + 4], "big")
+        kind = data[i + 4 : i + 8]
+        end = i + 12 + length
+        if end > len(data) or not kind.isalpha():
+            return None
+        if zlib.crc32(data[i + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
+            return None
+        if kind == b"IHDR" and length == 13:
+            size = (
+                int.from_bytes(data[i + 8 : i + 12], "big"),
+                int.from_bytes(data[i + 12 : i + 16], "big"),
+            )
+        kinds.append(kind)
+        i = end
+    if i != len(data) or not kinds or kinds[0] != b"IHDR" or kinds[-1] != b"IEND":
+        return None
+    return size
+
+
 @dataclass(frozen=True)
 class Sample:
-    """One sample member's result: its files (type, content type, bytes), or its error."""
+    """One sample member's result: its files (type, content type, bytes), or its error and
+    the generator's own traceback lines; its printed output, the first image's PNG
+    thumbnail (base64), the time it took and the worker's peak memory."""
 
     files: list[tuple[str, str, bytes]]
     error: str | None
     output: str
     preview: str | None
+    file_names: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_memory_mb: float | None = None
+    traceback: list[str] = field(default_factory=list)
 
 
 def run_sample(
@@ -438,19 +515,25 @@ def run_sample(
 ) -> Sample:
     """Run a generator source (a draft or a stored version) for one sample member, in the
     same sandbox and under the same limits as a campaign: the single way to try a source
-    outside a campaign run (the operator API's preview calls this)."""
+    outside a campaign run (the operator API's preview calls this). A fresh worker runs it,
+    so its peak memory is this member's."""
     limits = replace(limits or Limits.from_settings(), workers=1)
     with (
         tempfile.TemporaryDirectory(prefix="waflow-sample-") as work_dir,
         WorkerPool(limits, Path(work_dir), isolation) as pool,
     ):
-        outcome = pool.generate(Generator(0, 0, file_name, source), member, preview=True)
+        generator = Generator(0, 0, file_name, source)
+        outcome = pool.generate(generator, member, preview=True, thumbnail="PNG")
         try:
             return Sample(
                 files=[(f.asset_type, f.content_type, f.read()) for f in outcome.files],
                 error=outcome.error,
                 output=outcome.output,
                 preview=outcome.preview,
+                file_names=[f.name for f in outcome.files],
+                seconds=outcome.seconds,
+                peak_memory_mb=outcome.peak_memory_mb,
+                traceback=outcome.traceback,
             )
         finally:
             outcome.close()

@@ -30,11 +30,16 @@ import signal
 import socket
 import stat
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 
 OUTPUT_TAIL_BYTES = 8192
 PREVIEW_PIXELS = 240
+PREVIEW_FORMATS = ("JPEG", "PNG")
+# The generator's own frames reported with a failure: the innermost ones, each line cut.
+TRACEBACK_FRAMES = 20
+TRACEBACK_LINE_CHARS = 300
 CHUNK_BYTES = 1 << 20
 CPU_EXCEEDED = 128 + signal.SIGXCPU  # exit status after the CPU-time limit
 CONFINED_ROOT = "/tmp"  # the private tmpfs, inside the worker's mount namespace
@@ -236,7 +241,8 @@ def load(source: str, file_name: str):
         code = compile(source, file_name, "exec")
     except SyntaxError as error:
         raise LoadError(
-            f"{file_name} does not compile: {error.msg} (line {error.lineno})"
+            f"{file_name} does not compile: {error.msg} (line {error.lineno})",
+            own_traceback(error, file_name, source),
         ) from None
     namespace = {"__name__": "generator", "__file__": file_name}
     exec(code, namespace)
@@ -251,6 +257,10 @@ def load(source: str, file_name: str):
 class LoadError(Exception):
     """The generator's source cannot be used at all; retrying it cannot help."""
 
+    def __init__(self, message: str, lines: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.lines = lines or []
+
 
 class Refused(Exception):
     """What generate_asset returned cannot be used; the message says why."""
@@ -263,6 +273,36 @@ def describe(error: BaseException, file_name: str) -> str:
     frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == file_name]
     where = f" at {file_name} line {frames[-1].lineno}" if frames else ""
     return f"{type(error).__name__}: {error}{where}"
+
+
+def own_traceback(error: BaseException, file_name: str, source: str) -> list[str]:
+    """The traceback's lines that belong to the generator's code, each frame as Python
+    prints it, its text taken from the source that was run (never from a file on disk)."""
+    lines = source.splitlines()
+    if isinstance(error, SyntaxError):
+        frames = [(error.lineno, None)] if error.lineno else []
+    else:
+        frames = [
+            (frame.lineno, frame.name)
+            for frame in traceback.extract_tb(error.__traceback__)
+            if frame.filename == file_name
+        ]
+    shown = []
+    for lineno, function in frames[-TRACEBACK_FRAMES:]:
+        where = f'  File "{file_name}", line {lineno}' + (f", in {function}" if function else "")
+        shown.append(where[:TRACEBACK_LINE_CHARS])
+        if lineno and 0 < lineno <= len(lines) and lines[lineno - 1].strip():
+            shown.append(f"    {lines[lineno - 1].strip()}"[:TRACEBACK_LINE_CHARS])
+    return shown
+
+
+def peak_memory_mb() -> float:
+    """The highest resident set of this worker or any process it waited for, in MB."""
+    peak_kb = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    return round(peak_kb / 1024, 1)
 
 
 def open_returned(result: object, temp_dir: str, kinds: dict) -> list[tuple[str, str, int]]:
@@ -351,16 +391,17 @@ def _check_descriptor(asset_type: str, value: str, fd: int, max_bytes: int) -> N
         )
 
 
-def preview(fd: int) -> str | None:
-    """A small JPEG thumbnail of the generated image, made here so the parent never decodes
-    untrusted image data."""
+def preview(fd: int, image_format: str = "JPEG") -> str | None:
+    """A small thumbnail (JPEG or PNG) of the generated image, made here so the parent never
+    decodes untrusted image data."""
     try:
         from PIL import Image
 
         with Image.open(io.BytesIO(read_all(fd))) as image:
             image.thumbnail((PREVIEW_PIXELS, PREVIEW_PIXELS))
             buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, "JPEG", quality=70)
+            options = {"quality": 70} if image_format == "JPEG" else {"optimize": True}
+            image.convert("RGB").save(buffer, image_format, **options)
     except Exception:
         return None
     return base64.b64encode(buffer.getvalue()).decode()
@@ -414,9 +455,11 @@ class Worker:
         os.lseek(self.output, 0, os.SEEK_SET)
         os.dup2(self.output, 1)
         os.dup2(self.output, 2)
+        started = time.monotonic()
         try:
             reply, result = self.generate(request, temp_dir)
         finally:
+            seconds = time.monotonic() - started
             sys.stdout.flush()
             sys.stderr.flush()
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -437,6 +480,8 @@ class Worker:
             reply, opened = self.open_files(request, result, temp_dir)
         retire = threads > 1 or not self.clean(temp_dir)
         reply["output"] = tail(self.output)
+        reply["seconds"] = round(seconds, 3)
+        reply["peak_memory_mb"] = peak_memory_mb()
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
         reply["retire"] = retire or hard - cpu_used() < self.config["cpu_seconds"]
         self.send(reply, opened)
@@ -452,9 +497,12 @@ class Worker:
                 self.generators[request["generator"]] = generate
             result = generate(request["attributes"], request["name"], request["msisdn"], temp_dir)
         except LoadError as error:
-            return {"ok": False, "error": str(error), "retryable": False}, None
+            reply = {"ok": False, "error": str(error), "retryable": False}
+            return {**reply, "traceback": error.lines}, None
         except BaseException as error:
-            return {"ok": False, "error": describe(error, file_name), "retryable": True}, None
+            lines = own_traceback(error, file_name, request["source"])
+            reply = {"ok": False, "error": describe(error, file_name), "retryable": True}
+            return {**reply, "traceback": lines}, None
         return {"ok": True}, result
 
     def open_files(self, request: dict, result: object, temp_dir: str) -> tuple[dict, list]:
@@ -466,8 +514,9 @@ class Worker:
             return {"ok": False, "error": str(refused), "retryable": True}, []
         reply = {"ok": True, "files": [[asset_type, name] for asset_type, name, _ in opened]}
         images = [fd for asset_type, _, fd in opened if asset_type == "image"]
-        if request.get("preview") and images:
-            reply["preview"] = preview(images[0])
+        image_format = request.get("preview")
+        if image_format in PREVIEW_FORMATS and images:
+            reply["preview"] = preview(images[0], image_format)
         return reply, opened
 
     def clean(self, temp_dir: str) -> bool:
