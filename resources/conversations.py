@@ -256,6 +256,7 @@ def _message(row: sa.RowMapping, presign: Presign | None) -> dict[str, Any]:
     if row["media_id"] is not None:
         stored = row["media_status"] == "stored" and row["s3_key"]
         media = {
+            "id": row["media_id"],
             "type": row["media_type"],
             "mime_type": row["mime_type"],
             "size": row["size_bytes"],
@@ -278,6 +279,21 @@ def _message(row: sa.RowMapping, presign: Presign | None) -> dict[str, Any]:
         **{k: _iso(row[k]) for k in ("created_at", "sent_at", "delivered_at", "read_at")},
         "failed_at": _iso(row["failed_at"]),
     }
+
+
+def media_location(
+    engine: sa.Engine, media_id: int, organisation_id: str | None
+) -> tuple[str, str] | None:
+    """The bucket and key of an inbound media copy of the organisation, None if none."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT s3_bucket, s3_key FROM media WHERE id = :m AND status = 'stored'"
+                " AND (CAST(:o AS uuid) IS NULL OR organisation_id = CAST(:o AS uuid))"
+            ),
+            {"m": media_id, "o": organisation_id},
+        ).one_or_none()
+    return (row.s3_bucket, row.s3_key) if row else None
 
 
 def history(conn: sa.Connection, conversation_id: int) -> list[dict[str, Any]]:

@@ -18,7 +18,16 @@ from starlette.routing import Route
 
 from resources import settings
 from resources.postgres import PostgresResource
-from webhook_app import access_log, campaign_api, inbox_api, operator_api, runtime, stats, webhook
+from webhook_app import (
+    access_log,
+    campaign_api,
+    console,
+    inbox_api,
+    operator_api,
+    runtime,
+    stats,
+    webhook,
+)
 
 REQUIRED_IN_PRODUCTION = (
     "DATABASE_URL",
@@ -54,6 +63,7 @@ routes = [
     *operator_api.routes,
     *campaign_api.routes,
     *inbox_api.routes,
+    *console.routes,
 ]
 
 app = Starlette(routes=routes, lifespan=lifespan)

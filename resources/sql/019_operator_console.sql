@@ -24,11 +24,14 @@ CREATE TABLE conversation_events (
 CREATE INDEX conversation_events_conversation_idx ON conversation_events (conversation_id, id);
 
 -- Operator console sessions: the cookie holds a random secret, only its SHA-256 is stored.
--- A session acts as the token it was opened with, and ends with it (revoked) or at expiry.
+-- A session acts as the token it was opened with (an organisation's, or with neither
+-- organisation nor token id the platform admin's, whose SHA-256 must still match), and ends
+-- with it (revoked, changed) or at expiry.
 CREATE TABLE console_sessions (
     secret_sha256       bytea PRIMARY KEY,
     organisation_id     uuid REFERENCES organisations (id),
     token_id            bigint REFERENCES api_tokens (id) ON DELETE CASCADE,
+    token_sha256        bytea NOT NULL,
     operator            text NOT NULL,
     csrf                text NOT NULL,
     created_at          timestamptz NOT NULL DEFAULT now(),
