@@ -537,29 +537,28 @@ async def static(request: Request) -> Response:
     return FileResponse(STATIC / name, headers={"Cache-Control": "max-age=300"})
 
 
+def _route(path: str, endpoint: Callable, method: str) -> Route:
+    """HTML for people: kept out of the OpenAPI document of the JSON APIs."""
+    return Route(path, endpoint, methods=[method], include_in_schema=False)
+
+
+CONVERSATION = "/console/conversations/{conversation_id:int}"
+TEMPLATE = "/console/templates/{template_id:int}"
 routes = [
-    Route("/console/static/{name}", static, methods=["GET"]),
-    Route("/console/login", login_form, methods=["GET"]),
-    Route("/console/login", login, methods=["POST"]),
-    Route("/console/logout", logout, methods=["POST"]),
-    Route("/console", inbox, methods=["GET"]),
-    Route("/console/inbox/rows", inbox_rows, methods=["GET"]),
-    Route("/console/conversations/{conversation_id:int}", conversation, methods=["GET"]),
-    Route(
-        "/console/conversations/{conversation_id:int}/messages",
-        conversation_messages,
-        methods=["GET"],
-    ),
-    Route(
-        "/console/conversations/{conversation_id:int}/{action}",
-        conversation_action,
-        methods=["POST"],
-    ),
-    Route("/console/media/{media_id:int}", media, methods=["GET"]),
-    Route("/console/campaigns", campaigns, methods=["GET"]),
-    Route("/console/campaigns/{campaign_id:uuid}/{action}", campaign_action, methods=["POST"]),
-    Route("/console/templates", template_list, methods=["GET"]),
-    Route("/console/templates/{template_id:int}", template_detail, methods=["GET"]),
-    Route("/console/templates/{template_id:int}/activate", template_activate, methods=["POST"]),
-    Route("/console/templates/{template_id:int}/preview", template_preview, methods=["POST"]),
+    _route("/console/static/{name}", static, "GET"),
+    _route("/console/login", login_form, "GET"),
+    _route("/console/login", login, "POST"),
+    _route("/console/logout", logout, "POST"),
+    _route("/console", inbox, "GET"),
+    _route("/console/inbox/rows", inbox_rows, "GET"),
+    _route(CONVERSATION, conversation, "GET"),
+    _route(CONVERSATION + "/messages", conversation_messages, "GET"),
+    _route(CONVERSATION + "/{action}", conversation_action, "POST"),
+    _route("/console/media/{media_id:int}", media, "GET"),
+    _route("/console/campaigns", campaigns, "GET"),
+    _route("/console/campaigns/{campaign_id:uuid}/{action}", campaign_action, "POST"),
+    _route("/console/templates", template_list, "GET"),
+    _route(TEMPLATE, template_detail, "GET"),
+    _route(TEMPLATE + "/activate", template_activate, "POST"),
+    _route(TEMPLATE + "/preview", template_preview, "POST"),
 ]

@@ -210,7 +210,7 @@ async def takeover(request: Request) -> JSONResponse:
           example: {"conversation_id": 42, "operator": "Bo"}
     responses:
       200: {description: '{"status": "takeover_complete"}'}
-      404: {description: no such conversation in the caller's organisation}
+      404: {description: "no such conversation in the caller's organisation"}
     """
     work = functools.partial(act, move=conversations.take_over)
     return await _answer(request, work, {"status": "takeover_complete"})
@@ -228,7 +228,7 @@ async def handback(request: Request) -> JSONResponse:
           example: {"phone": "+16505551234", "operator": "Bo"}
     responses:
       200: {description: '{"status": "handback_complete"}'}
-      404: {description: no such conversation in the caller's organisation}
+      404: {description: "no such conversation in the caller's organisation"}
     """
     work = functools.partial(act, move=conversations.hand_back)
     return await _answer(request, work, {"status": "handback_complete"})
@@ -246,7 +246,7 @@ async def dismiss(request: Request) -> JSONResponse:
           example: {"conversation_id": 42, "operator": "Bo"}
     responses:
       200: {description: '{"status": "dismissed"}'}
-      404: {description: no such conversation in the caller's organisation}
+      404: {description: "no such conversation in the caller's organisation"}
     """
     work = functools.partial(act, move=conversations.dismiss)
     return await _answer(request, work, {"status": "dismissed"})
@@ -265,9 +265,9 @@ async def operator_message(request: Request) -> JSONResponse:
           example: {"conversation_id": 42, "message": "Hello, Bo here.", "operator": "Bo"}
     responses:
       200: {description: '{"status": "sent", "message_id": 7}'}
-      409: {description: outside the 24-hour window without a template}
-      422: {description: a template that cannot be sent to this customer}
-      502: {description: WhatsApp refused the message}
+      409: {description: 'outside the 24-hour window without a template'}
+      422: {description: 'a template that cannot be sent to this customer'}
+      502: {description: 'WhatsApp refused the message'}
     """
     return await _answer(request, send)
 
@@ -302,10 +302,16 @@ async def list_conversations(request: Request) -> Any:
     parameters:
       - {name: needs_human, in: query, schema: {type: boolean}}
       - {name: taken_over, in: query, schema: {type: boolean}}
-      - {name: open_window, in: query, schema: {type: boolean}, description: inside 24 h}
-      - {name: q, in: query, schema: {type: string}, description: name, phone or user id}
+      - name: open_window
+        in: query
+        schema: {type: boolean}
+        description: a customer message in the last 24 h
+      - name: q
+        in: query
+        schema: {type: string}
+        description: a name, part of a phone number, a user id or a conversation id
       - {name: limit, in: query, schema: {type: integer, default: 50, maximum: 200}}
-      - {name: after, in: query, schema: {type: string}, description: the previous page's next}
+      - {name: after, in: query, schema: {type: string}, description: "the previous page's next"}
     responses:
       200:
         description: '{"conversations": [{"id", "name", "phone", "needs_human",
@@ -336,13 +342,13 @@ async def conversation_messages(request: Request) -> Any:
     tags: [conversations]
     parameters:
       - {name: limit, in: query, schema: {type: integer, default: 50, maximum: 200}}
-      - {name: before, in: query, schema: {type: string}, description: the previous page's older}
+      - {name: before, in: query, schema: {type: string}, description: "the previous page's older"}
     responses:
       200:
         description: '{"conversation": {...}, "messages": [{"id", "direction", "sender",
           "operator", "type", "body", "status", "error_code", "media": {"url"}, ...}],
           "older": cursor}'
-      404: {description: no such conversation in the caller's organisation}
+      404: {description: "no such conversation in the caller's organisation"}
     """
     query = request.query_params
     return await run_in_threadpool(
