@@ -80,26 +80,39 @@ def page_size(value: Any) -> int:
     return limit
 
 
-_SUMMARY = f"""
-SELECT v.id, v.organisation_id::text AS organisation_id, v.contact_id, c.name, c.phone,
-       c.wa_user_id AS user_id, v.needs_human, v.needs_human_at, v.human_takeover,
-       v.takeover_by, v.takeover_at, v.last_inbound_at,
-       v.last_inbound_at + interval '24 hours' AS window_ends_at,
-       coalesce(v.last_message_at, v.created_at) AS sort_at,
+_ORDER = "needs_human DESC, sort_at DESC, id DESC"
+
+
+def _summaries(conn: sa.Connection, where: list[str], params: dict[str, Any], limit: int):
+    """The conversations matching `where`, in inbox order, at most `limit`: the page is
+    chosen first (the inbox index), and only its rows look up their last message and
+    unanswered count."""
+    sql = f"""
+WITH page AS (
+    SELECT v.id, v.organisation_id::text AS organisation_id, v.contact_id, c.name, c.phone,
+           c.wa_user_id AS user_id, v.needs_human, v.needs_human_at, v.human_takeover,
+           v.takeover_by, v.last_inbound_at,
+           coalesce(v.last_message_at, v.created_at) AS sort_at
+    FROM conversations v JOIN contacts c ON c.id = v.contact_id
+    WHERE {" AND ".join(where)}
+    ORDER BY v.needs_human DESC, coalesce(v.last_message_at, v.created_at) DESC, v.id DESC
+    LIMIT :n
+)
+SELECT page.*, now() AS now, page.last_inbound_at + interval '24 hours' AS window_ends_at,
        last.body AS last_body, last.message_type AS last_type,
        last.sender_type AS last_sender, last.created_at AS last_at,
        (SELECT count(*) FROM messages u
-         WHERE u.conversation_id = v.id AND u.direction = 'inbound'
+         WHERE u.conversation_id = page.id AND u.direction = 'inbound'
            AND u.created_at > coalesce((SELECT max(a.created_at) FROM messages a
-                WHERE a.conversation_id = v.id AND a.sender_type IN {_ANSWERS}), '-infinity'))
-         AS unanswered
-FROM conversations v
-JOIN contacts c ON c.id = v.contact_id
-LEFT JOIN LATERAL (
+                WHERE a.conversation_id = page.id AND a.sender_type IN {_ANSWERS}),
+                '-infinity')) AS unanswered
+FROM page LEFT JOIN LATERAL (
     SELECT body, message_type, sender_type, created_at FROM messages
-    WHERE conversation_id = v.id ORDER BY created_at DESC, id DESC LIMIT 1
+    WHERE conversation_id = page.id ORDER BY created_at DESC, id DESC LIMIT 1
 ) last ON true
+ORDER BY {_ORDER}
 """
+    return conn.execute(sa.text(sql), {**params, "n": limit}).mappings().all()
 
 
 def _summary(row: sa.RowMapping) -> dict[str, Any]:
@@ -140,7 +153,7 @@ def list_conversations(
     """One page of conversations, those needing a human first, then the most recently
     active; `next` is the cursor of the following page (None on the last)."""
     where = ["(CAST(:o AS uuid) IS NULL OR v.organisation_id = CAST(:o AS uuid))"]
-    params: dict[str, Any] = {"o": organisation_id, "n": limit + 1}
+    params: dict[str, Any] = {"o": organisation_id}
     if filters.needs_human is not None:
         where.append("v.needs_human = :needs_human")
         params["needs_human"] = filters.needs_human
@@ -169,14 +182,8 @@ def list_conversations(
             " < (:c_flag, CAST(:c_at AS timestamptz), :c_id)"
         )
         params |= {"c_flag": bool(flagged), "c_at": sort_at, "c_id": int(last_id)}
-    sql = (
-        f"SELECT *, now() AS now FROM ({_SUMMARY} WHERE {' AND '.join(where)}"
-        " ORDER BY v.needs_human DESC, coalesce(v.last_message_at, v.created_at) DESC,"
-        " v.id DESC LIMIT :n) page"
-        " ORDER BY needs_human DESC, sort_at DESC, id DESC"
-    )
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(sql), params).mappings().all()
+        rows = _summaries(conn, where, params, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = (
@@ -187,17 +194,13 @@ def list_conversations(
 
 def get(conn: sa.Connection, conversation_id: int, organisation_id: str | None) -> dict[str, Any]:
     """One conversation's summary, `NotFound` outside the organisation."""
-    row = (
-        conn.execute(
-            sa.text(
-                f"SELECT *, now() AS now FROM ({_SUMMARY} WHERE v.id = :id"
-                " AND (CAST(:o AS uuid) IS NULL OR v.organisation_id = CAST(:o AS uuid))) one"
-            ),
-            {"id": conversation_id, "o": organisation_id},
-        )
-        .mappings()
-        .one_or_none()
+    found = _summaries(
+        conn,
+        ["v.id = :id", "(CAST(:o AS uuid) IS NULL OR v.organisation_id = CAST(:o AS uuid))"],
+        {"id": conversation_id, "o": organisation_id},
+        1,
     )
+    row = found[0] if found else None
     if row is None:
         raise NotFound(f"conversation {conversation_id} does not exist")
     return _summary(row)
