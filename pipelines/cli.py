@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -528,6 +529,219 @@ def _template_commands(commands: argparse._SubParsersAction) -> None:
     sync.set_defaults(run=cmd_templates_sync, needs=("DATABASE_URL", "WHATSAPP_ACCESS_TOKEN"))
 
 
+def cmd_generators(args: argparse.Namespace) -> int:
+    """Generator authoring (`resources.generators`), printed as JSON; a preview also writes
+    the files to a folder and exits 1 when the generator failed."""
+    from resources import generators
+
+    with _platform_engine(args) as engine:
+        command = args.generators_command
+        if command == "publish":
+            source = _read_text(args.file)
+            file_name = args.file_name or _default_file_name(args.file)
+            published = generators.publish(
+                engine, args.template, source, file_name, args.description or ""
+            )
+            result: Any = _without_source(published)
+        elif command == "list":
+            result = [v.as_dict() for v in generators.list_versions(engine, args.template)]
+        elif command == "show":
+            shown = generators.get_version(engine, args.template, args.version)
+            if args.source_only:
+                print(shown.source, end="")
+                return 0
+            result = shown.as_dict()
+        elif command == "activate":
+            result = _without_source(generators.activate(engine, args.template, args.version))
+        else:
+            return _preview(engine, args)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _without_source(version: Any) -> dict[str, Any]:
+    return {key: value for key, value in version.as_dict().items() if key != "source"}
+
+
+def _read_text(path: str) -> str:
+    return sys.stdin.read() if path == "-" else Path(path).read_text()
+
+
+def _default_file_name(path: str) -> str:
+    name = Path(path).name
+    return name if path != "-" and name.endswith(".py") else "generator.py"
+
+
+def _preview(engine: sa.Engine, args: argparse.Namespace) -> int:
+    from resources import generators
+
+    draft = _read_text(args.file) if args.file else None
+    result = generators.preview(
+        engine,
+        args.template,
+        source=draft,
+        version=args.version,
+        member=_read_json(args.member) if args.member else None,
+        campaign_id=args.campaign,
+        file_name=args.file_name
+        or (_default_file_name(args.file) if args.file else "generator.py"),
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = result.as_dict()
+    for file, shown in zip(result.files, summary["files"], strict=True):
+        path = out / _safe_name(file.name, file.asset_type)
+        path.write_bytes(file.data)
+        shown.update(path=str(path), data=None)
+        if file.thumbnail_png:
+            thumbnail = path.with_name(path.stem + ".thumbnail.png")
+            thumbnail.write_bytes(file.thumbnail_png)
+            shown.update(thumbnail_png=str(thumbnail))
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    if not result.ok:
+        print(f"waflow: error: the generator failed: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _safe_name(name: str, asset_type: str) -> str:
+    """A returned file's name as a plain name inside the output folder (the generator
+    chose it)."""
+    plain = Path(name).name
+    if plain in ("", ".", "..") or not plain.isprintable():
+        return asset_type or "file"
+    return plain
+
+
+def _fill(text: str) -> str:
+    return textwrap.fill(text, 88)
+
+
+GENERATOR_SHAPE = """\
+A generator is a Python file (at most GENERATOR_MAX_BYTES, default 200000 bytes) that
+defines, at module level:
+
+    def generate_asset(attributes, name, msisdn, temp_dir):
+        path = os.path.join(temp_dir, "card.json")   # write inside temp_dir only
+        ...
+        return {"json": path}                        # {asset_type: path}
+
+asset types: image, video, audio, document, json, text, csv.
+"""
+
+
+def _generator_commands(commands: argparse._SubParsersAction) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    group = commands.add_parser(
+        "generators",
+        help="publish, list, roll back and preview a template's media generator",
+        description=_fill(
+            "Author a template's media generator: each publish is a new version that"
+            " becomes active; activate rolls back or forward; preview runs a draft or a version"
+            " in the media sandbox for one sample member."
+        )
+        + "\n\n"
+        + GENERATOR_SHAPE,
+        epilog="example (publish, try, roll back):\n"
+        "  waflow generators publish offer.py --template 3\n"
+        "  waflow generators preview --template 3 --out preview/\n"
+        "  waflow generators list --template 3\n"
+        "  waflow generators activate 1 --template 3",
+        formatter_class=raw,
+    )
+    group.set_defaults(run=cmd_generators, needs=("DATABASE_URL",))
+    ops = group.add_subparsers(dest="generators_command", required=True)
+
+    def template_option(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--template", type=int, required=True, metavar="ID", help="the template's id"
+        )
+
+    publish = ops.add_parser(
+        "publish",
+        help="publish FILE as the template's next version (it becomes active)",
+        description=_fill(
+            "Check FILE (it compiles, defines generate_asset with four parameters,"
+            " fits the size limit) and store it as the template's next, active version. A"
+            " rejected file prints the line and the reason, exits 1 and stores nothing."
+        )
+        + "\n\n"
+        + GENERATOR_SHAPE,
+        epilog="example:\n  waflow generators publish offer.py --template 3"
+        ' --description "spring card"',
+        formatter_class=raw,
+    )
+    publish.add_argument("file", metavar="FILE", help="the generator's Python source (- for stdin)")
+    template_option(publish)
+    publish.add_argument("--file-name", help="name shown in tracebacks (default: FILE's name)")
+    publish.add_argument("--description", help="what changed in this version")
+
+    listing = ops.add_parser(
+        "list",
+        help="the template's versions, newest first",
+        description=_fill(
+            "The template's versions, newest first, as JSON: version, file_name,"
+            " description, active, created_at."
+        ),
+        epilog="example:\n  waflow generators list --template 3",
+        formatter_class=raw,
+    )
+    template_option(listing)
+
+    show = ops.add_parser(
+        "show",
+        help="one version, with its source",
+        epilog="example:\n  waflow generators show 2 --template 3 --source-only > offer.py",
+        formatter_class=raw,
+    )
+    show.add_argument("version", type=int)
+    template_option(show)
+    show.add_argument("--source-only", action="store_true", help="print only the source")
+
+    activate = ops.add_parser(
+        "activate",
+        help="make a stored version the active one (roll back or forward)",
+        description=_fill(
+            "Make VERSION the template's active generator. Members of a running"
+            " campaign not yet generated get it; those already generated keep their media."
+        ),
+        epilog="example (roll back to version 2):\n  waflow generators activate 2 --template 3",
+        formatter_class=raw,
+    )
+    activate.add_argument("version", type=int)
+    template_option(activate)
+
+    preview = ops.add_parser(
+        "preview",
+        help="run a draft FILE or a stored version for one sample member; files to a folder",
+        description=_fill(
+            "Run a draft FILE (checked, not stored), --version N, or else the active"
+            " version, in the media sandbox for one member: --member FILE, the first member of"
+            " --campaign, or a sample member. The files go to --out (an image also as"
+            " NAME.thumbnail.png); the JSON printed holds the output, seconds, peak memory, and"
+            " the error with the generator's own traceback lines. Exits 1 when the generator"
+            " failed."
+        )
+        + "\n\n--member FILE is a JSON object:\n"
+        '  {"name": "Ana", "msisdn": "+12025550100", "attributes": {"offer": "2 for 1"}}',
+        epilog="examples:\n"
+        "  waflow generators preview offer.py --template 3 --member ana.json --out preview/\n"
+        "  waflow generators preview --template 3 --version 2 --campaign"
+        " 6f1d3c1e-0a4b-4a5e-9d59-1e9b1d2c3a4b",
+        formatter_class=raw,
+    )
+    preview.add_argument("file", metavar="FILE", nargs="?", help="a draft source (- for stdin)")
+    template_option(preview)
+    preview.add_argument("--version", type=int, help="a stored version instead of a draft")
+    preview.add_argument("--file-name", help="the draft's name in tracebacks")
+    who = preview.add_mutually_exclusive_group()
+    who.add_argument("--member", metavar="FILE", help="the sample member as JSON (- for stdin)")
+    who.add_argument("--campaign", metavar="ID", help="use this campaign's first member")
+    preview.add_argument(
+        "--out", default="generator-preview", help="folder for the files (default: %(default)s)"
+    )
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     """An organisation's API tokens (`resources.tenants`), printed as JSON: the database is
     the platform's, so whoever runs this is the platform admin."""
@@ -594,6 +808,7 @@ def parser() -> argparse.ArgumentParser:
     ).set_defaults(run=cmd_archive_setup, needs=("DATABASE_URL", "S3_BUCKET"))
     _campaign_commands(commands)
     _template_commands(commands)
+    _generator_commands(commands)
     _token_commands(commands)
     _webhook_commands(commands)
     sender = commands.add_parser(
@@ -631,7 +846,7 @@ def explain(error: BaseException) -> str | None:
     from assets_defs.archive.objects import ArchiveMismatch
     from assets_defs.archive.restore import RestoreRefused
     from pipelines.local_stack import StackError
-    from resources import campaign_admin
+    from resources import campaign_admin, generators
 
     expected = (
         StackError,
@@ -640,6 +855,7 @@ def explain(error: BaseException) -> str | None:
         campaign_admin.InvalidInput,
         campaign_admin.NotFound,
         campaign_admin.Conflict,
+        generators.PreviewUnavailable,
         RestoreRefused,
         ArchiveMismatch,
     )

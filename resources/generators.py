@@ -137,10 +137,19 @@ def _b64(data: bytes | None) -> str | None:
 def validate_source(source: str) -> None:
     """Refuse, with its line and reason, a source that cannot be a generator: too large,
     not compiling, or without a module-level `def generate_asset` of four parameters."""
-    if not isinstance(source, str) or not source.strip():
+    if not isinstance(source, str):
+        raise GeneratorRejected(None, "the source must be text")
+    if not source.strip():
         raise GeneratorRejected(None, "the source is empty")
+    try:
+        size = len(source.encode("utf-8"))
+    except UnicodeEncodeError as error:
+        line = source.count("\n", 0, error.start) + 1
+        raise GeneratorRejected(line, "not Unicode text (a lone surrogate)") from None
+    if "\x00" in source:
+        line = source.count("\n", 0, source.index("\x00")) + 1
+        raise GeneratorRejected(line, "a NUL character, which cannot be stored")
     limit = settings.number("GENERATOR_MAX_BYTES")
-    size = len(source.encode("utf-8", errors="surrogatepass"))
     if size > limit:
         raise GeneratorRejected(
             None, f"the source is {size} bytes, over the {limit}-byte limit (GENERATOR_MAX_BYTES)"
@@ -150,8 +159,8 @@ def validate_source(source: str) -> None:
         compile(tree, "generator.py", "exec", dont_inherit=True)
     except SyntaxError as error:
         raise GeneratorRejected(error.lineno, f"syntax error: {error.msg}") from None
-    except (ValueError, RecursionError, MemoryError) as error:
-        raise GeneratorRejected(None, f"cannot compile: {type(error).__name__}") from None
+    except (RecursionError, MemoryError):
+        raise GeneratorRejected(None, "cannot compile: nested too deeply") from None
     _check_signature(tree)
 
 
@@ -173,7 +182,7 @@ def _check_signature(tree: ast.Module) -> None:
         a.arg for a, default in zip(args.kwonlyargs, args.kw_defaults, strict=True) if not default
     ]
     if len(positional) != 4 or args.vararg or args.kwarg or required_keywords:
-        shown = ast.unparse(args)
+        shown = ast.unparse(args)[:120]
         raise GeneratorRejected(
             function.lineno,
             f"generate_asset({shown}) must take exactly four parameters: {SIGNATURE}",
@@ -201,7 +210,19 @@ def _check_description(description: Any) -> str:
         raise InvalidInput(
             [{"field": "description", "error": f"must be text of at most {MAX_DESCRIPTION}"}]
         )
+    if "\x00" in description or not _encodable(description):
+        raise InvalidInput(
+            [{"field": "description", "error": "has a NUL or a lone surrogate, not storable"}]
+        )
     return description
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _lock_template(conn: sa.Connection, template_id: int) -> str:

