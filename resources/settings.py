@@ -423,6 +423,15 @@ SETTINGS: tuple[Setting, ...] = (
         high=19,
     ),
     Setting(
+        "CONSOLE_SESSION_HOURS",
+        "12",
+        "How long an operator console sign-in lasts; signing out, or revoking the token it "
+        "was made with, ends it sooner.",
+        kind=float,
+        low=0.01,
+        high=720,
+    ),
+    Setting(
         "AGENT_BUFFER_SECONDS",
         "3",
         "Quiet time after a customer's last message before the agent answers the buffered turn.",

@@ -160,8 +160,8 @@ def test_a_customer_asking_for_a_human_is_handed_over_and_the_agent_then_stays_s
         wait_until(lambda: inbox_drained(engine) and _unhandled(engine) == 0)
     assert _sent_texts(graph) == [HANDOFF_REPLY]
     assert model.prompts == []
-    flag = rows(engine, "SELECT human_takeover, takeover_by FROM conversations")[0]
-    assert (flag.human_takeover, flag.takeover_by) == (True, "agent")
+    flag = rows(engine, "SELECT human_takeover, takeover_by, needs_human FROM conversations")[0]
+    assert (flag.human_takeover, flag.takeover_by, flag.needs_human) == (True, "agent", True)
 
 
 def test_the_model_saying_it_cannot_help_hands_over(engine, zero_buffer):

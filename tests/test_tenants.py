@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from resources import campaign_control as control
 from resources.whatsapp import WhatsAppClient
 from tests import payloads as p
 from webhook_app import app as app_module
+from webhook_app import console
 
 ADMIN_TOKEN = "tenants-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -185,6 +187,11 @@ def _only_b(response: Any, w: World) -> None:
     assert [o["id"] for o in response.json()] == [w.b.id]
 
 
+def _only_b_conversations(response: Any, w: World) -> None:
+    assert response.status_code == 200
+    assert [c["id"] for c in response.json()["conversations"]] == [w.b.conversation_id]
+
+
 GENERATOR = (
     "def generate_asset(attributes, name, msisdn, temp_dir):\n"
     "    open('a.txt', 'w').write('hi')\n"
@@ -207,6 +214,13 @@ CASES: dict[tuple[str, str], Case] = {
     ("POST", "/api/v1/handback"): Case("organisation", lambda w: _operator(w, "/api/v1/handback")),
     ("POST", "/api/v1/operator-message"): Case(
         "organisation", lambda w: _operator(w, "/api/v1/operator-message", message="Hi")
+    ),
+    ("POST", "/api/v1/dismiss"): Case("organisation", lambda w: _operator(w, "/api/v1/dismiss")),
+    ("GET", "/api/v1/conversations"): Case(
+        "organisation", lambda w: ("/api/v1/conversations", {}), foreign=_only_b_conversations
+    ),
+    ("GET", "/api/v1/conversations/{conversation_id:int}/messages"): Case(
+        "organisation", lambda w: (f"/api/v1/conversations/{w.a.conversation_id}/messages", {})
     ),
     ("POST", "/api/organisations"): Case(
         "platform", lambda w: ("/api/organisations", {"json": {"name": "New"}}), 201
@@ -350,6 +364,17 @@ OPEN = {
 }
 
 
+# The operator console: a session cookie (opened with an operator token) instead of a bearer
+# token; tests/test_console.py covers sessions, CSRF and organisation scope. Here: without a
+# session nothing but the sign-in form and the static files answers, bearer token or not.
+CONSOLE_OPEN = {
+    ("GET", "/console/login"),
+    ("POST", "/console/login"),
+    ("GET", "/console/static/{name}"),
+}
+CONSOLE = {(method, route.path) for route in console.routes for method in route.methods - {"HEAD"}}
+
+
 def _app_routes() -> set[tuple[str, str]]:
     found = set()
     for route in app_module.app.routes:
@@ -359,7 +384,27 @@ def _app_routes() -> set[tuple[str, str]]:
 
 
 def test_every_route_of_the_app_has_a_case():
-    assert _app_routes() == set(CASES) | OPEN
+    assert _app_routes() == set(CASES) | OPEN | CONSOLE
+
+
+def test_console_routes_need_a_session_not_a_bearer_token(client, world):
+    examples = {
+        "conversation_id": str(world.a.conversation_id),
+        "action": "takeover",
+        "campaign_id": world.a.campaign_id,
+        "template_id": str(world.a.template_id),
+        "media_id": "1",
+        "name": "console.css",
+    }
+    for method, path in sorted(CONSOLE - CONSOLE_OPEN):
+        url = re.sub(r"{(\w+)(:\w+)?}", lambda m: examples[m.group(1)], path)
+        for headers in ({}, bearer(world.a.token), ADMIN):
+            answer = client.request(method, url, headers=headers, follow_redirects=False)
+            if method == "GET":
+                assert answer.status_code == 303, (url, answer.text)
+                assert answer.headers["location"].startswith("/console/login")
+            else:
+                assert answer.status_code == 401, (url, answer.text)
 
 
 def _call(client: TestClient, method: str, request: Request, headers: dict[str, str]) -> Any:

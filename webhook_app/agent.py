@@ -37,7 +37,7 @@ from langchain_core.messages import (
 from langchain_core.messages.utils import count_tokens_approximately
 from langgraph.graph import END, START, StateGraph
 
-from resources import consent, settings
+from resources import consent, conversations, settings
 from resources.chat import OfflineResponder
 from resources.storage import S3Storage
 from resources.whatsapp import WhatsAppClient
@@ -306,13 +306,7 @@ class Agent:
                 message = outbound.text(turn["reply"])
                 replies.append(outbound.queue(conn, conversation, message, "ai"))
                 if turn.get("handoff"):
-                    conn.execute(
-                        sa.text(
-                            "UPDATE conversations SET human_takeover = true, takeover_at = now(),"
-                            " takeover_by = 'agent' WHERE id = :id"
-                        ),
-                        {"id": conversation.id},
-                    )
+                    conversations.flag(conn, conversation.id)
             conn.execute(
                 sa.text("UPDATE messages SET handled_at = now() WHERE id = ANY(:ids)"),
                 {"ids": turn["message_ids"]},

@@ -21,6 +21,7 @@ from resources.postgres import PostgresResource
 from webhook_app import (
     access_log,
     campaign_api,
+    console,
     generator_api,
     inbox_api,
     openapi,
@@ -66,6 +67,7 @@ routes = [
     *generator_api.routes,
     *inbox_api.routes,
     *openapi.routes,
+    *console.routes,
 ]
 
 app = Starlette(routes=routes, lifespan=lifespan)

@@ -44,10 +44,9 @@ def caller(request: Request) -> Caller:
     return request.state.caller
 
 
-async def _identify(request: Request) -> Caller | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+async def identify_token(request: Request, token: str) -> Caller | None:
+    """Who `token` is: the platform admin, a live organisation token's owner, or None."""
+    if not token:
         return None
     if hmac.compare_digest(token.encode(), settings.require("ADMIN_API_TOKEN").encode()):
         return PLATFORM_ADMIN
@@ -55,6 +54,13 @@ async def _identify(request: Request) -> Caller | None:
         return None
     owner = await run_in_threadpool(tenants.token_owner, request.app.state.postgres.engine, token)
     return Caller(owner.organisation_id, owner.token_id) if owner else None
+
+
+async def _identify(request: Request) -> Caller | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return await identify_token(request, token.strip())
 
 
 def _unauthorized() -> Response:

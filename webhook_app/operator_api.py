@@ -1,19 +1,27 @@
-"""Operator API (seed 4): take a conversation over, hand it back, write to the customer.
+"""Operator API (seed 4): list conversations, read a transcript, take a conversation over,
+hand it back, dismiss its "needs a human" flag, write to the customer.
 
 While a conversation is taken over the agent stays silent; the operator's messages are
 stored in the conversation, which is the agent's memory, so after the handback it knows
 what was said. Free-form messages are allowed only within 24 h of the customer's last
 message (WhatsApp's customer-service window); outside it a template is needed.
 
-The customer is looked up within one organisation: an organisation's token's own (an
+The conversation is named by its `conversation_id`, or by the customer's `phone` or
+`user_id` looked up within one organisation: an organisation's token's own (an
 `organisation_id` naming another answers 404, as an unknown customer), or, for the platform
 admin, the body's `organisation_id`, which it must give when the customer has conversations
-in more than one organisation.
+in more than one organisation. Every move is recorded with its operator: the body's
+`operator` (a name), else the token that made it.
+
+The queries live in `resources.conversations`; the console (`webhook_app.console`) calls
+the same functions.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import functools
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -23,12 +31,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from resources import conversations
+from resources.campaign_admin import InvalidInput
 from resources.phone import InvalidPhoneNumber, to_e164
+from resources.storage import S3Storage
 from webhook_app import bodies, outbound
 from webhook_app.auth import Caller, caller, requires_token
+from webhook_app.campaign_api import operation
 from webhook_app.runtime import Runtime
 
-SERVICE_WINDOW = timedelta(hours=24)
+SERVICE_WINDOW = conversations.SERVICE_WINDOW
+MEDIA_LINK_SECONDS = 300
 MEDIA_KINDS = ("image", "video", "document", "audio")
 
 
@@ -72,7 +85,18 @@ def _organisation(body: dict[str, Any], who: Caller) -> tuple[str | None, bool]:
     return organisation_id, who.sees(organisation_id)
 
 
+def operator_of(body: dict[str, Any], who: Caller) -> conversations.Operator:
+    """The body's `operator` name, else the caller: the platform admin or a token by id."""
+    named = body.get("operator")
+    if named is not None and (not isinstance(named, str) or not 0 < len(named.strip()) <= 200):
+        raise RequestError(400, "operator must be text of 1 to 200 characters")
+    fallback = "platform admin" if who.organisation_id is None else f"token {who.token_id}"
+    return conversations.Operator(named.strip() if named else fallback, who.token_id)
+
+
 def _conversation(conn: sa.Connection, body: dict[str, Any], who: Caller) -> outbound.Conversation:
+    if body.get("conversation_id") not in (None, ""):
+        return _by_id(conn, body["conversation_id"], who)
     phone, user_id = _customer(body)
     organisation_id, visible = _organisation(body, who)
     found = outbound.find(conn, phone, user_id, organisation_id) if visible else []
@@ -86,32 +110,61 @@ def _conversation(conn: sa.Connection, body: dict[str, Any], who: Caller) -> out
     return found[0]
 
 
-def _set_takeover(runtime: Runtime, body: dict[str, Any], who: Caller, taken: bool) -> None:
+def _by_id(conn: sa.Connection, given: Any, who: Caller) -> outbound.Conversation:
+    try:
+        conversation_id = int(given)
+    except (TypeError, ValueError):
+        raise RequestError(400, "conversation_id must be a number") from None
+    try:
+        conversation = outbound.load(conn, conversation_id)
+    except sa.exc.NoResultFound:
+        conversation = None
+    if conversation is None or not who.sees(conversation.organisation_id):
+        raise RequestError(404, f"no conversation {conversation_id}")
+    return conversation
+
+
+Move = Callable[[sa.Connection, int, conversations.Operator], None]
+
+
+def act(runtime: Runtime, body: dict[str, Any], who: Caller, move: Move) -> None:
+    """Take over, hand back or dismiss (`move`), recorded with the operator."""
+    operator = operator_of(body, who)
     with runtime.engine.begin() as conn:
         conversation = _conversation(conn, body, who)
-        conn.execute(
-            sa.text(
-                "UPDATE conversations SET human_takeover = :t,"
-                " takeover_at = CASE WHEN :t THEN now() END,"
-                " takeover_by = CASE WHEN :t THEN :by END WHERE id = :id"
-            ),
-            {"t": taken, "by": str(body.get("operator") or "operator"), "id": conversation.id},
-        )
+        outbound.load(conn, conversation.id, lock=True)
+        move(conn, conversation.id, operator)
 
 
-def _operator_message(runtime: Runtime, body: dict[str, Any], who: Caller) -> dict[str, Any]:
-    message = _message_of(body)
+def send(runtime: Runtime, body: dict[str, Any], who: Caller) -> dict[str, Any]:
+    """Queue the operator's message (text, media, or with `template_id` an approved
+    template, the only kind allowed outside the 24-hour window), then deliver it."""
+    operator = operator_of(body, who)
     with runtime.engine.begin() as conn:
         conversation = _conversation(conn, body, who)
         conversation = outbound.load(conn, conversation.id, lock=True)
-        last = conversation.last_inbound_at
-        if last is None or datetime.now(UTC) - last > SERVICE_WINDOW:
-            raise RequestError(
-                409,
-                "outside the 24-hour customer-service window (no customer message in the"
-                " last 24 h): only an approved template may be sent",
-            )
-        message_id = outbound.queue(conn, conversation, message, "operator")
+        if body.get("template_id") not in (None, ""):
+            try:
+                message, shown = conversations.template_message(
+                    conn,
+                    body["template_id"],
+                    str(conversation.organisation_id),
+                    conversation.contact_id,
+                )
+            except InvalidInput as error:
+                raise RequestError(422, error.errors[0]["error"]) from None
+        else:
+            message, shown = _message_of(body), None
+            last = conversation.last_inbound_at
+            if last is None or datetime.now(UTC) - last > SERVICE_WINDOW:
+                raise RequestError(
+                    409,
+                    "outside the 24-hour customer-service window (no customer message in the"
+                    " last 24 h): only an approved template may be sent (template_id)",
+                )
+        message_id = outbound.queue(
+            conn, conversation, message, "operator", operator=operator.name, body=shown
+        )
     delivery = outbound.deliver(runtime.engine, runtime.client, message_id)
     if delivery.outcome == "failed":
         raise RequestError(502, f"WhatsApp refused the message: {delivery.error}")
@@ -136,18 +189,177 @@ def _message_of(body: dict[str, Any]) -> dict[str, Any]:
     return outbound.text(text)
 
 
-def _endpoint(work, doc: str, answer: dict[str, Any] | None = None):
-    @requires_token
-    async def endpoint(request: Request) -> JSONResponse:
-        try:
-            body = await _body(request)
-            result = await run_in_threadpool(work, request.app.state.webhook, body, caller(request))
-        except RequestError as error:
-            return JSONResponse({"error": error.reason}, status_code=error.status)
-        return JSONResponse(answer or result)
+async def _answer(request: Request, work: Callable, answer: dict[str, Any] | None = None):
+    try:
+        body = await _body(request)
+        result = await run_in_threadpool(work, request.app.state.webhook, body, caller(request))
+    except RequestError as error:
+        return JSONResponse({"error": error.reason}, status_code=error.status)
+    return JSONResponse(answer or result)
 
-    endpoint.__doc__ = doc
-    return endpoint
+
+@requires_token
+async def takeover(request: Request) -> JSONResponse:
+    """The operator takes the conversation: the agent stays silent, the flag is cleared.
+    ---
+    summary: Take a conversation over
+    tags: [conversations]
+    requestBody:
+      content:
+        application/json:
+          example: {"conversation_id": 42, "operator": "Bo"}
+    responses:
+      200: {description: '{"status": "takeover_complete"}'}
+      404: {description: "no such conversation in the caller's organisation"}
+    """
+    work = functools.partial(act, move=conversations.take_over)
+    return await _answer(request, work, {"status": "takeover_complete"})
+
+
+@requires_token
+async def handback(request: Request) -> JSONResponse:
+    """The agent answers again.
+    ---
+    summary: Hand a conversation back to the agent
+    tags: [conversations]
+    requestBody:
+      content:
+        application/json:
+          example: {"phone": "+16505551234", "operator": "Bo"}
+    responses:
+      200: {description: '{"status": "handback_complete"}'}
+      404: {description: "no such conversation in the caller's organisation"}
+    """
+    work = functools.partial(act, move=conversations.hand_back)
+    return await _answer(request, work, {"status": "handback_complete"})
+
+
+@requires_token
+async def dismiss(request: Request) -> JSONResponse:
+    """Lower the "needs a human" flag without taking over.
+    ---
+    summary: Dismiss a conversation's needs-a-human flag
+    tags: [conversations]
+    requestBody:
+      content:
+        application/json:
+          example: {"conversation_id": 42, "operator": "Bo"}
+    responses:
+      200: {description: '{"status": "dismissed"}'}
+      404: {description: "no such conversation in the caller's organisation"}
+    """
+    work = functools.partial(act, move=conversations.dismiss)
+    return await _answer(request, work, {"status": "dismissed"})
+
+
+@requires_token
+async def operator_message(request: Request) -> JSONResponse:
+    """Write to the customer: free text or media inside the 24-hour window, an approved
+    template (`template_id`) at any time.
+    ---
+    summary: Send an operator message
+    tags: [conversations]
+    requestBody:
+      content:
+        application/json:
+          example: {"conversation_id": 42, "message": "Hello, Bo here.", "operator": "Bo"}
+    responses:
+      200: {description: '{"status": "sent", "message_id": 7}'}
+      409: {description: 'outside the 24-hour window without a template'}
+      422: {description: 'a template that cannot be sent to this customer'}
+      502: {description: 'WhatsApp refused the message'}
+    """
+    return await _answer(request, send)
+
+
+@functools.cache
+def _s3() -> S3Storage:
+    return S3Storage.from_env()
+
+
+def presign(bucket: str, key: str) -> str:
+    """A short-lived link to a copy of inbound media in our bucket."""
+    return _s3().client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=MEDIA_LINK_SECONDS
+    )
+
+
+def _flag(query: Any, name: str) -> bool | None:
+    value = query.get(name)
+    if value in (None, ""):
+        return None
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise InvalidInput([{"field": name, "error": "must be true or false"}])
+    return value.lower() in ("true", "1")
+
+
+@operation(200)
+async def list_conversations(request: Request) -> Any:
+    """The caller's conversations, those needing a human first.
+    ---
+    summary: List conversations
+    tags: [conversations]
+    parameters:
+      - {name: needs_human, in: query, schema: {type: boolean}}
+      - {name: taken_over, in: query, schema: {type: boolean}}
+      - name: open_window
+        in: query
+        schema: {type: boolean}
+        description: a customer message in the last 24 h
+      - name: q
+        in: query
+        schema: {type: string}
+        description: a name, part of a phone number, a user id or a conversation id
+      - {name: limit, in: query, schema: {type: integer, default: 50, maximum: 200}}
+      - {name: after, in: query, schema: {type: string}, description: "the previous page's next"}
+    responses:
+      200:
+        description: '{"conversations": [{"id", "name", "phone", "needs_human",
+          "taken_over", "last_message", "window_ends_at", "unanswered", ...}], "next": cursor}'
+    """
+    query = request.query_params
+    filters = conversations.Filters(
+        needs_human=_flag(query, "needs_human"),
+        taken_over=_flag(query, "taken_over"),
+        open_window=_flag(query, "open_window"),
+        q=(query.get("q") or "").strip()[:200] or None,
+    )
+    return await run_in_threadpool(
+        conversations.list_conversations,
+        request.app.state.postgres.engine,
+        caller(request).organisation_id,
+        filters,
+        conversations.page_size(query.get("limit", "50")),
+        query.get("after") or None,
+    )
+
+
+@operation(200)
+async def conversation_messages(request: Request) -> Any:
+    """The transcript, a page at a time, newest page first.
+    ---
+    summary: A conversation's messages
+    tags: [conversations]
+    parameters:
+      - {name: limit, in: query, schema: {type: integer, default: 50, maximum: 200}}
+      - {name: before, in: query, schema: {type: string}, description: "the previous page's older"}
+    responses:
+      200:
+        description: '{"conversation": {...}, "messages": [{"id", "direction", "sender",
+          "operator", "type", "body", "status", "error_code", "media": {"url"}, ...}],
+          "older": cursor}'
+      404: {description: "no such conversation in the caller's organisation"}
+    """
+    query = request.query_params
+    return await run_in_threadpool(
+        conversations.transcript,
+        request.app.state.postgres.engine,
+        request.path_params["conversation_id"],
+        caller(request).organisation_id,
+        presign,
+        conversations.page_size(query.get("limit", "50")),
+        query.get("before") or None,
+    )
 
 
 def _doc(summary: str, example: str, ok: str, *errors: str) -> str:
@@ -176,45 +388,14 @@ def _doc(summary: str, example: str, ok: str, *errors: str) -> str:
 
 
 routes = [
+    Route("/api/v1/conversations", list_conversations, methods=["GET"]),
     Route(
-        "/api/v1/takeover",
-        _endpoint(
-            lambda r, b, c: _set_takeover(r, b, c, True),
-            _doc(
-                "Take a conversation over: the agent stays silent",
-                '{"phone": "+16505551234", "operator": "Bo"}',
-                "takeover_complete",
-            ),
-            {"status": "takeover_complete"},
-        ),
-        methods=["POST"],
+        "/api/v1/conversations/{conversation_id:int}/messages",
+        conversation_messages,
+        methods=["GET"],
     ),
-    Route(
-        "/api/v1/handback",
-        _endpoint(
-            lambda r, b, c: _set_takeover(r, b, c, False),
-            _doc(
-                "Hand a conversation back to the agent",
-                '{"phone": "+16505551234"}',
-                "handback_complete",
-            ),
-            {"status": "handback_complete"},
-        ),
-        methods=["POST"],
-    ),
-    Route(
-        "/api/v1/operator-message",
-        _endpoint(
-            _operator_message,
-            _doc(
-                "Write to the customer as an operator",
-                '{"phone": "+16505551234", "message": "Your parcel left today",'
-                ' "media": {"type": "image", "link": "https://example.com/parcel.jpg"}}',
-                "sent, queued or sending, with the message's id",
-                '"409":\n        description: outside the 24-hour customer-service window',
-                '"502":\n        description: WhatsApp refused the message',
-            ),
-        ),
-        methods=["POST"],
-    ),
+    Route("/api/v1/takeover", takeover, methods=["POST"]),
+    Route("/api/v1/handback", handback, methods=["POST"]),
+    Route("/api/v1/dismiss", dismiss, methods=["POST"]),
+    Route("/api/v1/operator-message", operator_message, methods=["POST"]),
 ]

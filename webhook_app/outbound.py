@@ -73,9 +73,9 @@ MAX_ATTEMPTS = 3
 _QUEUE = sa.text(
     "INSERT INTO messages (organisation_id, conversation_id, contact_id, direction,"
     " sender_type, phone_number_id, peer_phone, peer_wa_user_id, message_type, body,"
-    " payload, media, status)"
+    " payload, media, status, operator)"
     " VALUES (:o, :conv, :c, 'outbound', :sender, :p, :phone, :user, :kind, :body,"
-    " CAST(:payload AS jsonb), CAST(:media AS jsonb), 'pending')"
+    " CAST(:payload AS jsonb), CAST(:media AS jsonb), 'pending', :operator)"
     " RETURNING id"
 )
 # Only an outbox row (no campaign run) that is still `pending`: the compare-and-set that
@@ -127,9 +127,14 @@ def queue(
     conversation: Conversation,
     message: dict[str, Any],
     sender_type: str,
+    *,
+    operator: str | None = None,
+    body: str | None = None,
 ) -> int:
     """Store `message` (`type` + its object) for the customer as a `pending` outbound row of
-    the conversation, in the caller's transaction; `deliver` sends it after the commit."""
+    the conversation, in the caller's transaction; `deliver` sends it after the commit.
+    `operator` names who wrote it; `body` is the text kept for the transcript when the
+    message's own object has none (a template's rendered text)."""
     kind = message["type"]
     content = message.get(kind) or {}
     return conn.execute(
@@ -143,9 +148,10 @@ def queue(
             "phone": conversation.phone,
             "user": conversation.user_id,
             "kind": kind,
-            "body": content.get("body") or content.get("caption"),
+            "body": body or content.get("body") or content.get("caption"),
             "payload": json.dumps(message),
-            "media": json.dumps(content) if kind != "text" else None,
+            "media": json.dumps(content) if kind not in ("text", "template") else None,
+            "operator": operator,
         },
     ).scalar_one()
 
