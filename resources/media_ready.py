@@ -32,6 +32,7 @@ class Listener:
         # Out of the pool: it is autocommit and listening, not for anyone else.
         self._connection.detach()
         self._dbapi = self._connection.dbapi_connection
+        self._dbapi.rollback()  # the pool's liveness check may have begun a transaction
         self._dbapi.autocommit = True
         with self._dbapi.cursor() as cursor:
             cursor.execute(f"LISTEN {CHANNEL}")
