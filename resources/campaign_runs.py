@@ -27,6 +27,9 @@ from resources.campaigns import set_campaign_status
 
 # Campaigns whose media is ready and which may still have occurrences to send.
 ACTIVE = ("asset_generated", "ready_to_launch", "running")
+# A campaign whose media are being made: its run starts with its media, waits for the first
+# members whose media are ready, and sends each as it comes (`assets_defs/dispatch/dispatcher.py`).
+GENERATING = "asset_generation"
 
 
 class CannotRun(RuntimeError):
@@ -62,23 +65,26 @@ def active_campaigns(conn: sa.Connection, after: str, limit: int) -> list[Schedu
             "SELECT id::text, status, recurrence, start_at, end_at FROM campaigns"
             " WHERE status = ANY(:active) AND id::text > :after ORDER BY id::text LIMIT :limit"
         ),
-        {"active": list(ACTIVE), "after": after, "limit": limit},
+        {"active": [*ACTIVE, GENERATING], "after": after, "limit": limit},
     )
     return [Schedule(*row) for row in rows]
 
 
 def record_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> CampaignRun:
     """The campaign's run for `run_date`, created if absent; the campaign leaves
-    `asset_generated` for `ready_to_launch` with its first run."""
+    `asset_generated` for `ready_to_launch` with its first run. A campaign whose media are
+    still being made may have its run already (it sends the members that are ready)."""
     status = conn.execute(
         sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": campaign_id}
     ).scalar_one_or_none()
     if status is None:
         raise CannotRun(f"campaign {campaign_id} does not exist")
-    if status not in ACTIVE:
+    if status == "approved" and _exists(conn, campaign_id, run_date):
+        return get_run(conn, campaign_id, run_date)  # resumed; its media start again
+    if status not in (*ACTIVE, GENERATING):
         raise CannotRun(
-            f"campaign {campaign_id} is {status}; runs start once its media is ready "
-            f"({', '.join(ACTIVE)})"
+            f"campaign {campaign_id} is {status}; runs start once its media are being made "
+            f"or ready ({', '.join((GENERATING, *ACTIVE))})"
         )
     conn.execute(
         sa.text(
@@ -90,6 +96,16 @@ def record_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> 
     if status == "asset_generated":
         set_campaign_status(conn, campaign_id, "ready_to_launch")
     return get_run(conn, campaign_id, run_date)
+
+
+def _exists(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> bool:
+    return (
+        conn.execute(
+            sa.text("SELECT 1 FROM campaign_runs WHERE campaign_id = :c AND run_date = :d"),
+            {"c": campaign_id, "d": run_date},
+        ).first()
+        is not None
+    )
 
 
 def get_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> CampaignRun:
@@ -144,17 +160,17 @@ class Stopped(CannotRun):
 
 
 def start_run(conn: sa.Connection, run: CampaignRun) -> None:
-    """The run is dispatching and its campaign running; a paused or cancelled campaign
-    refuses (`Stopped`), and so does anything else that cannot run."""
+    """The run is dispatching and its campaign running (or still making its media); a
+    paused, cancelled or failed campaign refuses (`Stopped`), and so does anything else
+    that cannot run."""
     status = conn.execute(
         sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": run.campaign_id}
     ).scalar_one()
-    if status in ("paused", "cancelled"):
+    if status in ("paused", "cancelled", "failed"):
         stop_run(conn, run.id, status)
         raise Stopped(run.campaign_id, status)
-    if status == "ready_to_launch":
-        set_campaign_status(conn, run.campaign_id, "running")
-    elif status != "running":
+    # Resumed while its media were being made: `approved` until the media run starts again.
+    if status not in (GENERATING, "approved") and not launch(conn, run.campaign_id, status):
         raise CannotRun(f"campaign {run.campaign_id} is {status}; its run {run.id} is not sent")
     conn.execute(
         sa.text(
@@ -164,9 +180,31 @@ def start_run(conn: sa.Connection, run: CampaignRun) -> None:
     )
 
 
+def launch(conn: sa.Connection, campaign_id: str, status: str) -> bool:
+    """The campaign, its media ready, is `running` (through `ready_to_launch`); whether it
+    could be (it is `status`, read under its lock)."""
+    if status == "asset_generated":
+        set_campaign_status(conn, campaign_id, "ready_to_launch")
+        status = "ready_to_launch"
+    if status == "ready_to_launch":
+        set_campaign_status(conn, campaign_id, "running")
+        status = "running"
+    return status == "running"
+
+
+def launch_ready(conn: sa.Connection, campaign_id: str) -> None:
+    """A run that sent while the media were made: the campaign is `running` once they are
+    all ready (it may have been paused or failed meanwhile: then it stays so)."""
+    status = conn.execute(
+        sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": campaign_id}
+    ).scalar_one()
+    launch(conn, campaign_id, status)
+
+
 def stop_run(conn: sa.Connection, run_id: int, campaign_status: str) -> None:
-    """A dispatch stopped by its campaign's pause or cancel: the run waits or ends with it."""
-    status = "paused" if campaign_status == "paused" else "cancelled"
+    """A dispatch stopped by its campaign's pause, cancel or failure: the run waits
+    (paused) or ends with it."""
+    status = {"paused": "paused", "failed": "failed"}.get(campaign_status, "cancelled")
     conn.execute(
         sa.text(
             "UPDATE campaign_runs SET status = :s, status_reason = :why"

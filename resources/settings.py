@@ -232,6 +232,15 @@ SETTINGS: tuple[Setting, ...] = (
         high=64,
     ),
     Setting(
+        "MEDIA_SENSOR_INTERVAL_SECONDS",
+        "10",
+        "How often the Dagster daemon looks for approved campaigns to start their media: the"
+        " longest an approved campaign waits before its media begin.",
+        kind=int,
+        low=1,
+        high=3600,
+    ),
+    Setting(
         "MEDIA_STUCK_MINUTES",
         "30",
         "Members in `asset_generating` this long, claimed by a run that is gone, are reset to"
@@ -314,6 +323,24 @@ SETTINGS: tuple[Setting, ...] = (
         kind=int,
         low=1,
         high=7 * 24 * 3600,  # the longest a presigned URL can live
+    ),
+    Setting(
+        "DISPATCH_SENSOR_INTERVAL_SECONDS",
+        "10",
+        "How often the campaign-run sensor looks for campaign runs to launch (the first members"
+        " with media ready, a due occurrence, a resumed campaign) and completes finished ones.",
+        kind=int,
+        low=1,
+        high=3600,
+    ),
+    Setting(
+        "DISPATCH_MEDIA_POLL_SECONDS",
+        "5",
+        "A dispatch run sending while its campaign's media are made is woken by each batch of"
+        " members the media runs record (Postgres `NOTIFY`); it also looks this often.",
+        kind=float,
+        low=0.1,
+        high=600,
     ),
     Setting(
         "DISPATCH_CONCURRENCY",

@@ -2,8 +2,8 @@
 
 Each process is real and stops itself at a named crash point (`resources.crash_points`),
 where the test kills it with SIGKILL; the windows are the sender between its claim and the
-request, dispatch between SQS's answer and `queued_at`, the agent around its reply's send,
-and the media archive between its copy and the delete of the hot object.
+request, dispatch between SQS's answer and its record on the members, the agent around its
+reply's send, and the media archive between its copy and the delete of the hot object.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def dispatch_resources(postgres, sqs, s3):
     }
 
 
-def test_dispatch_killed_between_sqs_accepting_and_queued_at(
+def test_dispatch_killed_between_sqs_accepting_and_its_record(
     engine, database_url, sqs, s3, dispatch_resources, repo_root, tmp_path
 ):
     members = [Member(f"+1202555{i:04d}", f"Member {i}") for i in range(25)]
@@ -101,13 +101,14 @@ def test_dispatch_killed_between_sqs_accepting_and_queued_at(
         tmp_path,
     )
     kill_9(child)
-    assert scalar(engine, "SELECT count(*) FROM messages WHERE queued_at IS NOT NULL") == 0
+    unrecorded = "SELECT count(*) FROM campaign_audience WHERE dispatch_run_id IS NULL"
+    assert scalar(engine, unrecorded) == 25
     assert sqs.depth().visible == 25  # SQS had them all; the database did not know
 
     assert materialize_run(campaign_id, dispatch_resources).success
 
     ids = sorted(r.id for r in rows(engine, "SELECT id FROM messages"))
-    assert scalar(engine, "SELECT count(*) FROM messages WHERE queued_at IS NULL") == 0
+    assert scalar(engine, unrecorded) == 0
     # The retry's copies carried the same deduplication ids: one payload per row.
     assert sorted(b["messageId"] for b in drain_queue(sqs, expected=25)) == ids
 

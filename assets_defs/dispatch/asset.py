@@ -5,7 +5,14 @@ from datetime import date
 
 import dagster as dg
 
-from assets_defs.dispatch.dispatcher import Dispatch, Halted, RunCounts, load_spec, run_counts
+from assets_defs.dispatch.dispatcher import (
+    AttemptStats,
+    Dispatch,
+    Halted,
+    RunCounts,
+    load_spec,
+    run_counts,
+)
 from assets_defs.dispatch.payloads import MediaUrl
 from pipelines.partitions import campaign_run_partitions
 from resources import campaign_runs as runs
@@ -77,6 +84,7 @@ def dispatched_batches(
             media_url_builder(s3),
             concurrency=settings.number("DISPATCH_CONCURRENCY"),
             retry_seconds=settings.number("DISPATCH_SQS_RETRY_SECONDS"),
+            media_poll_seconds=settings.number("DISPATCH_MEDIA_POLL_SECONDS"),
             log=context.log.info,
         )
         try:
@@ -90,11 +98,14 @@ def dispatched_batches(
                 runs.fail_run(conn, run.id, f"{type(error).__name__}: {error}")
             raise
         with engine.begin() as conn:
+            if stopped_by is None:
+                # It may have started while the media were being made: they are ready now.
+                runs.launch_ready(conn, campaign_id)
             counts = run_counts(conn, campaign_id, run.id)
             if stopped_by is None:
                 runs.finish_run(conn, run, counts.queued, counts.failed, counts.skipped)
     if stopped_by is not None:
-        return _stopped(context, run.id, stopped_by, counts)
+        return _stopped(context, run.id, stopped_by, counts, stats)
     depth = sqs.depth()
     accounted = counts.queued + counts.failed + counts.skipped
     return dg.MaterializeResult(
@@ -106,10 +117,14 @@ def dispatched_batches(
             "failed": counts.failed,
             "skipped": counts.skipped,
             "eligible": counts.eligible,
+            "sent_during_run": counts.sent,
             "batches": stats.batches,
+            # Over the time spent dispatching, without the waits for media.
             "messages_per_second": dg.MetadataValue.float(
                 round(stats.sent / stats.seconds, 1) if stats.seconds else 0.0
             ),
+            "started_during_media": stats.started_during_media,
+            "media_wait_s": dg.MetadataValue.float(round(stats.media_wait_seconds, 1)),
             "queue_depth_after": depth.visible,
             "queue_in_flight_after": depth.in_flight,
             "dead_letter_depth_after": depth.dead_letter,
@@ -126,10 +141,16 @@ def dispatched_batches(
 
 
 def _stopped(
-    context: dg.AssetExecutionContext, run_id: int, status: str, counts: RunCounts | None
+    context: dg.AssetExecutionContext,
+    run_id: int,
+    status: str,
+    counts: RunCounts | None,
+    stats: AttemptStats | None = None,
 ) -> dg.MaterializeResult:
-    """The run stopped because its campaign was paused or cancelled: say how far it got.
-    A paused run is launched again when the campaign resumes, and goes on from there."""
+    """The run stopped because its campaign was paused, cancelled or failed (its media
+    failure threshold crossed while it sent): say how far it got, and how many messages
+    were already sent. A paused run is launched again when the campaign resumes, and goes
+    on from there."""
     what = "waits for the campaign to resume" if status == "paused" else "ends with the campaign"
     context.log.info(f"campaign run {run_id}: campaign {status}; the run {what}")
     accounted = counts.queued + counts.failed + counts.skipped if counts else 0
@@ -138,9 +159,11 @@ def _stopped(
             "campaign_run_id": run_id,
             "outcome": f"stopped: campaign {status}",
             "queued": counts.queued if counts else 0,
+            "already_sent": counts.sent if counts else 0,
             "failed": counts.failed if counts else 0,
             "skipped": counts.skipped if counts else 0,
             "eligible": counts.eligible if counts else 0,
+            "started_during_media": bool(stats and stats.started_during_media),
         },
         check_results=[
             dg.AssetCheckResult(

@@ -1,15 +1,23 @@
 """One campaign run, from the audience table to the queue, exactly once and in constant memory.
 
 Members are read in keyset pages. For each page one transaction stores a `pending` message row
-per valid member (unique per run and member) and marks invalid members `failed` and opted-out
-ones `skipped` (by the consent rules of the template's category); the new rows then go to SQS,
-several batches in flight, and the transaction that records SQS's answer sets `queued_at` and
-moves the members to `ready_to_send`. A run that was killed resumes by first sending its rows
-still pending without `queued_at`; a FIFO queue's deduplication id (run + member) covers rows
-sent just before the kill, and the sender refuses a row that is no longer `pending`.
+per valid member (unique per run and member; written once, its `queued_at` the moment it is
+handed to the queue) and marks invalid members `failed` and opted-out ones `skipped` (by the
+consent rules of the template's category); the new rows then go to SQS, several batches in
+flight, and one statement per group of SQS's answers moves their members to `ready_to_send`
+with this run as their `dispatch_run_id`: that is the record that SQS has them. A run that
+was killed resumes by first sending its pending rows whose member does not have it yet; a FIFO
+queue's deduplication id (run + member) covers rows sent just before the kill, and the
+sender refuses a row that is no longer `pending`.
 
-Between pages the run looks at its campaign: paused or cancelled, it stops there
-(`Halted`). What it stored and did not queue stays pending for the run that resumes it.
+While the campaign's media are still being made, the run sends the members whose media are
+ready, then waits for more: the media runs `NOTIFY` as they record members, and the run
+looks again at least every `DISPATCH_MEDIA_POLL_SECONDS`. Once the media are finished (the
+campaign left `asset_generation`), one last pass takes every member left and the run ends.
+
+Between pages the run looks at its campaign: paused, cancelled or failed (its media failure
+threshold crossed), it stops there (`Halted`). What it stored and did not queue stays pending
+for the run that resumes it.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from assets_defs.dispatch.payloads import (
     with_message_id,
 )
 from resources import consent, crash_points
+from resources.campaign_runs import GENERATING
+from resources.media_ready import Listener
 from resources.queue import SQSResource
 from resources.status import member_sources
 
@@ -48,10 +58,16 @@ RECORD_EVERY = 200
 # Members a run may still send to: not yet decided, or sent by an earlier run of a recurring
 # campaign.
 CANDIDATE_STATUSES = ("pending", "asset_generated", "ready_to_send")
+# While media are being made, `pending` members are waiting for theirs.
+READY_STATUSES = ("asset_generated", "ready_to_send")
+# Campaign statuses in which members are still getting their media (`approved`: resumed
+# after a pause, until its media run starts again).
+MAKING_MEDIA = (GENERATING, "approved")
+STOPPING = ("paused", "cancelled", "failed")
 
 
 class Halted(Exception):
-    """The campaign was paused or cancelled while its run was being dispatched."""
+    """The campaign was paused, cancelled or failed while its run was being dispatched."""
 
     def __init__(self, status: str) -> None:
         super().__init__(f"campaign {status}: dispatch stopped")
@@ -64,13 +80,18 @@ class RunCounts:
     failed: int
     skipped: int
     eligible: int
+    # Already sent by the sender when the run ended (it sends while the run queues).
+    sent: int = 0
 
 
 @dataclass
 class AttemptStats:
     batches: int = 0
     sent: int = 0
+    # Time spent dispatching, and apart from it the time spent waiting for media.
     seconds: float = 0.0
+    media_wait_seconds: float = 0.0
+    started_during_media: bool = False
 
 
 def load_spec(conn: sa.Connection, campaign_id: str, default_phone_number_id: str) -> CampaignSpec:
@@ -107,6 +128,7 @@ class Dispatch:
         *,
         concurrency: int = 8,
         retry_seconds: float = 120.0,
+        media_poll_seconds: float = 5.0,
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.engine = engine
@@ -116,6 +138,7 @@ class Dispatch:
         self.media_url = media_url
         self.concurrency = concurrency
         self.retry_seconds = retry_seconds
+        self.media_poll_seconds = media_poll_seconds
         self.log = log
         self.stats = AttemptStats()
         self._in_flight: set[Future] = set()
@@ -123,35 +146,50 @@ class Dispatch:
 
     def run(self) -> AttemptStats:
         started = time.perf_counter()
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="sqs-send") as pool:
+        with (
+            Listener(self.engine, self.spec.id) as media_ready,
+            ThreadPoolExecutor(self.concurrency, thread_name_prefix="sqs-send") as pool,
+        ):
             try:
                 for rows in self._unqueued_pages():
                     self._submit(pool, rows)
-                for page in self._candidate_pages():
-                    self._check_campaign()
-                    self._submit(pool, self._prepare(page))
+                self.stats.started_during_media = self._check_campaign() in MAKING_MEDIA
+                while True:
+                    making_media = self._check_campaign() in MAKING_MEDIA
+                    for page in self._candidate_pages(making_media):
+                        self._check_campaign()
+                        self._submit(pool, self._prepare(page))
+                    if not making_media:
+                        break
+                    self._settle(0)
+                    waiting = time.perf_counter()
+                    media_ready.wait(self.media_poll_seconds)
+                    self.stats.media_wait_seconds += time.perf_counter() - waiting
                 self._settle(0)
             finally:
                 # Whatever SQS accepted is recorded even when the run stops on an error.
                 self._settle(0, raise_errors=False)
-        self.stats.seconds = time.perf_counter() - started
+        self.stats.seconds = time.perf_counter() - started - self.stats.media_wait_seconds
         return self.stats
 
-    def _check_campaign(self) -> None:
+    def _check_campaign(self) -> str:
+        """The campaign's status; `Halted` when it stopped."""
         with self.engine.connect() as conn:
             status = conn.execute(
                 sa.text("SELECT status FROM campaigns WHERE id = :c"), {"c": self.spec.id}
             ).scalar_one()
-        if status in ("paused", "cancelled"):
+        if status in STOPPING:
             raise Halted(status)
+        return status
 
     def _unqueued_pages(self) -> Iterator[list[queueing.Outgoing]]:
         """Rows an earlier attempt stored but did not get onto the queue (held rows are the
         sender's to re-queue)."""
         query = sa.text(
-            "SELECT id, campaign_audience_id::text, peer_phone, payload FROM messages"
-            " WHERE campaign_run_id = :r AND status = 'pending' AND queued_at IS NULL"
-            " AND held_at IS NULL AND id > :after ORDER BY id LIMIT :n"
+            "SELECT m.id, m.campaign_audience_id::text, m.peer_phone, m.payload FROM messages m"
+            " JOIN campaign_audience a ON a.id = m.campaign_audience_id"
+            " WHERE m.campaign_run_id = :r AND m.status = 'pending' AND m.held_at IS NULL"
+            " AND a.dispatch_run_id IS DISTINCT FROM :r AND m.id > :after ORDER BY m.id LIMIT :n"
         )
         for rows in self._pages(query, {"r": self.run_id}, after=0):
             self.log(f"resuming {len(rows)} messages stored by an earlier attempt")
@@ -160,7 +198,9 @@ class Dispatch:
                 for mid, member, to, payload in rows
             ]
 
-    def _candidate_pages(self) -> Iterator[list[Recipient]]:
+    def _candidate_pages(self, making_media: bool) -> Iterator[list[Recipient]]:
+        """Members not yet decided by this run nor stored for it; while media are being made,
+        only those whose media are ready."""
         query = sa.text(
             "SELECT a.id::text, a.msisdn, a.name, a.attributes, a.generated_asset_urls,"
             " ct.id, ct.name, ct.attributes, COALESCE(ct.opted_out, false),"
@@ -169,9 +209,12 @@ class Dispatch:
             " WHERE a.campaign_id = :c AND a.id > CAST(:after AS uuid)"
             " AND a.status = ANY(:statuses)"
             " AND a.dispatch_run_id IS DISTINCT FROM :r"
+            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.campaign_run_id = :r"
+            "   AND m.campaign_audience_id = a.id)"
             " ORDER BY a.id LIMIT :n"
         )
-        params = {"c": self.spec.id, "statuses": list(CANDIDATE_STATUSES), "r": self.run_id}
+        statuses = READY_STATUSES if making_media else CANDIDATE_STATUSES
+        params = {"c": self.spec.id, "statuses": list(statuses), "r": self.run_id}
         for rows in self._pages(query, params, after="00000000-0000-0000-0000-000000000000"):
             yield [
                 Recipient(
@@ -223,12 +266,6 @@ class Dispatch:
                     skipped[item.recipient.member_id] = (
                         f"another member of this campaign has the number {item.to}"
                     )
-            conn.execute(
-                sa.text(
-                    "UPDATE campaign_audience SET dispatch_run_id = :r WHERE id = ANY(CAST(:ids AS uuid[]))"
-                ),
-                {"r": self.run_id, "ids": list(inserted)},
-            )
             self._decide(conn, "failed", failed)
             self._decide(conn, "skipped", skipped)
         return [
@@ -244,8 +281,9 @@ class Dispatch:
         ]
 
     def _insert_messages(self, conn: sa.Connection, valid: list[Prepared]) -> dict[str, int]:
-        """Insert the pending rows; a row that already exists (same run and member, or same
-        run and recipient) is left alone. Returns member id → message id of the new rows."""
+        """Insert the pending rows, queued from now on (nothing writes them again on the way
+        to SQS); a row that already exists (same run and member, or same run and recipient)
+        is left alone. Returns member id → message id of the new rows."""
         if not valid:
             return {}
         cursor = conn.connection.dbapi_connection.cursor()
@@ -253,7 +291,7 @@ class Dispatch:
             cursor,
             "INSERT INTO messages (organisation_id, contact_id, campaign_run_id,"
             " campaign_audience_id, direction, sender_type, phone_number_id, peer_phone,"
-            " message_type, body, payload, status, category)"
+            " message_type, body, payload, status, category, queued_at)"
             " VALUES %s ON CONFLICT DO NOTHING RETURNING campaign_audience_id::text, id",
             [
                 (
@@ -271,7 +309,7 @@ class Dispatch:
                 for item in valid
             ],
             template="(%s, %s, %s, %s, 'outbound', 'campaign', %s, %s, %s, %s, %s::jsonb,"
-            " 'pending', %s)",
+            " 'pending', %s, now())",
             page_size=PAGE_SIZE,
             fetch=True,
         )
@@ -338,29 +376,25 @@ class Dispatch:
         crash_points.reached("dispatch.sqs_accepted")
         with self.engine.begin() as conn:
             if sent:
-                conn.execute(
-                    sa.text(
-                        "UPDATE messages SET queued_at = now()"
-                        " WHERE id = ANY(:ids) AND queued_at IS NULL"
-                    ),
-                    {"ids": [m.message_id for m in sent]},
-                )
+                # The one write of each queued member: a member already `ready_to_send` (an
+                # earlier run of a recurring campaign) gets this run.
                 conn.execute(
                     sa.text(
                         "UPDATE campaign_audience SET status = 'ready_to_send', last_error = NULL,"
-                        " status_changed_at = now()"
+                        " status_changed_at = now(), dispatch_run_id = :r"
                         " WHERE id = ANY(CAST(:ids AS uuid[])) AND status = ANY(:sources)"
                     ),
                     {
+                        "r": self.run_id,
                         "ids": [m.member_id for m in sent],
-                        "sources": member_sources("ready_to_send"),
+                        "sources": [*member_sources("ready_to_send"), "ready_to_send"],
                     },
                 )
             if failed:
                 conn.execute(
                     sa.text(
                         "UPDATE messages m SET status = 'failed', failed_at = now(),"
-                        " error_title = 'not queued', error_detail = v.reason"
+                        " queued_at = NULL, error_title = 'not queued', error_detail = v.reason"
                         " FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[])) AS v(id, reason)"
                         " WHERE m.id = v.id AND m.status = 'pending'"
                     ),
@@ -384,10 +418,16 @@ def run_counts(conn: sa.Connection, campaign_id: str, run_id: int) -> RunCounts:
         ),
         {"r": run_id, "c": campaign_id, "candidates": list(CANDIDATE_STATUSES)},
     ).one()
-    queued = conn.execute(
+    queued, sent = conn.execute(
         sa.text(
-            "SELECT count(*) FROM messages WHERE campaign_run_id = :r AND queued_at IS NOT NULL"
+            "SELECT count(*) FILTER (WHERE a.dispatch_run_id = :r"
+            "   AND m.error_title IS DISTINCT FROM 'not queued'),"
+            " count(*) FILTER (WHERE m.status IN ('sent', 'delivered', 'read'))"
+            " FROM messages m JOIN campaign_audience a ON a.id = m.campaign_audience_id"
+            " WHERE m.campaign_run_id = :r"
         ),
         {"r": run_id},
-    ).scalar_one()
-    return RunCounts(queued=queued, failed=members[0], skipped=members[1], eligible=members[2])
+    ).one()
+    return RunCounts(
+        queued=queued, failed=members[0], skipped=members[1], eligible=members[2], sent=sent
+    )

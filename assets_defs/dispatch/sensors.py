@@ -1,5 +1,6 @@
-"""`campaign_run_sensor`: records each due occurrence of every campaign whose media is ready and
-requests the `dispatched_batches` run of its partition.
+"""`campaign_run_sensor`: records each due occurrence of every campaign whose media are ready
+or being made, and requests the `dispatched_batches` run of its partition (which, while the
+media are made, sends each member as its media are ready).
 
 A tick reads a bounded page of campaigns (its cursor is the last campaign id seen, wrapping
 around), so it stays light however many campaigns exist. Recording a run is an idempotent
@@ -80,7 +81,7 @@ def run_request(run: runs.CampaignRun) -> dg.RunRequest:
 
 
 @dg.sensor(
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=int(settings.number("DISPATCH_SENSOR_INTERVAL_SECONDS")),
     asset_selection=[dispatched_batches],
     default_status=dg.DefaultSensorStatus.RUNNING,
 )

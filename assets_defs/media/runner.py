@@ -176,7 +176,11 @@ class CampaignMediaRun:
 
     def _record(self, results: list[store.MemberResult]) -> None:
         with self.engine.begin() as conn:
-            store.record_results(conn, results)
+            store.record_results(conn, self.campaign_id, results)
+            if any(r.status == "failed" for r in results) and store.fail_if_certain(
+                conn, self.campaign_id, self.policy.failure_threshold
+            ):
+                self.warn(f"media {self.campaign_id}: failure threshold crossed, generation stops")
 
     def _count(self, result: store.MemberResult) -> store.MemberResult:
         report = self.report

@@ -45,7 +45,7 @@ def media_run_requests(campaign_id: str, run_key: str) -> list[dg.RunRequest]:
 
 @dg.sensor(
     asset_selection=[campaign_media],
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=int(settings.number("MEDIA_SENSOR_INTERVAL_SECONDS")),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def campaign_media_sensor(

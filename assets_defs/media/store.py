@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
 from assets_defs.media.sandbox import Generator
-from resources.campaigns import audience_counts, set_campaign_status
+from resources import media_ready
+from resources.campaigns import set_campaign_status
 from resources.status import member_sources
 
 # Members whose media exist, at this stage or any later one.
@@ -217,8 +218,9 @@ def claim_members(
     return [ClaimedMember(**row._mapping) for row in rows]
 
 
-def record_results(conn: sa.Connection, results: list[MemberResult]) -> None:
-    """Store a batch of outcomes in one statement; a member no longer claimed is left alone."""
+def record_results(conn: sa.Connection, campaign_id: str, results: list[MemberResult]) -> None:
+    """Store a batch of outcomes in one statement; a member no longer claimed is left alone.
+    The campaign's dispatch run, if one is waiting, is told to look (on commit)."""
     if not results:
         return
     cursor = conn.connection.dbapi_connection.cursor()
@@ -235,6 +237,8 @@ def record_results(conn: sa.Connection, results: list[MemberResult]) -> None:
         ],
         page_size=1000,
     )
+    if any(r.status == "asset_generated" for r in results):
+        media_ready.notify(conn, campaign_id)
 
 
 @dataclass(frozen=True)
@@ -251,24 +255,25 @@ def complete(conn: sa.Connection, campaign_id: str, failure_threshold: float) ->
     dispatch). Above the failure threshold the campaign goes to `failed` with the reason.
     """
     status = campaign_status(conn, campaign_id)
+    if status == "failed":  # failed early, its threshold crossed while members were left
+        ratio, reason = conn.execute(
+            sa.text("SELECT asset_failure_ratio, status_reason FROM campaigns WHERE id = :c"),
+            {"c": campaign_id},
+        ).one()
+        return Completion(status, ratio, reason)
     if status not in ("approved", "asset_generation"):  # paused, cancelled: not ours to move
         return Completion(status or "missing")
-    counts = audience_counts(conn, campaign_id)
-    left = counts.get("pending", 0) + counts.get("asset_generating", 0)
-    if left and active_generator(conn, campaign_id) is not None:
+    tally = media_tally(conn, campaign_id)
+    if tally.left and active_generator(conn, campaign_id) is not None:
         return Completion(status)
-    failed = counts.get("failed", 0)
-    finished = failed + sum(counts.get(s, 0) for s in GENERATED)
-    ratio = failed / finished if finished else 0.0
+    ratio = tally.failed / tally.finished if tally.finished else 0.0
     if ratio > failure_threshold:
         target = "failed"
-        reason = (
-            f"{failed} of {finished} members ({ratio:.1%}) failed media generation,"
-            f" above the {failure_threshold:.0%} threshold"
-        )
+        reason = _over_threshold(conn, campaign_id, tally.failed, tally.finished, failure_threshold)
     else:
         target, reason = "asset_generated", None
     set_campaign_status(conn, campaign_id, target, reason)
+    media_ready.notify(conn, campaign_id)
     conn.execute(
         sa.text(
             "UPDATE campaigns SET asset_generation_status = :g, asset_failure_ratio = :r,"
@@ -281,3 +286,76 @@ def complete(conn: sa.Connection, campaign_id: str, failure_threshold: float) ->
         },
     )
     return Completion(target, ratio, reason)
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Where a campaign's media stand. `failed` counts media failures only: a member that
+    dispatch failed (a bad template parameter) while the rest were being made had its media."""
+
+    failed: int
+    generated: int
+    left: int
+    members: int
+
+    @property
+    def finished(self) -> int:
+        return self.failed + self.generated
+
+
+def media_tally(conn: sa.Connection, campaign_id: str) -> Tally:
+    row = conn.execute(
+        sa.text(
+            "SELECT count(*) FILTER (WHERE status = 'failed' AND dispatch_run_id IS NULL),"
+            " count(*) FILTER (WHERE status = ANY(:generated)"
+            "   OR (status = 'failed' AND dispatch_run_id IS NOT NULL)),"
+            " count(*) FILTER (WHERE status IN ('pending', 'asset_generating')),"
+            " count(*) FILTER (WHERE status <> 'skipped')"
+            " FROM campaign_audience WHERE campaign_id = :c"
+        ),
+        {"c": campaign_id, "generated": list(GENERATED)},
+    ).one()
+    return Tally(*row)
+
+
+def fail_if_certain(conn: sa.Connection, campaign_id: str, failure_threshold: float) -> bool:
+    """Fail the campaign's generation as soon as its failure ratio is sure to end above the
+    threshold: more of all its members have failed than the threshold allows, whatever the
+    rest do. Its dispatch run and the sender then stop the rest as a pause would (what was
+    already sent stays sent, and the reason says how much). Whether it failed now."""
+    if campaign_status(conn, campaign_id) != "asset_generation":
+        return False
+    tally = media_tally(conn, campaign_id)
+    if not tally.members or tally.failed / tally.members <= failure_threshold:
+        return False
+    fail_generation(
+        conn,
+        campaign_id,
+        _over_threshold(conn, campaign_id, tally.failed, tally.members, failure_threshold),
+    )
+    # What the reason says: the share of all members already failed, a floor of the end's.
+    conn.execute(
+        sa.text("UPDATE campaigns SET asset_failure_ratio = :r WHERE id = :c"),
+        {"r": tally.failed / tally.members, "c": campaign_id},
+    )
+    media_ready.notify(conn, campaign_id)
+    return True
+
+
+def _over_threshold(
+    conn: sa.Connection, campaign_id: str, failed: int, of: int, failure_threshold: float
+) -> str:
+    sent = conn.execute(
+        sa.text(
+            "SELECT count(*) FROM messages m JOIN campaign_runs r ON r.id = m.campaign_run_id"
+            " WHERE r.campaign_id = :c AND m.status IN ('sending', 'sent', 'delivered', 'read')"
+        ),
+        {"c": campaign_id},
+    ).scalar_one()
+    reason = (
+        f"{failed} of {of} members ({failed / of:.1%}) failed media generation,"
+        f" above the {failure_threshold:.0%} threshold"
+    )
+    if sent:
+        reason += f"; {sent} message(s) had already been sent, the rest are held"
+    return reason

@@ -1,8 +1,9 @@
 """Held rows back onto the queue once their hold is lifted.
 
 A row is held (`pending`, `held_at` set, no payload on the queue) for a `hold_reason`:
-its campaign is paused, a circuit breaker on its scope is open, its organisation's
-messaging limit is reached, or an operator asked for its failure to be retried. Every
+its campaign is paused (or failed while it was sent), a circuit breaker on its scope is
+open, its organisation's messaging limit is reached, or an operator asked for its failure
+to be retried. Every
 sender worker runs `release_due` every `SENDER_RELEASE_SECONDS`: it re-queues, from the
 payload stored with each row, the rows whose campaign runs again and whose breaker closed,
 each due probe, and as many messaging-limit rows as their organisation's window has room
@@ -39,14 +40,14 @@ _PROBE_CANDIDATE = sa.text(
     "SELECT m.id FROM messages m JOIN campaign_runs r ON r.id = m.campaign_run_id"
     " JOIN campaigns c ON c.id = r.campaign_id"
     " WHERE m.breaker_id = :b AND m.held_at IS NOT NULL AND m.status = 'pending'"
-    " AND c.status NOT IN ('paused', 'cancelled') ORDER BY m.id LIMIT 1"
+    " AND c.status NOT IN ('paused', 'cancelled', 'failed') ORDER BY m.id LIMIT 1"
 )
 _RUNNING = (
     " FROM messages m JOIN campaign_runs r ON r.id = m.campaign_run_id"
     " JOIN campaigns c ON c.id = r.campaign_id"
     " LEFT JOIN circuit_breakers b ON b.id = m.breaker_id"
     " WHERE m.held_at IS NOT NULL AND m.status = 'pending'"
-    " AND c.status NOT IN ('paused', 'cancelled')"
+    " AND c.status NOT IN ('paused', 'cancelled', 'failed')"
 )
 _COLUMNS = "SELECT m.id, m.campaign_run_id, m.campaign_audience_id::text, m.peer_phone, m.payload"
 _LIFTED = sa.text(

@@ -4,7 +4,8 @@ one statement, atomic on its own (they autocommit).
 Rows move only by compare-and-set: `pending → sending` claims a row for exactly one send;
 the result then moves it from `sending` (a receipt that arrived first is never undone).
 The claim is also the last look at the row before its send: a contact who opted out since
-dispatch ends it `skipped`, a paused campaign holds it (`pending`, no payload queued), and
+dispatch ends it `skipped`, a paused campaign holds it (`pending`, no payload queued), as
+does a campaign that failed while it was being sent (its media failure threshold crossed), and
 a row held for a breaker still open is left alone (its payload is a stale copy).
 
 Each lane thread runs them on a database connection of its own, through the driver's
@@ -66,7 +67,7 @@ RESERVE = "SELECT wait_seconds, spacing_seconds FROM reserve_send_slots(%(p)s, %
 ADMIT = "SELECT admit_recipients(CAST(%(o)s AS uuid), CAST(%(r)s AS text[]))"
 CLAIM = (
     "WITH target AS ("
-    "  SELECT m.id, CASE WHEN c.status = 'paused' THEN %(paused)s"
+    "  SELECT m.id, CASE WHEN c.status IN ('paused', 'failed') THEN %(paused)s"
     "    WHEN ct.opted_out THEN 'contact opted out of campaign messages'"
     "    WHEN ct.marketing_opted_out AND COALESCE(m.category, 'marketing') = 'marketing'"
     "      THEN 'contact opted out of marketing messages' END AS verdict"

@@ -1,0 +1,267 @@
+"""The time a user waits for a campaign: from the approve call to its last message `sent`.
+
+- `campaign_makespan_s`: 5,000 members of the demo campaign (the demo image generator, the
+  default 80 messages/s of its number, no messaging limit) through the processes `make dev`
+  runs: the Dagster daemon with its sensors at `make dev`'s ticks (it launches the media and
+  dispatch runs), and the sender worker, against the fake Graph API. Measured from the
+  approve call until every message is `sent`. Baseline, same run: the bound, the slower of
+  the two stages alone, `max(media-only time for the same members, 5,000 / 80 s)`, where
+  the media-only time is a `campaign_media` run of another campaign of the same members
+  (in process, without a sensor or a launch).
+- `time_to_first_message_s`: from the first member's media (its row `asset_generated`) to
+  the first message `sent`; the target is within 10 s.
+
+Both processes' output goes to `.bench/makespan/`. Run it several times on a shared machine:
+the figure moves with whatever else the cores are doing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, suppress
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from pipelines.local_stack import local_stack
+from resources.postgres import PostgresResource
+from tests.bench import Figure, benchmark
+
+MEMBERS = int(os.environ.get("BENCH_MAKESPAN_MEMBERS", "5000"))
+MESSAGES_PER_SECOND = 80
+DEADLINE_SECONDS = 1800
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LOGS = REPO / ".bench" / "makespan"
+PHONE_NUMBER_ID = "1234567890"
+
+
+def _demo_campaign(engine: sa.Engine, approved: bool) -> str:
+    """A new demo campaign of `MEMBERS` (the demo's organisation, template and generator),
+    with no messaging limit: the bound is the number's throughput."""
+    from pipelines.demo import DEMO_GENERATOR, demo_members
+    from resources import campaigns
+
+    with engine.begin() as conn:
+        org = campaigns.create_organisation(conn, f"Makespan {time.time_ns()}", None)
+        campaigns.add_phone_number(conn, org, PHONE_NUMBER_ID, MESSAGES_PER_SECOND)
+        template = campaigns.create_template(
+            conn,
+            org,
+            "demo_offer",
+            message_type="image",
+            body="Hi {{1}}, {{2}}! Show the code in the picture at checkout.",
+            parameters=[
+                {"type": "header", "valueType": "image", "source": "asset.image"},
+                {"type": "body", "valueType": "text", "source": "contact.name"},
+                {"type": "body", "valueType": "text", "source": "attributes.offer"},
+            ],
+        )
+        campaigns.add_generator(conn, template, DEMO_GENERATOR.name, DEMO_GENERATOR.read_text())
+        campaign = campaigns.create_campaign(
+            conn,
+            org,
+            "Makespan",
+            message_type="template",
+            template_id=template,
+            phone_number_id=PHONE_NUMBER_ID,
+        )
+        campaigns.add_audience(conn, campaign, demo_members(MEMBERS))
+        if approved:
+            campaigns.set_campaign_status(conn, campaign, "approved")
+    return str(campaign)
+
+
+def media_only_seconds(engine: sa.Engine) -> float:
+    """A `campaign_media` run alone, for another campaign of the same members."""
+    import dagster as dg
+
+    from assets_defs.media import campaign_media
+    from pipelines.definitions import resources
+
+    campaign_id = _demo_campaign(engine, approved=True)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("campaigns", [campaign_id])
+        started = time.perf_counter()
+        result = dg.materialize(
+            [campaign_media], partition_key=campaign_id, resources=resources(), instance=instance
+        )
+        elapsed = time.perf_counter() - started
+    metadata = result.asset_materializations_for_node("campaign_media")[0].metadata
+    assert metadata["generated"].value == MEMBERS, metadata
+    # Out of the way of the measured campaign: its members would otherwise wait for a run.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE campaigns SET status = 'cancelled' WHERE id = :c"), {"c": campaign_id}
+        )
+    return elapsed
+
+
+class Progress:
+    """When the campaign's first member had media, its first message was sent, and all."""
+
+    def __init__(self, engine: sa.Engine, campaign_id: str) -> None:
+        self.engine = engine
+        self.campaign_id = campaign_id
+        self.first_media: float | None = None
+        self.first_sent: float | None = None
+        self.all_sent: float | None = None
+
+    def look(self) -> None:
+        with self.engine.connect() as conn:
+            media, sent = conn.execute(
+                sa.text(
+                    "SELECT (SELECT count(*) FROM campaign_audience WHERE campaign_id = :c"
+                    "   AND generator_version IS NOT NULL),"
+                    " (SELECT count(*) FROM messages m JOIN campaign_runs r"
+                    "   ON r.id = m.campaign_run_id WHERE r.campaign_id = :c"
+                    "   AND m.status IN ('sent', 'delivered', 'read'))"
+                ),
+                {"c": self.campaign_id},
+            ).one()
+        now = time.perf_counter()
+        if media and self.first_media is None:
+            self.first_media = now
+        if sent and self.first_sent is None:
+            self.first_sent = now
+        if sent >= MEMBERS:
+            self.all_sent = now
+
+
+def _start(name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    with open(LOGS / f"{name}.log", "wb") as log:
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """The process and its group (the runs the daemon launched, sandbox workers)."""
+    with suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _wait_for_sensors(dagster_url: str, daemon: subprocess.Popen) -> None:
+    """Until the daemon's sensor loop has reported in Dagster's storage."""
+    storage = sa.create_engine(dagster_url)
+    deadline = time.perf_counter() + 300
+    try:
+        while time.perf_counter() < deadline:
+            if daemon.poll() is not None:
+                raise RuntimeError(f"dagster-daemon exited; see {LOGS}/dagster-daemon.log")
+            try:
+                with storage.connect() as conn:
+                    if conn.execute(
+                        sa.text("SELECT 1 FROM daemon_heartbeats WHERE daemon_type = 'SENSOR'")
+                    ).first():
+                        return
+            except sa.exc.ProgrammingError:
+                pass  # its tables are not created yet
+            time.sleep(0.5)
+        raise RuntimeError("the daemon's sensors did not start in 300 s")
+    finally:
+        storage.dispose()
+
+
+def makespan(engine: sa.Engine, env: dict[str, str]) -> tuple[float, Progress]:
+    """Seconds from the approve call to the last message sent, with the daemon and sender
+    running; the progress marks."""
+    from resources.campaign_admin import approve_campaign
+
+    campaign_id = _demo_campaign(engine, approved=False)
+    with ExitStack() as processes:
+        daemon = _start(
+            "dagster-daemon",
+            [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
+            env,
+        )
+        processes.callback(_stop, daemon)
+        sender = _start("sender", [str(BIN / "waflow"), "sender"], env)
+        processes.callback(_stop, sender)
+        _wait_for_sensors(env["DAGSTER_POSTGRES_URL"], daemon)
+        progress = Progress(engine, campaign_id)
+        started = time.perf_counter()
+        approve_campaign(engine, campaign_id)
+        deadline = started + DEADLINE_SECONDS
+        while progress.all_sent is None:
+            for name, process in (("dagster-daemon", daemon), ("sender", sender)):
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited; see {LOGS / name}.log")
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"not every message sent in {DEADLINE_SECONDS} s")
+            progress.look()
+            time.sleep(0.2)
+    return progress.all_sent - started, progress
+
+
+@benchmark("makespan")
+def campaign_makespan() -> list[Figure]:
+    from tests.fake_graph import FakeGraph
+    from tests.servers import serve
+
+    for name in (
+        "DATABASE_URL",
+        "AWS_ENDPOINT_URL",
+        "DAGSTER_HOME",
+        "DAGSTER_POSTGRES_URL",
+        "APP_ENV",
+        "WHATSAPP_ACCESS_TOKEN",
+    ):
+        os.environ.pop(name, None)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    graph = FakeGraph()
+    with (
+        tempfile.TemporaryDirectory() as state,
+        local_stack(Path(state)) as stack,
+        serve(graph.app()) as graph_url,
+    ):
+        graph.url = graph_url
+        # A standard-throughput number (80 messages/s) with no messaging limit.
+        graph.add_phone_number(
+            PHONE_NUMBER_ID, whatsapp_business_manager_messaging_limit="TIER_UNLIMITED"
+        )
+        env = {
+            **os.environ,
+            **stack.env,
+            "WHATSAPP_API_BASE_URL": graph_url,
+            "WHATSAPP_ACCESS_TOKEN": graph.access_token,
+            "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
+            "SENDER_WAIT_SECONDS": "1",
+        }
+        engine = PostgresResource.from_env().engine
+        media_only = media_only_seconds(engine)
+        elapsed, progress = makespan(engine, env)
+        engine.dispose()
+    bound = max(media_only, MEMBERS / MESSAGES_PER_SECOND)
+    first = progress.first_sent - progress.first_media
+    print(
+        f"{MEMBERS:,} members: makespan {elapsed:.1f} s; media alone {media_only:.1f} s,"
+        f" sending alone {MEMBERS / MESSAGES_PER_SECOND:.1f} s; first message {first:.1f} s"
+        " after the first member's media"
+    )
+    return [
+        Figure(
+            "campaign_makespan_s",
+            round(elapsed, 1),
+            "s",
+            "slower_stage_alone_s",
+            round(bound, 1),
+            f"≤ 1.25× baseline ({MEMBERS:,} members, demo generator, 80 messages/s; approve"
+            " call to the last message sent)",
+        ),
+        Figure(
+            "time_to_first_message_s",
+            round(first, 1),
+            "s",
+            target="≤ 10 s after the first member's media",
+        ),
+    ]
