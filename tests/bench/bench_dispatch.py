@@ -23,7 +23,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import boto3
 import sqlalchemy as sa
 
 from tests.bench import Figure, benchmark
@@ -109,9 +108,7 @@ def baseline_messages_per_s(engine: sa.Engine, campaign_id: str, sqs) -> float:
                 {"c": campaign_id},
             )
         ]
-    client = boto3.session.Session().client(
-        "sqs", region_name=sqs.region_name, endpoint_url=sqs.endpoint_url
-    )
+    client = sqs.admin
     url = sqs.url()
     started = time.perf_counter()
     for start in range(0, len(bodies), 10):
