@@ -1,41 +1,21 @@
 """The chat model behind the conversation agent: Gemini when a key is configured, else an
-offline responder, so the whole stack runs without internet or a paid account."""
+offline responder (`resources.offline_chat`).
+
+The resource is part of the Dagster code location, which must not pay for LangChain (about
+30 MB) in every run: the model's libraries are imported when a model is built, by the
+processes that run the agent.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 
 from resources import settings
 
-OFFLINE_LABEL = "[offline assistant]"
-
-
-class OfflineResponder(BaseChatModel):
-    """Answers every turn with a fixed, clearly labelled acknowledgement of the last message."""
-
-    @property
-    def _llm_type(self) -> str:
-        return "offline-responder"
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: Any = None,
-        **_: Any,
-    ) -> ChatResult:
-        last = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
-        said = f' You wrote: "{last.content}".' if last is not None else ""
-        text = (
-            f"{OFFLINE_LABEL} Thanks for your message.{said} "
-            "No AI model is configured, so a team member will follow up."
-        )
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
 
 
 class ChatModelResource(ConfigurableResource):
@@ -53,6 +33,8 @@ class ChatModelResource(ConfigurableResource):
 
     def chat_model(self) -> BaseChatModel:
         if self.offline:
+            from resources.offline_chat import OfflineResponder
+
             return OfflineResponder()
         from langchain_google_genai import ChatGoogleGenerativeAI
 

@@ -166,8 +166,10 @@ SETTINGS: tuple[Setting, ...] = (
     # Personalised media (campaign_media)
     Setting(
         "MAX_CONCURRENT_GENERATIONS",
-        "5",
-        "Sandbox worker processes that run media generators in parallel, per campaign run.",
+        None,
+        "Sandbox worker processes that run media generators in parallel, per campaign run. "
+        "Unset: one per CPU core the run may use (generators are CPU-bound; more workers "
+        "than cores only add memory).",
         kind=int,
         low=1,
     ),

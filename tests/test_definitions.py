@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -72,3 +73,34 @@ def test_campaign_partition_keys_are_campaign_ids():
         campaign_partition_key("0b5cbd2c-8d3e-4a55-9a63-0c4a3b6bb8c1")
         == "0b5cbd2c-8d3e-4a55-9a63-0c4a3b6bb8c1"
     )
+
+
+# What a run of the code location never runs: the agent and its chat model, the web app and
+# its async clients, the local stand-ins, dagster_aws's components.
+NOT_IMPORTED_BY_THE_CODE_LOCATION = (
+    "langchain_core",
+    "langchain_google_genai",
+    "langgraph",
+    "webhook_app",
+    "aiohttp",
+    "psycopg",
+    "httpx",
+    "starlette",
+    "uvicorn",
+    "dagster_aws",
+    "moto",
+)
+
+
+def test_the_code_location_imports_only_what_its_runs_need():
+    """Every Dagster run process imports the definitions: what they import costs every run."""
+    script = (
+        "import json, sys\n"
+        "import pipelines.definitions\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in"
+        f" {NOT_IMPORTED_BY_THE_CODE_LOCATION!r} or m in {NOT_IMPORTED_BY_THE_CODE_LOCATION!r})))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

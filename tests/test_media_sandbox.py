@@ -282,8 +282,15 @@ def test_the_defaults_are_the_documented_ones(monkeypatch):
     for name in ("MAX_CONCURRENT_GENERATIONS", "MEDIA_TIMEOUT_SECONDS", "MEDIA_MEMORY_MB"):
         monkeypatch.delenv(name, raising=False)
     assert Limits.from_settings() == Limits(
-        workers=5, timeout_seconds=60, memory_mb=512, cpu_seconds=30
+        workers=len(os.sched_getaffinity(0)), timeout_seconds=60, memory_mb=512, cpu_seconds=30
     )
+
+
+def test_the_worker_count_follows_the_cores_unless_set(monkeypatch):
+    monkeypatch.setenv("MAX_CONCURRENT_GENERATIONS", "7")
+    assert Limits.from_settings().workers == 7
+    monkeypatch.delenv("MAX_CONCURRENT_GENERATIONS")
+    assert Limits.from_settings().workers == len(os.sched_getaffinity(0)) >= 1
 
 
 def test_every_mechanism_this_host_offers_passes_its_probe():

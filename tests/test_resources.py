@@ -9,7 +9,8 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from pipelines.local_stack import EmbeddedPostgres
-from resources.chat import OFFLINE_LABEL, ChatModelResource
+from resources.chat import ChatModelResource
+from resources.offline_chat import OFFLINE_LABEL
 from resources.postgres import PostgresResource
 from resources.whatsapp import GraphAPIError, WhatsAppResource
 from tests.fake_graph import Failure, FakeGraph

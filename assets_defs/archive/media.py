@@ -16,11 +16,10 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import urlparse
 
 import dagster as dg
-import httpx
 import sqlalchemy as sa
 from botocore.exceptions import ClientError
 
@@ -39,6 +38,11 @@ from pipelines.partitions import archive_day_partitions
 from resources import crash_points
 from resources.postgres import PostgresResource
 from resources.storage import S3Storage
+
+if TYPE_CHECKING:
+    # Imported where media are downloaded: the code location need not load an HTTP client.
+    import httpx
+
 
 KIND = "media"
 ROOT = "archived-media"
@@ -97,8 +101,10 @@ def extension(content_type: str | None, name: str | None) -> str:
     return suffix if 1 < len(suffix) <= 6 else ".bin"
 
 
-def download(client: httpx.Client, row: MediaRow, max_bytes: int, target: IO[bytes]) -> Download:
+def download(client: "httpx.Client", row: MediaRow, max_bytes: int, target: IO[bytes]) -> Download:
     """Stream one URL into `target`, refusing what is too big or not the promised kind."""
+    import httpx
+
     try:
         with client.stream("GET", row.source_url) as response:
             if response.status_code == 429 or response.status_code >= 500:
@@ -131,7 +137,7 @@ def download(client: httpx.Client, row: MediaRow, max_bytes: int, target: IO[byt
 
 
 def download_with_retries(
-    client: httpx.Client, row: MediaRow, max_bytes: int, target: IO[bytes], config: MediaRunConfig
+    client: "httpx.Client", row: MediaRow, max_bytes: int, target: IO[bytes], config: MediaRunConfig
 ) -> Download:
     attempt = 0
     while True:
@@ -150,7 +156,7 @@ def download_with_retries(
 
 def archive_one(
     s3: S3Storage,
-    client: httpx.Client,
+    client: "httpx.Client",
     row: MediaRow,
     day: date,
     policy: ArchivePolicy,
@@ -292,7 +298,7 @@ class MediaDay:
 def archive_media_day(
     engine: sa.Engine,
     s3: S3Storage,
-    client: httpx.Client,
+    client: "httpx.Client",
     day: date,
     policy: ArchivePolicy,
     config: MediaRunConfig,
@@ -345,6 +351,8 @@ def media_archive(
         refuse_too_new(days, policy.media_threshold_days, "MEDIA_THRESHOLD_DAYS")
     except ArchiveRefused as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
+    import httpx
+
     started = time.monotonic()
     timeout = httpx.Timeout(policy.media_timeout_seconds)
     with httpx.Client(timeout=timeout, follow_redirects=True) as client:

@@ -65,9 +65,16 @@ TRACEBACK_MAX_LINES = 40
 TRACEBACK_MAX_CHARS = 300
 
 
+def default_workers() -> int:
+    """One worker per core this process may run on. A generator is CPU-bound: 5 workers on
+    2 cores generated fewer members per second than a plain loop, and each extra worker is
+    one more process resident for the whole run."""
+    return len(os.sched_getaffinity(0))
+
+
 @dataclass(frozen=True)
 class Limits:
-    workers: int = 5
+    workers: int = field(default_factory=default_workers)
     timeout_seconds: float = 60.0
     memory_mb: int = 512
     cpu_seconds: int = 30
@@ -75,7 +82,11 @@ class Limits:
     @classmethod
     def from_settings(cls) -> Limits:
         return cls(
-            workers=settings.number("MAX_CONCURRENT_GENERATIONS"),
+            workers=(
+                settings.number("MAX_CONCURRENT_GENERATIONS")
+                if settings.get("MAX_CONCURRENT_GENERATIONS")
+                else default_workers()
+            ),
             timeout_seconds=settings.number("MEDIA_TIMEOUT_SECONDS"),
             memory_mb=settings.number("MEDIA_MEMORY_MB"),
             cpu_seconds=settings.number("MEDIA_CPU_SECONDS"),
