@@ -38,7 +38,7 @@ from langchain_core.messages.utils import count_tokens_approximately
 from langgraph.graph import END, START, StateGraph
 
 from resources import consent, conversations, settings
-from resources.chat import OfflineResponder
+from resources.offline_chat import OfflineResponder
 from resources.storage import S3Storage
 from resources.whatsapp import WhatsAppClient
 from webhook_app import outbound
