@@ -267,7 +267,8 @@ def test_a_generator_escaping_temp_dir_is_contained(engine, template, tmp_path, 
         assert result.error == f"json: {reason}" + (
             "; only files inside temp_dir are accepted" if "link" in reason else ""
         )
-        assert f"refused {targets[1]} Read-only file system" in result.output
+        # The checkout is read-only, or (a checkout under /tmp) not there at all.
+        assert f"refused {targets[1]} " in result.output
         assert f"refused {targets[3]} Read-only file system" in result.output
     assert not (tmp_path / "escaped.txt").exists()
     assert not (repo_root / "escaped.txt").exists()
