@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from resources.whatsapp import GraphAPIError
+from resources.whatsapp import ClientClosed, GraphAPIError
 
 
 class ErrorClass(Enum):
@@ -130,6 +130,8 @@ def classify(error: Exception) -> Classified:
 
     if isinstance(error, GraphAPIError):
         return _classify_graph(error)
+    if isinstance(error, ClientClosed):  # shutting down before the request started
+        return Classified(R, None, "network: client closed")
     if isinstance(error, aiohttp.ClientConnectorError):  # refused, unreachable, unknown host
         return Classified(R, None, "network: ConnectError")
     if isinstance(error, aiohttp.ConnectionTimeoutError):

@@ -15,6 +15,7 @@ retries or follows redirects: a transport error reaches the caller as it happene
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 import uuid
@@ -99,6 +100,10 @@ class GraphAPIError(Exception):
             title=error.get("error_user_title") or error.get("message") or response.reason or "",
             details=(error.get("error_data") or {}).get("details"),
         )
+
+
+class ClientClosed(ConnectionError):
+    """The client was closed before this request could start: nothing was sent."""
 
 
 class WhatsAppClient:
@@ -266,7 +271,20 @@ class WhatsAppClient:
         self._running_loop()
 
     def _run(self, work: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(work, self._running_loop()).result()
+        """`work` on the client's loop. A `close()` from another thread (a process shutting
+        down) stops that loop, and work it never started would be waited on for ever."""
+        loop = self._running_loop()
+        future = asyncio.run_coroutine_threadsafe(work, loop)
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                if loop.is_running():
+                    continue
+                if future.cancel():
+                    work.close()
+                    raise ClientClosed("the WhatsApp client closed before the request") from None
+                raise RuntimeError("the WhatsApp client closed during the request") from None
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         """The client's loop, started on first use (so that a process that forks before

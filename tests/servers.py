@@ -16,7 +16,11 @@ def serve(app, host: str = "127.0.0.1", log_level: str = "warning") -> Iterator[
     sock = socket.socket()
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+    # Graph API's front ends keep idle connections far longer than uvicorn's 5 s: a client's
+    # pooled connection is not closed under it between two sends.
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_keep_alive=120)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -10,9 +10,10 @@ from langchain_core.messages import HumanMessage
 
 from pipelines.local_stack import EmbeddedPostgres
 from resources.chat import ChatModelResource
+from resources.graph_errors import ErrorClass, classify
 from resources.offline_chat import OFFLINE_LABEL
 from resources.postgres import PostgresResource
-from resources.whatsapp import GraphAPIError, WhatsAppResource
+from resources.whatsapp import ClientClosed, GraphAPIError, WhatsAppClient, WhatsAppResource
 from tests.fake_graph import Failure, FakeGraph
 from tests.servers import serve
 
@@ -153,3 +154,15 @@ def test_chat_model_without_a_key_is_the_labelled_offline_responder():
 def test_chat_model_with_a_key_is_gemini():
     model = ChatModelResource(google_api_key="test-key", model="gemini-2.5-flash").chat_model()
     assert type(model).__name__ == "ChatGoogleGenerativeAI"
+
+
+def test_a_send_caught_by_the_clients_close_ends_as_not_sent_instead_of_waiting_for_ever():
+    """A process shutting down closes its client while a thread is still sending (the
+    agent's deliveries run in threads): that send ends, as not sent, so it may be retried."""
+    client = WhatsAppClient(None, "1234", "http://127.0.0.1:9", "v21.0", 5, 4)
+    loop = client._running_loop()  # the sending thread has the loop; then the close stops it
+    loop.call_soon_threadsafe(loop.stop)
+    client._thread.join(timeout=60)
+    with pytest.raises(ClientClosed) as closed:
+        client.send("+16505551234", {"type": "text", "text": {"body": "hi"}})
+    assert classify(closed.value).kind is ErrorClass.RETRYABLE
