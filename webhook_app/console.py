@@ -166,9 +166,11 @@ async def _owned(request: Request, session: console_sessions.Session, kind: Any,
 # -- Signing in and out ----------------------------------------------------------------------
 
 
-async def login_form(request: Request) -> Response:
+def _login_page(request: Request, status: int = 200, **context: Any) -> Response:
+    """The sign-in form with a fresh CSRF token, in its field and in its cookie."""
     csrf = secrets.token_urlsafe(32)
-    response = _render(request, "login.html", None, csrf=csrf)
+    response = _render(request, "login.html", None, csrf=csrf, **context)
+    response.status_code = status
     response.set_cookie(
         LOGIN_COOKIE,
         csrf,
@@ -179,6 +181,10 @@ async def login_form(request: Request) -> Response:
         secure=_secure(request),
     )
     return response
+
+
+async def login_form(request: Request) -> Response:
+    return _login_page(request)
 
 
 async def login(request: Request) -> Response:
@@ -192,20 +198,8 @@ async def login(request: Request) -> Response:
     operator = form.get("operator", "").strip()[:200]
     who = await identify_token(request, token)
     if who is None or not operator:
-        csrf = secrets.token_urlsafe(32)
         problem = "Give your name." if who else "That token is not a working operator token."
-        response = _render(request, "login.html", None, csrf=csrf, error=problem, operator=operator)
-        response.status_code = 401 if who is None else 422
-        response.set_cookie(
-            LOGIN_COOKIE,
-            csrf,
-            max_age=600,
-            path="/console",
-            httponly=True,
-            samesite="strict",
-            secure=_secure(request),
-        )
-        return response
+        return _login_page(request, 401 if who is None else 422, error=problem, operator=operator)
     secret = await run_in_threadpool(
         console_sessions.open_session,
         _engine(request),
