@@ -40,6 +40,30 @@ def demo_members(count: int = 50) -> list[campaigns.Member]:
     ]
 
 
+def add_demo_template(conn: sa.Connection, organisation_id: UUID) -> int:
+    """The demo's `demo_offer` template for the organisation, with its offer-card generator."""
+    template = campaigns.create_template(
+        conn,
+        organisation_id,
+        "demo_offer",
+        message_type="image",
+        body="Hi {{1}}, {{2}}! Show the code in the picture at checkout.",
+        parameters=[
+            {"type": "header", "valueType": "image", "source": "asset.image"},
+            {"type": "body", "valueType": "text", "source": "contact.name"},
+            {"type": "body", "valueType": "text", "source": "attributes.offer"},
+        ],
+    )
+    campaigns.add_generator(
+        conn,
+        template,
+        DEMO_GENERATOR.name,
+        DEMO_GENERATOR.read_text(),
+        "Offer card with QR code",
+    )
+    return template
+
+
 def load_demo(engine: sa.Engine, members: int = 50, approved: bool = True) -> UUID:
     """Create the demo organisation and its campaign, once; returns the campaign id.
 
@@ -59,25 +83,7 @@ def load_demo(engine: sa.Engine, members: int = 50, approved: bool = True) -> UU
         org = campaigns.create_organisation(conn, DEMO_ORGANISATION)
         phone_number_id = settings.get("WHATSAPP_PHONE_NUMBER_ID")
         campaigns.add_phone_number(conn, org, phone_number_id)
-        template = campaigns.create_template(
-            conn,
-            org,
-            "demo_offer",
-            message_type="image",
-            body="Hi {{1}}, {{2}}! Show the code in the picture at checkout.",
-            parameters=[
-                {"type": "header", "valueType": "image", "source": "asset.image"},
-                {"type": "body", "valueType": "text", "source": "contact.name"},
-                {"type": "body", "valueType": "text", "source": "attributes.offer"},
-            ],
-        )
-        campaigns.add_generator(
-            conn,
-            template,
-            DEMO_GENERATOR.name,
-            DEMO_GENERATOR.read_text(),
-            "Offer card with QR code",
-        )
+        template = add_demo_template(conn, org)
         campaign = campaigns.create_campaign(
             conn,
             org,

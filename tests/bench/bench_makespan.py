@@ -44,25 +44,13 @@ PHONE_NUMBER_ID = "1234567890"
 def _demo_campaign(engine: sa.Engine, approved: bool) -> str:
     """A new demo campaign of `MEMBERS` (the demo's organisation, template and generator),
     with no messaging limit: the bound is the number's throughput."""
-    from pipelines.demo import DEMO_GENERATOR, demo_members
+    from pipelines.demo import add_demo_template, demo_members
     from resources import campaigns
 
     with engine.begin() as conn:
         org = campaigns.create_organisation(conn, f"Makespan {time.time_ns()}", None)
         campaigns.add_phone_number(conn, org, PHONE_NUMBER_ID, MESSAGES_PER_SECOND)
-        template = campaigns.create_template(
-            conn,
-            org,
-            "demo_offer",
-            message_type="image",
-            body="Hi {{1}}, {{2}}! Show the code in the picture at checkout.",
-            parameters=[
-                {"type": "header", "valueType": "image", "source": "asset.image"},
-                {"type": "body", "valueType": "text", "source": "contact.name"},
-                {"type": "body", "valueType": "text", "source": "attributes.offer"},
-            ],
-        )
-        campaigns.add_generator(conn, template, DEMO_GENERATOR.name, DEMO_GENERATOR.read_text())
+        template = add_demo_template(conn, org)
         campaign = campaigns.create_campaign(
             conn,
             org,
