@@ -362,31 +362,6 @@ async def conversation_messages(request: Request) -> Any:
     )
 
 
-def _doc(summary: str, example: str, ok: str, *errors: str) -> str:
-    """The route's OpenAPI operation (see `webhook_app.openapi`)."""
-    described = "".join(f"\n      {e}" for e in errors)
-    return f"""{summary}.
-
-    ---
-    summary: "{summary}"
-    tags: [conversations]
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema: {{type: object}}
-          example: {example}
-    responses:
-      "200":
-        description: "{ok}"
-      "400":
-        description: no phone or user_id, a bad phone, or a customer of several organisations
-          without organisation_id
-      "404":
-        description: no conversation with this customer in the caller's organisation{described}
-    """
-
-
 routes = [
     Route("/api/v1/conversations", list_conversations, methods=["GET"]),
     Route(
