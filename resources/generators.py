@@ -225,11 +225,14 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _lock_template(conn: sa.Connection, template_id: int) -> str:
-    """The template's organisation, with the template locked until the transaction ends
-    (one publish or activation at a time per template)."""
+def _template_organisation(conn: sa.Connection, template_id: int, lock: bool = False) -> str:
+    """The template's organisation; with `lock`, the template stays locked until the
+    transaction ends (one publish or activation at a time per template)."""
     organisation = conn.execute(
-        sa.text("SELECT organisation_id::text FROM templates WHERE id = :t FOR UPDATE"),
+        sa.text(
+            "SELECT organisation_id::text FROM templates WHERE id = :t"
+            + (" FOR UPDATE" if lock else "")
+        ),
         {"t": template_id},
     ).scalar_one_or_none()
     if organisation is None:
@@ -260,7 +263,7 @@ def publish(
     description = _check_description(description)
     validate_source(source)
     with engine.begin() as conn:
-        _lock_template(conn, template_id)
+        _template_organisation(conn, template_id, lock=True)
         version = campaigns.add_generator(conn, template_id, file_name, source, description)
     return get_version(engine, template_id, version)
 
@@ -304,7 +307,7 @@ def activate(engine: sa.Engine, template_id: int, version: int) -> GeneratorVers
     """Make `version` the template's active one (a roll back or forward). Members of a
     running campaign not yet generated get it; those done keep what they have."""
     with engine.begin() as conn:
-        _lock_template(conn, template_id)
+        _template_organisation(conn, template_id, lock=True)
         exists = conn.execute(
             sa.text("SELECT 1 FROM asset_generate_files WHERE template_id = :t AND version = :v"),
             {"t": template_id, "v": version},
@@ -413,12 +416,7 @@ def preview(
     if version is not None and not is_id(version):
         raise InvalidInput([{"field": "version", "error": "must be a version number"}])
     with engine.connect() as conn:
-        organisation = conn.execute(
-            sa.text("SELECT organisation_id::text FROM templates WHERE id = :t"),
-            {"t": template_id},
-        ).scalar_one_or_none()
-        if organisation is None:
-            raise NotFound(f"template {template_id} does not exist")
+        organisation = _template_organisation(conn, template_id)
         sample = (
             _campaign_member(conn, organisation, campaign_id)
             if campaign_id is not None
