@@ -32,6 +32,26 @@ _OUTSIDE = (
 )
 
 
+# The modules whose tests start whole stacks or many processes, longest first. Handed out
+# first, they run beside the short tests instead of becoming the tail of a parallel run.
+_LONGEST_FIRST = (
+    "test_production_topology.py",
+    "test_demo_logs.py",
+    "test_crash_windows.py",
+    "test_production_install.py",
+    "test_sender_breakers.py",
+    "test_local_stack.py",
+    "test_sender_failures.py",
+    "test_media_asset.py",
+    "test_production_start.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The embedded stack; it sets `APP_ENV=development` for the session, so the tests'

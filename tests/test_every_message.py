@@ -147,8 +147,14 @@ def test_reactions_and_receipts_alone_get_no_reply(engine, zero_buffer):
     model = Recording(responses=["Hello!"])
     with fake_graph() as (graph, url), webhook_client(url, model) as client:
         post(client, p.inbound(p.text("hi")))
-        wait_until(lambda: _sent_texts(graph))
-        [reply] = rows(engine, "SELECT provider_message_id FROM messages WHERE sender_type = 'ai'")
+        # The reply's wamid is stored after Graph API answers: wait for the row, not the request.
+        [reply] = wait_until(
+            lambda: rows(
+                engine,
+                "SELECT provider_message_id FROM messages"
+                " WHERE sender_type = 'ai' AND provider_message_id IS NOT NULL",
+            )
+        )
         reaction = p.message("reaction", {"message_id": reply.provider_message_id, "emoji": "👍"})
         post(client, p.inbound(reaction))
         post(client, p.statuses(p.status(reply.provider_message_id, "read")))
