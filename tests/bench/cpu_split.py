@@ -27,6 +27,7 @@ _KINDS = (
     ("dagster-daemon", "dagster-daemon"),
     ("code server", "api grpc"),
     ("Dagster run processes", "execute_run"),
+    ("Dagster run processes", "multiprocessing.spawn"),  # the code server's launches
     ("sender", "waflow sender"),
     ("sender", "cli sender"),
     ("webhook", "uvicorn"),
