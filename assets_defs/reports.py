@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 import dagster as dg
 import sqlalchemy as sa
 
-from pipelines.partitions import campaign_partitions, campaign_run_partitions, run_date_partitions
+from assets_defs.partitions import campaign_partitions, campaign_run_partitions, run_date_partitions
 from pipelines.sender.store import stuck_in_sending
 from resources import breakers, progress, settings
 from resources.postgres import PostgresResource

@@ -193,8 +193,8 @@ def generate_demo_media(campaign_id: UUID) -> None:
     import dagster as dg
 
     from assets_defs.media import campaign_media
+    from assets_defs.partitions import campaign_partition_key, campaign_partitions
     from pipelines.definitions import resources
-    from pipelines.partitions import campaign_partition_key, campaign_partitions
 
     key = campaign_partition_key(campaign_id)
     with dg.DagsterInstance.ephemeral() as instance:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from assets_defs.media.runner import CampaignMediaRun, Policy, Report, media_prefix
 from assets_defs.media.sandbox import Limits
 from assets_defs.media.store import GENERATED
-from pipelines.partitions import campaign_partitions
+from assets_defs.partitions import campaign_partitions
 from resources.postgres import PostgresResource
 from resources.storage import S3Storage
 
