@@ -9,8 +9,8 @@ import dagster as dg
 import sqlalchemy as sa
 
 from assets_defs.partitions import campaign_partitions, campaign_run_partitions, run_date_partitions
-from pipelines.sender.store import stuck_in_sending
 from resources import breakers, progress, settings
+from resources.messages import stuck_in_sending
 from resources.postgres import PostgresResource
 
 STAGES = (

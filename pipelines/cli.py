@@ -143,7 +143,7 @@ def cmd_webhook_app(args: argparse.Namespace) -> int:
 
 
 def cmd_sender_stuck(args: argparse.Namespace) -> int:
-    from pipelines.sender.store import stuck_in_sending
+    from resources.messages import stuck_in_sending
     from resources.postgres import create_engine
 
     engine = create_engine(settings.require("DATABASE_URL"))
