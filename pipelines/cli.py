@@ -33,7 +33,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from pipelines.local_stack import local_stack
+    from pipelines.dev.local_stack import local_stack
 
     with local_stack(_state_dir(args)) as stack:
         print(
@@ -43,9 +43,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from pipelines.demo import load_demo, messaging_limit_note
-    from pipelines.local_stack import local_stack
-    from pipelines.supervisor import Service, check_ports, supervise
+    from pipelines.dev.demo import load_demo, messaging_limit_note
+    from pipelines.dev.local_stack import local_stack
+    from pipelines.dev.supervisor import Service, check_ports, supervise
     from resources.postgres import PostgresResource
 
     host = settings.get("HOST")
@@ -101,8 +101,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_load_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import load_demo
-    from pipelines.local_stack import local_stack
+    from pipelines.dev.demo import load_demo
+    from pipelines.dev.local_stack import local_stack
     from resources.postgres import PostgresResource
 
     with local_stack(_state_dir(args)):
@@ -165,7 +165,7 @@ def cmd_sender_stuck(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import print_summary, run_demo
+    from pipelines.dev.demo import print_summary, run_demo
 
     print_summary(run_demo(Path(args.state_dir) if args.state_dir else None))
     return 0
@@ -173,7 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_archive_restore(args: argparse.Namespace) -> int:
     from assets_defs.archive.restore import parse_day, restore_range
-    from pipelines.local_stack import local_stack
+    from pipelines.dev.local_stack import local_stack
     from resources.postgres import PostgresResource
     from resources.storage import S3Storage
 
@@ -191,7 +191,7 @@ def cmd_archive_restore(args: argparse.Namespace) -> int:
 
 def cmd_archive_setup(args: argparse.Namespace) -> int:
     from assets_defs.archive.lifecycle import apply_lifecycle_rules
-    from pipelines.local_stack import local_stack
+    from pipelines.dev.local_stack import local_stack
     from resources.storage import S3Storage
 
     with local_stack(_state_dir(args)):
@@ -205,7 +205,7 @@ def cmd_archive_setup(args: argparse.Namespace) -> int:
 def _platform_engine(args: argparse.Namespace) -> Iterator[sa.Engine]:
     """The platform database: `DATABASE_URL` when set (e.g. the one `make dev` runs),
     else the embedded stack in the state folder."""
-    from pipelines.local_stack import local_stack
+    from pipelines.dev.local_stack import local_stack
     from resources.postgres import PostgresResource
 
     if os.environ.get("DATABASE_URL"):
@@ -848,7 +848,7 @@ def explain(error: BaseException) -> str | None:
     """One line for a failure a user can fix, or None for a bug."""
     from assets_defs.archive.objects import ArchiveMismatch
     from assets_defs.archive.restore import RestoreRefused
-    from pipelines.local_stack import StackError
+    from pipelines.dev.local_stack import StackError
     from resources import campaign_admin, generators
 
     expected = (
