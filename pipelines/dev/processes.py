@@ -15,7 +15,7 @@ from resources.postgres import PostgresResource
 
 
 def dev_services(host: str, dagster_port: int, webhook_port: int) -> list[Service]:
-    """Each process as its own command, the way production starts it."""
+    """Each process as a command of its own, run by the supervisor."""
     waflow = [sys.executable, "-m", "pipelines.cli"]
     return [
         Service(
