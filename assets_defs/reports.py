@@ -8,9 +8,9 @@ from datetime import UTC, date, datetime
 import dagster as dg
 import sqlalchemy as sa
 
-from pipelines.partitions import campaign_partitions, campaign_run_partitions, run_date_partitions
-from pipelines.sender.store import stuck_in_sending
+from assets_defs.partitions import campaign_partitions, campaign_run_partitions, run_date_partitions
 from resources import breakers, progress, settings
+from resources.messages import stuck_in_sending
 from resources.postgres import PostgresResource
 
 STAGES = (

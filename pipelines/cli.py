@@ -1,7 +1,12 @@
 """`waflow`: the platform's command line (migrate, run the local stack, demo, workers).
 
 Expected failures (a bad setting, an unreachable server, a port in use) print one line
-naming the cause and exit 1; tracebacks are for bugs.
+naming the cause and exit 1 (`pipelines.errors`); tracebacks are for bugs.
+
+A command imports inside its function what only it uses and what would slow every other
+command's start, and `waflow --help`: Dagster (every client in `resources` is a Dagster
+resource, and the asset families are Dagster code), the webhook worker's LangGraph and
+Starlette, uvicorn. Each such import names what it brings in.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines import cli_help
+from pipelines.dev.local_stack import local_stack
+from pipelines.errors import explain
 from resources import logs, settings
+from resources.messages import stuck_in_sending
 
 # What a command needs in production (`check_settings`), or that it runs in development only.
 DEVELOPMENT_ONLY = ("development only",)
@@ -33,8 +40,6 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from pipelines.local_stack import local_stack
-
     with local_stack(_state_dir(args)) as stack:
         print(
             f"schema at version {stack.schema_version}; applied now: {stack.migrated or 'nothing'}"
@@ -43,66 +48,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from pipelines.demo import load_demo, messaging_limit_note
-    from pipelines.local_stack import local_stack
-    from pipelines.supervisor import Service, check_ports, supervise
-    from resources.postgres import PostgresResource
+    # Brings in Dagster (see the module docstring).
+    from pipelines.dev.processes import run_dev
 
-    host = settings.get("HOST")
-    dagster_port = settings.number("DAGSTER_PORT")
-    webhook_port = settings.number("WEBHOOK_PORT")
-    postgres_port = settings.number("EMBEDDED_POSTGRES_PORT")
-    services = [
-        Service(
-            "Dagster UI",
-            [
-                sys.executable,
-                "-m",
-                "dagster",
-                "dev",
-                "-w",
-                "workspace.yaml",
-                "-h",
-                host,
-                "-p",
-                str(dagster_port),
-            ],
-            host,
-            dagster_port,
-            "/server_info",
-        ),
-        Service(
-            "webhook app",
-            [
-                sys.executable,
-                "-m",
-                "pipelines.cli",
-                "webhook-app",
-                "--host",
-                host,
-                "--port",
-                str(webhook_port),
-            ],
-            host,
-            webhook_port,
-            "/health",
-        ),
-        Service("webhook worker", [sys.executable, "-m", "pipelines.cli", "webhook-worker"]),
-        Service("sender", [sys.executable, "-m", "pipelines.cli", "sender"]),
-    ]
-    check_ports(services)
-    with local_stack(_state_dir(args), postgres_port) as stack:
-        postgres = PostgresResource.from_env()
-        campaign = load_demo(postgres.engine)
-        print(messaging_limit_note(postgres.engine, campaign, f"http://{host}:{webhook_port}"))
-        postgres.engine.dispose()
-        print(f"demo campaign {campaign} is approved; starting the stack…", flush=True)
-        return supervise(services, stack.env)
+    return run_dev(_state_dir(args))
 
 
 def cmd_load_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import load_demo
-    from pipelines.local_stack import local_stack
+    # Brings in Dagster (see the module docstring).
+    from pipelines.dev.demo import load_demo
     from resources.postgres import PostgresResource
 
     with local_stack(_state_dir(args)):
@@ -111,6 +65,7 @@ def cmd_load_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sender(args: argparse.Namespace) -> int:
+    # Brings in Dagster (see the module docstring).
     from pipelines.sender.service import run
 
     stats = run(drain=args.drain)
@@ -119,6 +74,7 @@ def cmd_sender(args: argparse.Namespace) -> int:
 
 
 def cmd_webhook_worker(args: argparse.Namespace) -> int:
+    # Brings in LangGraph, Starlette and Dagster (see the module docstring).
     from webhook_app.workers import run
 
     logs.configure("webhook-worker")
@@ -128,6 +84,7 @@ def cmd_webhook_worker(args: argparse.Namespace) -> int:
 
 def cmd_webhook_app(args: argparse.Namespace) -> int:
     """The webhook app under uvicorn, its logs (and uvicorn's) set up as every process's."""
+    # Brings in uvicorn (see the module docstring).
     import uvicorn
 
     logs.configure("webhook-app")
@@ -143,7 +100,7 @@ def cmd_webhook_app(args: argparse.Namespace) -> int:
 
 
 def cmd_sender_stuck(args: argparse.Namespace) -> int:
-    from pipelines.sender.store import stuck_in_sending
+    # Brings in Dagster (see the module docstring).
     from resources.postgres import create_engine
 
     engine = create_engine(settings.require("DATABASE_URL"))
@@ -165,15 +122,16 @@ def cmd_sender_stuck(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import print_summary, run_demo
+    # Brings in Dagster (see the module docstring).
+    from pipelines.dev.demo import print_summary, run_demo
 
     print_summary(run_demo(Path(args.state_dir) if args.state_dir else None))
     return 0
 
 
 def cmd_archive_restore(args: argparse.Namespace) -> int:
+    # Brings in Dagster (see the module docstring).
     from assets_defs.archive.restore import parse_day, restore_range
-    from pipelines.local_stack import local_stack
     from resources.postgres import PostgresResource
     from resources.storage import S3Storage
 
@@ -190,8 +148,8 @@ def cmd_archive_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_archive_setup(args: argparse.Namespace) -> int:
+    # Brings in Dagster (see the module docstring).
     from assets_defs.archive.lifecycle import apply_lifecycle_rules
-    from pipelines.local_stack import local_stack
     from resources.storage import S3Storage
 
     with local_stack(_state_dir(args)):
@@ -205,7 +163,7 @@ def cmd_archive_setup(args: argparse.Namespace) -> int:
 def _platform_engine(args: argparse.Namespace) -> Iterator[sa.Engine]:
     """The platform database: `DATABASE_URL` when set (e.g. the one `make dev` runs),
     else the embedded stack in the state folder."""
-    from pipelines.local_stack import local_stack
+    # Brings in Dagster (see the module docstring).
     from resources.postgres import PostgresResource
 
     if os.environ.get("DATABASE_URL"):
@@ -228,6 +186,7 @@ def _read_json(path: str) -> dict[str, Any]:
 def cmd_campaigns(args: argparse.Namespace) -> int:
     """The operator API's operations (`resources.campaign_admin`, `.campaign_control`),
     printed as JSON."""
+    # Brings in Dagster (see the module docstring).
     from resources import campaign_admin as admin
     from resources import campaign_control as control
     from resources.queue import SQSResource
@@ -337,6 +296,7 @@ def _organisation_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _refresh_numbers(engine: sa.Engine, organisation_id: str | None) -> list[dict[str, Any]]:
+    # Brings in Dagster (see the module docstring).
     from resources import account
     from resources.whatsapp import WhatsAppResource
 
@@ -461,6 +421,7 @@ def _campaign_commands(commands: argparse._SubParsersAction) -> None:
 
 def cmd_templates_sync(args: argparse.Namespace) -> int:
     """Read templates from Meta now: one organisation's, or every one's with a WABA id."""
+    # Brings in Dagster (see the module docstring).
     from resources import templates
     from resources.whatsapp import WhatsAppResource
 
@@ -497,6 +458,7 @@ def cmd_templates_sync(args: argparse.Namespace) -> int:
 
 def cmd_webhook_redrive(args: argparse.Namespace) -> int:
     """Send webhook events that failed for good back to processing (see Retention)."""
+    # Brings in Dagster (see the module docstring).
     from resources import webhook_history
 
     with _platform_engine(args) as engine:
@@ -534,6 +496,7 @@ def _template_commands(commands: argparse._SubParsersAction) -> None:
 def cmd_generators(args: argparse.Namespace) -> int:
     """Generator authoring (`resources.generators`), printed as JSON; a preview also writes
     the files to a folder and exits 1 when the generator failed."""
+    # Brings in Dagster (see the module docstring).
     from resources import generators
 
     with _platform_engine(args) as engine:
@@ -575,6 +538,7 @@ def _default_file_name(path: str) -> str:
 
 
 def _preview(engine: sa.Engine, args: argparse.Namespace) -> int:
+    # Brings in Dagster (see the module docstring).
     from resources import generators
 
     draft = _read_text(args.file) if args.file else None
@@ -747,6 +711,7 @@ def _generator_commands(commands: argparse._SubParsersAction) -> None:
 def cmd_tokens(args: argparse.Namespace) -> int:
     """An organisation's API tokens (`resources.tenants`), printed as JSON: the database is
     the platform's, so whoever runs this is the platform admin."""
+    # Brings in Dagster (see the module docstring).
     from resources import tenants
 
     who = {"by": args.by} if getattr(args, "by", None) else {}
@@ -842,40 +807,6 @@ def parser() -> argparse.ArgumentParser:
     )
     stuck.set_defaults(run=cmd_sender_stuck, needs=("DATABASE_URL",))
     return cli_help.document(top)
-
-
-def explain(error: BaseException) -> str | None:
-    """One line for a failure a user can fix, or None for a bug."""
-    from assets_defs.archive.objects import ArchiveMismatch
-    from assets_defs.archive.restore import RestoreRefused
-    from pipelines.local_stack import StackError
-    from resources import campaign_admin, generators
-
-    expected = (
-        StackError,
-        settings.MissingSetting,
-        settings.InvalidSetting,
-        campaign_admin.InvalidInput,
-        campaign_admin.NotFound,
-        campaign_admin.Conflict,
-        generators.PreviewUnavailable,
-        RestoreRefused,
-        ArchiveMismatch,
-    )
-    if isinstance(error, expected):
-        return str(error)
-    if isinstance(error, json.JSONDecodeError):
-        return f"the JSON input is not valid: {error}"
-    if isinstance(error, FileNotFoundError):
-        return f"no such file: {error.filename}"
-    if isinstance(error, sa.exc.OperationalError):
-        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-        return f"cannot connect to PostgreSQL (DATABASE_URL): {reason}"
-    if isinstance(error, BotoCoreError):
-        return f"cannot reach S3/SQS (AWS_ENDPOINT_URL): {error}"
-    if isinstance(error, ClientError):
-        return f"S3/SQS refused a request: {error}"
-    return None
 
 
 def check_settings(args: argparse.Namespace) -> None:

@@ -25,6 +25,8 @@ import sqlalchemy as sa
 
 from resources import campaigns, settings
 from resources.campaign_admin import InvalidInput, NotFound, is_id
+from resources.sandbox.isolation import SandboxUnavailable
+from resources.sandbox.pool import Limits, MemberInput, run_sample
 
 SIGNATURE = "generate_asset(attributes, name, msisdn, temp_dir)"
 FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.py")
@@ -437,10 +439,6 @@ def preview(
 
 
 def _run(source: str, file_name: str, sample: dict[str, Any], version: int | None) -> PreviewResult:
-    # The sandbox belongs to the media asset family; only a preview reaches it from here.
-    from assets_defs.media.isolation import SandboxUnavailable
-    from assets_defs.media.sandbox import Limits, MemberInput, run_sample
-
     limits = Limits.from_settings()
     seconds = min(limits.timeout_seconds, settings.number("GENERATOR_PREVIEW_SECONDS"))
     limits = replace(limits, timeout_seconds=seconds)

@@ -1,4 +1,4 @@
-"""Applies the numbered SQL files in `resources/sql/` in order, once each.
+"""Applies the numbered SQL files in `sql/` (the schema, below this layer) in order, once each.
 
 Every process that needs the schema calls `migrate()` at start-up, so several may
 race: a transaction-scoped advisory lock serialises them and the second finds
@@ -13,7 +13,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-SQL_DIR = Path(__file__).resolve().parent / "sql"
+import sql
+
+# A package of its own, installed beside this one: found the same way in a checkout, an
+# editable install and the production image.
+SQL_DIR = Path(sql.__file__).resolve().parent
 _LOCK_KEY = 0x5741_4D49  # arbitrary, constant: "WAMI"
 _NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 

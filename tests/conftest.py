@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 warnings.filterwarnings("ignore", module="platformdirs")
 
-from pipelines.local_stack import APP_DATABASE, Stack, local_stack  # noqa: E402
+from pipelines.dev.local_stack import APP_DATABASE, Stack, local_stack  # noqa: E402
 from resources.postgres import PostgresResource, create_engine  # noqa: E402
 from resources.queue import SQSResource  # noqa: E402
 from resources.storage import S3Storage  # noqa: E402

@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from pipelines.local_stack import free_port
+from pipelines.dev.local_stack import free_port
 
 
 class TCPProxy:

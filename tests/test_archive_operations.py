@@ -147,7 +147,7 @@ def test_lifecycle_rules_are_applied_once_and_keep_the_buckets_other_rules(s3):
 
 def test_the_demo_history_is_archived_by_the_assets(engine, postgres, s3, monkeypatch):
     from assets_defs.archive.demo import MEDIA_FILES, MESSAGE_DAYS, MESSAGES_PER_DAY
-    from pipelines.demo import archive_demo, load_demo
+    from pipelines.dev.demo import archive_demo, load_demo
 
     campaign = load_demo(engine)
     monkeypatch.setenv("S3_BUCKET", s3.bucket)

@@ -19,10 +19,10 @@ from assets_defs.dispatch.dispatcher import Dispatch, Halted, load_spec
 from assets_defs.dispatch.sensors import plan_tick
 from assets_defs.media import store
 from assets_defs.media.runner import CampaignMediaRun, Policy
-from assets_defs.media.sandbox import Limits
 from resources import campaign_runs as runs
 from resources import campaigns
 from resources.queue import SQSResource
+from resources.sandbox.pool import Limits
 from resources.storage import S3Storage
 from tests.dispatch_fixtures import PHONE_NUMBER_ID, TODAY, materialize_run, org_with_phone
 from tests.media_campaigns import versioned

@@ -134,3 +134,18 @@ def test_version_and_every_commands_help_shows_its_input_and_an_example(capsys):
     assert "valueType" in commands["campaigns create-template"].format_help()
     assert "opted_out" in commands["campaigns upload-contacts"].format_help()
     assert "phone" in commands["campaigns upload-audience"].format_help()
+
+
+def test_the_cli_starts_without_dagster_or_the_web_stack():
+    """`waflow --help` and every command's start import only the CLI: each command brings in
+    Dagster, LangGraph, Starlette or uvicorn itself when it runs."""
+    heavy = ("dagster", "langgraph", "langchain_core", "starlette", "uvicorn", "httpx", "moto")
+    script = (
+        "import json, sys\n"
+        "import pipelines.cli\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -19,8 +19,8 @@ import pytest
 import sqlalchemy as sa
 
 from assets_defs.archive.media import media_archive
-from pipelines.sender.store import stuck_in_sending
 from resources.campaigns import Member
+from resources.messages import stuck_in_sending
 from resources.queue import SQSResource
 from resources.storage import S3Storage
 from tests import payloads as p

@@ -6,8 +6,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from assets_defs.partitions import campaign_partition_key
 from pipelines.definitions import defs, resources
-from pipelines.partitions import campaign_partition_key
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource

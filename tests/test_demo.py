@@ -1,6 +1,6 @@
 import sqlalchemy as sa
 
-from pipelines.demo import load_demo, messaging_limit_note, summary
+from pipelines.dev.demo import load_demo, messaging_limit_note, summary
 
 
 def test_the_demo_campaign_is_loaded_once(engine):

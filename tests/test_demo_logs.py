@@ -20,7 +20,7 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from pipelines.demo import demo_members
+from pipelines.dev.demo import demo_members
 from tests.fake_graph import FakeGraph
 from tests.servers import serve
 

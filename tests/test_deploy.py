@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 from datetime import date
 from pathlib import Path
 
@@ -87,6 +88,10 @@ def test_the_image_copies_only_what_exists_and_the_build_context_lets_through():
         for part in line.split()[1:-1]
     ]
     assert sources
+    # Every top-level package of the project (the schema's `sql` too) goes into the image.
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package in packages["packages"]["find"]["include"]:
+        assert package.rstrip("*") in sources, package
     for source in sources:
         assert (REPO / source).exists(), source
         assert any(source == a or source.startswith(a + "/") for a in allowed), source

@@ -10,9 +10,9 @@ import textwrap
 import pytest
 from starlette.testclient import TestClient
 
-from assets_defs.media.isolation import resolve
 from resources import campaign_admin as admin
 from resources import generators
+from resources.sandbox.isolation import resolve
 from webhook_app.app import app
 
 TOKEN = "generator-api-token"

@@ -10,11 +10,11 @@ import textwrap
 import pytest
 import sqlalchemy as sa
 
-from assets_defs.media.isolation import resolve
-from assets_defs.media.sandbox import png_size
 from pipelines.cli import main
 from resources import campaign_admin as admin
 from resources import generators
+from resources.sandbox.isolation import resolve
+from resources.sandbox.pool import png_size
 
 GOOD = textwrap.dedent(
     """

@@ -13,8 +13,8 @@ import uuid
 import psutil
 import pytest
 
-from pipelines.local_aws import LocalAWS
-from pipelines.local_stack import StackError, free_port, local_stack
+from pipelines.dev.local_aws import LocalAWS
+from pipelines.dev.local_stack import StackError, free_port, local_stack
 from resources.queue import SQSResource
 
 _OUTSIDE = ("DATABASE_URL", "DAGSTER_POSTGRES_URL", "AWS_ENDPOINT_URL", "DAGSTER_HOME", "APP_ENV")
@@ -53,7 +53,7 @@ def test_the_stacks_sqs_serves_a_fifo_queue_of_thousands_and_stops_with_the_stac
     count = 3000
     with local_stack(tmp_path / "state") as stack:
         server = psutil.Process(stack.aws.pid)
-        assert "pipelines.local_aws" in server.cmdline()
+        assert "pipelines.dev.local_aws" in server.cmdline()
         assert server.pid != os.getpid()
         sqs = _fifo_queue()
         for start in range(0, count, 10):  # as dispatch queues: one group per recipient
@@ -109,7 +109,7 @@ def test_the_server_ends_when_the_process_that_started_it_is_killed():
         [
             sys.executable,
             "-c",
-            "from pipelines.local_aws import LocalAWS; import sys, time;"
+            "from pipelines.dev.local_aws import LocalAWS; import sys, time;"
             f" server = LocalAWS(port={free_port()}); server.start();"
             " print(server.pid, flush=True); time.sleep(600)",
         ],

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 
 from assets_defs.media.asset import objects_check
 from assets_defs.media.runner import CampaignMediaRun, Policy, media_prefix
-from assets_defs.media.sandbox import Limits
 from resources import campaigns
+from resources.sandbox.pool import Limits
 from tests.media_campaigns import campaign_row, create_campaign, materialize, members, versioned
 
 
@@ -225,7 +225,7 @@ def test_a_run_killed_with_sigkill_loses_nothing_and_the_next_run_finishes(
     script = textwrap.dedent(
         f"""
         from assets_defs.media.runner import CampaignMediaRun, Policy
-        from assets_defs.media.sandbox import Limits
+        from resources.sandbox.pool import Limits
         from resources.postgres import create_engine
         from resources.storage import S3Storage
         s3 = S3Storage.from_env().model_copy(update={{"bucket": "{s3.bucket}"}})
@@ -334,7 +334,7 @@ def test_three_runs_share_a_campaign_and_a_killed_ones_members_are_generated_onc
         script = textwrap.dedent(
             f"""
             from assets_defs.media.runner import CampaignMediaRun, Policy
-            from assets_defs.media.sandbox import Limits
+            from resources.sandbox.pool import Limits
             from resources.postgres import create_engine
             from resources.storage import S3Storage
             s3 = S3Storage.from_env().model_copy(update={{"bucket": "{s3.bucket}"}})

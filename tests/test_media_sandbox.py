@@ -6,16 +6,16 @@ import textwrap
 
 import pytest
 
-from assets_defs.media.isolation import (
+from assets_defs.media.runner import CampaignMediaRun, Policy
+from resources import settings
+from resources.sandbox.isolation import (
     SandboxUnavailable,
     _verdict,
     candidates,
     probe,
     resolve,
 )
-from assets_defs.media.runner import CampaignMediaRun, Policy
-from assets_defs.media.sandbox import Generator, Limits, MemberInput, WorkerPool
-from resources import settings
+from resources.sandbox.pool import Generator, Limits, MemberInput, WorkerPool
 from tests.media_campaigns import campaign_row, create_campaign, members, versioned
 
 MEMBER = MemberInput({"offer": "10% off", "code": "C001"}, "Ada", "+12025550100")

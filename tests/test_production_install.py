@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE = ("pyproject.toml", "README.md", "pipelines", "resources", "webhook_app", "assets_defs")
+PACKAGE = (
+    "pyproject.toml",
+    "README.md",
+    "pipelines",
+    "resources",
+    "webhook_app",
+    "assets_defs",
+    "sql",
+)
 ENTRY_POINTS = (
     "pipelines.definitions",
     "webhook_app.app",
@@ -76,7 +84,7 @@ def test_migrate_and_archive_run_from_the_installed_package(production, tmp_path
     env = {"DATABASE_URL": url, "DAGSTER_POSTGRES_URL": url, "APP_ENV": "production"}
     migrated = _run(production, tmp_path, "-m", "pipelines.cli", "migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr[-3000:]
-    shipped = len(list((REPO / "resources" / "sql").glob("*.sql")))
+    shipped = len(list((REPO / "sql").glob("*.sql")))
     again = _run(production, tmp_path, "-m", "pipelines.cli", "migrate", env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     import sqlalchemy as sa

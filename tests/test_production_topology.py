@@ -24,8 +24,8 @@ import httpx
 import psycopg2
 import pytest
 
-from pipelines.demo import load_demo
-from pipelines.local_stack import free_port, local_stack
+from pipelines.dev.demo import load_demo
+from pipelines.dev.local_stack import free_port, local_stack
 from resources.postgres import create_engine
 from tests.fake_graph import FakeGraph
 from tests.template_payloads import WABA_ID, meta_template

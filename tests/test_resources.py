@@ -8,7 +8,7 @@ import httpx
 import pytest
 from langchain_core.messages import HumanMessage
 
-from pipelines.local_stack import EmbeddedPostgres
+from pipelines.dev.local_stack import EmbeddedPostgres
 from resources.chat import ChatModelResource
 from resources.graph_errors import ErrorClass, classify
 from resources.offline_chat import OFFLINE_LABEL

@@ -20,9 +20,9 @@ import psutil
 import pytest
 
 from assets_defs.media.asset import report_metadata
-from assets_defs.media.isolation import candidates, resolve
 from assets_defs.media.runner import CampaignMediaRun, Policy, Report, media_prefix
-from assets_defs.media.sandbox import Limits, MemberInput, run_sample
+from resources.sandbox.isolation import candidates, resolve
+from resources.sandbox.pool import Limits, MemberInput, run_sample
 from tests.media_campaigns import campaign_row, create_campaign, members
 
 LIMITS = Limits(workers=2, timeout_seconds=5, memory_mb=512, cpu_seconds=5)

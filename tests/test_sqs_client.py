@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from pipelines.local_stack import free_port
+from pipelines.dev.local_stack import free_port
 from resources import sqs_client
 from resources.queue import SQSResource
 from resources.sqs_client import SQSClient

@@ -6,8 +6,8 @@ import time
 
 import psutil
 
-from pipelines.local_stack import free_port
-from pipelines.supervisor import Service, supervise
+from pipelines.dev.local_stack import free_port
+from pipelines.dev.supervisor import Service, supervise
 
 
 def http_server(name: str) -> Service:
@@ -33,7 +33,7 @@ def test_when_one_service_dies_the_others_are_stopped():
 
 SCRIPT = """
 import sys
-from pipelines.supervisor import Service, supervise
+from pipelines.dev.supervisor import Service, supervise
 port = int(sys.argv[1])
 sys.exit(supervise([Service("web", [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
                             "127.0.0.1", port)], env={}))
@@ -59,7 +59,7 @@ def test_ctrl_c_stops_every_service_and_exits_cleanly(repo_root):
 
 LABELLED = """
 import sys
-from pipelines.supervisor import Service, supervise
+from pipelines.dev.supervisor import Service, supervise
 talker = [sys.executable, "-c", "import time; print('hello from a service'); time.sleep(600)"]
 sys.exit(supervise([Service("talker", talker)], env={}))
 """

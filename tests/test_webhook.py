@@ -3,7 +3,7 @@ import threading
 
 import sqlalchemy as sa
 
-from pipelines.local_stack import EmbeddedPostgres
+from pipelines.dev.local_stack import EmbeddedPostgres
 from tests import payloads as p
 from tests.webhook_support import (
     add_organisation,

@@ -1,7 +1,7 @@
 import pytest
 from starlette.testclient import TestClient
 
-from pipelines.local_stack import EmbeddedPostgres
+from pipelines.dev.local_stack import EmbeddedPostgres
 from resources.settings import MissingSetting
 from webhook_app.app import REQUIRED_IN_PRODUCTION, app
 from webhook_app.workers import app_with_workers

@@ -1,6 +1,6 @@
 import sqlalchemy as sa
 
-from pipelines.demo import load_demo, summary
+from pipelines.dev.demo import load_demo, summary
 from webhook_app import demo
 
 

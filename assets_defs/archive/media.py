@@ -34,7 +34,7 @@ from assets_defs.archive.policy import (
     day_prefix,
     refuse_too_new,
 )
-from pipelines.partitions import archive_day_partitions
+from assets_defs.partitions import archive_day_partitions
 from resources import crash_points
 from resources.postgres import PostgresResource
 from resources.storage import S3Storage

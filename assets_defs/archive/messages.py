@@ -31,7 +31,7 @@ from assets_defs.archive.policy import (
     days_between,
     refuse_too_new,
 )
-from pipelines.partitions import archive_day_partitions
+from assets_defs.partitions import archive_day_partitions
 from resources.postgres import PostgresResource
 from resources.storage import S3Storage
 

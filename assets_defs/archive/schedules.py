@@ -14,7 +14,7 @@ from assets_defs.archive import manifests
 from assets_defs.archive.media import media_archive
 from assets_defs.archive.messages import message_archive
 from assets_defs.archive.policy import ArchivePolicy, day_bounds, last_eligible_day
-from pipelines.partitions import archive_day_partitions
+from assets_defs.partitions import archive_day_partitions
 from resources.postgres import PostgresResource
 
 message_archive_job = dg.define_asset_job("message_archive_job", selection=[message_archive])

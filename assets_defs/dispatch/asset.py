@@ -14,7 +14,7 @@ from assets_defs.dispatch.dispatcher import (
     run_counts,
 )
 from assets_defs.dispatch.payloads import MediaUrl
-from pipelines.partitions import campaign_run_partitions
+from assets_defs.partitions import campaign_run_partitions
 from resources import campaign_runs as runs
 from resources import settings
 from resources.postgres import PostgresResource

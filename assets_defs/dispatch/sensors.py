@@ -18,7 +18,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from assets_defs.dispatch.asset import dispatched_batches
-from pipelines.partitions import campaign_partition_key, campaign_partitions
+from assets_defs.partitions import campaign_partition_key, campaign_partitions
 from resources import campaign_runs as runs
 from resources import recurrence, settings
 from resources.campaigns import InvalidTransition

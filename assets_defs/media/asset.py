@@ -10,10 +10,10 @@ import dagster as dg
 import sqlalchemy as sa
 
 from assets_defs.media.runner import CampaignMediaRun, Policy, Report, media_prefix
-from assets_defs.media.sandbox import Limits
 from assets_defs.media.store import GENERATED
-from pipelines.partitions import campaign_partitions
+from assets_defs.partitions import campaign_partitions
 from resources.postgres import PostgresResource
+from resources.sandbox.pool import Limits
 from resources.storage import S3Storage
 
 OBJECTS_CHECK = "all_objects_in_s3"

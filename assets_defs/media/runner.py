@@ -21,10 +21,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from assets_defs.media import isolation, store
-from assets_defs.media.sandbox import Generator, Limits, MemberInput, Outcome, WorkerPool
+from assets_defs.media import store
 from resources import settings
 from resources.campaigns import audience_counts
+from resources.sandbox import isolation
+from resources.sandbox.pool import Generator, Limits, MemberInput, Outcome, WorkerPool
 from resources.storage import S3Storage
 
 # The loop wakes at least every second, so a progress line is never more than 10 s late.

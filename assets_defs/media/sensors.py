@@ -14,7 +14,7 @@ import dagster as dg
 
 from assets_defs.media import store
 from assets_defs.media.asset import campaign_media, live_runs
-from pipelines.partitions import campaign_partition_key, campaign_partitions
+from assets_defs.partitions import campaign_partition_key, campaign_partitions
 from resources import settings
 from resources.postgres import PostgresResource
 

@@ -16,9 +16,9 @@ from uuid import UUID
 import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
-from assets_defs.media.sandbox import Generator
 from resources import media_ready
 from resources.campaigns import set_campaign_status
+from resources.sandbox.pool import Generator
 from resources.status import member_sources
 
 # Members whose media exist, at this stage or any later one.

@@ -1,9 +1,9 @@
-"""The benchmarks' S3 and SQS: the local stack's own server (`pipelines.local_aws`), one more
+"""The benchmarks' S3 and SQS: the local stack's own server (`pipelines.dev.local_aws`), one more
 instance of it.
 
 The same code `make dev` and the tests run: moto in a process of its own (it shares no
 interpreter lock with what is measured, and its CPU and memory are not counted), patched by
-`pipelines.moto_sqs`, served by uvicorn with keep-alive. Entered before `local_stack`, it
+`pipelines.dev.moto_sqs`, served by uvicorn with keep-alive. Entered before `local_stack`, it
 is the one the stack uses (the stack starts none when `AWS_ENDPOINT_URL` is set); every
 side of a comparison talks to the same server.
 """
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from unittest import mock
 
-from pipelines.local_aws import CREDENTIALS, LocalAWS
+from pipelines.dev.local_aws import CREDENTIALS, LocalAWS
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from pipelines.local_stack import local_stack
+from pipelines.dev.local_stack import local_stack
 from tests.bench import Figure, benchmark
 
 ROWS = int(os.environ.get("ARCHIVE_BENCH_ROWS", "1000000"))

@@ -6,7 +6,7 @@
   Baseline, same run and same code path: the same run through the benchmarks' server
   (`aws_server()`) on a standard queue, as `dispatch_messages_per_s` measures it.
 
-The two servers are the same code (`pipelines.local_aws`: moto in its own process, patched,
+The two servers are the same code (`pipelines.dev.local_aws`: moto in its own process, patched,
 uvicorn with keep-alive); the baseline is a second instance of it, on the queue type
 moto has always served fastest. So the ratio says what `make dev` pays for its server and
 its FIFO queue together; the FIFO rate on the second instance is printed beside it, to tell
@@ -45,7 +45,7 @@ def _dispatch(engine, endpoint: str, queue: str) -> float:
 
 @benchmark("dev_dispatch")
 def dev_dispatch() -> list[Figure]:
-    from pipelines.local_stack import local_stack
+    from pipelines.dev.local_stack import local_stack
     from resources.postgres import PostgresResource
 
     for name in (

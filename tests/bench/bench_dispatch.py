@@ -134,7 +134,7 @@ def empty_queue(label: str):
 
 @benchmark("dispatch")
 def dispatch() -> list[Figure]:
-    from pipelines.local_stack import local_stack
+    from pipelines.dev.local_stack import local_stack
     from resources.postgres import PostgresResource
 
     for name in (

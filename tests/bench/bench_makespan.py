@@ -28,7 +28,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from pipelines.local_stack import local_stack
+from pipelines.dev.local_stack import local_stack
 from resources.postgres import PostgresResource
 from tests.bench import Figure, benchmark
 from tests.bench.cpu_split import CpuSplit, table
@@ -45,7 +45,7 @@ PHONE_NUMBER_ID = "1234567890"
 def _demo_campaign(engine: sa.Engine, approved: bool) -> str:
     """A new demo campaign of `MEMBERS` (the demo's organisation, template and generator),
     with no messaging limit: the bound is the number's throughput."""
-    from pipelines.demo import add_demo_template, demo_members
+    from pipelines.dev.demo import add_demo_template, demo_members
     from resources import campaigns
 
     with engine.begin() as conn:

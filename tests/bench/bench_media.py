@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psutil
 
-from pipelines.demo import DEMO_GENERATOR
-from pipelines.local_stack import local_stack
+from pipelines.dev.demo import DEMO_GENERATOR
+from pipelines.dev.local_stack import local_stack
 from resources.postgres import PostgresResource
 from tests.bench import Figure, benchmark
 from tests.bench.aws_server import aws_server
@@ -106,7 +106,7 @@ class PeakRSS:
                 try:
                     if (
                         process.name() != "postgres"
-                        and "pipelines.local_aws" not in process.cmdline()
+                        and "pipelines.dev.local_aws" not in process.cmdline()
                     ):
                         total += process.memory_info().rss
                 except psutil.Error:

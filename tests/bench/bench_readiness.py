@@ -56,7 +56,7 @@ def _best(measure) -> float:
 
 @benchmark("readiness")
 def readiness() -> list[Figure]:
-    from pipelines.local_stack import local_stack
+    from pipelines.dev.local_stack import local_stack
     from resources import readiness as checks
     from resources.postgres import PostgresResource
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from pipelines.local_stack import free_port, local_stack
+from pipelines.dev.local_stack import free_port, local_stack
 from resources.postgres import create_engine
 from resources.queue import SQSResource
 from tests.bench import Figure, benchmark

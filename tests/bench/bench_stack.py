@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipelines.local_stack import EmbeddedPostgres, local_stack
+from pipelines.dev.local_stack import EmbeddedPostgres, local_stack
 from tests.bench import Figure, benchmark
 
 

@@ -29,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from pipelines.local_stack import free_port, local_stack
+from pipelines.dev.local_stack import free_port, local_stack
 from resources import campaigns
 from resources.postgres import create_engine
 from tests import payloads

@@ -5,7 +5,7 @@ demo` and each test worker, and the benchmarks start the same server (`tests/ben
 
 - Its own process: moto's work shares no interpreter lock with the stack's (dispatch,
   Dagster's code server, the tests), and its CPU and memory are its own.
-- moto patched by `pipelines.moto_sqs.patch_sqs()`: thread-safe, and no per-message costs
+- moto patched by `pipelines.dev.moto_sqs.patch_sqs()`: thread-safe, and no per-message costs
   that grow with the queue.
 - uvicorn keeps connections alive, as SQS and S3 do: werkzeug's server (moto's own) closes
   the connection after every answer, so each call paid a TCP handshake and teardown.
@@ -35,7 +35,7 @@ from typing import IO
 
 import httpx
 
-from pipelines.local_stack import StackError, require_local_extra
+from pipelines.dev.local_stack import StackError, require_local_extra
 
 # moto accepts any credentials; real ones must never reach it.
 CREDENTIALS = {
@@ -80,7 +80,7 @@ class LocalAWS:
         self._output = open(self.log, "w+b") if self.log else tempfile.TemporaryFile()  # noqa: SIM115
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "pipelines.local_aws", str(listener.fileno())],
+                [sys.executable, "-m", "pipelines.dev.local_aws", str(listener.fileno())],
                 stdin=subprocess.PIPE,
                 stdout=self._output,
                 stderr=subprocess.STDOUT,
@@ -186,7 +186,7 @@ def serve(fd: int) -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from uvicorn.middleware.wsgi import WSGIMiddleware
 
-    from pipelines.moto_sqs import patch_sqs
+    from pipelines.dev.moto_sqs import patch_sqs
 
     patch_sqs()
     app = WSGIMiddleware(DomainDispatcherApplication(create_backend_app), workers=_THREADS)

@@ -1,6 +1,6 @@
 """A sandbox worker: runs user generator code, one audience member at a time, outside Dagster.
 
-`sandbox.WorkerPool` starts it as a script (`python -I worker.py <config>`) with a scrubbed
+`pool.WorkerPool` starts it as a script (`python -I worker.py <config>`) with a scrubbed
 environment, usually inside namespaces of its own (`isolation.py`), so it imports nothing of
 the project and no secret reaches it. Before any user code runs, `confine` makes the file
 systems read-only, mounts a small tmpfs as the only writable place, switches uid when told

@@ -35,9 +35,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
-from assets_defs.media.isolation import WORKER_SCRIPT, Isolation, resolve
 from resources import settings
 from resources.asset_kinds import ASSET_KINDS, MB, SNIFF_BYTES, content_matches
+from resources.sandbox.isolation import WORKER_SCRIPT, Isolation, resolve
 
 # Variables a generator may see; everything else (credentials, URLs, tokens) is left out.
 ALLOWED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")

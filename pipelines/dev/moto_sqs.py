@@ -1,5 +1,5 @@
 """Makes moto's SQS fit to stand in for SQS: safe for concurrent consumers, and as fast at
-thousands of messages as at ten. The local S3/SQS server (`pipelines.local_aws`), which
+thousands of messages as at ten. The local S3/SQS server (`pipelines.dev.local_aws`), which
 `make dev`, the tests and the benchmarks all run, patches it with `patch_sqs()`.
 
 - moto's queues are not thread-safe. Its server runs each request in a thread of its own,

@@ -18,7 +18,7 @@ from typing import IO
 
 import httpx
 
-from pipelines.local_stack import StackError, port_is_free
+from pipelines.dev.local_stack import StackError, port_is_free
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from webhook_app import demo as webhook_demo
 
 DEMO_ORGANISATION = "Demo organisation"
 DEMO_GENERATOR = (
-    Path(__file__).resolve().parent.parent / "assets_defs" / "generators" / "demo_offer.py"
+    Path(__file__).resolve().parents[2] / "assets_defs" / "generators" / "demo_offer.py"
 )
 OFFERS = ("20% off your next order", "Free delivery this week", "A gift with your next visit")
 
@@ -193,8 +193,8 @@ def generate_demo_media(campaign_id: UUID) -> None:
     import dagster as dg
 
     from assets_defs.media import campaign_media
+    from assets_defs.partitions import campaign_partition_key, campaign_partitions
     from pipelines.definitions import resources
-    from pipelines.partitions import campaign_partition_key, campaign_partitions
 
     key = campaign_partition_key(campaign_id)
     with dg.DagsterInstance.ephemeral() as instance:
@@ -249,7 +249,7 @@ def send_queued(engine: sa.Engine, campaign_id: UUID) -> dict[str, int]:
 def run_demo(state_dir: Path | None = None) -> dict[str, Any]:
     """The whole flow once, headless, on a fresh embedded stack: in a temporary folder, or
     in `state_dir` (which keeps its logs) when given."""
-    from pipelines.local_stack import local_stack
+    from pipelines.dev.local_stack import local_stack
 
     started = time.monotonic()
     with contextlib.ExitStack() as scope:

