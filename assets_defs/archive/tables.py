@@ -17,30 +17,29 @@ import sqlalchemy as sa
 from assets_defs.archive.policy import ArchivePolicy
 from resources.postgres import PostgresResource
 
-OWNERS = ["team:platform"]
 
-messages_table = dg.AssetSpec(
+def table(name: str, description: str) -> dg.AssetSpec:
+    """A Postgres table the live side writes, in the `tables` group."""
+    return dg.AssetSpec(
+        name,
+        group_name="tables",
+        kinds={"postgres"},
+        owners=["team:platform"],
+        description=description,
+    )
+
+
+messages_table = table(
     "messages",
-    group_name="tables",
-    kinds={"postgres"},
-    owners=OWNERS,
-    description=(
-        "Every message, outbound and inbound: dispatch adds a campaign run's rows, the sender"
-        " marks them sent, receipts move them to delivered or read, the webhooks add replies."
-        " `message_archive` moves each day to S3 once it is ARCHIVE_THRESHOLD_DAYS old."
-    ),
+    "Every message, outbound and inbound: dispatch adds a campaign run's rows, the sender"
+    " marks them sent, receipts move them to delivered or read, the webhooks add replies."
+    " `message_archive` moves each day to S3 once it is ARCHIVE_THRESHOLD_DAYS old.",
 )
-
-media_table = dg.AssetSpec(
+media_table = table(
     "media",
-    group_name="tables",
-    kinds={"postgres"},
-    owners=OWNERS,
-    description=(
-        "Media records: the files customers send, copied to our bucket on arrival, and media"
-        " known only by URL. `media_archive` moves each day's files under `archived-media/`"
-        " once the day is MEDIA_THRESHOLD_DAYS old; the row stays and points at the archive."
-    ),
+    "Media records: the files customers send, copied to our bucket on arrival, and media"
+    " known only by URL. `media_archive` moves each day's files under `archived-media/`"
+    " once the day is MEDIA_THRESHOLD_DAYS old; the row stays and points at the archive.",
 )
 
 
