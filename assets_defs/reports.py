@@ -145,7 +145,14 @@ def _bar_chart(funnel: Funnel) -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
-@dg.asset(partitions_def=campaign_run_partitions, group_name="reports")
+@dg.asset(
+    partitions_def=campaign_run_partitions,
+    # The same campaign run's messages, as dispatch recorded them and receipts moved them.
+    deps=[dg.AssetDep("dispatched_batches", partition_mapping=dg.IdentityPartitionMapping())],
+    group_name="reports",
+    kinds={"postgres"},
+    owners=["team:campaigns"],
+)
 def campaign_delivery_report(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:

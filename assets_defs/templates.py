@@ -59,6 +59,7 @@ def _table(rows: list[dict]) -> dg.TableMetadataValue:
 @dg.asset(
     group_name="whatsapp",
     kinds={"whatsapp", "postgres"},
+    owners=["team:campaigns"],
     description=(
         "Every organisation's message templates as Meta has them (status, category, quality"
         " score, components, rejection reason), read from its WhatsApp Business account:"

@@ -1,5 +1,6 @@
-"""Archival: daily-partitioned `message_archive` and `media_archive`, their checks and
-schedules, and the restore job."""
+"""Archival: the `messages` and `media` tables (external assets) and their observation
+sensor, the daily-partitioned `message_archive` and `media_archive` that drain them, their
+checks and schedules, and the restore job."""
 
 import dagster as dg
 
@@ -17,9 +18,10 @@ from assets_defs.archive.schedules import (
     message_archive_job,
     message_archive_schedule,
 )
+from assets_defs.archive.tables import media_table, messages_table, table_observation_sensor
 
 defs = dg.Definitions(
-    assets=[message_archive, media_archive],
+    assets=[messages_table, media_table, message_archive, media_archive],
     asset_checks=[
         message_archive_rows_check,
         message_archive_checksums_check,
@@ -27,4 +29,5 @@ defs = dg.Definitions(
     ],
     jobs=[message_archive_job, media_archive_job, restore_messages_job],
     schedules=[message_archive_schedule, media_archive_schedule],
+    sensors=[table_observation_sensor],
 )

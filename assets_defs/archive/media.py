@@ -333,8 +333,10 @@ def archive_media_day(
     partitions_def=archive_day_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="archive",
+    deps=["media"],
     kinds={"postgres", "s3"},
     group_name="archive",
+    owners=["team:platform"],
     output_required=False,
 )
 def media_archive(

@@ -247,8 +247,10 @@ def partition_days(context: dg.AssetExecutionContext) -> list[date]:
     partitions_def=archive_day_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="archive",
+    deps=["messages"],
     kinds={"postgres", "s3"},
     group_name="archive",
+    owners=["team:platform"],
     output_required=False,
 )
 def message_archive(

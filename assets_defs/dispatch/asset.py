@@ -43,6 +43,18 @@ def partition_of(context: dg.AssetExecutionContext) -> tuple[str, date]:
 
 @dg.asset(
     partitions_def=campaign_run_partitions,
+    # What the lineage shows, not an order: the sensor launches a run while its campaign's
+    # media are still being made, and it sends each member as the member's media are ready.
+    deps=[
+        dg.AssetDep(
+            "campaign_media",
+            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
+                partition_dimension_name="campaign"
+            ),
+        ),
+        # Meta's name, language and category of the template it sends.
+        dg.AssetDep("whatsapp_templates"),
+    ],
     check_specs=[dg.AssetCheckSpec(ACCOUNTED_CHECK, asset="dispatched_batches")],
     retry_policy=dg.RetryPolicy(
         max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -50,6 +62,7 @@ def partition_of(context: dg.AssetExecutionContext) -> tuple[str, date]:
     pool="sqs_dispatch",
     group_name="dispatch",
     kinds={"sqs", "postgres"},
+    owners=["team:campaigns"],
 )
 def dispatched_batches(
     context: dg.AssetExecutionContext,

@@ -38,7 +38,9 @@ def live_runs(instance: dg.DagsterInstance, campaign_id: str) -> list[dg.Dagster
 @dg.asset(
     partitions_def=campaign_partitions,
     pool="media_generation",
-    kinds={"python", "s3"},
+    group_name="media",
+    kinds={"python", "s3", "postgres"},
+    owners=["team:campaigns"],
     check_specs=[
         dg.AssetCheckSpec(
             OBJECTS_CHECK,
