@@ -214,6 +214,27 @@ def set_campaign_status(
         )
 
 
+def set_campaigns_status(
+    conn: sa.Connection, campaign_ids: Iterable[UUID], status: str, reason: str | None = None
+) -> list[UUID]:
+    """Move each of these campaigns still in a source state of `status` (a set-based
+    `set_campaign_status` for the ones a caller selected and locked); returns those moved."""
+    return list(
+        conn.execute(
+            sa.text(
+                "UPDATE campaigns SET status = :s, status_reason = :r"
+                " WHERE id = ANY(:ids) AND status = ANY(:sources) RETURNING id"
+            ),
+            {
+                "s": status,
+                "r": reason,
+                "ids": list(campaign_ids),
+                "sources": campaign_sources(status),
+            },
+        ).scalars()
+    )
+
+
 def set_member_status(
     conn: sa.Connection, member_id: UUID | str, status: str, error: str | None = None
 ) -> bool:

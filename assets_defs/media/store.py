@@ -18,7 +18,7 @@ from psycopg2.extras import execute_values
 
 from assets_defs.media.sandbox import Generator
 from resources import media_ready
-from resources.campaigns import set_campaign_status
+from resources.campaigns import set_campaign_status, set_campaigns_status
 from resources.status import member_sources
 
 # Members whose media exist, at this stage or any later one.
@@ -81,18 +81,8 @@ def start_generation(conn: sa.Connection, campaign_id: str) -> None:
 def approve_without_media(conn: sa.Connection, limit: int) -> list[UUID]:
     """Approved campaigns whose template has no active generator need no media:
     `approved → asset_generated`, members left `pending` for dispatch."""
-    return list(
-        conn.execute(
-            sa.text(
-                "UPDATE campaigns SET status = 'asset_generated', status_reason = NULL"
-                " WHERE id IN (SELECT c.id FROM campaigns c WHERE c.status = 'approved'"
-                "   AND NOT EXISTS (SELECT 1 FROM asset_generate_files g"
-                "     WHERE g.template_id = c.template_id AND g.is_active)"
-                "   ORDER BY c.updated_at LIMIT :n FOR UPDATE SKIP LOCKED)"
-                " AND status = 'approved' RETURNING id"
-            ),
-            {"n": limit},
-        ).scalars()
+    return set_campaigns_status(
+        conn, _approved(conn, limit, with_generator=False), "asset_generated"
     )
 
 
@@ -101,20 +91,34 @@ def begin_generation(conn: sa.Connection, limit: int) -> list[tuple[UUID, dateti
 
     Returns each campaign with the time its generation began, which names its run.
     """
+    started = set_campaigns_status(
+        conn, _approved(conn, limit, with_generator=True), "asset_generation"
+    )
     rows = conn.execute(
         sa.text(
-            "UPDATE campaigns SET status = 'asset_generation', status_reason = NULL,"
-            " asset_generation_status = 'pending', asset_generation_started_at = now(),"
-            " asset_generation_completed_at = NULL"
-            " WHERE id IN (SELECT c.id FROM campaigns c WHERE c.status = 'approved'"
-            "   AND EXISTS (SELECT 1 FROM asset_generate_files g"
-            "     WHERE g.template_id = c.template_id AND g.is_active)"
-            "   ORDER BY c.updated_at LIMIT :n FOR UPDATE SKIP LOCKED)"
-            " AND status = 'approved' RETURNING id, asset_generation_started_at"
+            "UPDATE campaigns SET asset_generation_status = 'pending',"
+            " asset_generation_started_at = now(), asset_generation_completed_at = NULL"
+            " WHERE id = ANY(:ids) RETURNING id, asset_generation_started_at"
         ),
-        {"n": limit},
+        {"ids": started},
     )
     return [(row.id, row.asset_generation_started_at) for row in rows]
+
+
+def _approved(conn: sa.Connection, limit: int, with_generator: bool) -> list[UUID]:
+    """Up to `limit` approved campaigns whose template has (or has not) an active generator,
+    oldest change first, locked for this transaction; those another one holds are skipped."""
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT c.id FROM campaigns c WHERE c.status = 'approved'"
+                " AND EXISTS (SELECT 1 FROM asset_generate_files g"
+                "   WHERE g.template_id = c.template_id AND g.is_active) = :generator"
+                " ORDER BY c.updated_at LIMIT :n FOR UPDATE SKIP LOCKED"
+            ),
+            {"n": limit, "generator": with_generator},
+        ).scalars()
+    )
 
 
 def campaigns_generating(
