@@ -256,7 +256,7 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
             ),
             "approve": lambda: admin.approve_campaign(engine, args.campaign_id),
             "readiness": lambda: admin.campaign_readiness(engine, args.campaign_id),
-            "status": lambda: admin.campaign_status(engine, args.campaign_id),
+            "status": lambda: admin.campaign_progress(engine, args.campaign_id),
             "audience": lambda: admin.list_audience(
                 engine, args.campaign_id, args.status, args.limit, args.after
             ),

@@ -715,7 +715,7 @@ def create_campaign(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
             )
         except sa.exc.IntegrityError as error:
             raise InvalidInput([{"field": "campaign", "error": _constraint(error)}]) from None
-    return campaign_status(engine, campaign)
+    return campaign_progress(engine, campaign)
 
 
 def approve_campaign(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
@@ -738,7 +738,7 @@ def approve_campaign(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
             raise NotFound(f"campaign {campaign_id} does not exist")
         if not report.ready:
             raise NotReady(report)
-    return {**campaign_status(engine, campaign_id), "readiness": report.as_dict()}
+    return {**campaign_progress(engine, campaign_id), "readiness": report.as_dict()}
 
 
 def campaign_readiness(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
@@ -852,7 +852,9 @@ def import_audience(engine: sa.Engine, campaign_id: str, text: str) -> dict[str,
     return {"imported": len(rows), "created": added, "already_present": len(rows) - added}
 
 
-def campaign_status(engine: sa.Engine, campaign_id: str | UUID) -> dict[str, Any]:
+def campaign_progress(engine: sa.Engine, campaign_id: str | UUID) -> dict[str, Any]:
+    """The campaign with its status, its audience and message counts by status, and its
+    latest runs, each with its progress (messages by stage, what the rest wait for)."""
     campaign_id = _uuid(campaign_id, "campaign_id")
     with engine.connect() as conn:
         row = (

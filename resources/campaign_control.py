@@ -20,7 +20,7 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from resources import breakers, campaigns, graph_errors
-from resources.campaign_admin import Conflict, InvalidInput, NotFound, campaign_status, is_id
+from resources.campaign_admin import Conflict, InvalidInput, NotFound, campaign_progress, is_id
 from resources.status import RETRY_ON_REQUEST
 
 PAUSABLE = ("approved", "asset_generation", "asset_generated", "ready_to_launch", "running")
@@ -72,7 +72,7 @@ def pause(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str
             ),
             {"c": campaign_id},
         )
-    return campaign_status(engine, campaign_id)
+    return campaign_progress(engine, campaign_id)
 
 
 def resume(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def resume(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[st
             ),
             {"c": campaign_id},
         )
-    return campaign_status(engine, campaign_id)
+    return campaign_progress(engine, campaign_id)
 
 
 def cancel(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +126,7 @@ def cancel(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[st
             ),
             {"c": campaign_id, "why": reason[:1000]},
         )
-    return {**campaign_status(engine, campaign_id), "messages_cancelled": cancelled}
+    return {**campaign_progress(engine, campaign_id), "messages_cancelled": cancelled}
 
 
 def retry_failed(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +193,7 @@ def retry_failed(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> d
             {"c": campaign_id, "run": run_id},
         ).scalar_one()
     return {
-        **campaign_status(engine, campaign_id),
+        **campaign_progress(engine, campaign_id),
         "retried": len(retried),
         "not_retried": not_retried,
     }

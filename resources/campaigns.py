@@ -194,6 +194,13 @@ def get_campaign(conn: sa.Connection, campaign_id: UUID | str) -> Campaign | Non
     return Campaign(**row._mapping) if row else None
 
 
+def current_status(conn: sa.Connection, campaign_id: UUID | str) -> str | None:
+    """The campaign's status now, or None if there is no such campaign."""
+    return conn.execute(
+        sa.text("SELECT status FROM campaigns WHERE id = :c"), {"c": campaign_id}
+    ).scalar_one_or_none()
+
+
 def set_campaign_status(
     conn: sa.Connection, campaign_id: UUID | str, status: str, reason: str | None = None
 ) -> None:

@@ -598,7 +598,7 @@ def test_100000_members_are_checked_in_the_database(engine):
         ]
         assert len(listed) == min(len(numbers), readiness.FIRST_MEMBERS)
         assert set(listed) <= numbers, where
-    assert admin.campaign_status(engine, str(big))["status"] == "draft"
+    assert admin.campaign_progress(engine, str(big))["status"] == "draft"
 
 
 def test_audience_counts_are_for_the_whole_file(client, organisation, engine):

@@ -378,7 +378,7 @@ def test_a_campaign_needs_an_approved_template_in_production(engine, graph, monk
     local_campaign = campaign_on(engine, local_organisation, local["id"])
     with pytest.raises(admin.Conflict, match="only declared approved locally"):
         admin.approve_campaign(engine, local_campaign)
-    assert admin.campaign_status(engine, local_campaign)["status"] == "draft"
+    assert admin.campaign_progress(engine, local_campaign)["status"] == "draft"
 
     monkeypatch.setenv("APP_ENV", "development")
     assert admin.approve_campaign(engine, local_campaign)["status"] == "approved"

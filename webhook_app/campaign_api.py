@@ -377,7 +377,7 @@ async def campaign_readiness(request: Request) -> Any:
 
 
 @operation(200)
-async def campaign_status(request: Request) -> Any:
+async def get_campaign_progress(request: Request) -> Any:
     """Status, audience and message counts, and each run's progress.
 
     ---
@@ -390,7 +390,7 @@ async def campaign_status(request: Request) -> Any:
         description: no such object in the caller's organisation
     """
     return await run_in_threadpool(
-        admin.campaign_status, _engine(request), await _campaign(request)
+        admin.campaign_progress, _engine(request), await _campaign(request)
     )
 
 
@@ -847,7 +847,7 @@ routes = [
     Route("/api/campaigns/{campaign_id:uuid}/audience", list_audience, methods=["GET"]),
     Route("/api/campaigns/{campaign_id:uuid}/approve", approve_campaign, methods=["POST"]),
     Route("/api/campaigns/{campaign_id:uuid}/readiness", campaign_readiness, methods=["GET"]),
-    Route("/api/campaigns/{campaign_id:uuid}/status", campaign_status, methods=["GET"]),
+    Route("/api/campaigns/{campaign_id:uuid}/status", get_campaign_progress, methods=["GET"]),
     Route("/api/campaigns/{campaign_id:uuid}/process-messages", process_messages, methods=["POST"]),
     Route("/api/campaigns/{campaign_id:uuid}/pause", pause_campaign, methods=["POST"]),
     Route("/api/campaigns/{campaign_id:uuid}/resume", resume_campaign, methods=["POST"]),

@@ -18,7 +18,7 @@ from psycopg2.extras import execute_values
 
 from assets_defs.media.sandbox import Generator
 from resources import media_ready
-from resources.campaigns import set_campaign_status, set_campaigns_status
+from resources.campaigns import current_status, set_campaign_status, set_campaigns_status
 from resources.status import member_sources
 
 # Members whose media exist, at this stage or any later one.
@@ -55,15 +55,9 @@ def active_generator(conn: sa.Connection, campaign_id: str) -> Generator | None:
     return Generator(**row._mapping) if row else None
 
 
-def campaign_status(conn: sa.Connection, campaign_id: str) -> str | None:
-    return conn.execute(
-        sa.text("SELECT status FROM campaigns WHERE id = :c"), {"c": campaign_id}
-    ).scalar_one_or_none()
-
-
 def start_generation(conn: sa.Connection, campaign_id: str) -> None:
     """`approved → asset_generation` (a campaign the sensor moved, or resumed, is there already)."""
-    if campaign_status(conn, campaign_id) == "approved":
+    if current_status(conn, campaign_id) == "approved":
         set_campaign_status(conn, campaign_id, "asset_generation")
         conn.execute(
             sa.text("UPDATE campaigns SET asset_generation_started_at = now() WHERE id = :c"),
@@ -258,7 +252,7 @@ def complete(conn: sa.Connection, campaign_id: str, failure_threshold: float) ->
     Without an active generator the members left `pending` need no media (the contract with
     dispatch). Above the failure threshold the campaign goes to `failed` with the reason.
     """
-    status = campaign_status(conn, campaign_id)
+    status = current_status(conn, campaign_id)
     if status == "failed":  # failed early, its threshold crossed while members were left
         ratio, reason = conn.execute(
             sa.text("SELECT asset_failure_ratio, status_reason FROM campaigns WHERE id = :c"),
@@ -327,7 +321,7 @@ def fail_if_certain(conn: sa.Connection, campaign_id: str, failure_threshold: fl
     threshold: more of all its members have failed than the threshold allows, whatever the
     rest do. Its dispatch run and the sender then stop the rest as a pause would (what was
     already sent stays sent, and the reason says how much). Whether it failed now."""
-    if campaign_status(conn, campaign_id) != "asset_generation":
+    if current_status(conn, campaign_id) != "asset_generation":
         return False
     tally = media_tally(conn, campaign_id)
     if not tally.members or tally.failed / tally.members <= failure_threshold:
