@@ -30,9 +30,19 @@ from resources import (
     settings,
 )
 from resources import templates as meta_templates
+from resources.errors import Conflict, InvalidInput, NotFound
+from resources.fields import (
+    MAX_PAGE,
+    as_uuid,
+    constraint,
+    phone_number_id_problems,
+    required,
+    timestamp,
+    wrong_types,
+)
 from resources.phone import InvalidPhoneNumber, to_e164
 from resources.queue import SQSResource
-from resources.readiness import Report
+from resources.readiness import NotReady
 from resources.readiness import check as check_readiness
 from resources.settings import is_production
 
@@ -48,96 +58,15 @@ MEMBER_STATUSES = (
     "failed",
     "skipped",
 )
-MAX_PAGE = 500
-# The largest id a bigint column holds.
-MAX_ID = 2**63 - 1
-
-
-class InvalidInput(ValueError):
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__(
-            "; ".join(f"{e.get('field', e.get('line'))}: {e['error']}" for e in errors)
-        )
-        self.errors = errors
-
-
-class NotFound(LookupError):
-    pass
-
-
-class Conflict(RuntimeError):
-    pass
-
-
-class NotReady(InvalidInput):
-    """The campaign cannot send what it is meant to (`resources.readiness`): every problem
-    with its count and first members in `report`; the message holds counts only."""
-
-    def __init__(self, report: Report) -> None:
-        ValueError.__init__(self, report.summary())
-        self.report = report
-        self.errors = [p.as_dict() for p in report.problems]
-
-
-def _uuid(value: Any, name: str) -> str:
-    try:
-        return str(UUID(str(value)))
-    except ValueError:
-        raise InvalidInput([{"field": name, "error": "must be a UUID"}]) from None
-
-
-def _require(data: dict[str, Any], *names: str) -> list[dict[str, str]]:
-    return [{"field": n, "error": "is required"} for n in names if data.get(n) in (None, "")]
-
-
-def is_id(value: Any) -> bool:
-    """A row id as JSON gives it: a whole number a bigint column holds (not a boolean)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
-
-
-def _typed(
-    data: dict[str, Any], texts: tuple[str, ...] = (), ids: tuple[str, ...] = ()
-) -> list[dict[str, str]]:
-    """The fields given with the wrong JSON type, each named: a text given as a number, a
-    list or an object, an id that is not a whole number in range. Unchecked, the database
-    would refuse them with an error the caller cannot read."""
-    errors = [
-        {"field": name, "error": "must be a string"}
-        for name in texts
-        if data.get(name) is not None and not isinstance(data[name], str)
-    ]
-    return errors + [
-        {"field": name, "error": f"must be a whole number from 1 to {MAX_ID}"}
-        for name in ids
-        if data.get(name) is not None and not is_id(data[name])
-    ]
-
-
-def _phone_number_id(data: dict[str, Any]) -> list[dict[str, str]]:
-    """A phone number ID is text; a whole number is taken as its digits."""
-    value = data.get("phone_number_id")
-    if value is None or isinstance(value, str) or is_id(value):
-        return []
-    return [{"field": "phone_number_id", "error": "must be a string (the phone number ID)"}]
-
-
-def _timestamp(data: dict[str, Any], name: str, errors: list) -> datetime | None:
-    value = data.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        moment = datetime.fromisoformat(str(value))
-    except ValueError:
-        errors.append({"field": name, "error": "must be an ISO 8601 date-time"})
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def create_organisation(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
     """A new organisation, with its sending phone number ID and its WhatsApp Business
     account id (`waba_id`) if given. A phone number ID or a WABA id that another
     organisation holds is a `Conflict`, and nothing is created."""
-    errors = _require(data, "name") + _typed(data, texts=("name",)) + _phone_number_id(data)
+    errors = (
+        required(data, "name") + wrong_types(data, texts=("name",)) + phone_number_id_problems(data)
+    )
     limit = data.get("messaging_limit", 250)
     if not account.is_limit(limit):
         errors.append({"field": "messaging_limit", "error": LIMIT_ERROR})
@@ -230,7 +159,7 @@ def update_organisation(
     one of WhatsApp's tiers, null = unlimited; recorded in its account history with who and
     why, `by` and `reason`) and its numbers' display numbers (`phone_numbers`:
     `[{"phone_number_id", "display_phone"}]`). All or nothing; answers the organisation."""
-    organisation_id = _uuid(organisation_id, "organisation_id")
+    organisation_id = as_uuid(organisation_id, "organisation_id")
     errors: list[dict[str, Any]] = [
         {"field": name, "error": f"cannot be changed here (only {', '.join(_CHANGEABLE)})"}
         for name in sorted(set(data) - {*_CHANGEABLE, "by", "reason"})
@@ -293,7 +222,7 @@ def account_history(
 ) -> list[dict[str, Any]]:
     """The organisation's account events, newest first: every change of its messaging
     limit, its numbers' throughput and its standing with WhatsApp, with where it came from."""
-    organisation_id = _uuid(organisation_id, "organisation_id")
+    organisation_id = as_uuid(organisation_id, "organisation_id")
     errors = []
     if kind not in (None, "", *account.KINDS):
         errors.append({"field": "kind", "error": f"must be one of {', '.join(account.KINDS)}"})
@@ -403,7 +332,7 @@ def find_contacts(
 ) -> list[dict[str, Any]]:
     """The organisation's contacts with this phone (any form with its country code) or
     business-scoped user id, each with both consent facts and the history, newest first."""
-    organisation_id = _uuid(organisation_id, "organisation_id")
+    organisation_id = as_uuid(organisation_id, "organisation_id")
     if not phone and not user_id:
         raise InvalidInput([{"field": "phone", "error": "give phone (E.164) or user_id"}])
     if phone:
@@ -422,7 +351,7 @@ def set_consent(
     """An operator's explicit opt-out or opt-in (consent source `api`): who (`by`) and why
     (`reason`) are required and kept in the history. Answers the contact with its state,
     history and whether this call changed it (a call that changes nothing is not recorded)."""
-    organisation_id = _uuid(organisation_id, "organisation_id")
+    organisation_id = as_uuid(organisation_id, "organisation_id")
     errors = []
     if data.get("scope") not in consent.SCOPES:
         errors.append({"field": "scope", "error": f"must be one of {', '.join(consent.SCOPES)}"})
@@ -523,7 +452,7 @@ def create_template(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
     """A template with our parameters. For a name and language a sync found at Meta, this
     configures that template (Meta's status, category, body and components stay); in
     production a name and language Meta does not have is refused."""
-    errors = _require(data, "organisation_id", "name") + _typed(
+    errors = required(data, "organisation_id", "name") + wrong_types(
         data, texts=("organisation_id", "name", "language", "body", "category", "message_type")
     )
     if data.get("message_type", "text") not in TEMPLATE_TYPES:
@@ -533,7 +462,7 @@ def create_template(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
     _check_parameters(data.get("parameters", []), errors)
     if errors:
         raise InvalidInput(errors)
-    organisation_id = _uuid(data["organisation_id"], "organisation_id")
+    organisation_id = as_uuid(data["organisation_id"], "organisation_id")
     language = data.get("language", "en")
     with engine.begin() as conn:
         template = _against_meta(
@@ -552,7 +481,7 @@ def create_template(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
                     category=data.get("category", "marketing"),
                 )
             except sa.exc.IntegrityError as error:
-                raise InvalidInput([{"field": "template", "error": _constraint(error)}]) from None
+                raise InvalidInput([{"field": "template", "error": constraint(error)}]) from None
             # Webhooks that named it before it existed here.
             meta_templates.apply_pending(conn, organisation_id, data["name"], language)
     return get_template(engine, template)
@@ -586,7 +515,7 @@ def list_templates(engine: sa.Engine, organisation_id: str | None = None) -> lis
                     "SELECT id FROM templates WHERE CAST(:o AS uuid) IS NULL OR organisation_id = CAST(:o AS uuid)"
                     " ORDER BY id"
                 ),
-                {"o": _uuid(organisation_id, "organisation_id") if organisation_id else None},
+                {"o": as_uuid(organisation_id, "organisation_id") if organisation_id else None},
             )
             .scalars()
             .all()
@@ -597,7 +526,7 @@ def list_templates(engine: sa.Engine, organisation_id: str | None = None) -> lis
 def update_template(engine: sa.Engine, template_id: int, data: dict[str, Any]) -> dict[str, Any]:
     allowed = {"body", "parameters", "status", "category", "message_type"}
     errors = [{"field": k, "error": "cannot be changed"} for k in data if k not in allowed]
-    errors += _typed(data, texts=("body", "status", "category", "message_type"))
+    errors += wrong_types(data, texts=("body", "status", "category", "message_type"))
     if "parameters" in data:
         _check_parameters(data["parameters"], errors)
     if errors:
@@ -614,7 +543,7 @@ def update_template(engine: sa.Engine, template_id: int, data: dict[str, Any]) -
                     {"v": json.dumps(value) if name == "parameters" else value, "id": template_id},
                 )
             except sa.exc.IntegrityError as error:
-                raise InvalidInput([{"field": name, "error": _constraint(error)}]) from None
+                raise InvalidInput([{"field": name, "error": constraint(error)}]) from None
         meta_templates.refresh_problems(conn, current["organisation_id"], template_id)
     return get_template(engine, template_id)
 
@@ -651,8 +580,10 @@ def _meta_owned(engine: sa.Engine, template: dict[str, Any], data: dict[str, Any
 
 
 def create_campaign(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
-    errors = _require(data, "organisation_id", "name", "message_type") + _phone_number_id(data)
-    errors += _typed(
+    errors = required(data, "organisation_id", "name", "message_type") + phone_number_id_problems(
+        data
+    )
+    errors += wrong_types(
         data,
         texts=("organisation_id", "name", "message_type", "message_content", "media_caption"),
         ids=("template_id",),
@@ -663,20 +594,20 @@ def create_campaign(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
             {"field": "message_type", "error": f"must be one of {', '.join(MESSAGE_TYPES)}"}
         )
     if message_type == "template":
-        errors += _require(data, "template_id")
+        errors += required(data, "template_id")
     if message_type == "text":
-        errors += _require(data, "message_content")
+        errors += required(data, "message_content")
     if data.get("recurrence", "once") not in recurrence.RECURRENCES:
         errors.append(
             {"field": "recurrence", "error": f"must be one of {', '.join(recurrence.RECURRENCES)}"}
         )
-    start_at = _timestamp(data, "start_at", errors)
-    end_at = _timestamp(data, "end_at", errors)
+    start_at = timestamp(data, "start_at", errors)
+    end_at = timestamp(data, "end_at", errors)
     if start_at and end_at and end_at < start_at:
         errors.append({"field": "end_at", "error": "must not be before start_at"})
     if errors:
         raise InvalidInput(errors)
-    organisation = _uuid(data["organisation_id"], "organisation_id")
+    organisation = as_uuid(data["organisation_id"], "organisation_id")
     with engine.begin() as conn:
         if data.get("template_id") is not None:
             owner = conn.execute(
@@ -714,7 +645,7 @@ def create_campaign(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
                 phone_number_id=data.get("phone_number_id"),
             )
         except sa.exc.IntegrityError as error:
-            raise InvalidInput([{"field": "campaign", "error": _constraint(error)}]) from None
+            raise InvalidInput([{"field": "campaign", "error": constraint(error)}]) from None
     return campaign_progress(engine, campaign)
 
 
@@ -724,7 +655,7 @@ def approve_campaign(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
     problem, else `NotReady` lists them and nothing changes. Answers the campaign's status
     with the readiness report (`readiness`: its warnings, e.g. a check that could not be
     made)."""
-    campaign_id = _uuid(campaign_id, "campaign_id")
+    campaign_id = as_uuid(campaign_id, "campaign_id")
     with engine.begin() as conn:
         _campaign(conn, campaign_id)
         try:
@@ -744,7 +675,7 @@ def approve_campaign(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
 def campaign_readiness(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
     """What approval checks, now, without approving or changing anything: `ready`, every
     problem (`errors`) with its count and first members, and `warnings`."""
-    campaign_id = _uuid(campaign_id, "campaign_id")
+    campaign_id = as_uuid(campaign_id, "campaign_id")
     with engine.connect() as conn:
         report = check_readiness(conn, campaign_id, is_production())
     if report is None:
@@ -782,7 +713,7 @@ def import_contacts(engine: sa.Engine, organisation_id: str, text: str) -> dict[
     missing column or an empty cell leaves consent as it is, and `false` on a contact who
     opted out is not applied but listed in `not_applied` with its line. The counts are for
     the whole file."""
-    organisation_id = _uuid(organisation_id, "organisation_id")
+    organisation_id = as_uuid(organisation_id, "organisation_id")
     try:
         rows = contact_csv.parse(text, allow_opt_out=True)
     except contact_csv.InvalidCSV as error:
@@ -833,7 +764,7 @@ def import_audience(engine: sa.Engine, campaign_id: str, text: str) -> dict[str,
 
     Counts are for the whole file, as the contacts import's: `imported` rows, of which
     `created` new members and `already_present` members the campaign already had."""
-    campaign_id = _uuid(campaign_id, "campaign_id")
+    campaign_id = as_uuid(campaign_id, "campaign_id")
     try:
         rows = contact_csv.parse(text)
     except contact_csv.InvalidCSV as error:
@@ -855,7 +786,7 @@ def import_audience(engine: sa.Engine, campaign_id: str, text: str) -> dict[str,
 def campaign_progress(engine: sa.Engine, campaign_id: str | UUID) -> dict[str, Any]:
     """The campaign with its status, its audience and message counts by status, and its
     latest runs, each with its progress (messages by stage, what the rest wait for)."""
-    campaign_id = _uuid(campaign_id, "campaign_id")
+    campaign_id = as_uuid(campaign_id, "campaign_id")
     with engine.connect() as conn:
         row = (
             conn.execute(
@@ -906,7 +837,7 @@ def list_audience(
     after: str | None = None,
 ) -> dict[str, Any]:
     """One page of members in id order; pass `next_after` back as `after` for the next page."""
-    campaign_id = _uuid(campaign_id, "campaign_id")
+    campaign_id = as_uuid(campaign_id, "campaign_id")
     errors = []
     if status is not None and status not in MEMBER_STATUSES:
         errors.append({"field": "status", "error": f"must be one of {', '.join(MEMBER_STATUSES)}"})
@@ -914,7 +845,7 @@ def list_audience(
         errors.append({"field": "limit", "error": f"must be between 1 and {MAX_PAGE}"})
     if errors:
         raise InvalidInput(errors)
-    after = _uuid(after, "after") if after else "00000000-0000-0000-0000-000000000000"
+    after = as_uuid(after, "after") if after else "00000000-0000-0000-0000-000000000000"
     with engine.connect() as conn:
         _campaign(conn, campaign_id)
         rows = (
@@ -940,7 +871,7 @@ def process_messages(
 ) -> dict[str, Any]:
     """Record today's run of the campaign now; the campaign-run sensor launches its
     `dispatched_batches` partition on its next tick (within 30 s)."""
-    campaign_id = _uuid(campaign_id, "campaign_id")
+    campaign_id = as_uuid(campaign_id, "campaign_id")
     run_date = today or datetime.now(UTC).date()
     with engine.begin() as conn:
         campaign = _campaign(conn, campaign_id)
@@ -978,10 +909,6 @@ def _campaign(conn: sa.Connection, campaign_id: str) -> campaigns.Campaign:
     if campaign is None:
         raise NotFound(f"campaign {campaign_id} does not exist")
     return campaign
-
-
-def _constraint(error: sa.exc.IntegrityError) -> str:
-    return str(error.orig).strip().splitlines()[0]
 
 
 def _jsonable(value: Any) -> Any:

@@ -20,7 +20,9 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from resources import breakers, campaigns, graph_errors
-from resources.campaign_admin import Conflict, InvalidInput, NotFound, campaign_progress, is_id
+from resources.campaign_admin import campaign_progress
+from resources.errors import Conflict, InvalidInput, NotFound
+from resources.fields import is_id
 from resources.status import RETRY_ON_REQUEST
 
 PAUSABLE = ("approved", "asset_generation", "asset_generated", "ready_to_launch", "running")

@@ -24,7 +24,8 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from resources import campaigns, settings
-from resources.campaign_admin import InvalidInput, NotFound, is_id
+from resources.errors import InvalidInput, NotFound
+from resources.fields import is_id
 
 SIGNATURE = "generate_asset(attributes, name, msisdn, temp_dir)"
 FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.py")

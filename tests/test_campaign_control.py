@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from assets_defs.dispatch.dispatcher import Dispatch
 from assets_defs.dispatch.sensors import plan_tick
-from resources import campaign_admin, campaign_control, consent
+from resources import campaign_admin, campaign_control, consent, errors
 from resources.campaigns import Member
 from resources.queue import SQSResource
 from resources.storage import S3Storage
@@ -83,7 +83,7 @@ def test_pause_during_sending_holds_the_rest_and_resume_sends_each_once(engine, 
         assert progress["estimated_finish_at"] is None  # until someone resumes it
 
         campaign_control.resume(engine, run.campaign_id, {"by": "ops@example.com"})
-        with pytest.raises(campaign_control.Conflict, match="not paused"):
+        with pytest.raises(errors.Conflict, match="not paused"):
             campaign_control.resume(engine, run.campaign_id, {})
         wait_for(lambda: statuses(engine, run) == {"sent": 40}, timeout=90)
     finally:
@@ -114,7 +114,7 @@ def test_cancel_during_sending_cancels_the_unsent_and_drops_queued_payloads(engi
     cancelled = row(engine, run.message_ids[-1])
     assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
     assert cancelled.status_reason == "cancelled by ops@example.com: wrong offer"
-    with pytest.raises(campaign_control.Conflict, match="already cancelled"):
+    with pytest.raises(errors.Conflict, match="already cancelled"):
         campaign_control.cancel(engine, run.campaign_id, {})
 
 

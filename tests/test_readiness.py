@@ -580,7 +580,7 @@ def test_100000_members_are_checked_in_the_database(engine):
         },
     }
 
-    with pytest.raises(admin.NotReady) as refused:
+    with pytest.raises(readiness.NotReady) as refused:
         admin.approve_campaign(engine, str(big))
 
     report = refused.value.report

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from assets_defs import templates as template_assets
 from pipelines.cli import main
 from pipelines.definitions import defs
-from resources import breakers, campaigns, settings, templates
+from resources import breakers, campaigns, errors, settings, templates
 from resources import campaign_admin as admin
 from resources.postgres import PostgresResource
 from resources.whatsapp import WhatsAppClient, WhatsAppResource
@@ -316,13 +316,13 @@ def test_a_body_parameter_count_that_differs_from_ours_is_refused_recorded_and_s
     sync(engine, graph, organisation)
     data = {"organisation_id": organisation, "name": "spring_sale", "language": "en_US"}
 
-    with pytest.raises(admin.InvalidInput) as refused:
+    with pytest.raises(errors.InvalidInput) as refused:
         admin.create_template(engine, {**data, "parameters": TWO_BODY[:1]})
     messages = [e["error"] for e in refused.value.errors]
     assert "body: Meta's template has 2 body parameters (1, 2); 1 configured" in messages, messages
     assert any("IMAGE header; configure one header parameter" in m for m in messages)
     video = {"type": "header", "valueType": "video", "source": "asset.video"}
-    with pytest.raises(admin.InvalidInput, match="header parameter is video but Meta's"):
+    with pytest.raises(errors.InvalidInput, match="header parameter is video but Meta's"):
         admin.create_template(engine, {**data, "parameters": [video, *TWO_BODY]})
     image = {"type": "header", "valueType": "image", "source": "asset.image"}
     template = admin.create_template(engine, {**data, "parameters": [image, *TWO_BODY]})
@@ -341,13 +341,13 @@ def test_a_body_parameter_count_that_differs_from_ours_is_refused_recorded_and_s
     assert checks(result)["templates_fit_meta"] is False
     assert admin.get_template(engine, template["id"])["config_problems"] == [row["problems"]]
 
-    with pytest.raises(admin.InvalidInput, match="3 body parameters"):
+    with pytest.raises(errors.InvalidInput, match="3 body parameters"):
         admin.update_template(engine, template["id"], {"parameters": [image, *TWO_BODY[:1]]})
     third = {"type": "body", "valueType": "text", "source": "literal:Sunday"}
     fixed = admin.update_template(engine, template["id"], {"parameters": [image, *TWO_BODY, third]})
     assert fixed["config_problems"] == []
     # What Meta decides is not ours to change.
-    with pytest.raises(admin.InvalidInput) as owned:
+    with pytest.raises(errors.InvalidInput) as owned:
         admin.update_template(engine, template["id"], {"status": "approved", "category": "utility"})
     assert {e["field"] for e in owned.value.errors} == {"status", "category"}
 
@@ -368,7 +368,7 @@ def test_a_campaign_needs_an_approved_template_in_production(engine, graph, monk
     campaign = campaign_on(engine, organisation, template["id"])
 
     monkeypatch.setenv("APP_ENV", "production")
-    with pytest.raises(admin.Conflict, match="'spring_sale' \\(en_US\\) is PAUSED"):
+    with pytest.raises(errors.Conflict, match="'spring_sale' \\(en_US\\) is PAUSED"):
         admin.approve_campaign(engine, campaign)
     # A template declared approved here, without Meta's word, is not enough in production.
     local_organisation = add_organisation(engine, None, "Local")
@@ -376,13 +376,13 @@ def test_a_campaign_needs_an_approved_template_in_production(engine, graph, monk
         engine, {"organisation_id": local_organisation, "name": "hello", "parameters": []}
     )
     local_campaign = campaign_on(engine, local_organisation, local["id"])
-    with pytest.raises(admin.Conflict, match="only declared approved locally"):
+    with pytest.raises(errors.Conflict, match="only declared approved locally"):
         admin.approve_campaign(engine, local_campaign)
     assert admin.campaign_progress(engine, local_campaign)["status"] == "draft"
 
     monkeypatch.setenv("APP_ENV", "development")
     assert admin.approve_campaign(engine, local_campaign)["status"] == "approved"
-    with pytest.raises(admin.Conflict, match="is PAUSED"):
+    with pytest.raises(errors.Conflict, match="is PAUSED"):
         admin.approve_campaign(engine, campaign)  # paused at Meta: refused here too
 
     graph.set_templates(WABA_ID, [meta_template("spring_sale")])
@@ -408,7 +408,7 @@ def test_a_template_whose_configuration_does_not_fit_meta_is_not_approved(engine
     graph.set_templates(WABA_ID, [meta_template("spring_sale", body="Hi {{1}}!")])
     assert sync(engine, graph, organisation).mismatched == 1
 
-    with pytest.raises(admin.InvalidInput) as refused:
+    with pytest.raises(errors.InvalidInput) as refused:
         admin.approve_campaign(engine, campaign)
     [error] = refused.value.errors
     assert error["field"] == "template"
@@ -422,7 +422,7 @@ def test_a_template_meta_does_not_have_is_refused_in_production_only(engine, gra
     data = {"organisation_id": organisation, "name": "made_up", "language": "en_US"}
 
     monkeypatch.setenv("APP_ENV", "production")
-    with pytest.raises(admin.InvalidInput) as refused:
+    with pytest.raises(errors.InvalidInput) as refused:
         admin.create_template(engine, data)
     [error] = refused.value.errors
     assert error["field"] == "name"

@@ -27,7 +27,9 @@ from starlette.routing import Route
 from resources import campaign_admin as admin
 from resources import campaign_control as control
 from resources import generators, templates, tenants
+from resources.errors import Conflict, InvalidInput, NotFound
 from resources.queue import SQSResource
+from resources.readiness import NotReady
 from webhook_app import bodies
 from webhook_app.auth import caller, requires_admin, requires_token
 
@@ -59,20 +61,20 @@ def operation(status_code: int = 200, platform: bool = False) -> Callable:
         async def endpoint(request: Request) -> Response:
             try:
                 return JSONResponse(await handler(request), status_code=status_code)
-            except admin.NotReady as error:
+            except NotReady as error:
                 return JSONResponse(
                     {"error": "campaign not ready", "detail": str(error), **error.report.as_dict()},
                     422,
                 )
-            except admin.InvalidInput as error:
+            except InvalidInput as error:
                 return JSONResponse({"error": "invalid input", "errors": error.errors}, 422)
             except bodies.BodyRefused as error:
                 errors = [{"field": "body", "error": str(error)}]
                 status = 413 if isinstance(error, bodies.BodyTooLarge) else 422
                 return JSONResponse({"error": "invalid input", "errors": errors}, status)
-            except admin.NotFound as error:
+            except NotFound as error:
                 return JSONResponse({"error": "not found", "detail": str(error)}, 404)
-            except admin.Conflict as error:
+            except Conflict as error:
                 return JSONResponse({"error": "conflict", "detail": str(error)}, 409)
             except generators.PreviewUnavailable as error:
                 return JSONResponse({"error": "unavailable", "detail": str(error)}, 503)
@@ -89,7 +91,7 @@ def _path(request: Request, name: str) -> str:
 def _within(request: Request, organisation_id: Any) -> None:
     """404 for an organisation the caller's token does not act for, as if it did not exist."""
     if not caller(request).sees(organisation_id):
-        raise admin.NotFound(f"organisation {organisation_id} does not exist")
+        raise NotFound(f"organisation {organisation_id} does not exist")
 
 
 def _organisation(request: Request) -> str:
@@ -116,7 +118,7 @@ async def _owned(request: Request, kind: Literal["campaign", "template"]) -> Any
     if caller(request).organisation_id is not None:
         owner = await run_in_threadpool(tenants.organisation_of, _engine(request), kind, object_id)
         if owner is None or not caller(request).sees(owner):
-            raise admin.NotFound(f"{kind} {object_id} does not exist")
+            raise NotFound(f"{kind} {object_id} does not exist")
     return object_id
 
 
@@ -416,7 +418,7 @@ async def list_audience(request: Request) -> Any:
     try:
         limit = int(query.get("limit", "100"))
     except ValueError:
-        raise admin.InvalidInput([{"field": "limit", "error": "must be a number"}]) from None
+        raise InvalidInput([{"field": "limit", "error": "must be a number"}]) from None
     return await run_in_threadpool(
         admin.list_audience,
         _engine(request),
@@ -791,7 +793,7 @@ async def sync_templates(request: Request) -> Response:
         result = await run_in_threadpool(
             templates.sync_organisation, engine, request.app.state.webhook.client, organisation_id
         )
-    except (templates.NoSuchOrganisation, admin.NotFound) as error:
+    except (templates.NoSuchOrganisation, NotFound) as error:
         return JSONResponse({"error": "not found", "detail": str(error)}, 404)
     except (templates.NoWABA, templates.CannotReadMeta) as error:
         return JSONResponse({"error": "conflict", "detail": str(error)}, 409)
