@@ -230,11 +230,13 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
     printed as JSON."""
     from resources import campaign_admin as admin
     from resources import campaign_control as control
+    from resources import organisations
     from resources.queue import SQSResource
+    from webhook_app.campaign_answers import jsonable
 
     with _platform_engine(args) as engine:
         operations = {
-            "create-organisation": lambda: admin.create_organisation(
+            "create-organisation": lambda: organisations.create_organisation(
                 engine,
                 {
                     "name": args.name,
@@ -262,11 +264,11 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
             ),
             "process": lambda: admin.process_messages(engine, args.campaign_id),
             "sqs-status": lambda: admin.queue_status(SQSResource.from_env()),
-            "organisations": lambda: admin.list_organisations(engine, args.phone_number_id),
-            "update-organisation": lambda: admin.update_organisation(
+            "organisations": lambda: organisations.list_organisations(engine, args.phone_number_id),
+            "update-organisation": lambda: organisations.update_organisation(
                 engine, args.organisation_id, _organisation_fields(args)
             ),
-            "account-events": lambda: admin.account_history(
+            "account-events": lambda: organisations.account_history(
                 engine, args.organisation_id, args.kind, args.limit
             ),
             "refresh-numbers": lambda: _refresh_numbers(engine, args.organisation),
@@ -304,7 +306,7 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
             engine, args.breaker_id, control_body
         )
         result = operations[args.operation]()
-    print(json.dumps(result, indent=2, sort_keys=True))
+    print(json.dumps(jsonable(result), indent=2, sort_keys=True))
     return 0
 
 

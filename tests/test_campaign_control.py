@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from assets_defs.dispatch.dispatcher import Dispatch
 from assets_defs.dispatch.sensors import plan_tick
-from resources import campaign_admin, campaign_control, consent, errors
+from resources import campaign_admin, campaign_control, consent, errors, organisations
 from resources.campaigns import Member
 from resources.queue import SQSResource
 from resources.storage import S3Storage
@@ -308,7 +308,7 @@ def test_a_campaign_held_by_its_messaging_limit_says_so_and_a_raise_lets_the_res
         assert datetime.fromisoformat(progress["estimated_finish_at"]) >= frees_at
         assert len(graph.requests) == 10
 
-        campaign_admin.update_organisation(
+        organisations.update_organisation(
             engine,
             run.organisation_id,
             {"messaging_limit": 2000, "by": "ops", "reason": "WhatsApp granted 2K"},

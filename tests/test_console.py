@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from resources import campaign_admin as admin
-from resources import campaigns, generators, tenants
+from resources import campaigns, generators, organisations, tenants
 from tests import payloads as p
 from tests.webhook_support import (
     add_organisation,
@@ -187,7 +187,7 @@ def test_another_organisations_conversation_campaign_and_template_are_out_of_rea
     client, engine, token
 ):
     conversation = _hostile_conversation(client, engine)
-    other = admin.create_organisation(
+    other = organisations.create_organisation(
         engine, {"name": "Other", "phone_number_id": "555001", "waba_id": "555002"}
     )
     template = admin.create_template(

@@ -14,7 +14,7 @@ from assets_defs.media.isolation import resolve
 from assets_defs.media.sandbox import png_size
 from pipelines.cli import main
 from resources import campaign_admin as admin
-from resources import errors, generators
+from resources import errors, generators, organisations
 
 GOOD = textwrap.dedent(
     """
@@ -59,7 +59,7 @@ needs_sandbox = pytest.mark.skipif(
 
 @pytest.fixture
 def template(engine) -> int:
-    organisation = admin.create_organisation(engine, {"name": "Shop"})["id"]
+    organisation = organisations.create_organisation(engine, {"name": "Shop"})["id"]
     created = admin.create_template(
         engine, {"organisation_id": organisation, "name": "offer", "parameters": []}
     )

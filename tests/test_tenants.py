@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from pipelines.cli import main
-from resources import breakers, campaigns, generators, tenants
+from resources import breakers, campaigns, generators, organisations, tenants
 from resources import campaign_admin as admin
 from resources import campaign_control as control
 from resources.whatsapp import WhatsAppClient
@@ -59,7 +59,7 @@ class World:
 
 
 def _organisation(engine: sa.Engine, name: str, phone_number_id: str, waba_id: str) -> Organisation:
-    created = admin.create_organisation(
+    created = organisations.create_organisation(
         engine, {"name": name, "phone_number_id": phone_number_id, "waba_id": waba_id}
     )
     org = Organisation(created["id"], phone_number_id)

@@ -26,12 +26,13 @@ from starlette.routing import Route
 
 from resources import campaign_admin as admin
 from resources import campaign_control as control
-from resources import generators, templates, tenants
+from resources import generators, organisations, templates, tenants
 from resources.errors import Conflict, InvalidInput, NotFound
 from resources.queue import SQSResource
 from resources.readiness import NotReady
 from webhook_app import bodies
 from webhook_app.auth import caller, requires_admin, requires_token
+from webhook_app.campaign_answers import jsonable
 
 
 @functools.cache
@@ -60,7 +61,7 @@ def operation(status_code: int = 200, platform: bool = False) -> Callable:
         @functools.wraps(handler)
         async def endpoint(request: Request) -> Response:
             try:
-                return JSONResponse(await handler(request), status_code=status_code)
+                return JSONResponse(jsonable(await handler(request)), status_code=status_code)
             except NotReady as error:
                 return JSONResponse(
                     {"error": "campaign not ready", "detail": str(error), **error.report.as_dict()},
@@ -149,7 +150,7 @@ async def create_organisation(request: Request) -> Any:
         description: the phone number ID or WABA id belongs to another organisation
     """
     return await run_in_threadpool(
-        admin.create_organisation, _engine(request), await _json(request)
+        organisations.create_organisation, _engine(request), await _json(request)
     )
 
 
@@ -463,7 +464,7 @@ async def list_organisations(request: Request) -> Any:
         description: the organisations
     """
     return await run_in_threadpool(
-        admin.list_organisations,
+        organisations.list_organisations,
         _engine(request),
         request.query_params.get("phone_number_id") or None,
         caller(request).organisation_id,
@@ -497,7 +498,7 @@ async def update_organisation(request: Request) -> Any:
         description: the WABA id belongs to another organisation
     """
     return await run_in_threadpool(
-        admin.update_organisation,
+        organisations.update_organisation,
         _engine(request),
         _path(request, "organisation_id"),
         await _json(request),
@@ -597,7 +598,7 @@ async def account_history(request: Request) -> Any:
     """
     query = request.query_params
     return await run_in_threadpool(
-        admin.account_history,
+        organisations.account_history,
         _engine(request),
         _organisation(request),
         query.get("kind"),
