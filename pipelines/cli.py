@@ -230,7 +230,7 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
     printed as JSON."""
     from resources import campaign_admin as admin
     from resources import campaign_control as control
-    from resources import organisations
+    from resources import consent, organisations
     from resources.queue import SQSResource
     from webhook_app.campaign_answers import jsonable
 
@@ -250,7 +250,7 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
                 engine, args.template_id, _read_json(args.file)
             ),
             "create": lambda: admin.create_campaign(engine, _read_json(args.file)),
-            "upload-contacts": lambda: admin.import_contacts(
+            "upload-contacts": lambda: consent.import_contacts(
                 engine, args.organisation_id, Path(args.csv).read_text()
             ),
             "upload-audience": lambda: admin.import_audience(
@@ -272,10 +272,10 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
                 engine, args.organisation_id, args.kind, args.limit
             ),
             "refresh-numbers": lambda: _refresh_numbers(engine, args.organisation),
-            "contacts": lambda: admin.find_contacts(
+            "contacts": lambda: consent.look_up_contacts(
                 engine, args.organisation_id, args.phone, args.user_id
             ),
-            "consent": lambda: admin.set_consent(
+            "consent": lambda: consent.set_consent(
                 engine,
                 args.organisation_id,
                 args.contact_id,

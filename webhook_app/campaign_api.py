@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from resources import campaign_admin as admin
 from resources import campaign_control as control
-from resources import generators, organisations, templates, tenants
+from resources import consent, generators, organisations, templates, tenants
 from resources.errors import Conflict, InvalidInput, NotFound
 from resources.queue import SQSResource
 from resources.readiness import NotReady
@@ -180,7 +180,7 @@ async def upload_contacts(request: Request) -> Any:
     """
     text = await _csv(request)
     return await run_in_threadpool(
-        admin.import_contacts, _engine(request), _organisation(request), text
+        consent.import_contacts, _engine(request), _organisation(request), text
     )
 
 
@@ -626,7 +626,7 @@ async def find_contacts(request: Request) -> Any:
     """
     query = request.query_params
     return await run_in_threadpool(
-        admin.find_contacts,
+        consent.look_up_contacts,
         _engine(request),
         _organisation(request),
         query.get("phone"),
@@ -657,7 +657,7 @@ async def set_consent(request: Request) -> Any:
         description: no such object in the caller's organisation
     """
     return await run_in_threadpool(
-        admin.set_consent,
+        consent.set_consent,
         _engine(request),
         _organisation(request),
         request.path_params["contact_id"],
