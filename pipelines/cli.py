@@ -230,7 +230,7 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
     printed as JSON."""
     from resources import campaign_admin as admin
     from resources import campaign_control as control
-    from resources import consent, organisations
+    from resources import consent, operator_templates, organisations
     from resources.queue import SQSResource
     from webhook_app.campaign_answers import jsonable
 
@@ -244,9 +244,11 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
                     **_organisation_fields(args),
                 },
             ),
-            "templates": lambda: admin.list_templates(engine, args.organisation),
-            "create-template": lambda: admin.create_template(engine, _read_json(args.file)),
-            "update-template": lambda: admin.update_template(
+            "templates": lambda: operator_templates.list_templates(engine, args.organisation),
+            "create-template": lambda: operator_templates.create_template(
+                engine, _read_json(args.file)
+            ),
+            "update-template": lambda: operator_templates.update_template(
                 engine, args.template_id, _read_json(args.file)
             ),
             "create": lambda: admin.create_campaign(engine, _read_json(args.file)),

@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from resources import campaign_admin as admin
-from resources import campaigns, generators, organisations, tenants
+from resources import campaigns, generators, operator_templates, organisations, tenants
 from tests import payloads as p
 from tests.webhook_support import (
     add_organisation,
@@ -190,7 +190,7 @@ def test_another_organisations_conversation_campaign_and_template_are_out_of_rea
     other = organisations.create_organisation(
         engine, {"name": "Other", "phone_number_id": "555001", "waba_id": "555002"}
     )
-    template = admin.create_template(
+    template = operator_templates.create_template(
         engine, {"organisation_id": other["id"], "name": "theirs", "parameters": []}
     )
     campaign = admin.create_campaign(
@@ -222,7 +222,7 @@ def test_another_organisations_conversation_campaign_and_template_are_out_of_rea
 def test_campaigns_show_their_funnel_and_pause_resume_and_cancel(
     client, engine, organisation, token
 ):
-    template = admin.create_template(
+    template = operator_templates.create_template(
         engine, {"organisation_id": str(organisation), "name": "promo", "parameters": []}
     )
     campaign = admin.create_campaign(
@@ -253,7 +253,7 @@ def test_campaigns_show_their_funnel_and_pause_resume_and_cancel(
 def test_templates_show_generator_versions_their_source_and_a_preview(
     client, engine, organisation, token
 ):
-    template = admin.create_template(
+    template = operator_templates.create_template(
         engine, {"organisation_id": str(organisation), "name": "card", "parameters": []}
     )
     first = generators.publish(engine, template["id"], GENERATOR, "card.py", "first <cut>")

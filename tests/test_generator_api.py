@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from assets_defs.media.isolation import resolve
 from resources import campaign_admin as admin
-from resources import generators, organisations
+from resources import generators, operator_templates, organisations
 from webhook_app.app import app
 
 TOKEN = "generator-api-token"
@@ -46,7 +46,7 @@ def client(database_url, stack, monkeypatch):
 @pytest.fixture
 def template(engine) -> int:
     organisation = organisations.create_organisation(engine, {"name": "Shop"})["id"]
-    return admin.create_template(
+    return operator_templates.create_template(
         engine, {"organisation_id": organisation, "name": "offer", "parameters": []}
     )["id"]
 

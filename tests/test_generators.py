@@ -13,8 +13,7 @@ import sqlalchemy as sa
 from assets_defs.media.isolation import resolve
 from assets_defs.media.sandbox import png_size
 from pipelines.cli import main
-from resources import campaign_admin as admin
-from resources import errors, generators, organisations
+from resources import errors, generators, operator_templates, organisations
 
 GOOD = textwrap.dedent(
     """
@@ -60,7 +59,7 @@ needs_sandbox = pytest.mark.skipif(
 @pytest.fixture
 def template(engine) -> int:
     organisation = organisations.create_organisation(engine, {"name": "Shop"})["id"]
-    created = admin.create_template(
+    created = operator_templates.create_template(
         engine, {"organisation_id": organisation, "name": "offer", "parameters": []}
     )
     return created["id"]

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from assets_defs import templates as template_assets
 from pipelines.cli import main
 from pipelines.definitions import defs
-from resources import breakers, campaigns, errors, settings, templates
+from resources import breakers, campaigns, errors, operator_templates, settings, templates
 from resources import campaign_admin as admin
 from resources.postgres import PostgresResource
 from resources.whatsapp import WhatsAppClient, WhatsAppResource
@@ -266,7 +266,7 @@ def test_the_materialisation_shows_the_templates_and_the_check_fails_on_a_paused
         ("spring_sale", "APPROVED"),
         ("old_promo", "REJECTED"),
     }
-    template = admin.create_template(
+    template = operator_templates.create_template(
         engine,
         {
             "organisation_id": organisation,
@@ -317,15 +317,17 @@ def test_a_body_parameter_count_that_differs_from_ours_is_refused_recorded_and_s
     data = {"organisation_id": organisation, "name": "spring_sale", "language": "en_US"}
 
     with pytest.raises(errors.InvalidInput) as refused:
-        admin.create_template(engine, {**data, "parameters": TWO_BODY[:1]})
+        operator_templates.create_template(engine, {**data, "parameters": TWO_BODY[:1]})
     messages = [e["error"] for e in refused.value.errors]
     assert "body: Meta's template has 2 body parameters (1, 2); 1 configured" in messages, messages
     assert any("IMAGE header; configure one header parameter" in m for m in messages)
     video = {"type": "header", "valueType": "video", "source": "asset.video"}
     with pytest.raises(errors.InvalidInput, match="header parameter is video but Meta's"):
-        admin.create_template(engine, {**data, "parameters": [video, *TWO_BODY]})
+        operator_templates.create_template(engine, {**data, "parameters": [video, *TWO_BODY]})
     image = {"type": "header", "valueType": "image", "source": "asset.image"}
-    template = admin.create_template(engine, {**data, "parameters": [image, *TWO_BODY]})
+    template = operator_templates.create_template(
+        engine, {**data, "parameters": [image, *TWO_BODY]}
+    )
     assert (template["origin"], template["config_problems"]) == ("meta", [])
     campaign_on(engine, organisation, template["id"])  # a draft uses it
 
@@ -339,16 +341,24 @@ def test_a_body_parameter_count_that_differs_from_ours_is_refused_recorded_and_s
     [row] = [r for r in table(result) if r["template"] == "spring_sale"]
     assert row["problems"] == "body: Meta's template has 3 body parameters (1, 2, 3); 2 configured"
     assert checks(result)["templates_fit_meta"] is False
-    assert admin.get_template(engine, template["id"])["config_problems"] == [row["problems"]]
+    assert operator_templates.get_template(engine, template["id"])["config_problems"] == [
+        row["problems"]
+    ]
 
     with pytest.raises(errors.InvalidInput, match="3 body parameters"):
-        admin.update_template(engine, template["id"], {"parameters": [image, *TWO_BODY[:1]]})
+        operator_templates.update_template(
+            engine, template["id"], {"parameters": [image, *TWO_BODY[:1]]}
+        )
     third = {"type": "body", "valueType": "text", "source": "literal:Sunday"}
-    fixed = admin.update_template(engine, template["id"], {"parameters": [image, *TWO_BODY, third]})
+    fixed = operator_templates.update_template(
+        engine, template["id"], {"parameters": [image, *TWO_BODY, third]}
+    )
     assert fixed["config_problems"] == []
     # What Meta decides is not ours to change.
     with pytest.raises(errors.InvalidInput) as owned:
-        admin.update_template(engine, template["id"], {"status": "approved", "category": "utility"})
+        operator_templates.update_template(
+            engine, template["id"], {"status": "approved", "category": "utility"}
+        )
     assert {e["field"] for e in owned.value.errors} == {"status", "category"}
 
 
@@ -356,7 +366,7 @@ def test_a_campaign_needs_an_approved_template_in_production(engine, graph, monk
     organisation = add_organisation(engine)
     graph.set_templates(WABA_ID, [meta_template("spring_sale", status="PAUSED")])
     sync(engine, graph, organisation)
-    template = admin.create_template(
+    template = operator_templates.create_template(
         engine,
         {
             "organisation_id": organisation,
@@ -372,7 +382,7 @@ def test_a_campaign_needs_an_approved_template_in_production(engine, graph, monk
         admin.approve_campaign(engine, campaign)
     # A template declared approved here, without Meta's word, is not enough in production.
     local_organisation = add_organisation(engine, None, "Local")
-    local = admin.create_template(
+    local = operator_templates.create_template(
         engine, {"organisation_id": local_organisation, "name": "hello", "parameters": []}
     )
     local_campaign = campaign_on(engine, local_organisation, local["id"])
@@ -395,7 +405,7 @@ def test_a_template_whose_configuration_does_not_fit_meta_is_not_approved(engine
     organisation = add_organisation(engine)
     graph.set_templates(WABA_ID, [meta_template("spring_sale")])
     sync(engine, graph, organisation)
-    template = admin.create_template(
+    template = operator_templates.create_template(
         engine,
         {
             "organisation_id": organisation,
@@ -423,13 +433,13 @@ def test_a_template_meta_does_not_have_is_refused_in_production_only(engine, gra
 
     monkeypatch.setenv("APP_ENV", "production")
     with pytest.raises(errors.InvalidInput) as refused:
-        admin.create_template(engine, data)
+        operator_templates.create_template(engine, data)
     [error] = refused.value.errors
     assert error["field"] == "name"
     assert f"Meta has no template 'made_up' in language 'en_US' in WABA {WABA_ID}" in error["error"]
 
     monkeypatch.setenv("APP_ENV", "development")
-    created = admin.create_template(engine, data)
+    created = operator_templates.create_template(engine, data)
     assert (created["origin"], created["status"]) == ("local", "approved")
 
 

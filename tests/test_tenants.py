@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from pipelines.cli import main
-from resources import breakers, campaigns, generators, organisations, tenants
+from resources import breakers, campaigns, generators, operator_templates, organisations, tenants
 from resources import campaign_admin as admin
 from resources import campaign_control as control
 from resources.whatsapp import WhatsAppClient
@@ -64,7 +64,7 @@ def _organisation(engine: sa.Engine, name: str, phone_number_id: str, waba_id: s
     )
     org = Organisation(created["id"], phone_number_id)
     org.token = tenants.create_token(engine, org.id, {"name": "operator console"})["token"]
-    org.template_id = admin.create_template(
+    org.template_id = operator_templates.create_template(
         engine, {"organisation_id": org.id, "name": "hello", "body": "Hello", "parameters": []}
     )["id"]
     org.campaign_id = admin.create_campaign(

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from resources import campaign_admin as admin
 from resources import campaign_control as control
-from resources import consent, generators, organisations, templates, tenants
+from resources import consent, generators, operator_templates, organisations, templates, tenants
 from resources.errors import Conflict, InvalidInput, NotFound
 from resources.queue import SQSResource
 from resources.readiness import NotReady
@@ -201,7 +201,9 @@ async def list_templates(request: Request) -> Any:
     if organisation:
         _named_organisation(request, {"organisation_id": organisation})
     return await run_in_threadpool(
-        admin.list_templates, _engine(request), organisation or caller(request).organisation_id
+        operator_templates.list_templates,
+        _engine(request),
+        organisation or caller(request).organisation_id,
     )
 
 
@@ -230,7 +232,7 @@ async def create_template(request: Request) -> Any:
         description: invalid input; every bad field (or CSV line) is listed and nothing is changed
     """
     data = _named_organisation(request, await _json(request))
-    return await run_in_threadpool(admin.create_template, _engine(request), data)
+    return await run_in_threadpool(operator_templates.create_template, _engine(request), data)
 
 
 @operation(200)
@@ -247,7 +249,7 @@ async def get_template(request: Request) -> Any:
         description: no such object in the caller's organisation
     """
     return await run_in_threadpool(
-        admin.get_template, _engine(request), await _owned(request, "template")
+        operator_templates.get_template, _engine(request), await _owned(request, "template")
     )
 
 
@@ -274,7 +276,7 @@ async def update_template(request: Request) -> Any:
         description: no such object in the caller's organisation
     """
     return await run_in_threadpool(
-        admin.update_template,
+        operator_templates.update_template,
         _engine(request),
         await _owned(request, "template"),
         await _json(request),

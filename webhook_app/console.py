@@ -36,8 +36,8 @@ from resources import (
     settings,
     tenants,
 )
-from resources.campaign_admin import get_template, list_templates
 from resources.errors import Conflict, InvalidInput, NotFound
+from resources.operator_templates import get_template, list_templates
 from webhook_app import bodies, operator_api
 from webhook_app.auth import Caller, identify_token
 
