@@ -226,12 +226,13 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def cmd_campaigns(args: argparse.Namespace) -> int:
-    """The operator API's operations (`resources.campaign_admin`, `.campaign_control`),
-    printed as JSON."""
-    from resources import campaign_admin as admin
+    """The operator API's operations, printed as the API answers them
+    (`webhook_app.campaign_answers`)."""
     from resources import campaign_control as control
-    from resources import consent, operator_templates, organisations
+    from resources import campaigns, consent, operator_templates, organisations
+    from resources.campaign_runs import campaign_progress
     from resources.queue import SQSResource
+    from webhook_app import campaign_answers as answers
     from webhook_app.campaign_answers import jsonable
 
     with _platform_engine(args) as engine:
@@ -251,21 +252,21 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
             "update-template": lambda: operator_templates.update_template(
                 engine, args.template_id, _read_json(args.file)
             ),
-            "create": lambda: admin.create_campaign(engine, _read_json(args.file)),
+            "create": lambda: answers.created_campaign(engine, _read_json(args.file)),
             "upload-contacts": lambda: consent.import_contacts(
                 engine, args.organisation_id, Path(args.csv).read_text()
             ),
-            "upload-audience": lambda: admin.import_audience(
+            "upload-audience": lambda: campaigns.import_audience(
                 engine, args.campaign_id, Path(args.csv).read_text()
             ),
-            "approve": lambda: admin.approve_campaign(engine, args.campaign_id),
-            "readiness": lambda: admin.campaign_readiness(engine, args.campaign_id),
-            "status": lambda: admin.campaign_progress(engine, args.campaign_id),
-            "audience": lambda: admin.list_audience(
+            "approve": lambda: answers.approved_campaign(engine, args.campaign_id),
+            "readiness": lambda: answers.campaign_readiness(engine, args.campaign_id),
+            "status": lambda: campaign_progress(engine, args.campaign_id),
+            "audience": lambda: campaigns.list_audience(
                 engine, args.campaign_id, args.status, args.limit, args.after
             ),
-            "process": lambda: admin.process_messages(engine, args.campaign_id),
-            "sqs-status": lambda: admin.queue_status(SQSResource.from_env()),
+            "process": lambda: answers.recorded_run(engine, args.campaign_id),
+            "sqs-status": lambda: answers.queue_depth(SQSResource.from_env()),
             "organisations": lambda: organisations.list_organisations(engine, args.phone_number_id),
             "update-organisation": lambda: organisations.update_organisation(
                 engine, args.organisation_id, _organisation_fields(args)

@@ -20,7 +20,7 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from resources import breakers, campaigns, graph_errors
-from resources.campaign_admin import campaign_progress
+from resources.campaign_runs import campaign_progress
 from resources.errors import Conflict, InvalidInput, NotFound
 from resources.fields import is_id
 from resources.status import RETRY_ON_REQUEST

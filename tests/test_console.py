@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from resources import campaign_admin as admin
 from resources import campaigns, generators, operator_templates, organisations, tenants
 from tests import payloads as p
 from tests.webhook_support import (
@@ -22,6 +21,7 @@ from tests.webhook_support import (
     wait_until,
     webhook_client,
 )
+from webhook_app import campaign_answers
 
 SCRIPT = "<script>alert('pwned')</script>"
 ESCAPED = "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;"
@@ -193,7 +193,7 @@ def test_another_organisations_conversation_campaign_and_template_are_out_of_rea
     template = operator_templates.create_template(
         engine, {"organisation_id": other["id"], "name": "theirs", "parameters": []}
     )
-    campaign = admin.create_campaign(
+    campaign = campaign_answers.created_campaign(
         engine,
         {
             "organisation_id": other["id"],
@@ -225,7 +225,7 @@ def test_campaigns_show_their_funnel_and_pause_resume_and_cancel(
     template = operator_templates.create_template(
         engine, {"organisation_id": str(organisation), "name": "promo", "parameters": []}
     )
-    campaign = admin.create_campaign(
+    campaign = campaign_answers.created_campaign(
         engine,
         {
             "organisation_id": str(organisation),
@@ -234,7 +234,7 @@ def test_campaigns_show_their_funnel_and_pause_resume_and_cancel(
             "template_id": template["id"],
         },
     )
-    admin.import_audience(engine, campaign["id"], "phone,name\n+12025550100,Cy\n")
+    campaigns.import_audience(engine, campaign["id"], "phone,name\n+12025550100,Cy\n")
     with engine.begin() as conn:
         campaigns.set_campaign_status(conn, campaign["id"], "approved")
     csrf = sign_in(client, token)

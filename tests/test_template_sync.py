@@ -14,13 +14,21 @@ import sqlalchemy as sa
 from assets_defs import templates as template_assets
 from pipelines.cli import main
 from pipelines.definitions import defs
-from resources import breakers, campaigns, errors, operator_templates, settings, templates
-from resources import campaign_admin as admin
+from resources import (
+    breakers,
+    campaign_runs,
+    campaigns,
+    errors,
+    operator_templates,
+    settings,
+    templates,
+)
 from resources.postgres import PostgresResource
 from resources.whatsapp import WhatsAppClient, WhatsAppResource
 from tests.fake_graph import Failure
 from tests.template_payloads import WABA_ID, meta_template
 from tests.webhook_support import ADMIN, webhook_client
+from webhook_app import campaign_answers
 
 RATE_LIMITED = Failure(
     80008,
@@ -104,7 +112,7 @@ def table(result) -> list[dict]:
 
 
 def campaign_on(engine, organisation_id: str, template_id: int) -> str:
-    created = admin.create_campaign(
+    created = campaign_answers.created_campaign(
         engine,
         {
             "organisation_id": organisation_id,
@@ -113,7 +121,7 @@ def campaign_on(engine, organisation_id: str, template_id: int) -> str:
             "template_id": template_id,
         },
     )
-    admin.import_audience(engine, created["id"], "phone,name,offer\n+12025550100,Ana,20%\n")
+    campaigns.import_audience(engine, created["id"], "phone,name,offer\n+12025550100,Ana,20%\n")
     return created["id"]
 
 
@@ -276,7 +284,7 @@ def test_the_materialisation_shows_the_templates_and_the_check_fails_on_a_paused
         },
     )
     campaign = campaign_on(engine, organisation, template["id"])
-    assert admin.approve_campaign(engine, campaign)["status"] == "approved"
+    assert campaign_answers.approved_campaign(engine, campaign)["status"] == "approved"
 
     # Meta pauses the template while the campaign is active.
     graph.set_templates(
@@ -379,7 +387,7 @@ def test_a_campaign_needs_an_approved_template_in_production(engine, graph, monk
 
     monkeypatch.setenv("APP_ENV", "production")
     with pytest.raises(errors.Conflict, match="'spring_sale' \\(en_US\\) is PAUSED"):
-        admin.approve_campaign(engine, campaign)
+        campaign_answers.approved_campaign(engine, campaign)
     # A template declared approved here, without Meta's word, is not enough in production.
     local_organisation = add_organisation(engine, None, "Local")
     local = operator_templates.create_template(
@@ -387,18 +395,18 @@ def test_a_campaign_needs_an_approved_template_in_production(engine, graph, monk
     )
     local_campaign = campaign_on(engine, local_organisation, local["id"])
     with pytest.raises(errors.Conflict, match="only declared approved locally"):
-        admin.approve_campaign(engine, local_campaign)
-    assert admin.campaign_progress(engine, local_campaign)["status"] == "draft"
+        campaign_answers.approved_campaign(engine, local_campaign)
+    assert campaign_runs.campaign_progress(engine, local_campaign)["status"] == "draft"
 
     monkeypatch.setenv("APP_ENV", "development")
-    assert admin.approve_campaign(engine, local_campaign)["status"] == "approved"
+    assert campaign_answers.approved_campaign(engine, local_campaign)["status"] == "approved"
     with pytest.raises(errors.Conflict, match="is PAUSED"):
-        admin.approve_campaign(engine, campaign)  # paused at Meta: refused here too
+        campaign_answers.approved_campaign(engine, campaign)  # paused at Meta: refused here too
 
     graph.set_templates(WABA_ID, [meta_template("spring_sale")])
     sync(engine, graph, organisation)
     monkeypatch.setenv("APP_ENV", "production")
-    assert admin.approve_campaign(engine, campaign)["status"] == "approved"
+    assert campaign_answers.approved_campaign(engine, campaign)["status"] == "approved"
 
 
 def test_a_template_whose_configuration_does_not_fit_meta_is_not_approved(engine, graph):
@@ -419,7 +427,7 @@ def test_a_template_whose_configuration_does_not_fit_meta_is_not_approved(engine
     assert sync(engine, graph, organisation).mismatched == 1
 
     with pytest.raises(errors.InvalidInput) as refused:
-        admin.approve_campaign(engine, campaign)
+        campaign_answers.approved_campaign(engine, campaign)
     [error] = refused.value.errors
     assert error["field"] == "template"
     assert "body: Meta's template has 1 body parameter (1); 2 configured" in error["error"]

@@ -1,5 +1,7 @@
-"""The operator API for campaigns: thin HTTP handlers over `resources.campaign_admin`,
-which the CLI calls too.
+"""The operator API for campaigns: thin HTTP handlers over the operations of `resources`
+(`organisations`, `consent`, `operator_templates`, `campaigns`, `campaign_runs`,
+`campaign_control`), whose results `webhook_app.campaign_answers` turns into JSON; the CLI
+calls the same.
 
 Each route acts within one organisation (`webhook_app.auth`): with an organisation's token,
 a campaign, template or organisation of another one answers 404 exactly as one that does not
@@ -24,13 +26,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from resources import campaign_admin as admin
 from resources import campaign_control as control
-from resources import consent, generators, operator_templates, organisations, templates, tenants
+from resources import (
+    campaigns,
+    consent,
+    generators,
+    operator_templates,
+    organisations,
+    templates,
+    tenants,
+)
+from resources.campaign_runs import campaign_progress
 from resources.errors import Conflict, InvalidInput, NotFound
 from resources.queue import SQSResource
 from resources.readiness import NotReady
 from webhook_app import bodies
+from webhook_app import campaign_answers as answers
 from webhook_app.auth import caller, requires_admin, requires_token
 from webhook_app.campaign_answers import jsonable
 
@@ -306,7 +317,7 @@ async def create_campaign(request: Request) -> Any:
         description: invalid input; every bad field (or CSV line) is listed and nothing is changed
     """
     data = _named_organisation(request, await _json(request))
-    return await run_in_threadpool(admin.create_campaign, _engine(request), data)
+    return await run_in_threadpool(answers.created_campaign, _engine(request), data)
 
 
 @operation(200)
@@ -337,7 +348,7 @@ async def upload_audience(request: Request) -> Any:
     """
     text = await _csv(request)
     return await run_in_threadpool(
-        admin.import_audience, _engine(request), await _campaign(request), text
+        campaigns.import_audience, _engine(request), await _campaign(request), text
     )
 
 
@@ -359,7 +370,7 @@ async def approve_campaign(request: Request) -> Any:
         description: refused in the campaign's current status
     """
     return await run_in_threadpool(
-        admin.approve_campaign, _engine(request), await _campaign(request)
+        answers.approved_campaign, _engine(request), await _campaign(request)
     )
 
 
@@ -377,7 +388,7 @@ async def campaign_readiness(request: Request) -> Any:
         description: no such object in the caller's organisation
     """
     return await run_in_threadpool(
-        admin.campaign_readiness, _engine(request), await _campaign(request)
+        answers.campaign_readiness, _engine(request), await _campaign(request)
     )
 
 
@@ -394,9 +405,7 @@ async def get_campaign_progress(request: Request) -> Any:
       "404":
         description: no such object in the caller's organisation
     """
-    return await run_in_threadpool(
-        admin.campaign_progress, _engine(request), await _campaign(request)
-    )
+    return await run_in_threadpool(campaign_progress, _engine(request), await _campaign(request))
 
 
 @operation(200)
@@ -423,7 +432,7 @@ async def list_audience(request: Request) -> Any:
     except ValueError:
         raise InvalidInput([{"field": "limit", "error": "must be a number"}]) from None
     return await run_in_threadpool(
-        admin.list_audience,
+        campaigns.list_audience,
         _engine(request),
         await _campaign(request),
         query.get("status"),
@@ -447,9 +456,7 @@ async def process_messages(request: Request) -> Any:
       "409":
         description: refused in the campaign's current status
     """
-    return await run_in_threadpool(
-        admin.process_messages, _engine(request), await _campaign(request)
-    )
+    return await run_in_threadpool(answers.recorded_run, _engine(request), await _campaign(request))
 
 
 @operation(200)
@@ -827,7 +834,7 @@ async def sqs_status(request: Request) -> Response:
         description: the queue is unreachable
     """
     try:
-        return JSONResponse(await run_in_threadpool(admin.queue_status, _sqs()))
+        return JSONResponse(await run_in_threadpool(answers.queue_depth, _sqs()))
     except (BotoCoreError, ClientError) as error:
         return JSONResponse(
             {"error": "queue unavailable", "detail": f"{type(error).__name__}: {error}"}, 503
