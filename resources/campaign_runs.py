@@ -343,6 +343,51 @@ def message_counts(conn: sa.Connection, campaign_id: UUID | str) -> dict[str, in
     return dict(rows.all())
 
 
+def pause_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
+    """The campaign's runs not yet dispatched wait (`paused`) until it resumes."""
+    conn.execute(
+        sa.text(
+            "UPDATE campaign_runs SET status = 'paused', status_reason = 'campaign paused'"
+            " WHERE campaign_id = :c AND status IN ('pending', 'dispatching')"
+        ),
+        {"c": campaign_id},
+    )
+
+
+def resume_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
+    """The campaign's paused runs are `pending` again, each with one more `resumes` (a run
+    key of its own for the relaunch)."""
+    conn.execute(
+        sa.text(
+            "UPDATE campaign_runs SET status = 'pending', status_reason = NULL,"
+            " resumes = resumes + 1 WHERE campaign_id = :c AND status = 'paused'"
+        ),
+        {"c": campaign_id},
+    )
+
+
+def cancel_runs(conn: sa.Connection, campaign_id: UUID | str, reason: str) -> None:
+    """The campaign's unfinished runs end `cancelled`, with the reason."""
+    conn.execute(
+        sa.text(
+            "UPDATE campaign_runs SET status = 'cancelled', status_reason = :why"
+            " WHERE campaign_id = :c AND status NOT IN ('completed', 'failed', 'cancelled')"
+        ),
+        {"c": campaign_id, "why": reason},
+    )
+
+
+def reopen_runs(conn: sa.Connection, run_ids: list[int]) -> None:
+    """Completed runs whose messages are queued again are `dispatched` until they settle."""
+    conn.execute(
+        sa.text(
+            "UPDATE campaign_runs SET status = 'dispatched'"
+            " WHERE id = ANY(:ids) AND status = 'completed'"
+        ),
+        {"ids": run_ids},
+    )
+
+
 # -- What an operator reads and asks of a campaign's runs ----------------------------------
 
 

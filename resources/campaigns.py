@@ -216,11 +216,28 @@ def get_campaign(conn: sa.Connection, campaign_id: UUID | str) -> Campaign | Non
     return Campaign(**row._mapping) if row else None
 
 
-def current_status(conn: sa.Connection, campaign_id: UUID | str) -> str | None:
-    """The campaign's status now, or None if there is no such campaign."""
+def current_status(conn: sa.Connection, campaign_id: UUID | str, lock: bool = False) -> str | None:
+    """The campaign's status now, or None if there is no such campaign; with `lock`, the
+    row stays locked until the transaction ends, so the status cannot change under it."""
     return conn.execute(
-        sa.text("SELECT status FROM campaigns WHERE id = :c"), {"c": campaign_id}
+        sa.text("SELECT status FROM campaigns WHERE id = :c" + (" FOR UPDATE" if lock else "")),
+        {"c": campaign_id},
     ).scalar_one_or_none()
+
+
+def paused_from(conn: sa.Connection, campaign_id: UUID | str) -> str | None:
+    """The status a paused campaign was paused in (None when it is not paused)."""
+    return conn.execute(
+        sa.text("SELECT paused_from FROM campaigns WHERE id = :c"), {"c": campaign_id}
+    ).scalar_one()
+
+
+def set_paused_from(conn: sa.Connection, campaign_id: UUID | str, status: str | None) -> None:
+    """Remember the status a campaign is paused in, for its resume (None once resumed)."""
+    conn.execute(
+        sa.text("UPDATE campaigns SET paused_from = :s WHERE id = :c"),
+        {"s": status, "c": campaign_id},
+    )
 
 
 def set_campaign_status(
