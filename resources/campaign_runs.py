@@ -30,6 +30,7 @@ from resources import progress, recurrence, settings
 from resources.campaigns import (
     audience_counts,
     campaign_row,
+    current_status,
     require_campaign,
     set_campaign_status,
 )
@@ -85,9 +86,7 @@ def record_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> 
     """The campaign's run for `run_date`, created if absent; the campaign leaves
     `asset_generated` for `ready_to_launch` with its first run. A campaign whose media are
     still being made may have its run already (it sends the members that are ready)."""
-    status = conn.execute(
-        sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": campaign_id}
-    ).scalar_one_or_none()
+    status = current_status(conn, campaign_id, lock=True)
     if status is None:
         raise CannotRun(f"campaign {campaign_id} does not exist")
     if status == "approved" and _exists(conn, campaign_id, run_date):
