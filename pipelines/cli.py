@@ -184,16 +184,19 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def cmd_campaigns(args: argparse.Namespace) -> int:
-    """The operator API's operations (`resources.campaign_admin`, `.campaign_control`),
-    printed as JSON."""
+    """The operator API's operations, printed as the API answers them
+    (`webhook_app.campaign_answers`)."""
     # Brings in Dagster (see the module docstring).
-    from resources import campaign_admin as admin
     from resources import campaign_control as control
+    from resources import campaigns, consent, operator_templates, organisations
+    from resources.campaign_runs import campaign_progress
     from resources.queue import SQSResource
+    from webhook_app import campaign_answers as answers
+    from webhook_app.campaign_answers import jsonable
 
     with _platform_engine(args) as engine:
         operations = {
-            "create-organisation": lambda: admin.create_organisation(
+            "create-organisation": lambda: organisations.create_organisation(
                 engine,
                 {
                     "name": args.name,
@@ -201,38 +204,40 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
                     **_organisation_fields(args),
                 },
             ),
-            "templates": lambda: admin.list_templates(engine, args.organisation),
-            "create-template": lambda: admin.create_template(engine, _read_json(args.file)),
-            "update-template": lambda: admin.update_template(
+            "templates": lambda: operator_templates.list_templates(engine, args.organisation),
+            "create-template": lambda: operator_templates.create_template(
+                engine, _read_json(args.file)
+            ),
+            "update-template": lambda: operator_templates.update_template(
                 engine, args.template_id, _read_json(args.file)
             ),
-            "create": lambda: admin.create_campaign(engine, _read_json(args.file)),
-            "upload-contacts": lambda: admin.import_contacts(
+            "create": lambda: answers.created_campaign(engine, _read_json(args.file)),
+            "upload-contacts": lambda: consent.import_contacts(
                 engine, args.organisation_id, Path(args.csv).read_text()
             ),
-            "upload-audience": lambda: admin.import_audience(
+            "upload-audience": lambda: campaigns.import_audience(
                 engine, args.campaign_id, Path(args.csv).read_text()
             ),
-            "approve": lambda: admin.approve_campaign(engine, args.campaign_id),
-            "readiness": lambda: admin.campaign_readiness(engine, args.campaign_id),
-            "status": lambda: admin.campaign_status(engine, args.campaign_id),
-            "audience": lambda: admin.list_audience(
+            "approve": lambda: answers.approved_campaign(engine, args.campaign_id),
+            "readiness": lambda: answers.campaign_readiness(engine, args.campaign_id),
+            "status": lambda: campaign_progress(engine, args.campaign_id),
+            "audience": lambda: campaigns.list_audience(
                 engine, args.campaign_id, args.status, args.limit, args.after
             ),
-            "process": lambda: admin.process_messages(engine, args.campaign_id),
-            "sqs-status": lambda: admin.queue_status(SQSResource.from_env()),
-            "organisations": lambda: admin.list_organisations(engine, args.phone_number_id),
-            "update-organisation": lambda: admin.update_organisation(
+            "process": lambda: answers.recorded_run(engine, args.campaign_id),
+            "sqs-status": lambda: answers.queue_depth(SQSResource.from_env()),
+            "organisations": lambda: organisations.list_organisations(engine, args.phone_number_id),
+            "update-organisation": lambda: organisations.update_organisation(
                 engine, args.organisation_id, _organisation_fields(args)
             ),
-            "account-events": lambda: admin.account_history(
+            "account-events": lambda: organisations.account_history(
                 engine, args.organisation_id, args.kind, args.limit
             ),
             "refresh-numbers": lambda: _refresh_numbers(engine, args.organisation),
-            "contacts": lambda: admin.find_contacts(
+            "contacts": lambda: consent.look_up_contacts(
                 engine, args.organisation_id, args.phone, args.user_id
             ),
-            "consent": lambda: admin.set_consent(
+            "consent": lambda: consent.set_consent(
                 engine,
                 args.organisation_id,
                 args.contact_id,
@@ -263,7 +268,7 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
             engine, args.breaker_id, control_body
         )
         result = operations[args.operation]()
-    print(json.dumps(result, indent=2, sort_keys=True))
+    print(json.dumps(jsonable(result), indent=2, sort_keys=True))
     return 0
 
 

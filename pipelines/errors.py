@@ -19,15 +19,15 @@ def explain(error: BaseException) -> str | None:
     # start (and `waflow --help`) should not wait for.
     from assets_defs.archive.objects import ArchiveMismatch
     from assets_defs.archive.restore import RestoreRefused
-    from resources import campaign_admin, generators
+    from resources import errors, generators
 
     expected = (
         StackError,
         settings.MissingSetting,
         settings.InvalidSetting,
-        campaign_admin.InvalidInput,
-        campaign_admin.NotFound,
-        campaign_admin.Conflict,
+        errors.InvalidInput,
+        errors.NotFound,
+        errors.Conflict,
         generators.PreviewUnavailable,
         RestoreRefused,
         ArchiveMismatch,

@@ -19,8 +19,10 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import breakers, campaigns, graph_errors
-from resources.campaign_admin import Conflict, InvalidInput, NotFound, campaign_status, is_id
+from resources import breakers, campaign_runs, campaigns, graph_errors
+from resources.campaign_runs import campaign_progress
+from resources.errors import Conflict, InvalidInput, NotFound
+from resources.fields import is_id
 from resources.status import RETRY_ON_REQUEST
 
 PAUSABLE = ("approved", "asset_generation", "asset_generated", "ready_to_launch", "running")
@@ -38,9 +40,7 @@ def _campaign_id(value: Any) -> str:
 
 
 def _locked_status(conn: sa.Connection, campaign_id: str) -> str:
-    status = conn.execute(
-        sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": campaign_id}
-    ).scalar_one_or_none()
+    status = campaigns.current_status(conn, campaign_id, lock=True)
     if status is None:
         raise NotFound(f"campaign {campaign_id} does not exist")
     return status
@@ -61,18 +61,9 @@ def pause(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str
         if status not in PAUSABLE:
             raise Conflict(f"campaign {campaign_id} is {status}; only an active campaign pauses")
         campaigns.set_campaign_status(conn, campaign_id, "paused", f"paused by {by}")
-        conn.execute(
-            sa.text("UPDATE campaigns SET paused_from = :s WHERE id = :c"),
-            {"s": status, "c": campaign_id},
-        )
-        conn.execute(
-            sa.text(
-                "UPDATE campaign_runs SET status = 'paused', status_reason = 'campaign paused'"
-                " WHERE campaign_id = :c AND status IN ('pending', 'dispatching')"
-            ),
-            {"c": campaign_id},
-        )
-    return campaign_status(engine, campaign_id)
+        campaigns.set_paused_from(conn, campaign_id, status)
+        campaign_runs.pause_runs(conn, campaign_id)
+    return campaign_progress(engine, campaign_id)
 
 
 def resume(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -83,22 +74,12 @@ def resume(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[st
         status = _locked_status(conn, campaign_id)
         if status != "paused":
             raise Conflict(f"campaign {campaign_id} is {status}, not paused")
-        paused_from = conn.execute(
-            sa.text("SELECT paused_from FROM campaigns WHERE id = :c"), {"c": campaign_id}
-        ).scalar_one()
+        paused_from = campaigns.paused_from(conn, campaign_id)
         target = RESUMES_TO.get(paused_from, paused_from or "approved")
         campaigns.set_campaign_status(conn, campaign_id, target, f"resumed by {by}")
-        conn.execute(
-            sa.text("UPDATE campaigns SET paused_from = NULL WHERE id = :c"), {"c": campaign_id}
-        )
-        conn.execute(
-            sa.text(
-                "UPDATE campaign_runs SET status = 'pending', status_reason = NULL,"
-                " resumes = resumes + 1 WHERE campaign_id = :c AND status = 'paused'"
-            ),
-            {"c": campaign_id},
-        )
-    return campaign_status(engine, campaign_id)
+        campaigns.set_paused_from(conn, campaign_id, None)
+        campaign_runs.resume_runs(conn, campaign_id)
+    return campaign_progress(engine, campaign_id)
 
 
 def cancel(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -119,14 +100,8 @@ def cancel(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[st
             ),
             {"c": campaign_id, "why": reason[:1000]},
         ).rowcount
-        conn.execute(
-            sa.text(
-                "UPDATE campaign_runs SET status = 'cancelled', status_reason = :why"
-                " WHERE campaign_id = :c AND status NOT IN ('completed', 'failed', 'cancelled')"
-            ),
-            {"c": campaign_id, "why": reason[:1000]},
-        )
-    return {**campaign_status(engine, campaign_id), "messages_cancelled": cancelled}
+        campaign_runs.cancel_runs(conn, campaign_id, reason[:1000])
+    return {**campaign_progress(engine, campaign_id), "messages_cancelled": cancelled}
 
 
 def retry_failed(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -175,13 +150,7 @@ def retry_failed(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> d
         )
         runs = sorted(set(retried))
         if runs:
-            conn.execute(
-                sa.text(
-                    "UPDATE campaign_runs SET status = 'dispatched'"
-                    " WHERE id = ANY(:ids) AND status = 'completed'"
-                ),
-                {"ids": runs},
-            )
+            campaign_runs.reopen_runs(conn, runs)
             if status == "completed":
                 campaigns.set_campaign_status(conn, campaign_id, "running", f"retry by {by}")
         not_retried = conn.execute(
@@ -193,7 +162,7 @@ def retry_failed(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> d
             {"c": campaign_id, "run": run_id},
         ).scalar_one()
     return {
-        **campaign_status(engine, campaign_id),
+        **campaign_progress(engine, campaign_id),
         "retried": len(retried),
         "not_retried": not_retried,
     }

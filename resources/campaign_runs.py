@@ -10,6 +10,9 @@ is queued, failed or skipped; completed once none of its messages is waiting any
 so `completed` never hides messages still on their way. A pause moves a campaign's
 unfinished runs to `paused`, and a resume back to `pending` with one more `resumes`,
 which gives the relaunch a run key of its own.
+
+An operator reads a campaign's progress through its runs (`campaign_progress`) and may
+record today's run at once (`run_now`).
 """
 
 from __future__ import annotations
@@ -17,13 +20,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
+from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import recurrence
-from resources.campaigns import set_campaign_status
+from resources import progress, recurrence, settings
+from resources.campaigns import (
+    audience_counts,
+    campaign_row,
+    current_status,
+    require_campaign,
+    set_campaign_status,
+)
+from resources.errors import Conflict, NotFound
+from resources.fields import as_uuid
 
 # Campaigns whose media is ready and which may still have occurrences to send.
 ACTIVE = ("asset_generated", "ready_to_launch", "running")
@@ -74,9 +86,7 @@ def record_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> 
     """The campaign's run for `run_date`, created if absent; the campaign leaves
     `asset_generated` for `ready_to_launch` with its first run. A campaign whose media are
     still being made may have its run already (it sends the members that are ready)."""
-    status = conn.execute(
-        sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": campaign_id}
-    ).scalar_one_or_none()
+    status = current_status(conn, campaign_id, lock=True)
     if status is None:
         raise CannotRun(f"campaign {campaign_id} does not exist")
     if status == "approved" and _exists(conn, campaign_id, run_date):
@@ -305,3 +315,113 @@ _TO_COMPLETED = {
     "ready_to_launch": ("running", "completed"),
     "running": ("completed",),
 }
+
+
+def recent_runs(conn: sa.Connection, campaign_id: UUID | str, limit: int = 50) -> list[dict]:
+    """The campaign's latest runs, newest first, with their counts."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT id, run_date, status, status_reason, queued, failed, skipped, dispatched_at,"
+            " resumes FROM campaign_runs WHERE campaign_id = :c ORDER BY run_date DESC LIMIT :n"
+        ),
+        {"c": campaign_id, "n": limit},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def message_counts(conn: sa.Connection, campaign_id: UUID | str) -> dict[str, int]:
+    """The campaign's messages by status, over all its runs."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT m.status, count(*) FROM messages m"
+            " JOIN campaign_runs r ON r.id = m.campaign_run_id"
+            " WHERE r.campaign_id = :c GROUP BY m.status"
+        ),
+        {"c": campaign_id},
+    )
+    return dict(rows.all())
+
+
+def pause_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
+    """The campaign's runs not yet dispatched wait (`paused`) until it resumes."""
+    conn.execute(
+        sa.text(
+            "UPDATE campaign_runs SET status = 'paused', status_reason = 'campaign paused'"
+            " WHERE campaign_id = :c AND status IN ('pending', 'dispatching')"
+        ),
+        {"c": campaign_id},
+    )
+
+
+def resume_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
+    """The campaign's paused runs are `pending` again, each with one more `resumes` (a run
+    key of its own for the relaunch)."""
+    conn.execute(
+        sa.text(
+            "UPDATE campaign_runs SET status = 'pending', status_reason = NULL,"
+            " resumes = resumes + 1 WHERE campaign_id = :c AND status = 'paused'"
+        ),
+        {"c": campaign_id},
+    )
+
+
+def cancel_runs(conn: sa.Connection, campaign_id: UUID | str, reason: str) -> None:
+    """The campaign's unfinished runs end `cancelled`, with the reason."""
+    conn.execute(
+        sa.text(
+            "UPDATE campaign_runs SET status = 'cancelled', status_reason = :why"
+            " WHERE campaign_id = :c AND status NOT IN ('completed', 'failed', 'cancelled')"
+        ),
+        {"c": campaign_id, "why": reason},
+    )
+
+
+def reopen_runs(conn: sa.Connection, run_ids: list[int]) -> None:
+    """Completed runs whose messages are queued again are `dispatched` until they settle."""
+    conn.execute(
+        sa.text(
+            "UPDATE campaign_runs SET status = 'dispatched'"
+            " WHERE id = ANY(:ids) AND status = 'completed'"
+        ),
+        {"ids": run_ids},
+    )
+
+
+# -- What an operator reads and asks of a campaign's runs ----------------------------------
+
+
+def campaign_progress(engine: sa.Engine, campaign_id: UUID | str) -> dict[str, Any]:
+    """The campaign with its status, its audience and message counts by status, and its
+    latest runs, each with its progress (messages by stage, what the rest wait for, when it
+    should end)."""
+    campaign_id = as_uuid(campaign_id, "campaign_id")
+    with engine.connect() as conn:
+        row = campaign_row(conn, campaign_id)
+        if row is None:
+            raise NotFound(f"campaign {campaign_id} does not exist")
+        stuck = settings.number("SENDER_STUCK_AFTER_SECONDS")
+        return {
+            **row,
+            "audience": audience_counts(conn, campaign_id),
+            "messages": message_counts(conn, campaign_id),
+            "runs": [
+                {**r, **progress.run_progress(conn, r["id"], stuck)}
+                for r in recent_runs(conn, campaign_id)
+            ],
+        }
+
+
+def run_now(engine: sa.Engine, campaign_id: str, today: date | None = None) -> CampaignRun:
+    """Record today's run of the campaign now (`record_run`); the campaign-run sensor
+    launches its `dispatched_batches` partition on its next tick. A campaign past its end,
+    or one that cannot run, is a `Conflict`."""
+    campaign_id = as_uuid(campaign_id, "campaign_id")
+    run_date = today or datetime.now(UTC).date()
+    with engine.begin() as conn:
+        campaign = require_campaign(conn, campaign_id)
+        if campaign.end_at is not None and datetime.now(UTC) > campaign.end_at:
+            raise Conflict(f"campaign {campaign_id} ended at {campaign.end_at.isoformat()}")
+        try:
+            return record_run(conn, campaign_id, run_date)
+        except CannotRun as error:
+            raise Conflict(str(error)) from None

@@ -1,4 +1,11 @@
-"""Typed data access for organisations, templates, generators, campaigns and audiences."""
+"""Campaigns and their audiences: typed data access for them (and for the organisations,
+templates and generators they are made from), the one place that writes a campaign's
+status (`set_campaign_status`, along the moves of `resources.status`), and what an operator
+does to a campaign before it runs: create it, import and list its audience, check its
+readiness and approve it.
+
+Bad input raises `InvalidInput` listing every problem, a missing campaign `NotFound`, a
+refused status change `Conflict`."""
 
 from __future__ import annotations
 
@@ -12,7 +19,22 @@ from uuid import UUID
 import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
-from resources.status import campaign_sources, member_sources
+from resources import contact_csv, recurrence
+from resources import templates as meta_templates
+from resources.errors import Conflict, InvalidInput, NotFound
+from resources.fields import (
+    MAX_PAGE,
+    as_uuid,
+    constraint,
+    phone_number_id_problems,
+    required,
+    timestamp,
+    wrong_types,
+)
+from resources.readiness import NotReady, Report
+from resources.readiness import check as check_readiness
+from resources.settings import is_production
+from resources.status import MEMBER_MOVES, campaign_sources, member_sources
 
 
 class InvalidTransition(RuntimeError):
@@ -194,6 +216,30 @@ def get_campaign(conn: sa.Connection, campaign_id: UUID | str) -> Campaign | Non
     return Campaign(**row._mapping) if row else None
 
 
+def current_status(conn: sa.Connection, campaign_id: UUID | str, lock: bool = False) -> str | None:
+    """The campaign's status now, or None if there is no such campaign; with `lock`, the
+    row stays locked until the transaction ends, so the status cannot change under it."""
+    return conn.execute(
+        sa.text("SELECT status FROM campaigns WHERE id = :c" + (" FOR UPDATE" if lock else "")),
+        {"c": campaign_id},
+    ).scalar_one_or_none()
+
+
+def paused_from(conn: sa.Connection, campaign_id: UUID | str) -> str | None:
+    """The status a paused campaign was paused in (None when it is not paused)."""
+    return conn.execute(
+        sa.text("SELECT paused_from FROM campaigns WHERE id = :c"), {"c": campaign_id}
+    ).scalar_one()
+
+
+def set_paused_from(conn: sa.Connection, campaign_id: UUID | str, status: str | None) -> None:
+    """Remember the status a campaign is paused in, for its resume (None once resumed)."""
+    conn.execute(
+        sa.text("UPDATE campaigns SET paused_from = :s WHERE id = :c"),
+        {"s": status, "c": campaign_id},
+    )
+
+
 def set_campaign_status(
     conn: sa.Connection, campaign_id: UUID | str, status: str, reason: str | None = None
 ) -> None:
@@ -212,6 +258,27 @@ def set_campaign_status(
         raise InvalidTransition(
             f"campaign {campaign_id}: cannot move from {current or 'missing'} to {status}"
         )
+
+
+def set_campaigns_status(
+    conn: sa.Connection, campaign_ids: Iterable[UUID], status: str, reason: str | None = None
+) -> list[UUID]:
+    """Move each of these campaigns still in a source state of `status` (a set-based
+    `set_campaign_status` for the ones a caller selected and locked); returns those moved."""
+    return list(
+        conn.execute(
+            sa.text(
+                "UPDATE campaigns SET status = :s, status_reason = :r"
+                " WHERE id = ANY(:ids) AND status = ANY(:sources) RETURNING id"
+            ),
+            {
+                "s": status,
+                "r": reason,
+                "ids": list(campaign_ids),
+                "sources": campaign_sources(status),
+            },
+        ).scalars()
+    )
 
 
 def set_member_status(
@@ -238,3 +305,220 @@ def audience_counts(conn: sa.Connection, campaign_id: UUID | str) -> dict[str, i
         {"c": campaign_id},
     )
     return {status: count for status, count in rows}
+
+
+def campaign_row(conn: sa.Connection, campaign_id: UUID | str) -> dict[str, Any] | None:
+    """The campaign's fields an operator reads, or None."""
+    row = (
+        conn.execute(
+            sa.text(
+                "SELECT id::text, organisation_id::text, name, status, status_reason, recurrence,"
+                " start_at, end_at, message_type, template_id FROM campaigns WHERE id = :c"
+            ),
+            {"c": campaign_id},
+        )
+        .mappings()
+        .one_or_none()
+    )
+    return dict(row) if row else None
+
+
+def audience_page(
+    conn: sa.Connection, campaign_id: UUID | str, status: str | None, limit: int, after: str
+) -> list[dict[str, Any]]:
+    """Up to `limit` members after the member id `after`, in id order (only those in
+    `status` if given)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT id::text, msisdn, name, attributes, status, last_error, generated_asset_urls,"
+            " status_changed_at FROM campaign_audience"
+            " WHERE campaign_id = :c AND id > CAST(:after AS uuid)"
+            " AND (CAST(:s AS text) IS NULL OR status = :s) ORDER BY id LIMIT :n"
+        ),
+        {"c": campaign_id, "after": after, "s": status, "n": limit},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def holds_number(conn: sa.Connection, organisation_id: UUID | str, phone_number_id: str) -> bool:
+    """Whether the phone number ID is one of the organisation's."""
+    return bool(
+        conn.execute(
+            sa.text(
+                "SELECT 1 FROM phone_numbers WHERE phone_number_id = :p AND organisation_id = :o"
+            ),
+            {"p": phone_number_id, "o": organisation_id},
+        ).scalar()
+    )
+
+
+# -- What an operator does to a campaign: create it, fill its audience, approve it ----------
+
+MESSAGE_TYPES = ("template", "text", "image", "video", "document", "audio")
+MEMBER_STATUSES = tuple(MEMBER_MOVES)
+FIRST_MEMBER = "00000000-0000-0000-0000-000000000000"
+
+
+def require_campaign(conn: sa.Connection, campaign_id: str) -> Campaign:
+    """The campaign, or `NotFound`."""
+    campaign = get_campaign(conn, campaign_id)
+    if campaign is None:
+        raise NotFound(f"campaign {campaign_id} does not exist")
+    return campaign
+
+
+def create_draft(engine: sa.Engine, data: dict[str, Any]) -> str:
+    """A draft campaign from an operator's fields; returns its id. Every bad field is
+    listed (`InvalidInput`), and so is a template or phone number ID of another
+    organisation."""
+    errors = required(data, "organisation_id", "name", "message_type") + phone_number_id_problems(
+        data
+    )
+    errors += wrong_types(
+        data,
+        texts=("organisation_id", "name", "message_type", "message_content", "media_caption"),
+        ids=("template_id",),
+    )
+    message_type = data.get("message_type")
+    if message_type and message_type not in MESSAGE_TYPES:
+        errors.append(
+            {"field": "message_type", "error": f"must be one of {', '.join(MESSAGE_TYPES)}"}
+        )
+    if message_type == "template":
+        errors += required(data, "template_id")
+    if message_type == "text":
+        errors += required(data, "message_content")
+    if data.get("recurrence", "once") not in recurrence.RECURRENCES:
+        errors.append(
+            {"field": "recurrence", "error": f"must be one of {', '.join(recurrence.RECURRENCES)}"}
+        )
+    start_at = timestamp(data, "start_at", errors)
+    end_at = timestamp(data, "end_at", errors)
+    if start_at and end_at and end_at < start_at:
+        errors.append({"field": "end_at", "error": "must not be before start_at"})
+    if errors:
+        raise InvalidInput(errors)
+    organisation = as_uuid(data["organisation_id"], "organisation_id")
+    with engine.begin() as conn:
+        if (
+            data.get("template_id") is not None
+            and meta_templates.organisation_of_template(conn, data["template_id"]) != organisation
+        ):
+            raise InvalidInput(
+                [{"field": "template_id", "error": "no such template in this organisation"}]
+            )
+        if data.get("phone_number_id") not in (None, "") and not holds_number(
+            conn, organisation, str(data["phone_number_id"])
+        ):
+            raise InvalidInput(
+                [{"field": "phone_number_id", "error": "no such phone number in this organisation"}]
+            )
+        try:
+            campaign = create_campaign(
+                conn,
+                organisation,
+                data["name"],
+                message_type=message_type,
+                template_id=data.get("template_id"),
+                message_content=data.get("message_content"),
+                media_caption=data.get("media_caption"),
+                recurrence=data.get("recurrence", "once"),
+                start_at=start_at,
+                end_at=end_at,
+                phone_number_id=data.get("phone_number_id"),
+            )
+        except sa.exc.IntegrityError as error:
+            raise InvalidInput([{"field": "campaign", "error": constraint(error)}]) from None
+    return str(campaign)
+
+
+def import_audience(engine: sa.Engine, campaign_id: str, text: str) -> dict[str, int]:
+    """Add members to a campaign that is still a draft (numbers normalised, repeats refused).
+
+    Counts are for the whole file, as the contacts import's: `imported` rows, of which
+    `created` new members and `already_present` members the campaign already had."""
+    campaign_id = as_uuid(campaign_id, "campaign_id")
+    try:
+        rows = contact_csv.parse(text)
+    except contact_csv.InvalidCSV as error:
+        raise InvalidInput(error.errors) from None
+    with engine.begin() as conn:
+        # An approval under way (it locks the campaign) checks every member: wait for it.
+        conn.execute(sa.text("SELECT 1 FROM campaigns WHERE id = :c FOR SHARE"), {"c": campaign_id})
+        campaign = require_campaign(conn, campaign_id)
+        if campaign.status != "draft":
+            raise Conflict(
+                f"campaign {campaign_id} is {campaign.status}; audiences change only while it is a draft"
+            )
+        added = add_audience(
+            conn, campaign_id, [Member(r.phone, r.name, r.attributes) for r in rows]
+        )
+    return {"imported": len(rows), "created": added, "already_present": len(rows) - added}
+
+
+def list_audience(
+    engine: sa.Engine,
+    campaign_id: str,
+    status: str | None = None,
+    limit: int = 100,
+    after: str | None = None,
+) -> dict[str, Any]:
+    """One page of members in id order; pass `next_after` back as `after` for the next page."""
+    campaign_id = as_uuid(campaign_id, "campaign_id")
+    errors = []
+    if status is not None and status not in MEMBER_STATUSES:
+        errors.append({"field": "status", "error": f"must be one of {', '.join(MEMBER_STATUSES)}"})
+    if not 1 <= limit <= MAX_PAGE:
+        errors.append({"field": "limit", "error": f"must be between 1 and {MAX_PAGE}"})
+    if errors:
+        raise InvalidInput(errors)
+    after = as_uuid(after, "after") if after else FIRST_MEMBER
+    with engine.connect() as conn:
+        require_campaign(conn, campaign_id)
+        items = audience_page(conn, campaign_id, status, limit, after)
+    return {"items": items, "next_after": items[-1]["id"] if len(items) == limit else None}
+
+
+def approve(engine: sa.Engine, campaign_id: str) -> Report:
+    """`draft → approved`, only for a campaign that can send what it is meant to: its
+    template is approvable (`_template_approvable`) and `resources.readiness` finds no
+    problem, else `NotReady` lists them and nothing changes. Returns the readiness report
+    (its warnings, e.g. a check that could not be made)."""
+    campaign_id = as_uuid(campaign_id, "campaign_id")
+    with engine.begin() as conn:
+        campaign = require_campaign(conn, campaign_id)
+        try:
+            # Also locks the campaign: an audience import waits until this commits.
+            set_campaign_status(conn, campaign_id, "approved")
+        except InvalidTransition as error:
+            raise Conflict(str(error)) from None
+        _template_approvable(conn, campaign.template_id)
+        report = check_readiness(conn, campaign_id, is_production())
+        if report is None:
+            raise NotFound(f"campaign {campaign_id} does not exist")
+        if not report.ready:
+            raise NotReady(report)
+    return report
+
+
+def readiness_of(engine: sa.Engine, campaign_id: str) -> Report:
+    """What approval checks, now, without approving or changing anything."""
+    campaign_id = as_uuid(campaign_id, "campaign_id")
+    with engine.connect() as conn:
+        report = check_readiness(conn, campaign_id, is_production())
+    if report is None:
+        raise NotFound(f"campaign {campaign_id} does not exist")
+    return report
+
+
+def _template_approvable(conn: sa.Connection, template_id: int | None) -> None:
+    """A template campaign is approved only on a template Meta has APPROVED (in development,
+    also one declared approved locally) whose parameters fit Meta's components."""
+    if template_id is None:
+        return
+    refusal = meta_templates.approval_refusal(conn, template_id, is_production())
+    if refusal is None:
+        return
+    if refusal.kind == "conflict":
+        raise Conflict("; ".join(refusal.reasons))
+    raise InvalidInput([{"field": "template", "error": reason} for reason in refusal.reasons])

@@ -15,6 +15,7 @@ and the dispatch and the sender's claim follow it.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,8 +23,13 @@ from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
+from psycopg2.extras import execute_values
 
-from resources import contact_identity
+from resources import contact_csv, contact_identity
+from resources.errors import InvalidInput, NotFound
+from resources.fields import as_uuid
+from resources.organisations import require_organisation
+from resources.phone import InvalidPhoneNumber, to_e164
 
 log = logging.getLogger(__name__)
 
@@ -328,3 +334,129 @@ def marketing_stopped(
         message_id,
         "" if changed else " (no change)",
     )
+
+
+# -- What an operator does: import contacts, look them up, change their consent --------
+
+
+CSV_CANNOT_OPT_IN = (
+    "opted_out=false not applied: the contact opted out of campaign messages and a CSV cannot"
+    " opt anyone back in (the customer sends START, or the consent API is called with who and"
+    " why); the rest of the line was imported"
+)
+
+
+def import_contacts(engine: sa.Engine, organisation_id: str, text: str) -> dict[str, Any]:
+    """Create or update the organisation's contacts: name, attributes merged, opt-outs.
+
+    The `opted_out` column can opt contacts out (consent source `csv`), never back in: a
+    missing column or an empty cell leaves consent as it is, and `false` on a contact who
+    opted out is not applied but listed in `not_applied` with its line. The counts are for
+    the whole file."""
+    organisation_id = as_uuid(organisation_id, "organisation_id")
+    try:
+        rows = contact_csv.parse(text, allow_opt_out=True)
+    except contact_csv.InvalidCSV as error:
+        raise InvalidInput(error.errors) from None
+    with engine.begin() as conn:
+        require_organisation(conn, organisation_id)
+        cursor = conn.connection.dbapi_connection.cursor()
+        upserted = execute_values(
+            cursor,
+            "INSERT INTO contacts (organisation_id, phone, name, attributes)"
+            " VALUES %s ON CONFLICT (organisation_id, phone) DO UPDATE SET"
+            " name = COALESCE(EXCLUDED.name, contacts.name),"
+            " attributes = contacts.attributes || EXCLUDED.attributes"
+            " RETURNING phone, id, (xmax = 0) AS created, opted_out",
+            [(organisation_id, r.phone, r.name, json.dumps(r.attributes)) for r in rows],
+            template="(%s, %s, %s, %s::jsonb)",
+            page_size=1000,
+            fetch=True,
+        )
+        contacts = {
+            phone: (contact_id, created, out) for phone, contact_id, created, out in upserted
+        }
+        not_applied = [
+            {"line": r.line, "phone": r.phone, "error": CSV_CANNOT_OPT_IN}
+            for r in rows
+            if r.opted_out is False and contacts[r.phone][2]
+        ]
+        opted_out = record_many(
+            conn,
+            [contacts[r.phone][0] for r in rows if r.opted_out],
+            "campaigns",
+            True,
+            "csv",
+            reason="contacts CSV import",
+        )
+    created = sum(1 for _, was_created, _ in contacts.values() if was_created)
+    return {
+        "imported": len(rows),
+        "created": created,
+        "updated": len(rows) - created,
+        "opted_out": len(opted_out),
+        "not_applied": not_applied,
+    }
+
+
+def look_up_contacts(
+    engine: sa.Engine,
+    organisation_id: str,
+    phone: str | None = None,
+    user_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """The organisation's contacts with this phone (any form with its country code) or
+    business-scoped user id, each with both consent facts and the history, newest first."""
+    organisation_id = as_uuid(organisation_id, "organisation_id")
+    if not phone and not user_id:
+        raise InvalidInput([{"field": "phone", "error": "give phone (E.164) or user_id"}])
+    if phone:
+        try:
+            phone = to_e164(phone)
+        except InvalidPhoneNumber as error:
+            raise InvalidInput([{"field": "phone", "error": str(error)}]) from None
+    with engine.connect() as conn:
+        require_organisation(conn, organisation_id)
+        return find_contacts(conn, organisation_id, phone, user_id or None)
+
+
+def set_consent(
+    engine: sa.Engine, organisation_id: str, contact_id: int, data: dict[str, Any]
+) -> dict[str, Any]:
+    """An operator's explicit opt-out or opt-in (consent source `api`): who (`by`) and why
+    (`reason`) are required and kept in the history. Answers the contact with its state,
+    history and whether this call changed it (a call that changes nothing is not recorded)."""
+    organisation_id = as_uuid(organisation_id, "organisation_id")
+    errors = []
+    if data.get("scope") not in SCOPES:
+        errors.append({"field": "scope", "error": f"must be one of {', '.join(SCOPES)}"})
+    if not isinstance(data.get("opted_out"), bool):
+        errors.append({"field": "opted_out", "error": "must be true or false"})
+    for name, longest in (("by", 200), ("reason", 1000)):
+        value = data.get(name)
+        if not isinstance(value, str) or not value.strip():
+            errors.append({"field": name, "error": "is required"})
+        elif len(value) > longest:
+            errors.append({"field": name, "error": f"must be at most {longest} characters"})
+    if errors:
+        raise InvalidInput(errors)
+    with engine.begin() as conn:
+        require_organisation(conn, organisation_id)
+        owner = conn.execute(
+            sa.text("SELECT organisation_id::text FROM contacts WHERE id = :c"),
+            {"c": contact_id},
+        ).scalar_one_or_none()
+        if owner != organisation_id:
+            raise NotFound(f"contact {contact_id} does not exist in organisation {organisation_id}")
+        changed = record(
+            conn,
+            Change(
+                contact_id,
+                data["scope"],
+                data["opted_out"],
+                "api",
+                actor=data["by"].strip(),
+                reason=data["reason"].strip(),
+            ),
+        )
+        return {**describe(conn, contact_id), "changed": changed}

@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from resources.campaign_admin import InvalidInput, NotFound
+from resources.errors import InvalidInput, NotFound
 
 SERVICE_WINDOW = timedelta(hours=24)
 MAX_PAGE = 200

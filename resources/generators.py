@@ -24,7 +24,8 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from resources import campaigns, settings
-from resources.campaign_admin import InvalidInput, NotFound, is_id
+from resources.errors import InvalidInput, NotFound
+from resources.fields import is_id
 from resources.sandbox.isolation import SandboxUnavailable
 from resources.sandbox.pool import Limits, MemberInput, run_sample
 

@@ -36,6 +36,7 @@ import sqlalchemy as sa
 
 from resources import templates as meta_templates
 from resources.asset_kinds import ASSET_KINDS, MEDIA_MESSAGE_TYPES
+from resources.errors import InvalidInput
 from resources.phone import E164_PATTERN
 
 # Members named per problem in an answer.
@@ -553,3 +554,13 @@ def _run_member_checks(conn: sa.Connection, campaign_id: str, found: _Checks) ->
         for i, failed, first in rows
         if failed
     ]
+
+
+class NotReady(InvalidInput):
+    """The campaign cannot send what it is meant to: every problem with its count and first
+    members in `report`; the message holds counts only."""
+
+    def __init__(self, report: Report) -> None:
+        ValueError.__init__(self, report.summary())
+        self.report = report
+        self.errors = [p.as_dict() for p in report.problems]

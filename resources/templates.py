@@ -954,3 +954,60 @@ def counts_by_status(conn: sa.Connection) -> dict[str, int]:
     return dict(
         conn.execute(sa.text("SELECT status, count(*) FROM templates GROUP BY status")).all()
     )
+
+
+def template_row(conn: sa.Connection, template_id: int) -> dict[str, Any] | None:
+    """The template's row as the operator API shows it, or None."""
+    row = (
+        conn.execute(
+            sa.text(
+                "SELECT id, organisation_id::text, name, language, category, message_type, body,"
+                " parameters, status, status_reason, origin, meta_template_id, quality_score,"
+                " rejected_reason, header_format, body_parameters, buttons, config_problems,"
+                " synced_at FROM templates WHERE id = :id"
+            ),
+            {"id": template_id},
+        )
+        .mappings()
+        .one_or_none()
+    )
+    return dict(row) if row else None
+
+
+def template_ids(conn: sa.Connection, organisation_id: str | None) -> list[int]:
+    """Every template's id (or only the organisation's), in order."""
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT id FROM templates"
+                " WHERE CAST(:o AS uuid) IS NULL OR organisation_id = CAST(:o AS uuid) ORDER BY id"
+            ),
+            {"o": organisation_id},
+        ).scalars()
+    )
+
+
+# The template's fields an operator may set, and their column types.
+OPERATOR_FIELDS = {
+    "body": "text",
+    "parameters": "jsonb",
+    "status": "text",
+    "category": "text",
+    "message_type": "text",
+}
+
+
+def set_template_field(conn: sa.Connection, template_id: int, name: str, value: Any) -> None:
+    """Set one of `OPERATOR_FIELDS`; the database's constraints may refuse the value."""
+    cast = OPERATOR_FIELDS[name]
+    conn.execute(
+        sa.text(f"UPDATE templates SET {name} = CAST(:v AS {cast}) WHERE id = :id"),
+        {"v": json.dumps(value) if cast == "jsonb" else value, "id": template_id},
+    )
+
+
+def organisation_of_template(conn: sa.Connection, template_id: int) -> str | None:
+    """The organisation the template belongs to, or None if there is no such template."""
+    return conn.execute(
+        sa.text("SELECT organisation_id::text FROM templates WHERE id = :t"), {"t": template_id}
+    ).scalar_one_or_none()

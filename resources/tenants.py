@@ -19,7 +19,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources.campaign_admin import InvalidInput, NotFound
+from resources.errors import InvalidInput, NotFound
 
 TOKEN_PREFIX = "waf_"
 _HINT_LENGTH = len(TOKEN_PREFIX) + 6

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from resources import settings
-from resources.campaign_admin import InvalidInput
+from resources.errors import InvalidInput
 
 BATCH = 5000
 

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from assets_defs.dispatch.dispatcher import Dispatch
 from assets_defs.dispatch.sensors import plan_tick
-from resources import campaign_admin, campaign_control, consent
+from resources import campaign_control, campaign_runs, consent, errors, organisations
 from resources.campaigns import Member
 from resources.queue import SQSResource
 from resources.storage import S3Storage
@@ -77,20 +77,20 @@ def test_pause_during_sending_holds_the_rest_and_resume_sends_each_once(engine, 
         counts = statuses(engine, run)
         assert counts["sent"] < 40 and counts["sent"] + counts["pending"] == 40
         assert len(graph.requests) == counts["sent"]
-        [progress] = campaign_admin.campaign_status(engine, run.campaign_id)["runs"]
+        [progress] = campaign_runs.campaign_progress(engine, run.campaign_id)["runs"]
         assert progress["messages"]["held"] == counts["pending"]
         assert progress["waiting"] == [{"reason": "paused", "messages": counts["pending"]}]
         assert progress["estimated_finish_at"] is None  # until someone resumes it
 
         campaign_control.resume(engine, run.campaign_id, {"by": "ops@example.com"})
-        with pytest.raises(campaign_control.Conflict, match="not paused"):
+        with pytest.raises(errors.Conflict, match="not paused"):
             campaign_control.resume(engine, run.campaign_id, {})
         wait_for(lambda: statuses(engine, run) == {"sent": 40}, timeout=90)
     finally:
         worker.stop()
         thread.join(timeout=60)
     _sent_once(graph, run, 40)
-    assert campaign_admin.campaign_status(engine, run.campaign_id)["status"] == "running"
+    assert campaign_runs.campaign_progress(engine, run.campaign_id)["status"] == "running"
 
 
 def test_cancel_during_sending_cancels_the_unsent_and_drops_queued_payloads(engine, sqs, graph):
@@ -114,7 +114,7 @@ def test_cancel_during_sending_cancels_the_unsent_and_drops_queued_payloads(engi
     cancelled = row(engine, run.message_ids[-1])
     assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
     assert cancelled.status_reason == "cancelled by ops@example.com: wrong offer"
-    with pytest.raises(campaign_control.Conflict, match="already cancelled"):
+    with pytest.raises(errors.Conflict, match="already cancelled"):
         campaign_control.cancel(engine, run.campaign_id, {})
 
 
@@ -295,7 +295,7 @@ def test_a_campaign_held_by_its_messaging_limit_says_so_and_a_raise_lets_the_res
     worker, thread = start(engine, sqs, client_for(graph.url))
     try:
         wait_for(lambda: statuses(engine, run).get("sent") == 10 and _quiet(engine, sqs, run))
-        [progress] = campaign_admin.campaign_status(engine, run.campaign_id)["runs"]
+        [progress] = campaign_runs.campaign_progress(engine, run.campaign_id)["runs"]
         assert progress["messages"]["sent"] == 10 and progress["messages"]["held"] == 20
         [limit] = [w for w in progress["waiting"] if w["reason"] == "messaging_limit"]
         assert (limit["messages"], limit["messaging_limit"], limit["counted_in_window"]) == (
@@ -308,7 +308,7 @@ def test_a_campaign_held_by_its_messaging_limit_says_so_and_a_raise_lets_the_res
         assert datetime.fromisoformat(progress["estimated_finish_at"]) >= frees_at
         assert len(graph.requests) == 10
 
-        campaign_admin.update_organisation(
+        organisations.update_organisation(
             engine,
             run.organisation_id,
             {"messaging_limit": 2000, "by": "ops", "reason": "WhatsApp granted 2K"},
@@ -318,5 +318,5 @@ def test_a_campaign_held_by_its_messaging_limit_says_so_and_a_raise_lets_the_res
         worker.stop()
         thread.join(timeout=60)
     _sent_once(graph, run, 30)
-    [progress] = campaign_admin.campaign_status(engine, run.campaign_id)["runs"]
+    [progress] = campaign_runs.campaign_progress(engine, run.campaign_id)["runs"]
     assert progress["waiting"] == [] and progress["estimated_finish_at"] is None

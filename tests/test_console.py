@@ -11,8 +11,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from resources import campaign_admin as admin
-from resources import campaigns, generators, tenants
+from resources import campaigns, generators, operator_templates, organisations, tenants
 from tests import payloads as p
 from tests.webhook_support import (
     add_organisation,
@@ -22,6 +21,7 @@ from tests.webhook_support import (
     wait_until,
     webhook_client,
 )
+from webhook_app import campaign_answers
 
 SCRIPT = "<script>alert('pwned')</script>"
 ESCAPED = "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;"
@@ -187,13 +187,13 @@ def test_another_organisations_conversation_campaign_and_template_are_out_of_rea
     client, engine, token
 ):
     conversation = _hostile_conversation(client, engine)
-    other = admin.create_organisation(
+    other = organisations.create_organisation(
         engine, {"name": "Other", "phone_number_id": "555001", "waba_id": "555002"}
     )
-    template = admin.create_template(
+    template = operator_templates.create_template(
         engine, {"organisation_id": other["id"], "name": "theirs", "parameters": []}
     )
-    campaign = admin.create_campaign(
+    campaign = campaign_answers.created_campaign(
         engine,
         {
             "organisation_id": other["id"],
@@ -222,10 +222,10 @@ def test_another_organisations_conversation_campaign_and_template_are_out_of_rea
 def test_campaigns_show_their_funnel_and_pause_resume_and_cancel(
     client, engine, organisation, token
 ):
-    template = admin.create_template(
+    template = operator_templates.create_template(
         engine, {"organisation_id": str(organisation), "name": "promo", "parameters": []}
     )
-    campaign = admin.create_campaign(
+    campaign = campaign_answers.created_campaign(
         engine,
         {
             "organisation_id": str(organisation),
@@ -234,7 +234,7 @@ def test_campaigns_show_their_funnel_and_pause_resume_and_cancel(
             "template_id": template["id"],
         },
     )
-    admin.import_audience(engine, campaign["id"], "phone,name\n+12025550100,Cy\n")
+    campaigns.import_audience(engine, campaign["id"], "phone,name\n+12025550100,Cy\n")
     with engine.begin() as conn:
         campaigns.set_campaign_status(conn, campaign["id"], "approved")
     csrf = sign_in(client, token)
@@ -253,7 +253,7 @@ def test_campaigns_show_their_funnel_and_pause_resume_and_cancel(
 def test_templates_show_generator_versions_their_source_and_a_preview(
     client, engine, organisation, token
 ):
-    template = admin.create_template(
+    template = operator_templates.create_template(
         engine, {"organisation_id": str(organisation), "name": "card", "parameters": []}
     )
     first = generators.publish(engine, template["id"], GENERATOR, "card.py", "first <cut>")

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
-from resources.campaign_admin import CSV_CANNOT_OPT_IN
+from resources.consent import CSV_CANNOT_OPT_IN
 from tests import payloads as p
 from tests.webhook_support import ADMIN, post, rows, scalar, wait_until, webhook_client
 from webhook_app.app import app

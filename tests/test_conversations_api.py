@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from resources import campaign_admin as admin
+from resources import operator_templates
 from tests import payloads as p
 from tests.webhook_support import (
     ADMIN,
@@ -167,7 +167,7 @@ def test_an_operator_finds_the_flagged_customer_reads_the_transcript_and_takes_o
         assert _ids(client, needs_human="true") == [] and _ids(client, taken_over="true") == []
 
         # Outside the window only a template goes, filled from the contact.
-        admin.create_template(
+        operator_templates.create_template(
             engine,
             {
                 "organisation_id": str(organisation),

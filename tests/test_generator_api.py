@@ -10,9 +10,9 @@ import textwrap
 import pytest
 from starlette.testclient import TestClient
 
-from resources import campaign_admin as admin
-from resources import generators
+from resources import campaigns, generators, operator_templates, organisations
 from resources.sandbox.isolation import resolve
+from webhook_app import campaign_answers
 from webhook_app.app import app
 
 TOKEN = "generator-api-token"
@@ -45,8 +45,8 @@ def client(database_url, stack, monkeypatch):
 
 @pytest.fixture
 def template(engine) -> int:
-    organisation = admin.create_organisation(engine, {"name": "Shop"})["id"]
-    return admin.create_template(
+    organisation = organisations.create_organisation(engine, {"name": "Shop"})["id"]
+    return operator_templates.create_template(
         engine, {"organisation_id": organisation, "name": "offer", "parameters": []}
     )["id"]
 
@@ -108,7 +108,7 @@ def test_previews_of_a_version_a_campaigns_member_and_a_draft_that_never_returns
     url = f"/api/templates/{template}/generators"
     client.post(url, json={"source": CARD, "file_name": "offer.py"}, headers=AUTH)
     organisation = client.get(f"/api/templates/{template}", headers=AUTH).json()["organisation_id"]
-    campaign = admin.create_campaign(
+    campaign = campaign_answers.created_campaign(
         engine,
         {
             "organisation_id": organisation,
@@ -117,7 +117,7 @@ def test_previews_of_a_version_a_campaigns_member_and_a_draft_that_never_returns
             "template_id": template,
         },
     )["id"]
-    admin.import_audience(engine, campaign, "phone,name,offer\n+12025550107,Ana,2 for 1\n")
+    campaigns.import_audience(engine, campaign, "phone,name,offer\n+12025550107,Ana,2 for 1\n")
 
     ran = client.post(f"{url}/preview", json={"version": 1, "campaign_id": campaign}, headers=AUTH)
     assert ran.status_code == 200, ran.text

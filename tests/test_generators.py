@@ -11,8 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.cli import main
-from resources import campaign_admin as admin
-from resources import generators
+from resources import errors, generators, operator_templates, organisations
 from resources.sandbox.isolation import resolve
 from resources.sandbox.pool import png_size
 
@@ -59,8 +58,8 @@ needs_sandbox = pytest.mark.skipif(
 
 @pytest.fixture
 def template(engine) -> int:
-    organisation = admin.create_organisation(engine, {"name": "Shop"})["id"]
-    created = admin.create_template(
+    organisation = organisations.create_organisation(engine, {"name": "Shop"})["id"]
+    created = operator_templates.create_template(
         engine, {"organisation_id": organisation, "name": "offer", "parameters": []}
     )
     return created["id"]
@@ -95,9 +94,9 @@ def test_publishing_lists_and_rolling_back_and_forward(engine, template):
     assert generators.activate(engine, template, 2).active  # activating the active one: same
     assert stored(engine, template) == [(1, False), (2, True)]
 
-    with pytest.raises(admin.NotFound, match="no generator version 9"):
+    with pytest.raises(errors.NotFound, match="no generator version 9"):
         generators.activate(engine, template, 9)
-    with pytest.raises(admin.NotFound, match="template 999999 does not exist"):
+    with pytest.raises(errors.NotFound, match="template 999999 does not exist"):
         generators.publish(engine, 999999, GOOD, "offer.py", "")
     assert generators.get_version(engine, template, 1).as_dict()["source"] == GOOD
 
@@ -148,15 +147,15 @@ def test_a_source_over_the_size_limit_is_rejected_and_nothing_is_stored(
 
 
 def test_bad_fields_are_refused_by_name(engine, template):
-    with pytest.raises(admin.InvalidInput, match="file_name"):
+    with pytest.raises(errors.InvalidInput, match="file_name"):
         generators.publish(engine, template, GOOD, "../evil.py", "")
-    with pytest.raises(admin.InvalidInput, match="description"):
+    with pytest.raises(errors.InvalidInput, match="description"):
         generators.publish(engine, template, GOOD, "gen.py", ["not text"])
-    with pytest.raises(admin.InvalidInput, match="not both"):
+    with pytest.raises(errors.InvalidInput, match="not both"):
         generators.preview(engine, template, source=GOOD, version=1)
-    with pytest.raises(admin.InvalidInput, match=r"member\.attributes"):
+    with pytest.raises(errors.InvalidInput, match=r"member\.attributes"):
         generators.preview(engine, template, source=GOOD, member={"attributes": [1]})
-    with pytest.raises(admin.NotFound, match="no active generator"):
+    with pytest.raises(errors.NotFound, match="no active generator"):
         generators.preview(engine, template)
     assert stored(engine, template) == []
 

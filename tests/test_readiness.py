@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from pipelines.cli import main
-from resources import campaign_admin as admin
-from resources import campaigns, readiness
+from resources import campaign_runs, campaigns, readiness
+from webhook_app import campaign_answers
 from webhook_app.app import app
 
 TOKEN = "test-admin-token"
@@ -580,8 +580,8 @@ def test_100000_members_are_checked_in_the_database(engine):
         },
     }
 
-    with pytest.raises(admin.NotReady) as refused:
-        admin.approve_campaign(engine, str(big))
+    with pytest.raises(readiness.NotReady) as refused:
+        campaign_answers.approved_campaign(engine, str(big))
 
     report = refused.value.report
     assert report.members == members
@@ -598,7 +598,7 @@ def test_100000_members_are_checked_in_the_database(engine):
         ]
         assert len(listed) == min(len(numbers), readiness.FIRST_MEMBERS)
         assert set(listed) <= numbers, where
-    assert admin.campaign_status(engine, str(big))["status"] == "draft"
+    assert campaign_runs.campaign_progress(engine, str(big))["status"] == "draft"
 
 
 def test_audience_counts_are_for_the_whole_file(client, organisation, engine):

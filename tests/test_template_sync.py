@@ -14,13 +14,21 @@ import sqlalchemy as sa
 from assets_defs import templates as template_assets
 from pipelines.cli import main
 from pipelines.definitions import defs
-from resources import breakers, campaigns, settings, templates
-from resources import campaign_admin as admin
+from resources import (
+    breakers,
+    campaign_runs,
+    campaigns,
+    errors,
+    operator_templates,
+    settings,
+    templates,
+)
 from resources.postgres import PostgresResource
 from resources.whatsapp import WhatsAppClient, WhatsAppResource
 from tests.fake_graph import Failure
 from tests.template_payloads import WABA_ID, meta_template
 from tests.webhook_support import ADMIN, webhook_client
+from webhook_app import campaign_answers
 
 RATE_LIMITED = Failure(
     80008,
@@ -104,7 +112,7 @@ def table(result) -> list[dict]:
 
 
 def campaign_on(engine, organisation_id: str, template_id: int) -> str:
-    created = admin.create_campaign(
+    created = campaign_answers.created_campaign(
         engine,
         {
             "organisation_id": organisation_id,
@@ -113,7 +121,7 @@ def campaign_on(engine, organisation_id: str, template_id: int) -> str:
             "template_id": template_id,
         },
     )
-    admin.import_audience(engine, created["id"], "phone,name,offer\n+12025550100,Ana,20%\n")
+    campaigns.import_audience(engine, created["id"], "phone,name,offer\n+12025550100,Ana,20%\n")
     return created["id"]
 
 
@@ -266,7 +274,7 @@ def test_the_materialisation_shows_the_templates_and_the_check_fails_on_a_paused
         ("spring_sale", "APPROVED"),
         ("old_promo", "REJECTED"),
     }
-    template = admin.create_template(
+    template = operator_templates.create_template(
         engine,
         {
             "organisation_id": organisation,
@@ -276,7 +284,7 @@ def test_the_materialisation_shows_the_templates_and_the_check_fails_on_a_paused
         },
     )
     campaign = campaign_on(engine, organisation, template["id"])
-    assert admin.approve_campaign(engine, campaign)["status"] == "approved"
+    assert campaign_answers.approved_campaign(engine, campaign)["status"] == "approved"
 
     # Meta pauses the template while the campaign is active.
     graph.set_templates(
@@ -316,16 +324,18 @@ def test_a_body_parameter_count_that_differs_from_ours_is_refused_recorded_and_s
     sync(engine, graph, organisation)
     data = {"organisation_id": organisation, "name": "spring_sale", "language": "en_US"}
 
-    with pytest.raises(admin.InvalidInput) as refused:
-        admin.create_template(engine, {**data, "parameters": TWO_BODY[:1]})
+    with pytest.raises(errors.InvalidInput) as refused:
+        operator_templates.create_template(engine, {**data, "parameters": TWO_BODY[:1]})
     messages = [e["error"] for e in refused.value.errors]
     assert "body: Meta's template has 2 body parameters (1, 2); 1 configured" in messages, messages
     assert any("IMAGE header; configure one header parameter" in m for m in messages)
     video = {"type": "header", "valueType": "video", "source": "asset.video"}
-    with pytest.raises(admin.InvalidInput, match="header parameter is video but Meta's"):
-        admin.create_template(engine, {**data, "parameters": [video, *TWO_BODY]})
+    with pytest.raises(errors.InvalidInput, match="header parameter is video but Meta's"):
+        operator_templates.create_template(engine, {**data, "parameters": [video, *TWO_BODY]})
     image = {"type": "header", "valueType": "image", "source": "asset.image"}
-    template = admin.create_template(engine, {**data, "parameters": [image, *TWO_BODY]})
+    template = operator_templates.create_template(
+        engine, {**data, "parameters": [image, *TWO_BODY]}
+    )
     assert (template["origin"], template["config_problems"]) == ("meta", [])
     campaign_on(engine, organisation, template["id"])  # a draft uses it
 
@@ -339,16 +349,24 @@ def test_a_body_parameter_count_that_differs_from_ours_is_refused_recorded_and_s
     [row] = [r for r in table(result) if r["template"] == "spring_sale"]
     assert row["problems"] == "body: Meta's template has 3 body parameters (1, 2, 3); 2 configured"
     assert checks(result)["templates_fit_meta"] is False
-    assert admin.get_template(engine, template["id"])["config_problems"] == [row["problems"]]
+    assert operator_templates.get_template(engine, template["id"])["config_problems"] == [
+        row["problems"]
+    ]
 
-    with pytest.raises(admin.InvalidInput, match="3 body parameters"):
-        admin.update_template(engine, template["id"], {"parameters": [image, *TWO_BODY[:1]]})
+    with pytest.raises(errors.InvalidInput, match="3 body parameters"):
+        operator_templates.update_template(
+            engine, template["id"], {"parameters": [image, *TWO_BODY[:1]]}
+        )
     third = {"type": "body", "valueType": "text", "source": "literal:Sunday"}
-    fixed = admin.update_template(engine, template["id"], {"parameters": [image, *TWO_BODY, third]})
+    fixed = operator_templates.update_template(
+        engine, template["id"], {"parameters": [image, *TWO_BODY, third]}
+    )
     assert fixed["config_problems"] == []
     # What Meta decides is not ours to change.
-    with pytest.raises(admin.InvalidInput) as owned:
-        admin.update_template(engine, template["id"], {"status": "approved", "category": "utility"})
+    with pytest.raises(errors.InvalidInput) as owned:
+        operator_templates.update_template(
+            engine, template["id"], {"status": "approved", "category": "utility"}
+        )
     assert {e["field"] for e in owned.value.errors} == {"status", "category"}
 
 
@@ -356,7 +374,7 @@ def test_a_campaign_needs_an_approved_template_in_production(engine, graph, monk
     organisation = add_organisation(engine)
     graph.set_templates(WABA_ID, [meta_template("spring_sale", status="PAUSED")])
     sync(engine, graph, organisation)
-    template = admin.create_template(
+    template = operator_templates.create_template(
         engine,
         {
             "organisation_id": organisation,
@@ -368,34 +386,34 @@ def test_a_campaign_needs_an_approved_template_in_production(engine, graph, monk
     campaign = campaign_on(engine, organisation, template["id"])
 
     monkeypatch.setenv("APP_ENV", "production")
-    with pytest.raises(admin.Conflict, match="'spring_sale' \\(en_US\\) is PAUSED"):
-        admin.approve_campaign(engine, campaign)
+    with pytest.raises(errors.Conflict, match="'spring_sale' \\(en_US\\) is PAUSED"):
+        campaign_answers.approved_campaign(engine, campaign)
     # A template declared approved here, without Meta's word, is not enough in production.
     local_organisation = add_organisation(engine, None, "Local")
-    local = admin.create_template(
+    local = operator_templates.create_template(
         engine, {"organisation_id": local_organisation, "name": "hello", "parameters": []}
     )
     local_campaign = campaign_on(engine, local_organisation, local["id"])
-    with pytest.raises(admin.Conflict, match="only declared approved locally"):
-        admin.approve_campaign(engine, local_campaign)
-    assert admin.campaign_status(engine, local_campaign)["status"] == "draft"
+    with pytest.raises(errors.Conflict, match="only declared approved locally"):
+        campaign_answers.approved_campaign(engine, local_campaign)
+    assert campaign_runs.campaign_progress(engine, local_campaign)["status"] == "draft"
 
     monkeypatch.setenv("APP_ENV", "development")
-    assert admin.approve_campaign(engine, local_campaign)["status"] == "approved"
-    with pytest.raises(admin.Conflict, match="is PAUSED"):
-        admin.approve_campaign(engine, campaign)  # paused at Meta: refused here too
+    assert campaign_answers.approved_campaign(engine, local_campaign)["status"] == "approved"
+    with pytest.raises(errors.Conflict, match="is PAUSED"):
+        campaign_answers.approved_campaign(engine, campaign)  # paused at Meta: refused here too
 
     graph.set_templates(WABA_ID, [meta_template("spring_sale")])
     sync(engine, graph, organisation)
     monkeypatch.setenv("APP_ENV", "production")
-    assert admin.approve_campaign(engine, campaign)["status"] == "approved"
+    assert campaign_answers.approved_campaign(engine, campaign)["status"] == "approved"
 
 
 def test_a_template_whose_configuration_does_not_fit_meta_is_not_approved(engine, graph):
     organisation = add_organisation(engine)
     graph.set_templates(WABA_ID, [meta_template("spring_sale")])
     sync(engine, graph, organisation)
-    template = admin.create_template(
+    template = operator_templates.create_template(
         engine,
         {
             "organisation_id": organisation,
@@ -408,8 +426,8 @@ def test_a_template_whose_configuration_does_not_fit_meta_is_not_approved(engine
     graph.set_templates(WABA_ID, [meta_template("spring_sale", body="Hi {{1}}!")])
     assert sync(engine, graph, organisation).mismatched == 1
 
-    with pytest.raises(admin.InvalidInput) as refused:
-        admin.approve_campaign(engine, campaign)
+    with pytest.raises(errors.InvalidInput) as refused:
+        campaign_answers.approved_campaign(engine, campaign)
     [error] = refused.value.errors
     assert error["field"] == "template"
     assert "body: Meta's template has 1 body parameter (1); 2 configured" in error["error"]
@@ -422,14 +440,14 @@ def test_a_template_meta_does_not_have_is_refused_in_production_only(engine, gra
     data = {"organisation_id": organisation, "name": "made_up", "language": "en_US"}
 
     monkeypatch.setenv("APP_ENV", "production")
-    with pytest.raises(admin.InvalidInput) as refused:
-        admin.create_template(engine, data)
+    with pytest.raises(errors.InvalidInput) as refused:
+        operator_templates.create_template(engine, data)
     [error] = refused.value.errors
     assert error["field"] == "name"
     assert f"Meta has no template 'made_up' in language 'en_US' in WABA {WABA_ID}" in error["error"]
 
     monkeypatch.setenv("APP_ENV", "development")
-    created = admin.create_template(engine, data)
+    created = operator_templates.create_template(engine, data)
     assert (created["origin"], created["status"]) == ("local", "approved")
 
 

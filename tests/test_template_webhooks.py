@@ -13,8 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from assets_defs.dispatch.dispatcher import load_spec
-from resources import breakers, campaigns, templates
-from resources import campaign_admin as admin
+from resources import breakers, campaigns, operator_templates, templates
 from resources.whatsapp import WhatsAppClient
 from tests import template_payloads as tp
 from tests.sending import client_for, enqueue, make_run, payload, start, statuses, wait_for
@@ -201,7 +200,7 @@ def test_a_status_webhook_for_a_template_we_do_not_know_waits_for_it(engine, gra
     assert (event.template_id, event.outcome) == (found.id, "stale")
     assert found.status == "PAUSED" and result.breakers_opened
     # An operator creates the other one (development): the webhook applies to it.
-    created = admin.create_template(
+    created = operator_templates.create_template(
         engine, {"organisation_id": organisation, "name": "winter_sale", "language": "es"}
     )
     assert created["status"] == "APPROVED"

@@ -20,13 +20,12 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from pipelines.cli import main
-from resources import breakers, campaigns, generators, tenants
-from resources import campaign_admin as admin
+from resources import breakers, campaigns, generators, operator_templates, organisations, tenants
 from resources import campaign_control as control
 from resources.whatsapp import WhatsAppClient
 from tests import payloads as p
 from webhook_app import app as app_module
-from webhook_app import console
+from webhook_app import campaign_answers, console
 
 ADMIN_TOKEN = "tenants-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -59,15 +58,15 @@ class World:
 
 
 def _organisation(engine: sa.Engine, name: str, phone_number_id: str, waba_id: str) -> Organisation:
-    created = admin.create_organisation(
+    created = organisations.create_organisation(
         engine, {"name": name, "phone_number_id": phone_number_id, "waba_id": waba_id}
     )
     org = Organisation(created["id"], phone_number_id)
     org.token = tenants.create_token(engine, org.id, {"name": "operator console"})["token"]
-    org.template_id = admin.create_template(
+    org.template_id = operator_templates.create_template(
         engine, {"organisation_id": org.id, "name": "hello", "body": "Hello", "parameters": []}
     )["id"]
-    org.campaign_id = admin.create_campaign(
+    org.campaign_id = campaign_answers.created_campaign(
         engine,
         {
             "organisation_id": org.id,
@@ -77,7 +76,7 @@ def _organisation(engine: sa.Engine, name: str, phone_number_id: str, waba_id: s
             "phone_number_id": phone_number_id,
         },
     )["id"]
-    admin.import_audience(engine, org.campaign_id, f"phone,name\n{CUSTOMER},Ana\n")
+    campaigns.import_audience(engine, org.campaign_id, f"phone,name\n{CUSTOMER},Ana\n")
     with engine.begin() as conn:
         org.contact_id = conn.execute(
             sa.text("SELECT id FROM contacts WHERE organisation_id = :o AND phone = :p"),

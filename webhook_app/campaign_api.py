@@ -1,5 +1,7 @@
-"""The operator API for campaigns: thin HTTP handlers over `resources.campaign_admin`,
-which the CLI calls too.
+"""The operator API for campaigns: thin HTTP handlers over the operations of `resources`
+(`organisations`, `consent`, `operator_templates`, `campaigns`, `campaign_runs`,
+`campaign_control`), whose results `webhook_app.campaign_answers` turns into JSON; the CLI
+calls the same.
 
 Each route acts within one organisation (`webhook_app.auth`): with an organisation's token,
 a campaign, template or organisation of another one answers 404 exactly as one that does not
@@ -24,12 +26,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from resources import campaign_admin as admin
 from resources import campaign_control as control
-from resources import generators, templates, tenants
+from resources import (
+    campaigns,
+    consent,
+    generators,
+    operator_templates,
+    organisations,
+    templates,
+    tenants,
+)
+from resources.campaign_runs import campaign_progress
+from resources.errors import Conflict, InvalidInput, NotFound
 from resources.queue import SQSResource
+from resources.readiness import NotReady
 from webhook_app import bodies
+from webhook_app import campaign_answers as answers
 from webhook_app.auth import caller, requires_admin, requires_token
+from webhook_app.campaign_answers import jsonable
 
 
 @functools.cache
@@ -58,21 +72,21 @@ def operation(status_code: int = 200, platform: bool = False) -> Callable:
         @functools.wraps(handler)
         async def endpoint(request: Request) -> Response:
             try:
-                return JSONResponse(await handler(request), status_code=status_code)
-            except admin.NotReady as error:
+                return JSONResponse(jsonable(await handler(request)), status_code=status_code)
+            except NotReady as error:
                 return JSONResponse(
                     {"error": "campaign not ready", "detail": str(error), **error.report.as_dict()},
                     422,
                 )
-            except admin.InvalidInput as error:
+            except InvalidInput as error:
                 return JSONResponse({"error": "invalid input", "errors": error.errors}, 422)
             except bodies.BodyRefused as error:
                 errors = [{"field": "body", "error": str(error)}]
                 status = 413 if isinstance(error, bodies.BodyTooLarge) else 422
                 return JSONResponse({"error": "invalid input", "errors": errors}, status)
-            except admin.NotFound as error:
+            except NotFound as error:
                 return JSONResponse({"error": "not found", "detail": str(error)}, 404)
-            except admin.Conflict as error:
+            except Conflict as error:
                 return JSONResponse({"error": "conflict", "detail": str(error)}, 409)
             except generators.PreviewUnavailable as error:
                 return JSONResponse({"error": "unavailable", "detail": str(error)}, 503)
@@ -89,7 +103,7 @@ def _path(request: Request, name: str) -> str:
 def _within(request: Request, organisation_id: Any) -> None:
     """404 for an organisation the caller's token does not act for, as if it did not exist."""
     if not caller(request).sees(organisation_id):
-        raise admin.NotFound(f"organisation {organisation_id} does not exist")
+        raise NotFound(f"organisation {organisation_id} does not exist")
 
 
 def _organisation(request: Request) -> str:
@@ -116,7 +130,7 @@ async def _owned(request: Request, kind: Literal["campaign", "template"]) -> Any
     if caller(request).organisation_id is not None:
         owner = await run_in_threadpool(tenants.organisation_of, _engine(request), kind, object_id)
         if owner is None or not caller(request).sees(owner):
-            raise admin.NotFound(f"{kind} {object_id} does not exist")
+            raise NotFound(f"{kind} {object_id} does not exist")
     return object_id
 
 
@@ -147,7 +161,7 @@ async def create_organisation(request: Request) -> Any:
         description: the phone number ID or WABA id belongs to another organisation
     """
     return await run_in_threadpool(
-        admin.create_organisation, _engine(request), await _json(request)
+        organisations.create_organisation, _engine(request), await _json(request)
     )
 
 
@@ -177,7 +191,7 @@ async def upload_contacts(request: Request) -> Any:
     """
     text = await _csv(request)
     return await run_in_threadpool(
-        admin.import_contacts, _engine(request), _organisation(request), text
+        consent.import_contacts, _engine(request), _organisation(request), text
     )
 
 
@@ -198,7 +212,9 @@ async def list_templates(request: Request) -> Any:
     if organisation:
         _named_organisation(request, {"organisation_id": organisation})
     return await run_in_threadpool(
-        admin.list_templates, _engine(request), organisation or caller(request).organisation_id
+        operator_templates.list_templates,
+        _engine(request),
+        organisation or caller(request).organisation_id,
     )
 
 
@@ -227,7 +243,7 @@ async def create_template(request: Request) -> Any:
         description: invalid input; every bad field (or CSV line) is listed and nothing is changed
     """
     data = _named_organisation(request, await _json(request))
-    return await run_in_threadpool(admin.create_template, _engine(request), data)
+    return await run_in_threadpool(operator_templates.create_template, _engine(request), data)
 
 
 @operation(200)
@@ -244,7 +260,7 @@ async def get_template(request: Request) -> Any:
         description: no such object in the caller's organisation
     """
     return await run_in_threadpool(
-        admin.get_template, _engine(request), await _owned(request, "template")
+        operator_templates.get_template, _engine(request), await _owned(request, "template")
     )
 
 
@@ -271,7 +287,7 @@ async def update_template(request: Request) -> Any:
         description: no such object in the caller's organisation
     """
     return await run_in_threadpool(
-        admin.update_template,
+        operator_templates.update_template,
         _engine(request),
         await _owned(request, "template"),
         await _json(request),
@@ -301,7 +317,7 @@ async def create_campaign(request: Request) -> Any:
         description: invalid input; every bad field (or CSV line) is listed and nothing is changed
     """
     data = _named_organisation(request, await _json(request))
-    return await run_in_threadpool(admin.create_campaign, _engine(request), data)
+    return await run_in_threadpool(answers.created_campaign, _engine(request), data)
 
 
 @operation(200)
@@ -332,7 +348,7 @@ async def upload_audience(request: Request) -> Any:
     """
     text = await _csv(request)
     return await run_in_threadpool(
-        admin.import_audience, _engine(request), await _campaign(request), text
+        campaigns.import_audience, _engine(request), await _campaign(request), text
     )
 
 
@@ -354,7 +370,7 @@ async def approve_campaign(request: Request) -> Any:
         description: refused in the campaign's current status
     """
     return await run_in_threadpool(
-        admin.approve_campaign, _engine(request), await _campaign(request)
+        answers.approved_campaign, _engine(request), await _campaign(request)
     )
 
 
@@ -372,12 +388,12 @@ async def campaign_readiness(request: Request) -> Any:
         description: no such object in the caller's organisation
     """
     return await run_in_threadpool(
-        admin.campaign_readiness, _engine(request), await _campaign(request)
+        answers.campaign_readiness, _engine(request), await _campaign(request)
     )
 
 
 @operation(200)
-async def campaign_status(request: Request) -> Any:
+async def get_campaign_progress(request: Request) -> Any:
     """Status, audience and message counts, and each run's progress.
 
     ---
@@ -389,9 +405,7 @@ async def campaign_status(request: Request) -> Any:
       "404":
         description: no such object in the caller's organisation
     """
-    return await run_in_threadpool(
-        admin.campaign_status, _engine(request), await _campaign(request)
-    )
+    return await run_in_threadpool(campaign_progress, _engine(request), await _campaign(request))
 
 
 @operation(200)
@@ -416,9 +430,9 @@ async def list_audience(request: Request) -> Any:
     try:
         limit = int(query.get("limit", "100"))
     except ValueError:
-        raise admin.InvalidInput([{"field": "limit", "error": "must be a number"}]) from None
+        raise InvalidInput([{"field": "limit", "error": "must be a number"}]) from None
     return await run_in_threadpool(
-        admin.list_audience,
+        campaigns.list_audience,
         _engine(request),
         await _campaign(request),
         query.get("status"),
@@ -442,9 +456,7 @@ async def process_messages(request: Request) -> Any:
       "409":
         description: refused in the campaign's current status
     """
-    return await run_in_threadpool(
-        admin.process_messages, _engine(request), await _campaign(request)
-    )
+    return await run_in_threadpool(answers.recorded_run, _engine(request), await _campaign(request))
 
 
 @operation(200)
@@ -461,7 +473,7 @@ async def list_organisations(request: Request) -> Any:
         description: the organisations
     """
     return await run_in_threadpool(
-        admin.list_organisations,
+        organisations.list_organisations,
         _engine(request),
         request.query_params.get("phone_number_id") or None,
         caller(request).organisation_id,
@@ -495,7 +507,7 @@ async def update_organisation(request: Request) -> Any:
         description: the WABA id belongs to another organisation
     """
     return await run_in_threadpool(
-        admin.update_organisation,
+        organisations.update_organisation,
         _engine(request),
         _path(request, "organisation_id"),
         await _json(request),
@@ -595,7 +607,7 @@ async def account_history(request: Request) -> Any:
     """
     query = request.query_params
     return await run_in_threadpool(
-        admin.account_history,
+        organisations.account_history,
         _engine(request),
         _organisation(request),
         query.get("kind"),
@@ -623,7 +635,7 @@ async def find_contacts(request: Request) -> Any:
     """
     query = request.query_params
     return await run_in_threadpool(
-        admin.find_contacts,
+        consent.look_up_contacts,
         _engine(request),
         _organisation(request),
         query.get("phone"),
@@ -654,7 +666,7 @@ async def set_consent(request: Request) -> Any:
         description: no such object in the caller's organisation
     """
     return await run_in_threadpool(
-        admin.set_consent,
+        consent.set_consent,
         _engine(request),
         _organisation(request),
         request.path_params["contact_id"],
@@ -791,7 +803,7 @@ async def sync_templates(request: Request) -> Response:
         result = await run_in_threadpool(
             templates.sync_organisation, engine, request.app.state.webhook.client, organisation_id
         )
-    except (templates.NoSuchOrganisation, admin.NotFound) as error:
+    except (templates.NoSuchOrganisation, NotFound) as error:
         return JSONResponse({"error": "not found", "detail": str(error)}, 404)
     except (templates.NoWABA, templates.CannotReadMeta) as error:
         return JSONResponse({"error": "conflict", "detail": str(error)}, 409)
@@ -822,7 +834,7 @@ async def sqs_status(request: Request) -> Response:
         description: the queue is unreachable
     """
     try:
-        return JSONResponse(await run_in_threadpool(admin.queue_status, _sqs()))
+        return JSONResponse(await run_in_threadpool(answers.queue_depth, _sqs()))
     except (BotoCoreError, ClientError) as error:
         return JSONResponse(
             {"error": "queue unavailable", "detail": f"{type(error).__name__}: {error}"}, 503
@@ -847,7 +859,7 @@ routes = [
     Route("/api/campaigns/{campaign_id:uuid}/audience", list_audience, methods=["GET"]),
     Route("/api/campaigns/{campaign_id:uuid}/approve", approve_campaign, methods=["POST"]),
     Route("/api/campaigns/{campaign_id:uuid}/readiness", campaign_readiness, methods=["GET"]),
-    Route("/api/campaigns/{campaign_id:uuid}/status", campaign_status, methods=["GET"]),
+    Route("/api/campaigns/{campaign_id:uuid}/status", get_campaign_progress, methods=["GET"]),
     Route("/api/campaigns/{campaign_id:uuid}/process-messages", process_messages, methods=["POST"]),
     Route("/api/campaigns/{campaign_id:uuid}/pause", pause_campaign, methods=["POST"]),
     Route("/api/campaigns/{campaign_id:uuid}/resume", resume_campaign, methods=["POST"]),

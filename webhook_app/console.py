@@ -36,7 +36,8 @@ from resources import (
     settings,
     tenants,
 )
-from resources.campaign_admin import Conflict, InvalidInput, NotFound, get_template, list_templates
+from resources.errors import Conflict, InvalidInput, NotFound
+from resources.operator_templates import get_template, list_templates
 from webhook_app import bodies, operator_api
 from webhook_app.auth import Caller, identify_token
 

@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from resources import generators, tenants
-from resources.campaign_admin import InvalidInput, NotFound, is_id
+from resources.errors import InvalidInput, NotFound
+from resources.fields import is_id
 from webhook_app import bodies
 from webhook_app.auth import caller
 from webhook_app.campaign_api import operation

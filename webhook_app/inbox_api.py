@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from resources import webhook_history
-from resources.campaign_admin import InvalidInput
+from resources.errors import InvalidInput
 from webhook_app import bodies
 from webhook_app.campaign_api import operation
 

@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from resources import conversations
-from resources.campaign_admin import InvalidInput
+from resources.errors import InvalidInput
 from resources.phone import InvalidPhoneNumber, to_e164
 from resources.storage import S3Storage
 from webhook_app import bodies, outbound

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
 from resources import media_ready
-from resources.campaigns import set_campaign_status
+from resources.campaigns import current_status, set_campaign_status, set_campaigns_status
 from resources.sandbox.pool import Generator
 from resources.status import member_sources
 
@@ -55,15 +55,9 @@ def active_generator(conn: sa.Connection, campaign_id: str) -> Generator | None:
     return Generator(**row._mapping) if row else None
 
 
-def campaign_status(conn: sa.Connection, campaign_id: str) -> str | None:
-    return conn.execute(
-        sa.text("SELECT status FROM campaigns WHERE id = :c"), {"c": campaign_id}
-    ).scalar_one_or_none()
-
-
 def start_generation(conn: sa.Connection, campaign_id: str) -> None:
     """`approved → asset_generation` (a campaign the sensor moved, or resumed, is there already)."""
-    if campaign_status(conn, campaign_id) == "approved":
+    if current_status(conn, campaign_id) == "approved":
         set_campaign_status(conn, campaign_id, "asset_generation")
         conn.execute(
             sa.text("UPDATE campaigns SET asset_generation_started_at = now() WHERE id = :c"),
@@ -81,18 +75,8 @@ def start_generation(conn: sa.Connection, campaign_id: str) -> None:
 def approve_without_media(conn: sa.Connection, limit: int) -> list[UUID]:
     """Approved campaigns whose template has no active generator need no media:
     `approved → asset_generated`, members left `pending` for dispatch."""
-    return list(
-        conn.execute(
-            sa.text(
-                "UPDATE campaigns SET status = 'asset_generated', status_reason = NULL"
-                " WHERE id IN (SELECT c.id FROM campaigns c WHERE c.status = 'approved'"
-                "   AND NOT EXISTS (SELECT 1 FROM asset_generate_files g"
-                "     WHERE g.template_id = c.template_id AND g.is_active)"
-                "   ORDER BY c.updated_at LIMIT :n FOR UPDATE SKIP LOCKED)"
-                " AND status = 'approved' RETURNING id"
-            ),
-            {"n": limit},
-        ).scalars()
+    return set_campaigns_status(
+        conn, _approved(conn, limit, with_generator=False), "asset_generated"
     )
 
 
@@ -101,20 +85,34 @@ def begin_generation(conn: sa.Connection, limit: int) -> list[tuple[UUID, dateti
 
     Returns each campaign with the time its generation began, which names its run.
     """
+    started = set_campaigns_status(
+        conn, _approved(conn, limit, with_generator=True), "asset_generation"
+    )
     rows = conn.execute(
         sa.text(
-            "UPDATE campaigns SET status = 'asset_generation', status_reason = NULL,"
-            " asset_generation_status = 'pending', asset_generation_started_at = now(),"
-            " asset_generation_completed_at = NULL"
-            " WHERE id IN (SELECT c.id FROM campaigns c WHERE c.status = 'approved'"
-            "   AND EXISTS (SELECT 1 FROM asset_generate_files g"
-            "     WHERE g.template_id = c.template_id AND g.is_active)"
-            "   ORDER BY c.updated_at LIMIT :n FOR UPDATE SKIP LOCKED)"
-            " AND status = 'approved' RETURNING id, asset_generation_started_at"
+            "UPDATE campaigns SET asset_generation_status = 'pending',"
+            " asset_generation_started_at = now(), asset_generation_completed_at = NULL"
+            " WHERE id = ANY(:ids) RETURNING id, asset_generation_started_at"
         ),
-        {"n": limit},
+        {"ids": started},
     )
     return [(row.id, row.asset_generation_started_at) for row in rows]
+
+
+def _approved(conn: sa.Connection, limit: int, with_generator: bool) -> list[UUID]:
+    """Up to `limit` approved campaigns whose template has (or has not) an active generator,
+    oldest change first, locked for this transaction; those another one holds are skipped."""
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT c.id FROM campaigns c WHERE c.status = 'approved'"
+                " AND EXISTS (SELECT 1 FROM asset_generate_files g"
+                "   WHERE g.template_id = c.template_id AND g.is_active) = :generator"
+                " ORDER BY c.updated_at LIMIT :n FOR UPDATE SKIP LOCKED"
+            ),
+            {"n": limit, "generator": with_generator},
+        ).scalars()
+    )
 
 
 def campaigns_generating(
@@ -254,7 +252,7 @@ def complete(conn: sa.Connection, campaign_id: str, failure_threshold: float) ->
     Without an active generator the members left `pending` need no media (the contract with
     dispatch). Above the failure threshold the campaign goes to `failed` with the reason.
     """
-    status = campaign_status(conn, campaign_id)
+    status = current_status(conn, campaign_id)
     if status == "failed":  # failed early, its threshold crossed while members were left
         ratio, reason = conn.execute(
             sa.text("SELECT asset_failure_ratio, status_reason FROM campaigns WHERE id = :c"),
@@ -323,7 +321,7 @@ def fail_if_certain(conn: sa.Connection, campaign_id: str, failure_threshold: fl
     threshold: more of all its members have failed than the threshold allows, whatever the
     rest do. Its dispatch run and the sender then stop the rest as a pause would (what was
     already sent stays sent, and the reason says how much). Whether it failed now."""
-    if campaign_status(conn, campaign_id) != "asset_generation":
+    if current_status(conn, campaign_id) != "asset_generation":
         return False
     tally = media_tally(conn, campaign_id)
     if not tally.members or tally.failed / tally.members <= failure_threshold:
