@@ -1,7 +1,7 @@
 """Whether a campaign can send what it is meant to: checked before approval, so that no media
 is generated for a campaign whose messages would all fail at dispatch.
 
-The checks follow the rules dispatch applies to each member (`assets_defs/dispatch/payloads.py`)
+The checks follow the rules dispatch applies to each member (`resources/queue_message.py`)
 and run in the database, over the whole audience at once:
 
 - the audience is not empty, and every number has E.164's shape (audiences are normalised

@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 
 from assets_defs.dispatch.dispatcher import Dispatch, load_spec, run_counts
-from assets_defs.dispatch.payloads import SQS_MAX_MESSAGE_BYTES
 from pipelines.local_stack import free_port
 from resources import campaign_runs as runs
 from resources.campaigns import Member
 from resources.queue import SQSResource
+from resources.queue_message import SQS_MAX_MESSAGE_BYTES
 from resources.storage import S3Storage
 from tests.dispatch_fixtures import (
     PHONE_NUMBER_ID,

@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.sender import store
-from pipelines.sender.payload import MalformedPayload, parse
 from pipelines.sender.worker import Worker
 from resources.graph_errors import ErrorClass, classify
+from resources.queue_message import MalformedPayload, parse
 from resources.whatsapp import GraphAPIError
 from tests.fake_graph import Failure, _validate
 from tests.sending import (

@@ -31,7 +31,11 @@ import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
 from assets_defs.dispatch import queueing
-from assets_defs.dispatch.payloads import (
+from resources import consent, crash_points
+from resources.campaign_runs import GENERATING
+from resources.media_ready import Listener
+from resources.queue import SQSResource
+from resources.queue_message import (
     CampaignSpec,
     InvalidPayload,
     MediaUrl,
@@ -41,10 +45,6 @@ from assets_defs.dispatch.payloads import (
     prepare,
     with_message_id,
 )
-from resources import consent, crash_points
-from resources.campaign_runs import GENERATING
-from resources.media_ready import Listener
-from resources.queue import SQSResource
 from resources.status import member_sources
 
 PAGE_SIZE = 1000

@@ -23,8 +23,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from assets_defs.dispatch.payloads import SQS_MAX_MESSAGE_BYTES
 from resources.queue import SQSResource
+from resources.queue_message import SQS_MAX_MESSAGE_BYTES
 
 BATCH_SIZE = 10
 ENTRY_ATTEMPTS = 4

@@ -28,11 +28,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.sender import release, store
 from pipelines.sender.gate import BreakerView, Held, Trip, trip_of
-from pipelines.sender.payload import MalformedPayload, Payload, parse
 from resources import breakers, consent, crash_points, safe_errors, settings
 from resources.breakers import Breaker
 from resources.graph_errors import MARKETING_STOPPED, ErrorClass, classify
 from resources.queue import SQSResource
+from resources.queue_message import MalformedPayload, Payload, parse
 from resources.whatsapp import Outgoing, SentMessage, WhatsAppClient
 
 log = logging.getLogger("waflow.sender")
