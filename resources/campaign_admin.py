@@ -32,13 +32,11 @@ from resources import (
 from resources import templates as meta_templates
 from resources.phone import InvalidPhoneNumber, to_e164
 from resources.queue import SQSResource
+from resources.queue_message import MESSAGE_TYPES, PARAMETER_SLOTS, PARAMETER_VALUE_TYPES
 from resources.readiness import Report
 from resources.readiness import check as check_readiness
 from resources.settings import is_production
 
-MESSAGE_TYPES = ("template", "text", "image", "video", "document", "audio")
-TEMPLATE_TYPES = ("text", "image", "video", "document")
-PARAMETER_TYPES = ("header", "body", "button")
 PARAMETER_SOURCES = ("contact.", "attributes.", "asset.", "literal:")
 MEMBER_STATUSES = (
     "pending",
@@ -467,15 +465,15 @@ def _check_parameters(parameters: Any, errors: list) -> None:
         if not isinstance(p, dict):
             errors.append({"field": where, "error": "must be an object"})
             continue
-        if p.get("type") not in PARAMETER_TYPES:
+        if p.get("type") not in PARAMETER_SLOTS:
             errors.append(
-                {"field": f"{where}.type", "error": f"must be one of {', '.join(PARAMETER_TYPES)}"}
+                {"field": f"{where}.type", "error": f"must be one of {', '.join(PARAMETER_SLOTS)}"}
             )
-        if p.get("valueType") not in TEMPLATE_TYPES:
+        if p.get("valueType") not in PARAMETER_VALUE_TYPES:
             errors.append(
                 {
                     "field": f"{where}.valueType",
-                    "error": f"must be one of {', '.join(TEMPLATE_TYPES)}",
+                    "error": f"must be one of {', '.join(PARAMETER_VALUE_TYPES)}",
                 }
             )
         if not str(p.get("source", "")).startswith(PARAMETER_SOURCES):
@@ -526,9 +524,9 @@ def create_template(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
     errors = _require(data, "organisation_id", "name") + _typed(
         data, texts=("organisation_id", "name", "language", "body", "category", "message_type")
     )
-    if data.get("message_type", "text") not in TEMPLATE_TYPES:
+    if data.get("message_type", "text") not in PARAMETER_VALUE_TYPES:
         errors.append(
-            {"field": "message_type", "error": f"must be one of {', '.join(TEMPLATE_TYPES)}"}
+            {"field": "message_type", "error": f"must be one of {', '.join(PARAMETER_VALUE_TYPES)}"}
         )
     _check_parameters(data.get("parameters", []), errors)
     if errors:

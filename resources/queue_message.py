@@ -20,12 +20,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from resources.asset_kinds import MEDIA_MESSAGE_TYPES
 from resources.breakers import template_key
 from resources.phone import InvalidPhoneNumber, is_e164, to_e164
 
-PARAMETER_SLOTS = frozenset({"header", "body", "button"})
-PARAMETER_VALUES = frozenset({"text", "image", "video", "document"})
+# The WhatsApp message types that carry one media file: a campaign of one of these sends each
+# member's generated asset of that type (dispatch builds it, the sender checks it, approval
+# checks the generator returns it); an operator sends any of them.
+MEDIA_MESSAGE_TYPES = ("image", "video", "document", "audio")
+MESSAGE_TYPES = ("template", "text", *MEDIA_MESSAGE_TYPES)
+# A template's parameters: where each goes, and what it carries (media only in a header,
+# and never audio).
+PARAMETER_SLOTS = ("header", "body", "button")
+PARAMETER_MEDIA_TYPES = ("image", "video", "document")
+PARAMETER_VALUE_TYPES = ("text", *PARAMETER_MEDIA_TYPES)
 
 # SQS refuses a message (and a whole SendMessageBatch) over 256 KiB.
 SQS_MAX_MESSAGE_BYTES = 256 * 1024
@@ -249,7 +256,7 @@ def _parse(data: dict[str, Any], message_id: int) -> Payload:
         content = _media(data, kind)
     else:
         raise MalformedPayload(
-            f"messageType {kind!r} is not template, text, image, video, document or audio"
+            f"messageType {kind!r} is not {', '.join(MESSAGE_TYPES[:-1])} or {MESSAGE_TYPES[-1]}"
         )
     graph = {"type": kind, kind: content, "biz_opaque_callback_data": str(message_id)}
     scopes = [("app", "*"), ("account", organisation_id), ("phone_number", phone_number_id)]
@@ -291,9 +298,10 @@ def _template(data: dict[str, Any]) -> dict[str, Any]:
             raise MalformedPayload(f"templateParameters[{index}] is not an object")
         slot, value_type = parameter.get("type"), parameter.get("valueType", "text")
         value = parameter.get("value")
-        if slot not in PARAMETER_SLOTS or value_type not in PARAMETER_VALUES:
+        if slot not in PARAMETER_SLOTS or value_type not in PARAMETER_VALUE_TYPES:
             raise MalformedPayload(
-                f"templateParameters[{index}]: type must be header/body/button and valueType text/image/video/document"
+                f"templateParameters[{index}]: type must be {'/'.join(PARAMETER_SLOTS)}"
+                f" and valueType {'/'.join(PARAMETER_VALUE_TYPES)}"
             )
         if not isinstance(value, str) or not value:
             raise MalformedPayload(f"templateParameters[{index}].value must be a non-empty string")

@@ -35,13 +35,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from resources import templates as meta_templates
-from resources.asset_kinds import ASSET_KINDS, MEDIA_MESSAGE_TYPES
+from resources.asset_kinds import ASSET_KINDS
 from resources.phone import E164_PATTERN
+from resources.queue_message import MEDIA_MESSAGE_TYPES, PARAMETER_MEDIA_TYPES
 
 # Members named per problem in an answer.
 FIRST_MEMBERS = 5
-# Header parameter types that carry media (a link to the member's asset).
-MEDIA_VALUES = ("image", "video", "document")
 SOURCES = ("contact.", "attributes.", "asset.", "literal:")
 # What `str.strip()` removes: a value made only of these is missing, as at dispatch.
 WHITESPACE = (
@@ -344,7 +343,7 @@ def _message_type(
     # With Meta's components known, approval_refusal has checked the header against them.
     if campaign.components is None:
         kind = campaign.template_type
-        if kind in MEDIA_VALUES:
+        if kind in PARAMETER_MEDIA_TYPES:
             if [h.get("valueType") for h in headers] != [kind]:
                 found.problem(
                     "message_type",
@@ -369,7 +368,7 @@ def _message_type(
         if (
             isinstance(source, str)
             and source.startswith("asset.")
-            and value_type in MEDIA_VALUES
+            and value_type in PARAMETER_MEDIA_TYPES
             and wanted != value_type
         ):
             found.problem(

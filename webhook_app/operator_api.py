@@ -34,6 +34,7 @@ from starlette.routing import Route
 from resources import conversations
 from resources.campaign_admin import InvalidInput
 from resources.phone import InvalidPhoneNumber, to_e164
+from resources.queue_message import MEDIA_MESSAGE_TYPES
 from resources.storage import S3Storage
 from webhook_app import bodies, outbound
 from webhook_app.auth import Caller, caller, requires_token
@@ -42,7 +43,6 @@ from webhook_app.runtime import Runtime
 
 SERVICE_WINDOW = conversations.SERVICE_WINDOW
 MEDIA_LINK_SECONDS = 300
-MEDIA_KINDS = ("image", "video", "document", "audio")
 
 
 class RequestError(Exception):
@@ -176,8 +176,8 @@ def _message_of(body: dict[str, Any]) -> dict[str, Any]:
     text = body.get("message")
     media = body.get("media")
     if media:
-        if not isinstance(media, dict) or media.get("type") not in MEDIA_KINDS:
-            raise RequestError(400, f"media.type must be one of {', '.join(MEDIA_KINDS)}")
+        if not isinstance(media, dict) or media.get("type") not in MEDIA_MESSAGE_TYPES:
+            raise RequestError(400, f"media.type must be one of {', '.join(MEDIA_MESSAGE_TYPES)}")
         if not media.get("link") and not media.get("id"):
             raise RequestError(400, "media needs a link (https URL) or a WhatsApp media id")
         content = {k: media[k] for k in ("link", "id", "filename") if media.get(k)}
