@@ -4,8 +4,10 @@ by the sender, in one place so that the two cannot drift apart.
 Shapes (seed 3's, camelCase): a template (`templateName`, `templateLanguage`,
 `templateParameters`, a list that may be empty), a text message (`messageType: "text"`,
 `messageContent`) and a media message (`messageType`, `mediaUrl`, `caption`, always present).
-Every payload also carries `messageId` (our `messages` row, added when it is queued) and
-`phoneNumberId`.
+Every payload also carries `messageId` (our `messages` row, added when it is queued),
+`phoneNumberId` and `payloadVersion`: a sender refuses a version it does not read, and reads a
+payload without one (queued before versions were written, or stored with its row then) as
+version 1.
 
 Building (`prepare`) checks what must hold before anything is queued: a member that fails
 gets the reason stored. Parsing (`parse`) checks the payload once on receipt and translates
@@ -34,6 +36,9 @@ PARAMETER_SLOTS = ("header", "body", "button")
 PARAMETER_MEDIA_TYPES = ("image", "video", "document")
 PARAMETER_VALUE_TYPES = ("text", *PARAMETER_MEDIA_TYPES)
 
+# The shape this module builds and parses; a change that an older sender would misread
+# takes the next number.
+VERSION = 1
 # SQS refuses a message (and a whole SendMessageBatch) over 256 KiB.
 SQS_MAX_MESSAGE_BYTES = 256 * 1024
 # The widest `messageId` a bigint can hold: the size check counts it before the row exists.
@@ -107,6 +112,7 @@ def prepare(spec: CampaignSpec, recipient: Recipient, media_url: MediaUrl) -> Pr
         "campaignAudienceId": recipient.member_id,
         "to": to,
         "phoneNumberId": spec.phone_number_id,
+        "payloadVersion": VERSION,
         **_content(spec, recipient, media_url),
     }
     serialized = body(payload)
@@ -242,6 +248,9 @@ def parse(body: str) -> Payload:
 
 
 def _parse(data: dict[str, Any], message_id: int) -> Payload:
+    version = data.get("payloadVersion", VERSION)
+    if type(version) is not int or version != VERSION:
+        raise MalformedPayload(f"payloadVersion {version!r} is not {VERSION}, the one this reads")
     phone_number_id = _text(data, "phoneNumberId")
     organisation_id = _text(data, "organizationId")
     to = _text(data, "to")

@@ -92,6 +92,7 @@ def test_a_template_campaign_is_queued_in_seed_3s_shape(engine, resources, sqs, 
         ],
         "messageId": message_id,
         "phoneNumberId": PHONE_NUMBER_ID,
+        "payloadVersion": 1,
     }
     assert bodies[1]["templateParameters"][2]["value"] == "Free delivery"
     assert {m["status"] for m in member_rows(engine, campaign_id).values()} == {"ready_to_send"}

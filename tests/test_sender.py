@@ -136,6 +136,8 @@ def test_template_parameters_become_components():
             "templateParameters.0.: type",
         ),
         (_body(phoneNumberId="", messageType="text", messageContent="Hi"), "phoneNumberId"),
+        (_body(payloadVersion=2, messageType="text", messageContent="Hi"), "payloadVersion 2"),
+        (_body(payloadVersion="1", messageType="text", messageContent="Hi"), "payloadVersion"),
     ],
 )
 def test_malformed_payloads_are_refused_with_the_reason(body, reason):
