@@ -72,8 +72,8 @@ def test_sqs_fifo_queue_round_trip_with_a_dead_letter_queue(sqs):
     deadline = time.monotonic() + 60
     while len(received) < 10 and time.monotonic() < deadline:
         for message in sqs.receive(wait_seconds=1):
-            received.append(json.loads(message["Body"])["n"])
-            sqs.delete(message["ReceiptHandle"])
+            received.append(json.loads(message.body)["n"])
+            sqs.delete([message])
     assert sorted(received) == list(range(10))
     assert sqs.depth().visible == 0
     sqs.ensure_queues()  # idempotent
