@@ -5,7 +5,7 @@ dispatch now, and look at the queue.
 
 Every function takes plain values and returns JSON-ready dicts; bad input raises
 `InvalidInput` listing every problem, a missing row `NotFound`, a refused status change
-`Conflict`.
+`Conflict` (`resources.errors`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from resources import (
     settings,
 )
 from resources import templates as meta_templates
+from resources.errors import Conflict, DomainError, InvalidInput, NotFound
 from resources.phone import InvalidPhoneNumber, to_e164
 from resources.queue import SQSResource
 from resources.queue_message import MESSAGE_TYPES, PARAMETER_SLOTS, PARAMETER_VALUE_TYPES
@@ -51,30 +52,20 @@ MAX_PAGE = 500
 MAX_ID = 2**63 - 1
 
 
-class InvalidInput(ValueError):
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__(
-            "; ".join(f"{e.get('field', e.get('line'))}: {e['error']}" for e in errors)
-        )
-        self.errors = errors
-
-
-class NotFound(LookupError):
-    pass
-
-
-class Conflict(RuntimeError):
-    pass
-
-
 class NotReady(InvalidInput):
     """The campaign cannot send what it is meant to (`resources.readiness`): every problem
     with its count and first members in `report`; the message holds counts only."""
 
+    code = "not_ready"
+    summary = "campaign not ready"
+
     def __init__(self, report: Report) -> None:
-        ValueError.__init__(self, report.summary())
+        DomainError.__init__(self, report.summary())
         self.report = report
         self.errors = [p.as_dict() for p in report.problems]
+
+    def fields(self) -> dict[str, Any]:
+        return self.report.as_dict()
 
 
 def _uuid(value: Any, name: str) -> str:

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from resources import campaigns, settings
 from resources.campaign_admin import InvalidInput, NotFound, is_id
+from resources.errors import Unavailable
 
 SIGNATURE = "generate_asset(attributes, name, msisdn, temp_dir)"
 FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.py")
@@ -49,7 +50,7 @@ class GeneratorRejected(InvalidInput):
         return self.args[0]
 
 
-class PreviewUnavailable(RuntimeError):
+class PreviewUnavailable(Unavailable):
     """The preview cannot run now: no sandbox on this host, or no free slot; the message
     says which."""
 
