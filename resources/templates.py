@@ -35,7 +35,8 @@ import sqlalchemy as sa
 
 from resources import breakers
 from resources.errors import Conflict, NotFound
-from resources.whatsapp import GraphAPIError, WhatsAppClient
+from resources.graph_errors import GraphAPIError
+from resources.whatsapp import WhatsAppClient
 
 log = logging.getLogger(__name__)
 

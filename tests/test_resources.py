@@ -10,10 +10,10 @@ from langchain_core.messages import HumanMessage
 
 from pipelines.local_stack import EmbeddedPostgres
 from resources.chat import ChatModelResource
-from resources.graph_errors import ErrorClass, classify
+from resources.graph_errors import ClientClosed, ErrorClass, GraphAPIError, classify
 from resources.offline_chat import OFFLINE_LABEL
 from resources.postgres import PostgresResource
-from resources.whatsapp import ClientClosed, GraphAPIError, WhatsAppClient, WhatsAppResource
+from resources.whatsapp import WhatsAppClient, WhatsAppResource
 from tests.fake_graph import Failure, FakeGraph
 from tests.servers import serve
 

@@ -10,9 +10,8 @@ import sqlalchemy as sa
 
 from pipelines.sender import store
 from pipelines.sender.worker import Worker
-from resources.graph_errors import ErrorClass, classify
+from resources.graph_errors import ErrorClass, GraphAPIError, classify
 from resources.queue_message import MalformedPayload, parse
-from resources.whatsapp import GraphAPIError
 from tests.fake_graph import Failure, _validate
 from tests.sending import (
     PHONE_NUMBER_ID,
