@@ -736,7 +736,7 @@ def refresh_numbers(
 
     import aiohttp
 
-    from resources.whatsapp import GraphAPIError
+    from resources.graph_errors import GraphAPIError
 
     with engine.connect() as conn:
         numbers = conn.execute(

@@ -10,10 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MB = 1024 * 1024
-# The WhatsApp message types that carry one media file: a campaign of one of these sends each
-# member's generated asset of that type (dispatch builds it, the sender checks it, approval
-# checks the generator returns it).
-MEDIA_MESSAGE_TYPES = ("image", "video", "document", "audio")
 
 
 @dataclass(frozen=True)

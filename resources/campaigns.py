@@ -31,6 +31,7 @@ from resources.fields import (
     timestamp,
     wrong_types,
 )
+from resources.queue_message import MESSAGE_TYPES
 from resources.readiness import NotReady, Report
 from resources.readiness import check as check_readiness
 from resources.settings import is_production
@@ -354,7 +355,6 @@ def holds_number(conn: sa.Connection, organisation_id: UUID | str, phone_number_
 
 # -- What an operator does to a campaign: create it, fill its audience, approve it ----------
 
-MESSAGE_TYPES = ("template", "text", "image", "video", "document", "audio")
 MEMBER_STATUSES = tuple(MEMBER_MOVES)
 FIRST_MEMBER = "00000000-0000-0000-0000-000000000000"
 

@@ -24,7 +24,7 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from resources import campaigns, settings
-from resources.errors import InvalidInput, NotFound
+from resources.errors import InvalidInput, NotFound, Unavailable
 from resources.fields import is_id
 from resources.sandbox.isolation import SandboxUnavailable
 from resources.sandbox.pool import Limits, MemberInput, run_sample
@@ -52,7 +52,7 @@ class GeneratorRejected(InvalidInput):
         return self.args[0]
 
 
-class PreviewUnavailable(RuntimeError):
+class PreviewUnavailable(Unavailable):
     """The preview cannot run now: no sandbox on this host, or no free slot; the message
     says which."""
 

@@ -1,5 +1,6 @@
-"""Graph API errors: which failed sends are worth another attempt, decided by the error
-`code`, and which concern the account rather than the recipient.
+"""Graph API errors, in one place: the error an answer carries (`GraphAPIError`), the
+error a failed receipt reports (`reported`), which failed sends are worth another attempt,
+decided by the error `code`, and which concern the account rather than the recipient.
 
 WhatsApp answers its throughput and pair-rate errors (130429, 131056) and most others with
 HTTP 400, so the HTTP status says little; the code does. Source of the table: Meta's
@@ -19,10 +20,73 @@ pass for one message are retried first and open their breaker only after the ret
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING, Any
 
-from resources.whatsapp import ClientClosed, GraphAPIError
+if TYPE_CHECKING:
+    import aiohttp
+
+
+class GraphAPIError(Exception):
+    """An error answer of the Graph API, kept whole so callers can classify it by `code`."""
+
+    def __init__(
+        self,
+        http_status: int,
+        code: int | None,
+        title: str,
+        subcode: int | None = None,
+        details: str | None = None,
+    ) -> None:
+        super().__init__(f"Graph API error {code} (HTTP {http_status}): {title}")
+        self.http_status = http_status
+        self.code = code
+        self.subcode = subcode
+        self.title = title
+        self.details = details
+
+    @classmethod
+    async def read(cls, response: aiohttp.ClientResponse) -> GraphAPIError:
+        """The error an answer with a status of 400 or more carries."""
+        try:
+            error = json.loads(await response.read()).get("error", {})
+        except (ValueError, AttributeError):
+            error = {}
+        return cls(
+            http_status=response.status,
+            code=error.get("code"),
+            subcode=error.get("error_subcode"),
+            title=error.get("error_user_title") or error.get("message") or response.reason or "",
+            details=(error.get("error_data") or {}).get("details"),
+        )
+
+
+class ClientClosed(ConnectionError):
+    """The client was closed before this request could start: nothing was sent."""
+
+
+@dataclass(frozen=True)
+class Reported:
+    """The error of a failed receipt: its code, and its title with Meta's details."""
+
+    code: int | None
+    title: str | None
+
+
+def reported(errors: Any) -> Reported:
+    """The first of the `errors` a webhook's status carries (WhatsApp sends one), read as
+    leniently as the rest of the receipt: a field of the wrong type is left out."""
+    error = (errors or [{}])[0]
+    error = error if isinstance(error, dict) else {}
+    code = error.get("code")
+    title = error.get("title") or error.get("message")
+    data = error.get("error_data")
+    detail = data.get("details") if isinstance(data, dict) else None
+    return Reported(
+        code if isinstance(code, int) else None, f"{title}: {detail}" if title and detail else title
+    )
 
 
 class ErrorClass(Enum):

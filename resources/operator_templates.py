@@ -16,13 +16,8 @@ from resources import campaigns
 from resources import templates as meta_templates
 from resources.errors import InvalidInput, NotFound
 from resources.fields import as_uuid, constraint, required, wrong_types
+from resources.queue_message import PARAMETER_SLOTS, PARAMETER_VALUE_TYPES
 from resources.settings import is_production
-
-TEMPLATE_TYPES = ("text", "image", "video", "document")
-
-
-PARAMETER_TYPES = ("header", "body", "button")
-
 
 PARAMETER_SOURCES = ("contact.", "attributes.", "asset.", "literal:")
 
@@ -34,9 +29,9 @@ def create_template(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
     errors = required(data, "organisation_id", "name") + wrong_types(
         data, texts=("organisation_id", "name", "language", "body", "category", "message_type")
     )
-    if data.get("message_type", "text") not in TEMPLATE_TYPES:
+    if data.get("message_type", "text") not in PARAMETER_VALUE_TYPES:
         errors.append(
-            {"field": "message_type", "error": f"must be one of {', '.join(TEMPLATE_TYPES)}"}
+            {"field": "message_type", "error": f"must be one of {', '.join(PARAMETER_VALUE_TYPES)}"}
         )
     _check_parameters(data.get("parameters", []), errors)
     if errors:
@@ -117,15 +112,15 @@ def _check_parameters(parameters: Any, errors: list) -> None:
         if not isinstance(p, dict):
             errors.append({"field": where, "error": "must be an object"})
             continue
-        if p.get("type") not in PARAMETER_TYPES:
+        if p.get("type") not in PARAMETER_SLOTS:
             errors.append(
-                {"field": f"{where}.type", "error": f"must be one of {', '.join(PARAMETER_TYPES)}"}
+                {"field": f"{where}.type", "error": f"must be one of {', '.join(PARAMETER_SLOTS)}"}
             )
-        if p.get("valueType") not in TEMPLATE_TYPES:
+        if p.get("valueType") not in PARAMETER_VALUE_TYPES:
             errors.append(
                 {
                     "field": f"{where}.valueType",
-                    "error": f"must be one of {', '.join(TEMPLATE_TYPES)}",
+                    "error": f"must be one of {', '.join(PARAMETER_VALUE_TYPES)}",
                 }
             )
         if not str(p.get("source", "")).startswith(PARAMETER_SOURCES):

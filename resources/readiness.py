@@ -1,7 +1,7 @@
 """Whether a campaign can send what it is meant to: checked before approval, so that no media
 is generated for a campaign whose messages would all fail at dispatch.
 
-The checks follow the rules dispatch applies to each member (`assets_defs/dispatch/payloads.py`)
+The checks follow the rules dispatch applies to each member (`resources/queue_message.py`)
 and run in the database, over the whole audience at once:
 
 - the audience is not empty, and every number has E.164's shape (audiences are normalised
@@ -35,14 +35,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from resources import templates as meta_templates
-from resources.asset_kinds import ASSET_KINDS, MEDIA_MESSAGE_TYPES
-from resources.errors import InvalidInput
+from resources.asset_kinds import ASSET_KINDS
+from resources.errors import DomainError, InvalidInput
 from resources.phone import E164_PATTERN
+from resources.queue_message import MEDIA_MESSAGE_TYPES, PARAMETER_MEDIA_TYPES
 
 # Members named per problem in an answer.
 FIRST_MEMBERS = 5
-# Header parameter types that carry media (a link to the member's asset).
-MEDIA_VALUES = ("image", "video", "document")
 SOURCES = ("contact.", "attributes.", "asset.", "literal:")
 # What `str.strip()` removes: a value made only of these is missing, as at dispatch.
 WHITESPACE = (
@@ -345,7 +344,7 @@ def _message_type(
     # With Meta's components known, approval_refusal has checked the header against them.
     if campaign.components is None:
         kind = campaign.template_type
-        if kind in MEDIA_VALUES:
+        if kind in PARAMETER_MEDIA_TYPES:
             if [h.get("valueType") for h in headers] != [kind]:
                 found.problem(
                     "message_type",
@@ -370,7 +369,7 @@ def _message_type(
         if (
             isinstance(source, str)
             and source.startswith("asset.")
-            and value_type in MEDIA_VALUES
+            and value_type in PARAMETER_MEDIA_TYPES
             and wanted != value_type
         ):
             found.problem(
@@ -560,7 +559,13 @@ class NotReady(InvalidInput):
     """The campaign cannot send what it is meant to: every problem with its count and first
     members in `report`; the message holds counts only."""
 
+    code = "not_ready"
+    summary = "campaign not ready"
+
     def __init__(self, report: Report) -> None:
-        ValueError.__init__(self, report.summary())
+        DomainError.__init__(self, report.summary())
         self.report = report
         self.errors = [p.as_dict() for p in report.problems]
+
+    def fields(self) -> dict[str, Any]:
+        return self.report.as_dict()

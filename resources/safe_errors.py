@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from resources.whatsapp import GraphAPIError
+from resources.graph_errors import GraphAPIError
 
 
 def describe(error: BaseException) -> str:

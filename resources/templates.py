@@ -34,7 +34,9 @@ from uuid import UUID
 import sqlalchemy as sa
 
 from resources import breakers
-from resources.whatsapp import GraphAPIError, WhatsAppClient
+from resources.errors import Conflict, NotFound
+from resources.graph_errors import GraphAPIError
+from resources.whatsapp import WhatsAppClient
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +95,15 @@ _VARIABLE = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
 _SYNC_LOCK = "template_sync:"
 
 
-class CannotReadMeta(RuntimeError):
+class CannotReadMeta(Conflict):
     """No access token (dev mode): nothing can be read from Meta, so nothing was changed."""
 
 
-class NoSuchOrganisation(LookupError):
+class NoSuchOrganisation(NotFound):
     pass
 
 
-class NoWABA(RuntimeError):
+class NoWABA(Conflict):
     """The organisation has no WhatsApp Business account id to read templates from."""
 
 

@@ -9,7 +9,7 @@ synchronous. A batch of sends is one hand-off to that thread, and its answers ar
 together. Sends are the sender worker's main cost per message: a thread per request paid
 for a wake-up and a lock hand-over on each, twice the CPU of the loop. The client never
 retries or follows redirects: a transport error reaches the caller as it happened (see
-`resources.graph_errors`).
+`resources.graph_errors`, which also holds the errors it raises).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
 from resources import settings
+from resources.graph_errors import ClientClosed, GraphAPIError
 
 if TYPE_CHECKING:
     import aiohttp
@@ -66,44 +67,6 @@ class Gate(Protocol):
     def check(self, outgoing: Outgoing) -> Exception | None: ...
 
     def observe(self, outgoing: Outgoing, result: SentMessage | Exception) -> None: ...
-
-
-class GraphAPIError(Exception):
-    """An error answer of the Graph API, kept whole so callers can classify it by `code`."""
-
-    def __init__(
-        self,
-        http_status: int,
-        code: int | None,
-        title: str,
-        subcode: int | None = None,
-        details: str | None = None,
-    ) -> None:
-        super().__init__(f"Graph API error {code} (HTTP {http_status}): {title}")
-        self.http_status = http_status
-        self.code = code
-        self.subcode = subcode
-        self.title = title
-        self.details = details
-
-    @classmethod
-    async def read(cls, response: aiohttp.ClientResponse) -> GraphAPIError:
-        """The error an answer with a status of 400 or more carries."""
-        try:
-            error = json.loads(await response.read()).get("error", {})
-        except (ValueError, AttributeError):
-            error = {}
-        return cls(
-            http_status=response.status,
-            code=error.get("code"),
-            subcode=error.get("error_subcode"),
-            title=error.get("error_user_title") or error.get("message") or response.reason or "",
-            details=(error.get("error_data") or {}).get("details"),
-        )
-
-
-class ClientClosed(ConnectionError):
-    """The client was closed before this request could start: nothing was sent."""
 
 
 class WhatsAppClient:

@@ -91,12 +91,11 @@ def drain(sqs: SQSResource, expected: int | None = None, timeout: float = 90) ->
     while time.monotonic() < deadline:
         messages = sqs.receive(wait_seconds=0)
         if messages:
-            bodies.extend(json.loads(m["Body"]) for m in messages)
+            bodies.extend(json.loads(m.body) for m in messages)
             sqs.client.delete_message_batch(
                 QueueUrl=sqs.url(),
                 Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                    for i, m in enumerate(messages)
+                    {"Id": str(i), "ReceiptHandle": m.receipt} for i, m in enumerate(messages)
                 ],
             )
         elif expected is None or len(bodies) >= expected:

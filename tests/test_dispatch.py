@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 
 from assets_defs.dispatch.dispatcher import Dispatch, load_spec, run_counts
-from assets_defs.dispatch.payloads import SQS_MAX_MESSAGE_BYTES
 from pipelines.dev.local_stack import free_port
 from resources import campaign_runs as runs
 from resources.campaigns import Member
 from resources.queue import SQSResource
+from resources.queue_message import SQS_MAX_MESSAGE_BYTES
 from resources.storage import S3Storage
 from tests.dispatch_fixtures import (
     PHONE_NUMBER_ID,
@@ -92,6 +92,7 @@ def test_a_template_campaign_is_queued_in_seed_3s_shape(engine, resources, sqs, 
         ],
         "messageId": message_id,
         "phoneNumberId": PHONE_NUMBER_ID,
+        "payloadVersion": 1,
     }
     assert bodies[1]["templateParameters"][2]["value"] == "Free delivery"
     assert {m["status"] for m in member_rows(engine, campaign_id).values()} == {"ready_to_send"}

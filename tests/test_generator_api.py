@@ -172,5 +172,6 @@ def test_a_preview_with_every_slot_busy_answers_503(client, template, monkeypatc
     assert busy.status_code == 503
     assert busy.json() == {
         "error": "unavailable",
+        "code": "unavailable",
         "detail": "every preview slot stayed busy for 0.2 s; try again",
     }

@@ -34,12 +34,11 @@ def _receive_all(sqs: SQSResource, count: int, deadline: float) -> list[str]:
     while len(bodies) < count and time.monotonic() < deadline:
         messages = sqs.receive(wait_seconds=1)
         if messages:
-            bodies.extend(m["Body"] for m in messages)
+            bodies.extend(m.body for m in messages)
             sqs.client.delete_message_batch(
                 QueueUrl=sqs.url(),
                 Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                    for i, m in enumerate(messages)
+                    {"Id": str(i), "ReceiptHandle": m.receipt} for i, m in enumerate(messages)
                 ],
             )
     return bodies

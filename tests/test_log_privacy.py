@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from resources import campaigns
+from resources.graph_errors import GraphAPIError
 from resources.phone import InvalidPhoneNumber, to_e164
 from resources.postgres import create_engine
 from resources.safe_errors import describe
-from resources.whatsapp import GraphAPIError
 from tests.sending import client_for, dead_letters, drain, enqueue, make_run, payload
 from tests.servers import serve
 from webhook_app.app import app

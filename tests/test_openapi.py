@@ -35,6 +35,11 @@ def test_every_api_route_is_documented_with_a_summary_and_examples():
     for key, operation in operations.items():
         assert operation.get("summary"), key
         assert operation.get("responses"), key
+        for status, response in operation["responses"].items():
+            if int(status) >= 400:
+                assert response["content"]["application/json"]["schema"] == {
+                    "$ref": "#/components/schemas/Error"
+                }, (key, status)
         for content in operation.get("requestBody", {}).get("content", {}).values():
             assert "example" in content, key
         declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}

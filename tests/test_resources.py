@@ -10,10 +10,10 @@ from langchain_core.messages import HumanMessage
 
 from pipelines.dev.local_stack import EmbeddedPostgres
 from resources.chat import ChatModelResource
-from resources.graph_errors import ErrorClass, classify
+from resources.graph_errors import ClientClosed, ErrorClass, GraphAPIError, classify
 from resources.offline_chat import OFFLINE_LABEL
 from resources.postgres import PostgresResource
-from resources.whatsapp import ClientClosed, GraphAPIError, WhatsAppClient, WhatsAppResource
+from resources.whatsapp import WhatsAppClient, WhatsAppResource
 from tests.fake_graph import Failure, FakeGraph
 from tests.servers import serve
 
@@ -72,8 +72,8 @@ def test_sqs_fifo_queue_round_trip_with_a_dead_letter_queue(sqs):
     deadline = time.monotonic() + 60
     while len(received) < 10 and time.monotonic() < deadline:
         for message in sqs.receive(wait_seconds=1):
-            received.append(json.loads(message["Body"])["n"])
-            sqs.delete(message["ReceiptHandle"])
+            received.append(json.loads(message.body)["n"])
+            sqs.delete([message])
     assert sorted(received) == list(range(10))
     assert sqs.depth().visible == 0
     sqs.ensure_queues()  # idempotent

@@ -9,10 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.sender import store
-from pipelines.sender.payload import MalformedPayload, parse
 from pipelines.sender.worker import Worker
-from resources.graph_errors import ErrorClass, classify
-from resources.whatsapp import GraphAPIError
+from resources.graph_errors import ErrorClass, GraphAPIError, classify
+from resources.queue_message import MalformedPayload, parse
 from tests.fake_graph import Failure, _validate
 from tests.sending import (
     PHONE_NUMBER_ID,
@@ -136,6 +135,8 @@ def test_template_parameters_become_components():
             "templateParameters.0.: type",
         ),
         (_body(phoneNumberId="", messageType="text", messageContent="Hi"), "phoneNumberId"),
+        (_body(payloadVersion=2, messageType="text", messageContent="Hi"), "payloadVersion 2"),
+        (_body(payloadVersion="1", messageType="text", messageContent="Hi"), "payloadVersion"),
     ],
 )
 def test_malformed_payloads_are_refused_with_the_reason(body, reason):

@@ -117,7 +117,11 @@ def world(engine) -> World:
 def client(world, stack, graph, monkeypatch) -> Iterator[TestClient]:
     monkeypatch.setenv("ADMIN_API_TOKEN", ADMIN_TOKEN)
     graph.set_templates(p.WABA_ID, [])
-    app = Starlette(routes=app_module.routes, lifespan=app_module.lifespan)
+    app = Starlette(
+        routes=app_module.routes,
+        lifespan=app_module.lifespan,
+        exception_handlers=app_module.exception_handlers,
+    )
     app.state.whatsapp_client = WhatsAppClient(
         "test-token", p.PHONE_NUMBER_ID, graph.url, "v25.0", 5.0, 8
     )
@@ -483,7 +487,11 @@ def test_operator_routes_find_the_customer_within_one_organisation(client, world
 
     only_a = client.post("/api/v1/takeover", json={"phone": ONLY_A}, headers=bearer(world.b.token))
     assert only_a.status_code == 404
-    assert only_a.json() == {"error": f"no conversation with {ONLY_A}"}
+    assert only_a.json() == {
+        "error": f"no conversation with {ONLY_A}",
+        "code": "not_found",
+        "detail": "no conversation with this customer",
+    }
 
     ambiguous = client.post("/api/v1/handback", json={"phone": CUSTOMER}, headers=ADMIN)
     assert ambiguous.status_code == 400

@@ -22,6 +22,7 @@ from webhook_app import (
     access_log,
     campaign_api,
     console,
+    errors,
     generator_api,
     inbox_api,
     openapi,
@@ -70,7 +71,11 @@ routes = [
     *console.routes,
 ]
 
-app = Starlette(routes=routes, lifespan=lifespan)
+# Domain errors become HTTP answers here, for every route (`webhook_app.errors`); an app
+# built from these routes takes these handlers too.
+exception_handlers = errors.handlers
+
+app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers)
 
 # What the imports above loaded (Dagster, SQLAlchemy, LangChain: some 170,000 objects)
 # lives as long as the process. Left to the collector, every full collection scans it all

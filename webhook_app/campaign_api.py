@@ -9,7 +9,8 @@ exist, and lists hold only its own rows; the platform's routes answer it 403.
 
 Bad input answers 422 with every problem listed (a campaign that is not ready to approve:
 each problem with its count and first members), a missing row 404, a refused status change
-or a taken phone number ID 409, a generator preview that cannot run now 503; CSV uploads take the file as the request body
+or a taken phone number ID 409, a generator preview that cannot run now 503, each in the
+app's one error body (`webhook_app.errors`); CSV uploads take the file as the request body
 (`Content-Type: text/csv`).
 """
 
@@ -30,16 +31,14 @@ from resources import campaign_control as control
 from resources import (
     campaigns,
     consent,
-    generators,
     operator_templates,
     organisations,
     templates,
     tenants,
 )
 from resources.campaign_runs import campaign_progress
-from resources.errors import Conflict, InvalidInput, NotFound
+from resources.errors import InvalidInput, NotFound, Unavailable
 from resources.queue import SQSResource
-from resources.readiness import NotReady
 from webhook_app import bodies
 from webhook_app import campaign_answers as answers
 from webhook_app.auth import caller, requires_admin, requires_token
@@ -64,32 +63,14 @@ async def _csv(request: Request) -> str:
 
 
 def operation(status_code: int = 200, platform: bool = False) -> Callable:
-    """Guard with a token (the platform admin's only, for a `platform` route) and map the
-    operations' errors onto HTTP answers."""
+    """Guard with a token (the platform admin's only, for a `platform` route) and answer
+    the handler's result as JSON; its errors are the app's (`webhook_app.errors`)."""
 
     def wrap(handler: Callable) -> Callable:
         @(requires_admin if platform else requires_token)
         @functools.wraps(handler)
         async def endpoint(request: Request) -> Response:
-            try:
-                return JSONResponse(jsonable(await handler(request)), status_code=status_code)
-            except NotReady as error:
-                return JSONResponse(
-                    {"error": "campaign not ready", "detail": str(error), **error.report.as_dict()},
-                    422,
-                )
-            except InvalidInput as error:
-                return JSONResponse({"error": "invalid input", "errors": error.errors}, 422)
-            except bodies.BodyRefused as error:
-                errors = [{"field": "body", "error": str(error)}]
-                status = 413 if isinstance(error, bodies.BodyTooLarge) else 422
-                return JSONResponse({"error": "invalid input", "errors": errors}, status)
-            except NotFound as error:
-                return JSONResponse({"error": "not found", "detail": str(error)}, 404)
-            except Conflict as error:
-                return JSONResponse({"error": "conflict", "detail": str(error)}, 409)
-            except generators.PreviewUnavailable as error:
-                return JSONResponse({"error": "unavailable", "detail": str(error)}, 503)
+            return JSONResponse(jsonable(await handler(request)), status_code=status_code)
 
         return endpoint
 
@@ -798,16 +779,13 @@ async def sync_templates(request: Request) -> Response:
         description: the Graph API's error, with its code and title
     """
     engine = _engine(request)
+    organisation_id = _organisation(request)
     try:
-        organisation_id = _organisation(request)
         result = await run_in_threadpool(
             templates.sync_organisation, engine, request.app.state.webhook.client, organisation_id
         )
-    except (templates.NoSuchOrganisation, NotFound) as error:
-        return JSONResponse({"error": "not found", "detail": str(error)}, 404)
-    except (templates.NoWABA, templates.CannotReadMeta) as error:
-        return JSONResponse({"error": "conflict", "detail": str(error)}, 409)
     except templates.SyncFailed as error:
+        # Meta's error, not ours: `code` is the Graph API's, with its `title`.
         return JSONResponse(
             {
                 "error": "graph api error",
@@ -836,9 +814,7 @@ async def sqs_status(request: Request) -> Response:
     try:
         return JSONResponse(await run_in_threadpool(answers.queue_depth, _sqs()))
     except (BotoCoreError, ClientError) as error:
-        return JSONResponse(
-            {"error": "queue unavailable", "detail": f"{type(error).__name__}: {error}"}, 503
-        )
+        raise Unavailable(f"{type(error).__name__}: {error}", summary="queue unavailable") from None
 
 
 routes = [

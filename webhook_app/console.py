@@ -36,7 +36,7 @@ from resources import (
     settings,
     tenants,
 )
-from resources.errors import Conflict, InvalidInput, NotFound
+from resources.errors import Conflict, DomainError, InvalidInput, NotFound
 from resources.operator_templates import get_template, list_templates
 from webhook_app import bodies, operator_api
 from webhook_app.auth import Caller, identify_token
@@ -347,8 +347,8 @@ async def conversation_action(request: Request, session: console_sessions.Sessio
             operator_api.act, request.app.state.webhook, body, _caller(session), move
         )
         return _back(path, done)
-    except operator_api.RequestError as error:
-        return _back(path, error.reason)
+    except DomainError as error:
+        return _back(path, error.summary)
 
 
 @page

@@ -18,11 +18,13 @@ import sqlalchemy as sa
 
 from resources import consent, contact_identity
 from resources.phone import InvalidPhoneNumber, to_e164
+from resources.queue_message import MEDIA_MESSAGE_TYPES
 from webhook_app.receipts import timestamp
 
 log = logging.getLogger(__name__)
 
-MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
+# What a customer may send with a media file: what we send, and stickers.
+MEDIA_TYPES = (*MEDIA_MESSAGE_TYPES, "sticker")
 # Kinds that never start an agent turn: they are stored as handled.
 SILENT_TYPES = ("reaction", "system", "ephemeral", "request_welcome")
 

@@ -3,8 +3,10 @@ themselves (Starlette's `SchemaGenerator`), never written by hand.
 
 Each `/api/...` handler's docstring ends with a `---` line and YAML in OpenAPI's operation
 form (summary, request body with an example, responses); path parameters are added here
-from the route's converters (`{campaign_id:uuid}`), so a docstring need not repeat them. The
-document is open like `/health`: it describes the routes, it holds no data.
+from the route's converters (`{campaign_id:uuid}`), so a docstring need not repeat them, and
+every error answer (a status of 400 or more) is given the one error body
+(`webhook_app.errors`), so a docstring need only say when it happens. The document is open
+like `/health`: it describes the routes, it holds no data.
 """
 
 from __future__ import annotations
@@ -33,9 +35,36 @@ BASE = {
         "description": "Bearer token: the platform's ADMIN_API_TOKEN or an organisation's"
         " token (which sees only its own organisation). JSON unless a CSV body is said.",
     },
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "code", "detail"],
+                "properties": {
+                    "error": {
+                        "type": "string",
+                        "description": "short text (on the conversation action routes, the"
+                        " message itself)",
+                    },
+                    "code": {
+                        "description": "stable: bad_request, invalid_input, too_large,"
+                        " not_found, not_ready, conflict, refused, unavailable; Meta's"
+                        " number for a Graph API error (with its title)",
+                    },
+                    "detail": {"type": "string", "description": "the message"},
+                    "errors": {
+                        "type": "array",
+                        "items": {"type": "object"},
+                        "description": "invalid input: every bad field or CSV line",
+                    },
+                },
+            }
+        },
+    },
     "security": [{"bearer": []}],
 }
+ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 
 
 def document(routes: list[BaseRoute]) -> dict[str, Any]:
@@ -49,6 +78,9 @@ def document(routes: list[BaseRoute]) -> dict[str, Any]:
             for name, kind in _PARAMETER.findall(route.path)
         ]
         for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                if int(status) >= 400 and isinstance(response, dict):
+                    response.setdefault("content", ERROR_BODY)
             given = {p["name"] for p in operation.get("parameters", []) if p.get("in") == "path"}
             missing = [p for p in parameters if p["name"] not in given]
             if missing:

@@ -32,8 +32,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from resources import conversations
-from resources.errors import InvalidInput
+from resources.errors import (
+    BadRequest,
+    Conflict,
+    DomainError,
+    InvalidInput,
+    NotFound,
+    Refused,
+    TooLarge,
+)
 from resources.phone import InvalidPhoneNumber, to_e164
+from resources.queue_message import MEDIA_MESSAGE_TYPES
 from resources.storage import S3Storage
 from webhook_app import bodies, outbound
 from webhook_app.auth import Caller, caller, requires_token
@@ -42,33 +51,32 @@ from webhook_app.runtime import Runtime
 
 SERVICE_WINDOW = conversations.SERVICE_WINDOW
 MEDIA_LINK_SECONDS = 300
-MEDIA_KINDS = ("image", "video", "document", "audio")
 
 
-class RequestError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+def _refused(kind: Callable[..., DomainError], message: str, quoted: str | None = None):
+    """The action routes' error: they have always answered the message itself in `error`,
+    with the caller's input it quotes (`quoted`), which the message proper never holds."""
+    return kind(message, summary=quoted or message)
 
 
 async def _body(request: Request) -> dict[str, Any]:
     try:
         return await bodies.json_object(request)
+    except bodies.BodyTooLarge as error:
+        raise TooLarge([{"field": "body", "error": str(error)}], summary=str(error)) from None
     except bodies.BodyRefused as error:
-        status = 413 if isinstance(error, bodies.BodyTooLarge) else 400
-        raise RequestError(status, str(error)) from None
+        raise _refused(BadRequest, str(error)) from None
 
 
 def _customer(body: dict[str, Any]) -> tuple[str | None, str | None]:
     phone, user_id = body.get("phone"), body.get("user_id")
     if not phone and not user_id:
-        raise RequestError(400, "give the customer's phone (or user_id)")
+        raise _refused(BadRequest, "give the customer's phone (or user_id)")
     if phone:
         try:
             return to_e164(str(phone)), None
         except InvalidPhoneNumber as error:
-            raise RequestError(400, str(error)) from None
+            raise _refused(BadRequest, "phone is not a valid phone number", str(error)) from None
     return None, str(user_id)
 
 
@@ -81,7 +89,7 @@ def _organisation(body: dict[str, Any], who: Caller) -> tuple[str | None, bool]:
     try:
         organisation_id = str(UUID(str(given)))
     except ValueError:
-        raise RequestError(400, "organisation_id must be a UUID") from None
+        raise _refused(BadRequest, "organisation_id must be a UUID") from None
     return organisation_id, who.sees(organisation_id)
 
 
@@ -89,7 +97,7 @@ def operator_of(body: dict[str, Any], who: Caller) -> conversations.Operator:
     """The body's `operator` name, else the caller: the platform admin or a token by id."""
     named = body.get("operator")
     if named is not None and (not isinstance(named, str) or not 0 < len(named.strip()) <= 200):
-        raise RequestError(400, "operator must be text of 1 to 200 characters")
+        raise _refused(BadRequest, "operator must be text of 1 to 200 characters")
     fallback = "platform admin" if who.organisation_id is None else f"token {who.token_id}"
     return conversations.Operator(named.strip() if named else fallback, who.token_id)
 
@@ -101,10 +109,14 @@ def _conversation(conn: sa.Connection, body: dict[str, Any], who: Caller) -> out
     organisation_id, visible = _organisation(body, who)
     found = outbound.find(conn, phone, user_id, organisation_id) if visible else []
     if not found:
-        raise RequestError(404, f"no conversation with {phone or user_id}")
+        raise _refused(
+            NotFound,
+            "no conversation with this customer",
+            f"no conversation with {phone or user_id}",
+        )
     if len(found) > 1:
-        raise RequestError(
-            400,
+        raise _refused(
+            BadRequest,
             "this customer has conversations in more than one organisation: give organisation_id",
         )
     return found[0]
@@ -114,13 +126,13 @@ def _by_id(conn: sa.Connection, given: Any, who: Caller) -> outbound.Conversatio
     try:
         conversation_id = int(given)
     except (TypeError, ValueError):
-        raise RequestError(400, "conversation_id must be a number") from None
+        raise _refused(BadRequest, "conversation_id must be a number") from None
     try:
         conversation = outbound.load(conn, conversation_id)
     except sa.exc.NoResultFound:
         conversation = None
     if conversation is None or not who.sees(conversation.organisation_id):
-        raise RequestError(404, f"no conversation {conversation_id}")
+        raise _refused(NotFound, f"no conversation {conversation_id}")
     return conversation
 
 
@@ -152,13 +164,13 @@ def send(runtime: Runtime, body: dict[str, Any], who: Caller) -> dict[str, Any]:
                     conversation.contact_id,
                 )
             except InvalidInput as error:
-                raise RequestError(422, error.errors[0]["error"]) from None
+                raise InvalidInput(error.errors, summary=error.errors[0]["error"]) from None
         else:
             message, shown = _message_of(body), None
             last = conversation.last_inbound_at
             if last is None or datetime.now(UTC) - last > SERVICE_WINDOW:
-                raise RequestError(
-                    409,
+                raise _refused(
+                    Conflict,
                     "outside the 24-hour customer-service window (no customer message in the"
                     " last 24 h): only an approved template may be sent (template_id)",
                 )
@@ -167,7 +179,7 @@ def send(runtime: Runtime, body: dict[str, Any], who: Caller) -> dict[str, Any]:
         )
     delivery = outbound.deliver(runtime.engine, runtime.client, message_id)
     if delivery.outcome == "failed":
-        raise RequestError(502, f"WhatsApp refused the message: {delivery.error}")
+        raise _refused(Refused, f"WhatsApp refused the message: {delivery.error}")
     status = {"sent": "sent", "retry": "queued"}.get(delivery.outcome, "sending")
     return {"status": status, "message_id": message_id}
 
@@ -176,25 +188,24 @@ def _message_of(body: dict[str, Any]) -> dict[str, Any]:
     text = body.get("message")
     media = body.get("media")
     if media:
-        if not isinstance(media, dict) or media.get("type") not in MEDIA_KINDS:
-            raise RequestError(400, f"media.type must be one of {', '.join(MEDIA_KINDS)}")
+        if not isinstance(media, dict) or media.get("type") not in MEDIA_MESSAGE_TYPES:
+            raise _refused(
+                BadRequest, f"media.type must be one of {', '.join(MEDIA_MESSAGE_TYPES)}"
+            )
         if not media.get("link") and not media.get("id"):
-            raise RequestError(400, "media needs a link (https URL) or a WhatsApp media id")
+            raise _refused(BadRequest, "media needs a link (https URL) or a WhatsApp media id")
         content = {k: media[k] for k in ("link", "id", "filename") if media.get(k)}
         if text and media["type"] != "audio":
             content["caption"] = str(text)
         return {"type": media["type"], media["type"]: content}
     if not isinstance(text, str) or not text.strip():
-        raise RequestError(400, "message must be non-empty text (or give media)")
+        raise _refused(BadRequest, "message must be non-empty text (or give media)")
     return outbound.text(text)
 
 
 async def _answer(request: Request, work: Callable, answer: dict[str, Any] | None = None):
-    try:
-        body = await _body(request)
-        result = await run_in_threadpool(work, request.app.state.webhook, body, caller(request))
-    except RequestError as error:
-        return JSONResponse({"error": error.reason}, status_code=error.status)
+    body = await _body(request)
+    result = await run_in_threadpool(work, request.app.state.webhook, body, caller(request))
     return JSONResponse(answer or result)
 
 

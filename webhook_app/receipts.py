@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from resources import consent
-from resources.graph_errors import MARKETING_STOPPED
+from resources.graph_errors import MARKETING_STOPPED, reported
 
 RECEIPT_STATUSES = ("sent", "delivered", "read", "failed")
 
@@ -136,15 +136,14 @@ def _is_receipt(status: Any) -> bool:
 
 
 def _row(status: dict[str, Any]) -> dict[str, Any]:
-    error = (status.get("errors") or [{}])[0]
-    error = error if isinstance(error, dict) else {}
+    error = reported(status.get("errors"))
     ts = timestamp(status.get("timestamp"))
     return {
         "wamid": status["id"],
         "status": status["status"],
         "ts": ts.isoformat() if ts else None,
-        "code": error.get("code") if isinstance(error.get("code"), int) else None,
-        "title": _error_title(error) if status["status"] == "failed" else None,
+        "code": error.code,
+        "title": error.title if status["status"] == "failed" else None,
         "raw": status,
     }
 
@@ -155,9 +154,3 @@ def timestamp(value: Any) -> datetime | None:
         return datetime.fromtimestamp(int(value), tz=UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         return None
-
-
-def _error_title(error: dict[str, Any]) -> str | None:
-    title = error.get("title") or error.get("message")
-    detail = (error.get("error_data") or {}).get("details")
-    return f"{title}: {detail}" if title and detail else title

@@ -302,7 +302,7 @@ def app_with_workers(
 ) -> Starlette:
     """The app with the workers in its own process: what `make demo` and the tests run, one
     process and no supervisor. Deployments run `waflow webhook-worker` beside the app."""
-    from webhook_app.app import lifespan, routes
+    from webhook_app.app import exception_handlers, lifespan, routes
 
     @contextlib.asynccontextmanager
     async def app_and_workers(app: Starlette) -> AsyncIterator[None]:
@@ -316,7 +316,7 @@ def app_with_workers(
             finally:
                 await app.state.workers.stop()
 
-    app = Starlette(routes=routes, lifespan=app_and_workers)
+    app = Starlette(routes=routes, lifespan=app_and_workers, exception_handlers=exception_handlers)
     if client is not None:
         app.state.whatsapp_client = client
     return app

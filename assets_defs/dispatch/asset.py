@@ -13,12 +13,12 @@ from assets_defs.dispatch.dispatcher import (
     load_spec,
     run_counts,
 )
-from assets_defs.dispatch.payloads import MediaUrl
 from assets_defs.partitions import campaign_run_partitions
 from resources import campaign_runs as runs
 from resources import settings
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource
+from resources.queue_message import MediaUrl
 from resources.storage import S3Storage
 
 ACCOUNTED_CHECK = "every_member_accounted_for"

@@ -30,8 +30,11 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
-from assets_defs.dispatch import queueing
-from assets_defs.dispatch.payloads import (
+from resources import consent, crash_points
+from resources.campaign_runs import GENERATING
+from resources.media_ready import Listener
+from resources.queue import BATCH_SIZE, BatchOutcome, Outgoing, SQSResource, pack
+from resources.queue_message import (
     CampaignSpec,
     InvalidPayload,
     MediaUrl,
@@ -41,16 +44,12 @@ from assets_defs.dispatch.payloads import (
     prepare,
     with_message_id,
 )
-from resources import consent, crash_points
-from resources.campaign_runs import GENERATING
-from resources.media_ready import Listener
-from resources.queue import SQSResource
 from resources.status import member_sources
 
 PAGE_SIZE = 1000
 # Batches waiting for a sending thread: two pages' worth, so that SQS is kept busy while the
 # main thread prepares and stores the next page.
-AHEAD_BATCHES = 2 * PAGE_SIZE // queueing.BATCH_SIZE
+AHEAD_BATCHES = 2 * PAGE_SIZE // BATCH_SIZE
 # SQS's answers are written in groups of about this many messages: one transaction per batch
 # costs more than the sending. A row sent but not yet marked when a run dies is sent again by
 # the retry, and dropped by the FIFO deduplication or by the sender's `pending` check.
@@ -142,7 +141,7 @@ class Dispatch:
         self.log = log
         self.stats = AttemptStats()
         self._in_flight: set[Future] = set()
-        self._answered: list[queueing.BatchOutcome] = []
+        self._answered: list[BatchOutcome] = []
 
     def run(self) -> AttemptStats:
         started = time.perf_counter()
@@ -182,7 +181,7 @@ class Dispatch:
             raise Halted(status)
         return status
 
-    def _unqueued_pages(self) -> Iterator[list[queueing.Outgoing]]:
+    def _unqueued_pages(self) -> Iterator[list[Outgoing]]:
         """Rows an earlier attempt stored but did not get onto the queue (held rows are the
         sender's to re-queue)."""
         query = sa.text(
@@ -194,7 +193,7 @@ class Dispatch:
         for rows in self._pages(query, {"r": self.run_id}, after=0):
             self.log(f"resuming {len(rows)} messages stored by an earlier attempt")
             yield [
-                queueing.Outgoing(mid, member, self.run_id, to, with_message_id(body(payload), mid))
+                Outgoing(mid, member, self.run_id, to, with_message_id(body(payload), mid))
                 for mid, member, to, payload in rows
             ]
 
@@ -243,7 +242,7 @@ class Dispatch:
             after = rows[-1][0]
             yield rows
 
-    def _prepare(self, page: list[Recipient]) -> list[queueing.Outgoing]:
+    def _prepare(self, page: list[Recipient]) -> list[Outgoing]:
         """Store the page's decisions in one transaction; returns the new rows to queue."""
         valid: list[Prepared] = []
         failed: dict[str, str] = {}
@@ -269,7 +268,7 @@ class Dispatch:
             self._decide(conn, "failed", failed)
             self._decide(conn, "skipped", skipped)
         return [
-            queueing.Outgoing(
+            Outgoing(
                 inserted[item.recipient.member_id],
                 item.recipient.member_id,
                 self.run_id,
@@ -335,10 +334,10 @@ class Dispatch:
             },
         )
 
-    def _submit(self, pool: ThreadPoolExecutor, rows: list[queueing.Outgoing]) -> None:
-        for batch in queueing.pack(rows):
+    def _submit(self, pool: ThreadPoolExecutor, rows: list[Outgoing]) -> None:
+        for batch in pack(rows):
             self._settle(AHEAD_BATCHES)
-            self._in_flight.add(pool.submit(queueing.send, self.sqs, batch, self.retry_seconds))
+            self._in_flight.add(pool.submit(self.sqs.send, batch, self.retry_seconds))
 
     def _settle(self, keep: int, raise_errors: bool = True) -> None:
         """Wait until at most `keep` batches are in flight, recording SQS's answers (all of
@@ -355,7 +354,7 @@ class Dispatch:
                 self._in_flight = set()
             self._answered += [f.result() for f in done if f.exception() is None]
             errors = [f.exception() for f in done if f.exception() is not None]
-            if errors or len(self._answered) * queueing.BATCH_SIZE >= RECORD_EVERY:
+            if errors or len(self._answered) * BATCH_SIZE >= RECORD_EVERY:
                 self._flush()
             if errors and raise_errors:
                 raise errors[0]
@@ -366,7 +365,7 @@ class Dispatch:
         self._record(self._answered)
         self._answered = []
 
-    def _record(self, outcomes: list[queueing.BatchOutcome]) -> None:
+    def _record(self, outcomes: list[BatchOutcome]) -> None:
         sent = [m for o in outcomes for m in o.sent]
         failed = [(m, reason) for o in outcomes for m, reason in o.failed]
         self.stats.batches += sum(o.calls for o in outcomes)

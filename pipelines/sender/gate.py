@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from pipelines.sender.payload import Payload
 from resources import breakers
 from resources.graph_errors import Breaks, ErrorClass, classify
+from resources.queue_message import Payload
 from resources.whatsapp import Outgoing, SentMessage
 
 REFRESH_SECONDS = 1.0

@@ -26,13 +26,11 @@ stored payload. Should the first payload still turn up, the claim lets one copy 
 
 from __future__ import annotations
 
-import json
-import uuid
-
 import sqlalchemy as sa
 
 from resources import breakers
-from resources.queue import SQSResource
+from resources.queue import Outgoing, SQSResource
+from resources.queue_message import body, with_message_id
 
 PAGE = 500
 
@@ -140,23 +138,18 @@ def _release_page(
     stays held for the next tick; an unreachable queue raises, and nothing changes."""
     with engine.begin() as conn:
         rows = conn.execute(query, params).all()
-        entries, unsendable = [], []
+        again, unsendable = [], []
         for message_id, run_id, member_id, to, payload in rows:
             if not payload:
                 unsendable.append(message_id)
                 continue
-            body = json.dumps({**payload, "messageId": message_id}, separators=(",", ":"))
-            # A fresh deduplication id: the queue would drop a copy of the first one.
-            dedup = f"{run_id}-{member_id}-{uuid.uuid4().hex[:12]}"
-            entries.append(sqs.entry(message_id, body, to, dedup))
+            queued_body = with_message_id(body(payload), message_id)
+            again.append(Outgoing(message_id, member_id, run_id, to, queued_body))
         if unsendable:
             conn.execute(
                 _UNSENDABLE, {"ids": unsendable, "reason": "no stored payload to queue again"}
             )
-        queued = []
-        for start in range(0, len(entries), 10):
-            answer = sqs.send_batch(entries[start : start + 10])
-            queued += [int(ok["Id"]) for ok in answer.get("Successful", [])]
+        queued = sqs.send_again(again)
         if queued:
             conn.execute(mark, {"ids": queued})
     return len(rows), len(queued)

@@ -21,26 +21,24 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.sender import release, store
 from pipelines.sender.gate import BreakerView, Held, Trip, trip_of
-from pipelines.sender.payload import MalformedPayload, Payload, parse
 from resources import breakers, consent, crash_points, safe_errors, settings
 from resources.breakers import Breaker
 from resources.graph_errors import MARKETING_STOPPED, ErrorClass, classify
-from resources.queue import SQSResource
+from resources.queue import Received, SQSResource
+from resources.queue_message import MalformedPayload, Payload, parse
 from resources.whatsapp import Outgoing, SentMessage, WhatsAppClient
 
 log = logging.getLogger("waflow.sender")
 
-MAX_VISIBILITY_SECONDS = 12 * 3600  # SQS's ceiling
 # Errors the same statement would meet again: retrying them would stall a lane for ever.
 NEVER_PASSES = (sa.exc.IntegrityError, sa.exc.DataError)
-RECEIVE_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId"]
 LIMIT_REACHED = "waiting: the organisation's messaging limit (recipients per 24 h) is reached"
 T = TypeVar("T")
 
@@ -72,13 +70,9 @@ class SenderConfig:
 
 @dataclass(frozen=True)
 class Job:
-    message: dict[str, Any]
+    message: Received
     payload: Payload
     send_at: float = 0.0
-
-    @property
-    def receipt(self) -> str:
-        return self.message["ReceiptHandle"]
 
 
 class Worker:
@@ -132,19 +126,16 @@ class Worker:
     def _lane(self, drain: bool) -> None:
         while not self._stopping.is_set():
             try:
-                messages = self.sqs.client.receive_message(
-                    QueueUrl=self.sqs.url(),
-                    MaxNumberOfMessages=10,
-                    WaitTimeSeconds=self.config.wait_seconds,
-                    VisibilityTimeout=self.config.visibility_seconds,
-                    AttributeNames=RECEIVE_ATTRIBUTES,
-                ).get("Messages", [])
+                messages = self.sqs.receive(
+                    wait_seconds=self.config.wait_seconds,
+                    visibility_seconds=self.config.visibility_seconds,
+                )
             except (BotoCoreError, ClientError) as error:
                 log.warning("cannot receive from SQS: %s", error)
                 self._stopping.wait(2.0)
                 continue
             if not messages:
-                if drain and self._queue_is_empty():
+                if drain and self.sqs.is_empty():
                     return
                 continue
             if self._stopping.is_set():
@@ -192,16 +183,12 @@ class Worker:
                 self._count("requeued_lost", requeued)
                 log.warning("re-queued %d messages whose payload was no longer queued", requeued)
 
-    def _queue_is_empty(self) -> bool:
-        depth = self.sqs.depth()
-        return depth.visible + depth.in_flight + depth.delayed == 0
-
-    def _process(self, messages: list[dict[str, Any]]) -> None:
+    def _process(self, messages: list[Received]) -> None:
         self._local.batch, self._local.hidden_at = messages, time.monotonic()
         jobs = []
         for message in messages:
             try:
-                jobs.append(Job(message, parse(message["Body"])))
+                jobs.append(Job(message, parse(message.body)))
             except MalformedPayload as error:
                 self._dead_letter(message, str(error), error.message_id)
         jobs = self._hold_blocked(jobs)
@@ -225,12 +212,12 @@ class Worker:
             if row is None:
                 self._count("duplicates")  # already sent, sending, failed or held: never twice
                 self._settle_probe(job.payload.message_id, None)
-                done.append(job.receipt)
+                done.append(job.message)
             elif row.verdict is not None:
                 # Skipped (consent withdrawn) or held (campaign paused): nothing is sent.
                 self._count("held_paused" if row.verdict == store.PAUSED else "skipped")
                 self._settle_probe(row.id, None)
-                done.append(job.receipt)
+                done.append(job.message)
             elif row.peer_phone != job.payload.to:
                 outcomes.append(_failure(row.id, None, "payload recipient differs from the row's"))
                 self._dead_letter(job.message, "payload recipient differs from the row's", None)
@@ -244,7 +231,7 @@ class Worker:
                         "use a template",
                     )
                 )
-                done.append(job.receipt)
+                done.append(job.message)
             else:
                 sending.append((job, row))
         results = self.client.send_many(
@@ -274,15 +261,15 @@ class Worker:
             elif action == "dead":
                 dead.append((job.message, outcome))
             else:
-                done.append(job.receipt)
+                done.append(job.message)
         self._record(outcomes)
         for (job, _), result in zip(sending, results, strict=True):
             self._settle_probe(job.payload.message_id, result)
         if stopped:
             self._persist("record marketing opt-outs", lambda: self._marketing_stopped(stopped))
-        self._delete(done)
+        self.sqs.delete(done)
         for message, delay in retry:
-            self._postpone([message], delay)
+            self.sqs.postpone([message], delay)
         for message, outcome in dead:
             self._dead_letter(
                 message,
@@ -358,7 +345,7 @@ class Worker:
                 lambda i=ids, r=reason, b=breaker_id: self.store.hold(i, "breaker", r, b),
             )
             self._count("held_by_breaker", len(group))
-            self._delete([job.receipt for job in group])
+            self.sqs.delete([job.message for job in group])
         return passing
 
     def _becomes_probe(self, breaker: Breaker, message_id: int) -> bool:
@@ -476,7 +463,7 @@ class Worker:
                     lambda i=ids: self.store.hold(i, "messaging_limit", LIMIT_REACHED),
                 )
                 self._count("held_by_limit", len(waiting))
-                self._delete([job.receipt for job in waiting])
+                self.sqs.delete([job.message for job in waiting])
                 held.update(id(job) for job in waiting)
         return [job for job in jobs if id(job) not in held]
 
@@ -548,73 +535,21 @@ class Worker:
         batch = getattr(self._local, "batch", None)
         since = time.monotonic() - getattr(self._local, "hidden_at", 0.0)
         if batch and since >= self.config.visibility_seconds / 3:
-            self._change_visibility(batch, self.config.visibility_seconds)
+            self.sqs.change_visibility(batch, self.config.visibility_seconds)
             self._local.hidden_at = time.monotonic()
 
-    def _delete(self, receipts: list[str]) -> None:
-        for start in range(0, len(receipts), 10):
-            entries = [
-                {"Id": str(i), "ReceiptHandle": r}
-                for i, r in enumerate(receipts[start : start + 10])
-            ]
-            try:
-                self.sqs.client.delete_message_batch(QueueUrl=self.sqs.url(), Entries=entries)
-            except (BotoCoreError, ClientError) as error:
-                # The payload comes back; its row is past `pending`, so it is deleted then.
-                log.warning("cannot delete %d payloads: %s", len(entries), error)
-
-    def _release(self, messages: list[dict[str, Any]]) -> None:
+    def _release(self, messages: list[Received]) -> None:
         """Make received-but-unstarted payloads visible again at once (graceful stop)."""
-        self._change_visibility(messages, 0)
+        self.sqs.release(messages)
         self._count("released", len(messages))
 
-    def _postpone(self, messages: list[dict[str, Any]], seconds: float) -> None:
-        """Hide payloads for `seconds`. One near the DLQ's receive count is requeued as a
-        fresh copy instead, so that waiting never sends a payload to the DLQ."""
-        near_limit = [m for m in messages if _receive_count(m) >= self.sqs.max_receive_count]
-        for message in near_limit:
-            self._requeue(message)
-        rest = [m for m in messages if m not in near_limit]
-        self._change_visibility(rest, min(int(seconds), MAX_VISIBILITY_SECONDS))
-
-    def _change_visibility(self, messages: list[dict[str, Any]], seconds: int) -> None:
-        for start in range(0, len(messages), 10):
-            entries = [
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": seconds}
-                for i, m in enumerate(messages[start : start + 10])
-            ]
-            try:
-                self.sqs.client.change_message_visibility_batch(
-                    QueueUrl=self.sqs.url(), Entries=entries
-                )
-            except (BotoCoreError, ClientError) as error:
-                log.warning("cannot change visibility of %d payloads: %s", len(entries), error)
-
-    def _requeue(self, message: dict[str, Any]) -> None:
-        self.sqs.client.send_message(
-            QueueUrl=self.sqs.url(), MessageBody=message["Body"], **self._fifo_keys(message)
-        )
-        self._delete([message["ReceiptHandle"]])
-
-    def _dead_letter(self, message: dict[str, Any], reason: str, message_id: int | None) -> None:
+    def _dead_letter(self, message: Received, reason: str, message_id: int | None) -> None:
         """Move a payload that will never be sent to the DLQ with the reason, and fail its row."""
-        log.warning("payload %s to the DLQ: %s", message.get("MessageId"), reason)
+        log.warning("payload %s to the DLQ: %s", message.message_id, reason)
         if message_id is not None:
             self._record([_failure(message_id, None, "Malformed payload", reason)])
-        self.sqs.client.send_message(
-            QueueUrl=self.sqs.url(self.sqs.dlq_name),
-            MessageBody=message["Body"],
-            MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:1000]}},
-            **self._fifo_keys(message),
-        )
-        self._delete([message["ReceiptHandle"]])
+        self.sqs.dead_letter(message, reason)
         self._count("dead_lettered")
-
-    def _fifo_keys(self, message: dict[str, Any]) -> dict[str, str]:
-        if not self.sqs.is_fifo:
-            return {}
-        group = message.get("Attributes", {}).get("MessageGroupId") or "sender"
-        return {"MessageGroupId": group, "MessageDeduplicationId": uuid.uuid4().hex}
 
 
 def _hold_reason(breaker: Breaker) -> str:
@@ -622,10 +557,6 @@ def _hold_reason(breaker: Breaker) -> str:
         f"held: circuit breaker {breaker.id} on {breaker.scope} open"
         f" (error {breaker.error_code}: {breaker.error_title})"
     )
-
-
-def _receive_count(message: dict[str, Any]) -> int:
-    return int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
 
 
 def _failure(
