@@ -63,6 +63,9 @@ READY_STATUSES = ("asset_generated", "ready_to_send")
 # after a pause, until its media run starts again).
 MAKING_MEDIA = (GENERATING, "approved")
 STOPPING = ("paused", "cancelled", "failed")
+# The media runs signal every few members, and each look scans the campaign's audience: a
+# look at most this often gathers the members of many signals (the sender takes 80 a second).
+LOOK_EVERY_SECONDS = 1.0
 
 
 class Halted(Exception):
@@ -163,6 +166,7 @@ class Dispatch:
                     self._settle(0)
                     waiting = time.perf_counter()
                     media_ready.wait(self.media_poll_seconds)
+                    time.sleep(max(0.0, waiting + LOOK_EVERY_SECONDS - time.perf_counter()))
                     self.stats.media_wait_seconds += time.perf_counter() - waiting
                 self._settle(0)
             finally:
