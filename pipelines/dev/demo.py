@@ -83,19 +83,32 @@ def load_demo(engine: sa.Engine, members: int = 50, approved: bool = True) -> UU
         org = campaigns.create_organisation(conn, DEMO_ORGANISATION)
         phone_number_id = settings.get("WHATSAPP_PHONE_NUMBER_ID")
         campaigns.add_phone_number(conn, org, phone_number_id)
-        template = add_demo_template(conn, org)
-        campaign = campaigns.create_campaign(
-            conn,
-            org,
-            "Demo offer",
-            message_type="template",
-            template_id=template,
-            phone_number_id=phone_number_id,
-        )
-        campaigns.add_audience(conn, campaign, demo_members(members))
-        if approved:
-            campaigns.set_campaign_status(conn, campaign, "approved")
-        return campaign
+        return add_demo_campaign(conn, org, phone_number_id, "Demo offer", members, approved)
+
+
+def add_demo_campaign(
+    conn: sa.Connection,
+    organisation_id: UUID,
+    phone_number_id: str,
+    name: str,
+    members: int,
+    approved: bool,
+) -> UUID:
+    """The demo's template (with its generator) and a campaign of `members` demo members on
+    it, sent from `phone_number_id`: approved, or left a draft."""
+    template = add_demo_template(conn, organisation_id)
+    campaign = campaigns.create_campaign(
+        conn,
+        organisation_id,
+        name,
+        message_type="template",
+        template_id=template,
+        phone_number_id=phone_number_id,
+    )
+    campaigns.add_audience(conn, campaign, demo_members(members))
+    if approved:
+        campaigns.set_campaign_status(conn, campaign, "approved")
+    return campaign
 
 
 def messaging_limit_note(engine: sa.Engine, campaign_id: UUID, api_url: str) -> str:

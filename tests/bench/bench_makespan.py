@@ -45,24 +45,13 @@ PHONE_NUMBER_ID = "1234567890"
 def _demo_campaign(engine: sa.Engine, approved: bool) -> str:
     """A new demo campaign of `MEMBERS` (the demo's organisation, template and generator),
     with no messaging limit: the bound is the number's throughput."""
-    from pipelines.dev.demo import add_demo_template, demo_members
+    from pipelines.dev.demo import add_demo_campaign
     from resources import campaigns
 
     with engine.begin() as conn:
         org = campaigns.create_organisation(conn, f"Makespan {time.time_ns()}", None)
         campaigns.add_phone_number(conn, org, PHONE_NUMBER_ID, MESSAGES_PER_SECOND)
-        template = add_demo_template(conn, org)
-        campaign = campaigns.create_campaign(
-            conn,
-            org,
-            "Makespan",
-            message_type="template",
-            template_id=template,
-            phone_number_id=PHONE_NUMBER_ID,
-        )
-        campaigns.add_audience(conn, campaign, demo_members(MEMBERS))
-        if approved:
-            campaigns.set_campaign_status(conn, campaign, "approved")
+        campaign = add_demo_campaign(conn, org, PHONE_NUMBER_ID, "Makespan", MEMBERS, approved)
     return str(campaign)
 
 
