@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets_defs import archive, dispatch, media, reports, retention, templates
+from assets_defs import archive, campaign_sensor, dispatch, media, reports, retention, templates
 from resources import settings
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
@@ -77,6 +77,7 @@ defs = dg.Definitions.merge(
     media.defs,
     archive.defs,
     dispatch.defs,
+    campaign_sensor.defs,
     reports.defs,
     templates.defs,
     retention.defs,

@@ -234,15 +234,6 @@ SETTINGS: tuple[Setting, ...] = (
         high=64,
     ),
     Setting(
-        "MEDIA_SENSOR_INTERVAL_SECONDS",
-        "10",
-        "How often the Dagster daemon looks for approved campaigns to start their media: the"
-        " longest an approved campaign waits before its media begin.",
-        kind=int,
-        low=1,
-        high=3600,
-    ),
-    Setting(
         "MEDIA_STUCK_MINUTES",
         "30",
         "Members in `asset_generating` this long, claimed by a run that is gone, are reset to"
@@ -327,10 +318,12 @@ SETTINGS: tuple[Setting, ...] = (
         high=7 * 24 * 3600,  # the longest a presigned URL can live
     ),
     Setting(
-        "DISPATCH_SENSOR_INTERVAL_SECONDS",
-        "10",
-        "How often the campaign-run sensor looks for campaign runs to launch (the first members"
-        " with media ready, a due occurrence, a resumed campaign) and completes finished ones.",
+        "CAMPAIGN_SENSOR_INTERVAL_SECONDS",
+        "5",
+        "How often the campaign sensor moves campaigns on: starts the media of approved"
+        " campaigns, launches the campaign runs that are due (beside the media runs, so the"
+        " first members go as soon as their media are ready), completes finished ones. The"
+        " Dagster daemon evaluates sensors at most every 5 s.",
         kind=int,
         low=1,
         high=3600,

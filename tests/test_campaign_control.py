@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from assets_defs.dispatch.dispatcher import Dispatch
-from assets_defs.dispatch.sensors import plan_tick
+from assets_defs.dispatch.planner import plan_tick
 from resources import campaign_control, campaign_runs, consent, errors, organisations
 from resources.campaigns import Member
 from resources.queue import SQSResource

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from assets_defs.dispatch.dispatcher import Dispatch, Halted, load_spec
-from assets_defs.dispatch.sensors import plan_tick
+from assets_defs.dispatch.planner import plan_tick
 from assets_defs.media import store
 from assets_defs.media.runner import CampaignMediaRun, Policy
 from resources import campaign_runs as runs

@@ -1,4 +1,4 @@
-"""Recurrence, the campaign-run sensor and the campaign's status around its runs."""
+"""Recurrence, the campaign sensor's runs and the campaign's status around its runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from assets_defs.dispatch.sensors import campaign_run_sensor, plan_tick
+from assets_defs.campaign_sensor import campaign_sensor
+from assets_defs.dispatch.planner import plan_tick
 from pipelines.definitions import defs
 from resources import campaign_runs as runs
 from resources import recurrence
@@ -74,9 +75,9 @@ def test_a_due_campaign_gets_one_run_and_a_run_request_for_its_partition(engine,
     with dg.build_sensor_context(
         instance=instance, definitions=defs, resources={"postgres": postgres}
     ) as context:
-        result = campaign_run_sensor(context)
+        result = campaign_sensor(context)
         instance.add_dynamic_partitions("campaigns", [str(campaign_id)])
-        again = campaign_run_sensor(context)
+        again = campaign_sensor(context)
 
     (request,) = result.run_requests
     today = datetime.now(UTC).date().isoformat()
@@ -92,6 +93,31 @@ def test_a_due_campaign_gets_one_run_and_a_run_request_for_its_partition(engine,
     # The next tick records nothing new and asks for the same run (Dagster skips its key).
     assert [r.run_key for r in again.run_requests] == [request.run_key]
     assert again.dynamic_partitions_requests == []
+    assert count_runs(engine) == 1
+
+
+def test_an_approved_campaign_gets_its_media_and_dispatch_runs_in_the_same_tick(engine, postgres):
+    """The dispatch run is launched beside the media runs, so it is there to send the first
+    member whose media are ready rather than a tick later."""
+    from tests.media_campaigns import create_campaign, versioned
+
+    campaign_id, _ = create_campaign(engine, 3, versioned(1))
+    instance = dg.DagsterInstance.ephemeral()
+    with dg.build_sensor_context(
+        instance=instance, definitions=defs, resources={"postgres": postgres}
+    ) as context:
+        result = campaign_sensor(context)
+
+    key = str(campaign_id)
+    today = datetime.now(UTC).date().isoformat()
+    media, dispatch = result.run_requests
+    assert media.partition_key == key
+    assert media.run_key.startswith(f"campaign_media:{key}:")
+    assert dispatch.partition_key == dg.MultiPartitionKey({"campaign": key, "date": today})
+    assert dispatch.run_key == f"dispatch-{key}-{today}"
+    (add,) = result.dynamic_partitions_requests
+    assert list(add.partition_keys) == [key]
+    assert campaign_status(engine, campaign_id) == "asset_generation"
     assert count_runs(engine) == 1
 
 

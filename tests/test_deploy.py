@@ -198,7 +198,7 @@ def test_the_single_host_instance_runs_on_postgres(make_database, monkeypatch, t
 
 
 def test_the_sensors_tag_runs_with_the_keys_the_instances_limit():
-    from assets_defs.dispatch.sensors import run_request
+    from assets_defs.dispatch.planner import run_request
     from assets_defs.media.sensors import media_run_requests
     from resources.campaign_runs import CampaignRun
 

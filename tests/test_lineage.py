@@ -126,9 +126,8 @@ def test_sensors_and_jobs_launch_the_same_assets_as_before_the_deps():
         for sensor in defs.sensors
     }
     assert targets == {
-        "campaign_media_sensor": ["campaign_media"],
+        "campaign_sensor": ["campaign_media", "dispatched_batches"],
         "media_recovery_sensor": ["campaign_media"],
-        "campaign_run_sensor": ["dispatched_batches"],
         "campaign_delivery_report_sensor": ["campaign_delivery_report"],
         "table_observation_sensor": None,
     }

@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from assets_defs.media.sensors import campaign_media_sensor, media_recovery_sensor
+from assets_defs.media.sensors import media_recovery_sensor, start_media
 from tests.media_campaigns import campaign_row, create_campaign, members, versioned
 
 
@@ -44,39 +44,38 @@ def age(engine, campaign_id, minutes: int, claimed: int = 0, by_run: str | None 
         )
 
 
-def test_approved_campaigns_get_a_partition_and_one_run_each(engine, postgres, instance):
+def test_approved_campaigns_get_a_partition_and_one_run_each(engine):
     with_media, _ = create_campaign(engine, 3, versioned(1))
     without_media, _ = create_campaign(engine, 2, None)
     draft, _ = create_campaign(engine, 2, versioned(1), approve=False)
 
-    result = tick(campaign_media_sensor, instance, postgres)
+    started = start_media(engine)
 
     key = str(with_media)
-    [request] = result.run_requests
+    [request] = started.run_requests
     assert request.partition_key == key
     assert request.tags["campaign"] == key
     assert request.run_key.startswith(f"campaign_media:{key}:")
-    [partitions] = result.dynamic_partitions_requests
-    assert partitions.partitions_def_name == "campaigns"
-    assert list(partitions.partition_keys) == [key]
+    assert started.partition_keys == [key]
+    assert started.without_media == 1
     assert campaign_row(engine, with_media).status == "asset_generation"
     assert campaign_row(engine, without_media).status == "asset_generated"
     assert {m.status for m in members(engine, without_media)} == {"pending"}
     assert campaign_row(engine, draft).status == "draft"
 
-    again = tick(campaign_media_sensor, instance, postgres)
+    again = start_media(engine)
     assert again.run_requests == []
 
 
-def test_a_campaign_approved_again_gets_a_new_run(engine, postgres, instance):
+def test_a_campaign_approved_again_gets_a_new_run(engine):
     campaign_id, _ = create_campaign(engine, 1, versioned(1))
-    first = tick(campaign_media_sensor, instance, postgres).run_requests[0]
+    first = start_media(engine).run_requests[0]
     with engine.begin() as conn:
         conn.execute(
             sa.text("UPDATE campaigns SET status = 'approved' WHERE id = :c"), {"c": campaign_id}
         )
 
-    second = tick(campaign_media_sensor, instance, postgres).run_requests[0]
+    second = start_media(engine).run_requests[0]
 
     assert second.run_key != first.run_key
 

@@ -155,9 +155,6 @@ def _production_env(tmp_path: Path, graph_url: str, code_port: int) -> dict[str,
         "WHATSAPP_VERIFY_TOKEN": "topology-verify-token",
         "ADMIN_API_TOKEN": ADMIN_TOKEN,
         "SENDER_WAIT_SECONDS": "1",
-        # Settings a deployment may tune; short ticks keep the test short.
-        "MEDIA_SENSOR_INTERVAL_SECONDS": "2",
-        "DISPATCH_SENSOR_INTERVAL_SECONDS": "2",
     }
 
 

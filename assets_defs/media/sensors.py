@@ -1,16 +1,20 @@
-"""The sensors that start and recover media generation.
+"""Starting and recovering media generation.
 
-`campaign_media_sensor` turns approved campaigns into runs: each gets a `campaigns`
-partition and `MEDIA_RUNS_PER_CAMPAIGN` runs named by the moment its generation began, so a campaign approved
-again later gets a new run and a repeated tick gets none. `media_recovery_sensor` is seed 1's
-startup and runtime recovery: members claimed long ago by a run that is gone go back to
-`pending`, and a campaign left in `asset_generation` with no live run is requested again.
+`start_media` turns approved campaigns into runs (the campaign sensor calls it each tick):
+each gets a `campaigns` partition and `MEDIA_RUNS_PER_CAMPAIGN` runs named by the moment its
+generation began, so a campaign approved again later gets a new run and a repeated tick gets
+none. `media_recovery_sensor` is seed 1's startup and runtime recovery: members claimed long
+ago by a run that is gone go back to `pending`, and a campaign left in `asset_generation`
+with no live run is requested again.
 
 Neither keeps a Dagster cursor: the campaign's own status is the mark. A campaign leaves
 `approved` in the same statement that selects it, so each is read once, whatever the ticks do.
 """
 
+from dataclasses import dataclass
+
 import dagster as dg
+import sqlalchemy as sa
 
 from assets_defs.media import store
 from assets_defs.media.asset import campaign_media, live_runs
@@ -19,7 +23,7 @@ from resources import settings
 from resources.postgres import PostgresResource
 
 CAMPAIGNS_PER_TICK = 50
-# A campaign the approval sensor just moved has its run created within the same tick; give
+# A campaign the campaign sensor just moved has its run created within the same tick; give
 # the daemon this long before treating the campaign as orphaned.
 ORPHAN_GRACE_SECONDS = 120
 # A campaign whose runs keep dying (not its members failing: those are recorded) is failed
@@ -43,32 +47,31 @@ def media_run_requests(campaign_id: str, run_key: str) -> list[dg.RunRequest]:
     ]
 
 
-@dg.sensor(
-    asset_selection=[campaign_media],
-    minimum_interval_seconds=int(settings.number("MEDIA_SENSOR_INTERVAL_SECONDS")),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-def campaign_media_sensor(
-    context: dg.SensorEvaluationContext, postgres: PostgresResource
-) -> dg.SensorResult:
-    """Approved campaigns: with a generator → a `campaign_media` run; without → straight to
-    `asset_generated`."""
-    with postgres.engine.begin() as conn:
+@dataclass
+class MediaStart:
+    """Approved campaigns moved on by one tick: the media runs to request and their
+    partitions, and how many went straight to `asset_generated` (no active generator)."""
+
+    run_requests: list[dg.RunRequest]
+    partition_keys: list[str]
+    without_media: int
+
+
+def start_media(engine: sa.Engine) -> MediaStart:
+    """Approved campaigns: with a generator → `asset_generation` and its `campaign_media` runs;
+    without → straight to `asset_generated`."""
+    with engine.begin() as conn:
         without_media = store.approve_without_media(conn, CAMPAIGNS_PER_TICK)
         starting = store.begin_generation(conn, CAMPAIGNS_PER_TICK)
-    if without_media:
-        context.log.info(
-            f"{len(without_media)} approved campaign(s) have no active generator:"
-            " asset_generated, members left pending"
-        )
     keys = [campaign_partition_key(campaign_id) for campaign_id, _ in starting]
-    return dg.SensorResult(
+    return MediaStart(
         run_requests=[
             request
             for key, (_, began) in zip(keys, starting, strict=True)
             for request in media_run_requests(key, f"{key}:{began.isoformat()}")
         ],
-        dynamic_partitions_requests=[campaign_partitions.build_add_request(keys)] if keys else [],
+        partition_keys=keys,
+        without_media=len(without_media),
     )
 
 

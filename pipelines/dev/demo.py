@@ -139,7 +139,7 @@ def dispatch_demo(engine: sa.Engine, campaign_id: UUID) -> None:
     import dagster as dg
 
     from assets_defs.dispatch.asset import dispatched_batches
-    from assets_defs.dispatch.sensors import plan_tick
+    from assets_defs.dispatch.planner import plan_tick
     from pipelines.definitions import resources
 
     plan = plan_tick(engine, datetime.now(UTC))
@@ -159,7 +159,7 @@ def dispatch_demo(engine: sa.Engine, campaign_id: UUID) -> None:
 def next_sensor_tick(engine: sa.Engine) -> None:
     """The campaign-run sensor's next tick: a run whose messages are all out completes,
     and the one-off campaign with it."""
-    from assets_defs.dispatch.sensors import plan_tick
+    from assets_defs.dispatch.planner import plan_tick
 
     plan_tick(engine, datetime.now(UTC))
 

@@ -1,6 +1,7 @@
-"""`campaign_run_sensor`: records each due occurrence of every campaign whose media are ready
-or being made, and requests the `dispatched_batches` run of its partition (which, while the
-media are made, sends each member as its media are ready).
+"""Campaign runs, planned each tick of the campaign sensor: each due occurrence of every
+campaign whose media are ready or being made is recorded, and the `dispatched_batches` run of
+its partition requested (which, while the media are made, sends each member as its media are
+ready).
 
 A tick reads a bounded page of campaigns (its cursor is the last campaign id seen, wrapping
 around), so it stays light however many campaigns exist. Recording a run is an idempotent
@@ -12,17 +13,16 @@ operator's process-messages) are launched by the same pending-run scan.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import dagster as dg
 import sqlalchemy as sa
 
 from assets_defs.dispatch.asset import dispatched_batches
-from assets_defs.partitions import campaign_partition_key, campaign_partitions
+from assets_defs.partitions import campaign_partition_key
 from resources import campaign_runs as runs
 from resources import recurrence, settings
 from resources.campaigns import InvalidTransition
-from resources.postgres import PostgresResource
 
 CAMPAIGNS_PER_TICK = 200
 RUNS_PER_TICK = 100
@@ -77,33 +77,4 @@ def run_request(run: runs.CampaignRun) -> dg.RunRequest:
             "dispatch_campaign": run.campaign_id,
             "campaign_run_id": str(run.id),
         },
-    )
-
-
-@dg.sensor(
-    minimum_interval_seconds=int(settings.number("DISPATCH_SENSOR_INTERVAL_SECONDS")),
-    asset_selection=[dispatched_batches],
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-def campaign_run_sensor(
-    context: dg.SensorEvaluationContext, postgres: PostgresResource
-) -> dg.SensorResult:
-    plan = plan_tick(postgres.engine, datetime.now(UTC), context.cursor or "")
-    if plan.sent:
-        context.log.info(f"completed, every message sent or settled: {', '.join(plan.sent)}")
-    if plan.completed:
-        context.log.info(f"completed after their end date: {', '.join(plan.completed)}")
-    new_campaigns = sorted(
-        {
-            run.campaign_id
-            for run in plan.to_launch
-            if not context.instance.has_dynamic_partition(campaign_partitions.name, run.campaign_id)
-        }
-    )
-    return dg.SensorResult(
-        run_requests=[run_request(run) for run in plan.to_launch],
-        dynamic_partitions_requests=(
-            [campaign_partitions.build_add_request(new_campaigns)] if new_campaigns else []
-        ),
-        cursor=plan.cursor,
     )
