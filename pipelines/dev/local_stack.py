@@ -174,6 +174,12 @@ storage:
   postgres:
     postgres_url:
       env: DAGSTER_POSTGRES_URL
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    # A queued run starts within a second (the default looks every 5 s).
+    dequeue_interval_seconds: 1
 run_monitoring:
   enabled: true
   start_timeout_seconds: 180
