@@ -31,6 +31,7 @@ from resources.fields import (
     timestamp,
     wrong_types,
 )
+from resources.phone import stored_form
 from resources.queue_message import MESSAGE_TYPES
 from resources.readiness import NotReady, Report
 from resources.readiness import check as check_readiness
@@ -169,8 +170,12 @@ def create_campaign(
 
 def add_audience(conn: sa.Connection, campaign_id: UUID, members: Iterable[Member]) -> int:
     """Insert members (a repeated msisdn is ignored) and link each valid number to its contact.
-    Returns how many members were added, over every page of the insert."""
-    rows = [(campaign_id, m.msisdn, m.name, json.dumps(m.attributes or {})) for m in members]
+    Numbers are parsed here, once: dispatch only checks their shape. Returns how many members
+    were added, over every page of the insert."""
+    rows = [
+        (campaign_id, stored_form(m.msisdn), m.name, json.dumps(m.attributes or {}))
+        for m in members
+    ]
     cursor = conn.connection.dbapi_connection.cursor()
     # One row back per member inserted, from every page (`rowcount` is the last page's).
     added = execute_values(

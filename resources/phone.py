@@ -35,6 +35,18 @@ def to_e164(raw: str, default_region: str | None = None) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def stored_form(raw: str) -> str:
+    """The form an audience member's number is stored in: E.164 when `raw` is a phone number,
+    else `raw` as given, so approval refuses it and dispatch fails the member saying why. A
+    number already in E.164's shape is not parsed again (the CSV import parsed it)."""
+    if is_e164(raw):
+        return raw
+    try:
+        return to_e164(raw)
+    except InvalidPhoneNumber:
+        return raw
+
+
 def is_e164(text: str) -> bool:
     """Whether `text` has E.164's shape. For numbers already validated when they were stored
     (queued payloads): a full check costs more than the rest of reading a payload."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resources.breakers import template_key
-from resources.phone import InvalidPhoneNumber, is_e164, to_e164
+from resources.phone import is_e164
 
 # The WhatsApp message types that carry one media file: a campaign of one of these sends each
 # member's generated asset of that type (dispatch builds it, the sender checks it, approval
@@ -102,10 +102,9 @@ MediaUrl = Callable[[str], str]
 
 def prepare(spec: CampaignSpec, recipient: Recipient, media_url: MediaUrl) -> Prepared:
     """The member's payload, valid and under the SQS limit, or `InvalidPayload` saying why."""
-    try:
-        to = to_e164(recipient.msisdn)
-    except InvalidPhoneNumber as error:
-        raise InvalidPayload(f"invalid phone number: {error}") from None
+    to = recipient.msisdn  # parsed when the member was added (`phone.stored_form`)
+    if not is_e164(to):
+        raise InvalidPayload(f"invalid phone number: {to!r} is not an E.164 number")
     payload: dict[str, Any] = {
         "organizationId": spec.organisation_id,
         "campaignId": spec.id,

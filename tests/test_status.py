@@ -2,7 +2,7 @@ import pytest
 import sqlalchemy as sa
 
 from resources import campaigns
-from resources.phone import InvalidPhoneNumber, to_e164
+from resources.phone import InvalidPhoneNumber, stored_form, to_e164
 from resources.status import CAMPAIGN_MOVES, message_may_move
 
 
@@ -105,3 +105,16 @@ def test_phone_numbers_normalise_to_e164(raw, expected):
 def test_invalid_phone_numbers_say_why(raw):
     with pytest.raises(InvalidPhoneNumber):
         to_e164(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("+1 (202) 555-0100", "+12025550100"),  # parsed when added
+        ("+12025550100", "+12025550100"),
+        ("12345", "12345"),  # kept as given: approval refuses it, dispatch fails the member
+        ("not a number", "not a number"),
+    ],
+)
+def test_an_audience_number_is_stored_in_e164_when_it_is_one(raw, stored):
+    assert stored_form(raw) == stored
