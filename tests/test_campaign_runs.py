@@ -103,10 +103,16 @@ def test_an_approved_campaign_gets_its_media_and_dispatch_runs_in_the_same_tick(
 
     campaign_id, _ = create_campaign(engine, 3, versioned(1))
     instance = dg.DagsterInstance.ephemeral()
-    with dg.build_sensor_context(
-        instance=instance, definitions=defs, resources={"postgres": postgres}
-    ) as context:
-        result = campaign_sensor(context)
+    # Resolving a request checks its partition exists: the daemon adds it from the result first.
+    instance.add_dynamic_partitions("campaigns", [str(campaign_id)])
+    with (
+        dg.build_sensor_context(
+            instance=instance, definitions=defs, resources={"postgres": postgres}
+        ) as context,
+        dg.partition_loading_context(dynamic_partitions_store=instance),
+    ):
+        # As the daemon evaluates it: each request resolved against its own assets' partitions.
+        result = campaign_sensor.evaluate_tick(context)
 
     key = str(campaign_id)
     today = datetime.now(UTC).date().isoformat()

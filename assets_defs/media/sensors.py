@@ -39,6 +39,7 @@ def media_run_requests(campaign_id: str, run_key: str) -> list[dg.RunRequest]:
         dg.RunRequest(
             run_key=f"campaign_media:{run_key}" + (f":{slot}" if slot else ""),
             partition_key=campaign_id,
+            asset_selection=[campaign_media.key],
             # `media_campaign`: the run coordinator allows one live run per value, so one
             # per slot of the campaign.
             tags={"campaign": campaign_id, "media_campaign": f"{campaign_id}:{slot}"},
