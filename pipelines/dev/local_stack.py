@@ -178,8 +178,12 @@ run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
   config:
-    # A queued run starts within a second (the default looks every 5 s).
+    # A queued run starts within a second (the default looks every 5 s), and runs queued
+    # together start together (a campaign's media and dispatch runs): a launch waits for the
+    # run's process to load the code.
     dequeue_interval_seconds: 1
+    dequeue_use_threads: true
+    dequeue_num_workers: 4
 run_monitoring:
   enabled: true
   start_timeout_seconds: 180
