@@ -1,8 +1,9 @@
-"""Queries on message rows, for those who watch the sender from outside: the delivery
-report's check and `waflow sender-stuck`.
+"""Statements on message rows, for those who write and watch them from outside the sender:
+dispatch storing and queueing a run's rows, the operator's cancel and retry, the delivery
+report, and `waflow sender-stuck`.
 
 The sender's own statements (claim, record, hold), run on a connection per lane thread,
-stay with the worker (`pipelines.sender.store`).
+are in `resources.sender_store`.
 """
 
 from __future__ import annotations
