@@ -1,16 +1,16 @@
 """Statements on message rows, for those who write and watch them from outside the sender:
 dispatch storing and queueing a run's rows, the operator's cancel and retry, the media
-runs' failure reason, and `waflow sender-stuck`.
+runs' failure reason, the delivery report, a run's progress, and `waflow sender-stuck`.
 
 The sender's own statements (claim, record, hold), run on a connection per lane thread,
-are in `resources.sender_store`.
+are in `resources.sender_store`; the release of held rows in `resources.held_messages`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -218,3 +218,143 @@ def sent_count(conn: sa.Connection, campaign_id: UUID) -> int:
         ),
         {"c": campaign_id},
     ).scalar_one()
+
+
+# -- The delivery report (`assets_defs.reports`) --------------------------------------------
+
+# What a run's delivery report counts of its rows.
+FUNNEL_STAGES = (
+    "queued",
+    "sent",
+    "delivered",
+    "read",
+    "failed",
+    "skipped",
+    "cancelled",
+    "replied",
+    "pending",
+    "held",
+    "sending",
+)
+
+
+@dataclass(frozen=True)
+class Funnel:
+    campaign_run_id: int
+    stages: dict[str, int]
+    failed_by_code: list[tuple[str, str, int]]
+
+
+def delivery_funnel(conn: sa.Connection, campaign_run_id: int) -> Funnel:
+    """What became of the run's rows, by stage (a row counts in each stage it reached),
+    and its failures by error code."""
+    stages = conn.execute(
+        sa.text(
+            "SELECT count(*) AS queued,"
+            " count(*) FILTER (WHERE sent_at IS NOT NULL OR status IN ('sent', 'delivered', 'read')) AS sent,"
+            " count(*) FILTER (WHERE delivered_at IS NOT NULL OR status IN ('delivered', 'read')) AS delivered,"
+            " count(*) FILTER (WHERE read_at IS NOT NULL OR status = 'read') AS read,"
+            " count(*) FILTER (WHERE status = 'failed') AS failed,"
+            " count(*) FILTER (WHERE status = 'skipped') AS skipped,"
+            " count(*) FILTER (WHERE status = 'cancelled') AS cancelled,"
+            " count(*) FILTER (WHERE status = 'pending' AND held_at IS NULL) AS pending,"
+            " count(*) FILTER (WHERE status = 'pending' AND held_at IS NOT NULL) AS held,"
+            " count(*) FILTER (WHERE status = 'sending') AS sending,"
+            " count(*) FILTER (WHERE sent_at IS NOT NULL AND EXISTS ("
+            "   SELECT 1 FROM messages i WHERE i.direction = 'inbound'"
+            "   AND i.organisation_id = m.organisation_id AND i.peer_phone = m.peer_phone"
+            "   AND i.created_at >= m.sent_at)) AS replied"
+            " FROM messages m WHERE campaign_run_id = :r"
+        ),
+        {"r": campaign_run_id},
+    ).one()
+    failures = conn.execute(
+        sa.text(
+            "SELECT COALESCE(error_code::text, '-') AS code, min(error_title) AS title, count(*)"
+            " FROM messages WHERE campaign_run_id = :r AND status = 'failed'"
+            " GROUP BY error_code ORDER BY count(*) DESC"
+        ),
+        {"r": campaign_run_id},
+    ).all()
+    return Funnel(
+        campaign_run_id,
+        {stage: getattr(stages, stage) for stage in FUNNEL_STAGES},
+        [(code, title or "", count) for code, title, count in failures],
+    )
+
+
+def changed_runs(
+    conn: sa.Connection, since: datetime, overlap_seconds: float, first: date, last: date
+) -> list[sa.Row]:
+    """Up to 200 campaign runs dated `first` to `last` whose rows changed after `since`
+    (less `overlap_seconds`, for rows committed late), oldest change first: each run's id,
+    campaign id, date and last change (`changed_at`)."""
+    return conn.execute(
+        sa.text(
+            "SELECT r.id, r.campaign_id, r.run_date, max(m.updated_at) AS changed_at"
+            " FROM messages m JOIN campaign_runs r ON r.id = m.campaign_run_id"
+            " WHERE m.updated_at > :since - make_interval(secs => :overlap)"
+            " AND r.run_date BETWEEN :first AND :last"
+            " GROUP BY r.id ORDER BY changed_at LIMIT 200"
+        ),
+        {"since": since, "overlap": overlap_seconds, "first": first, "last": last},
+    ).all()
+
+
+# -- Progress (`resources.campaign_runs`, `resources.progress`) ----------------------------
+
+
+def status_counts(conn: sa.Connection, campaign_id: UUID) -> dict[str, int]:
+    """The campaign's rows by status, over all its runs."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT m.status, count(*) FROM messages m"
+            " JOIN campaign_runs r ON r.id = m.campaign_run_id"
+            " WHERE r.campaign_id = :c GROUP BY m.status"
+        ),
+        {"c": campaign_id},
+    )
+    return dict(rows.all())
+
+
+def run_stage_counts(
+    conn: sa.Connection, campaign_run_id: int, stuck_after_seconds: float
+) -> sa.Row:
+    """The run's rows by stage and by what holds them (`stuck`: in `sending` longer than
+    `stuck_after_seconds`), with its organisation and phone number."""
+    return conn.execute(
+        sa.text(
+            "SELECT count(*) FILTER (WHERE queued_at IS NOT NULL OR status <> 'pending') AS queued,"
+            " count(*) FILTER (WHERE status = 'pending' AND held_at IS NULL) AS pending,"
+            " count(*) FILTER (WHERE status = 'pending' AND held_at IS NOT NULL) AS held,"
+            " count(*) FILTER (WHERE status = 'sending') AS sending,"
+            " count(*) FILTER (WHERE status IN ('sent', 'delivered', 'read')) AS sent,"
+            " count(*) FILTER (WHERE status IN ('delivered', 'read')) AS delivered,"
+            " count(*) FILTER (WHERE status = 'read') AS read,"
+            " count(*) FILTER (WHERE status = 'failed') AS failed,"
+            " count(*) FILTER (WHERE status = 'skipped') AS skipped,"
+            " count(*) FILTER (WHERE status = 'cancelled') AS cancelled,"
+            " count(*) FILTER (WHERE status = 'sending'"
+            "   AND sending_at < now() - make_interval(secs => :stuck)) AS stuck,"
+            " count(*) FILTER (WHERE hold_reason = 'messaging_limit') AS limit_held,"
+            " count(*) FILTER (WHERE hold_reason = 'paused') AS paused,"
+            " count(*) FILTER (WHERE hold_reason = 'retry') AS retry,"
+            " min(organisation_id::text) AS organisation_id,"
+            " min(phone_number_id) AS phone_number_id"
+            " FROM messages WHERE campaign_run_id = :r"
+        ),
+        {"r": campaign_run_id, "stuck": stuck_after_seconds},
+    ).one()
+
+
+def run_breaker_holds(conn: sa.Connection, campaign_run_id: int) -> list[sa.Row]:
+    """Each circuit breaker holding rows of the run still `pending`, with how many."""
+    return conn.execute(
+        sa.text(
+            "SELECT b.id, b.scope, b.scope_key, b.error_code, b.error_title, b.closes_by, b.probe_at,"
+            " count(*) AS messages FROM messages m JOIN circuit_breakers b ON b.id = m.breaker_id"
+            " WHERE m.campaign_run_id = :r AND m.hold_reason = 'breaker' AND m.status = 'pending'"
+            " GROUP BY b.id ORDER BY b.id"
+        ),
+        {"r": campaign_run_id},
+    ).all()
