@@ -185,6 +185,19 @@ def media_tally(conn: sa.Connection, campaign_id: UUID) -> Tally:
     return Tally(*row)
 
 
+def media_outcomes(conn: sa.Connection, campaign_id: UUID) -> tuple[int, int]:
+    """How many members got media (from any generator version), and how many failed to."""
+    generated, failed = conn.execute(
+        sa.text(
+            "SELECT count(*) FILTER (WHERE generator_version IS NOT NULL),"
+            " count(*) FILTER (WHERE status = 'failed' AND generator_version IS NULL)"
+            " FROM campaign_audience WHERE campaign_id = :c"
+        ),
+        {"c": campaign_id},
+    ).one()
+    return generated, failed
+
+
 def generated_media(conn: sa.Connection, campaign_id: UUID) -> Iterator[tuple[UUID, dict]]:
     """Each member with media and the object keys recorded for them, streamed (a thousand
     rows a fetch) for a check that reads the whole audience."""

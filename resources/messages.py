@@ -48,6 +48,18 @@ def stuck_in_sending(
     return [Stuck(**row._mapping) for row in rows]
 
 
+def recipient(conn: sa.Connection, message_id: int) -> sa.Row:
+    """Who the row was sent to: its organisation, contact (if stored), phone and WhatsApp
+    user id; for recording the recipient's consent."""
+    return conn.execute(
+        sa.text(
+            "SELECT organisation_id, contact_id, peer_phone, peer_wa_user_id FROM messages"
+            " WHERE id = :m"
+        ),
+        {"m": message_id},
+    ).one()
+
+
 # -- The operator's cancel and retry (`resources.campaign_control`) -------------------------
 
 
@@ -358,3 +370,19 @@ def run_breaker_holds(conn: sa.Connection, campaign_run_id: int) -> list[sa.Row]
         ),
         {"r": campaign_run_id},
     ).all()
+
+
+# -- `GET /stats` (`webhook_app.stats`) -------------------------------------------------------
+
+
+def replies_by_sender(conn: sa.Connection) -> dict[str, int]:
+    """Outbound rows of conversations (not campaigns) by who wrote them: the agent (`ai`),
+    an operator, or the system."""
+    return dict(
+        conn.execute(
+            sa.text(
+                "SELECT sender_type, count(*) FROM messages WHERE direction = 'outbound'"
+                " AND sender_type IN ('ai', 'operator', 'system') GROUP BY 1"
+            )
+        ).all()
+    )
