@@ -1,9 +1,9 @@
 """One module owns the SQL of each family of tables, and every other module calls its
 functions: a statement on `messages` is in `resources/messages.py` (the sender's own, run on
-a connection per lane, in `resources/sender_store.py`, and the release of held rows in
-`resources/held_messages.py`); one on `campaign_audience` is in `resources/audience.py`
-(members as the runs move them) or `resources/campaigns.py` (the audience an operator
-uploads and reads).
+a connection per lane, in `resources/sender_store.py`, the release of held rows in
+`resources/held_messages.py`, a conversation's replies in `resources/outbox.py`); one on
+`campaign_audience` is in `resources/audience.py` (members as the runs move them) or
+`resources/campaigns.py` (the audience an operator uploads and reads).
 
 A statement belongs with the table it is about: the one it writes (INSERT INTO, UPDATE,
 DELETE FROM), or else the first one it reads FROM; the tables it joins or looks into on the
@@ -26,6 +26,7 @@ OWNERS = {
         "resources/messages.py",
         "resources/sender_store.py",
         "resources/held_messages.py",
+        "resources/outbox.py",
     },
     "campaign_audience": {"resources/audience.py", "resources/campaigns.py"},
 }
@@ -50,7 +51,6 @@ ALLOWED = {
     "webhook_app/agent.py": "not moved yet: a turn's messages, marked handled",
     "webhook_app/buffer.py": "not moved yet: the unhandled inbound messages of a turn",
     "webhook_app/media.py": "not moved yet: an inbound message's media key",
-    "webhook_app/outbound.py": "not moved yet: the outbox of replies in a conversation",
     "webhook_app/receipts.py": "not moved yet: delivery receipts applied to their message",
     "webhook_app/demo.py": "not moved yet: the demo's sent messages and pending turns",
 }
