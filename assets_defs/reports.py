@@ -2,7 +2,6 @@
 arrive, and the checks that surface messages a crashed sender left in `sending` and circuit
 breakers that hold sending."""
 
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 import dagster as dg
@@ -10,68 +9,12 @@ import sqlalchemy as sa
 
 from assets_defs.partitions import campaign_partitions, campaign_run_partitions, run_date_partitions
 from resources import breakers, progress, settings
-from resources.messages import stuck_in_sending
+from resources.messages import Funnel, changed_runs, delivery_funnel, stuck_in_sending
 from resources.postgres import PostgresResource
 
-STAGES = (
-    "queued",
-    "sent",
-    "delivered",
-    "read",
-    "failed",
-    "skipped",
-    "cancelled",
-    "replied",
-    "pending",
-    "held",
-    "sending",
-)
 # Rows committed late carry an older `updated_at` than the cursor; re-reading this much
 # behind it catches them, and the run_key (run + last change) keeps repeats from re-running.
 CURSOR_OVERLAP_SECONDS = 60
-
-
-@dataclass(frozen=True)
-class Funnel:
-    campaign_run_id: int
-    stages: dict[str, int]
-    failed_by_code: list[tuple[str, str, int]]
-
-
-def delivery_funnel(conn: sa.Connection, campaign_run_id: int) -> Funnel:
-    stages = conn.execute(
-        sa.text(
-            "SELECT count(*) AS queued,"
-            " count(*) FILTER (WHERE sent_at IS NOT NULL OR status IN ('sent', 'delivered', 'read')) AS sent,"
-            " count(*) FILTER (WHERE delivered_at IS NOT NULL OR status IN ('delivered', 'read')) AS delivered,"
-            " count(*) FILTER (WHERE read_at IS NOT NULL OR status = 'read') AS read,"
-            " count(*) FILTER (WHERE status = 'failed') AS failed,"
-            " count(*) FILTER (WHERE status = 'skipped') AS skipped,"
-            " count(*) FILTER (WHERE status = 'cancelled') AS cancelled,"
-            " count(*) FILTER (WHERE status = 'pending' AND held_at IS NULL) AS pending,"
-            " count(*) FILTER (WHERE status = 'pending' AND held_at IS NOT NULL) AS held,"
-            " count(*) FILTER (WHERE status = 'sending') AS sending,"
-            " count(*) FILTER (WHERE sent_at IS NOT NULL AND EXISTS ("
-            "   SELECT 1 FROM messages i WHERE i.direction = 'inbound'"
-            "   AND i.organisation_id = m.organisation_id AND i.peer_phone = m.peer_phone"
-            "   AND i.created_at >= m.sent_at)) AS replied"
-            " FROM messages m WHERE campaign_run_id = :r"
-        ),
-        {"r": campaign_run_id},
-    ).one()
-    failures = conn.execute(
-        sa.text(
-            "SELECT COALESCE(error_code::text, '-') AS code, min(error_title) AS title, count(*)"
-            " FROM messages WHERE campaign_run_id = :r AND status = 'failed'"
-            " GROUP BY error_code ORDER BY count(*) DESC"
-        ),
-        {"r": campaign_run_id},
-    ).all()
-    return Funnel(
-        campaign_run_id,
-        {stage: getattr(stages, stage) for stage in STAGES},
-        [(code, title or "", count) for code, title, count in failures],
-    )
 
 
 def _funnel_table(funnel: Funnel) -> dg.TableMetadataValue:
@@ -260,21 +203,7 @@ def campaign_delivery_report_sensor(
     first_day = date.fromisoformat(run_date_partitions.get_first_partition_key())
     last_day = date.fromisoformat(run_date_partitions.get_last_partition_key())
     with postgres.engine.connect() as conn:
-        changed = conn.execute(
-            sa.text(
-                "SELECT r.id, r.campaign_id, r.run_date, max(m.updated_at) AS changed_at"
-                " FROM messages m JOIN campaign_runs r ON r.id = m.campaign_run_id"
-                " WHERE m.updated_at > :since - make_interval(secs => :overlap)"
-                " AND r.run_date BETWEEN :first AND :last"
-                " GROUP BY r.id ORDER BY changed_at LIMIT 200"
-            ),
-            {
-                "since": since,
-                "overlap": CURSOR_OVERLAP_SECONDS,
-                "first": first_day,
-                "last": last_day,
-            },
-        ).all()
+        changed = changed_runs(conn, since, CURSOR_OVERLAP_SECONDS, first_day, last_day)
     if not changed:
         return dg.SensorResult(skip_reason="no message changed since the last tick")
     campaigns = sorted({str(row.campaign_id) for row in changed})

@@ -19,11 +19,10 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import breakers, campaign_runs, campaigns, graph_errors
+from resources import breakers, campaign_runs, campaigns, messages
 from resources.campaign_runs import campaign_progress
 from resources.errors import Conflict, InvalidInput, NotFound
 from resources.fields import is_id
-from resources.status import RETRY_ON_REQUEST
 
 PAUSABLE = ("approved", "asset_generation", "asset_generated", "ready_to_launch", "running")
 # Where a paused campaign goes back to: media generation restarts from `approved` (the
@@ -32,14 +31,14 @@ RESUMES_TO = {"asset_generation": "approved"}
 RETRYABLE_CAMPAIGNS = ("ready_to_launch", "running", "completed", "paused")
 
 
-def _campaign_id(value: Any) -> str:
+def _campaign_id(value: Any) -> UUID:
     try:
-        return str(UUID(str(value)))
+        return UUID(str(value))
     except ValueError:
         raise InvalidInput([{"field": "campaign_id", "error": "must be a UUID"}]) from None
 
 
-def _locked_status(conn: sa.Connection, campaign_id: str) -> str:
+def _locked_status(conn: sa.Connection, campaign_id: UUID) -> str:
     status = campaigns.current_status(conn, campaign_id, lock=True)
     if status is None:
         raise NotFound(f"campaign {campaign_id} does not exist")
@@ -92,14 +91,7 @@ def cancel(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[st
         if status in ("completed", "cancelled"):
             raise Conflict(f"campaign {campaign_id} is already {status}")
         campaigns.set_campaign_status(conn, campaign_id, "cancelled", reason[:1000])
-        cancelled = conn.execute(
-            sa.text(
-                "UPDATE messages m SET status = 'cancelled', cancelled_at = now(),"
-                " held_at = NULL, hold_reason = NULL, status_reason = :why FROM campaign_runs r"
-                " WHERE r.campaign_id = :c AND m.campaign_run_id = r.id AND m.status = 'pending'"
-            ),
-            {"c": campaign_id, "why": reason[:1000]},
-        ).rowcount
+        cancelled = messages.cancel_unsent(conn, campaign_id, reason[:1000])
         campaign_runs.cancel_runs(conn, campaign_id, reason[:1000])
     return {**campaign_progress(engine, campaign_id), "messages_cancelled": cancelled}
 
@@ -112,55 +104,17 @@ def retry_failed(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> d
     run_id = data.get("campaign_run_id")
     if run_id is not None and not is_id(run_id):
         raise InvalidInput([{"field": "campaign_run_id", "error": "must be an integer"}])
-    source, target = RETRY_ON_REQUEST
     with engine.begin() as conn:
         status = _locked_status(conn, campaign_id)
         if status not in RETRYABLE_CAMPAIGNS:
             raise Conflict(f"campaign {campaign_id} is {status}; its rows cannot be retried")
-        retried = (
-            conn.execute(
-                sa.text(
-                    "UPDATE messages m SET status = :target, attempts = 0, held_at = now(),"
-                    " hold_reason = 'retry',"
-                    " breaker_id = NULL, queued_at = NULL, failed_at = NULL, error_code = NULL,"
-                    " error_title = NULL, error_detail = NULL, status_reason = :why"
-                    " FROM campaign_runs r"
-                    " WHERE r.campaign_id = :c AND m.campaign_run_id = r.id"
-                    " AND (CAST(:run AS bigint) IS NULL OR r.id = :run)"
-                    " AND m.status = :source AND m.provider_message_id IS NULL"
-                    " AND m.payload IS NOT NULL"
-                    " AND (m.error_code = ANY(:codes) OR (m.error_code IS NULL"
-                    "   AND (m.error_title LIKE 'network:%' OR m.error_title = 'not queued')))"
-                    " AND NOT EXISTS (SELECT 1 FROM contacts ct WHERE ct.id = m.contact_id"
-                    "   AND (ct.opted_out OR (ct.marketing_opted_out"
-                    "     AND COALESCE(m.category, 'marketing') = 'marketing')))"
-                    " RETURNING m.campaign_run_id"
-                ),
-                {
-                    "c": campaign_id,
-                    "run": run_id,
-                    "source": source,
-                    "target": target,
-                    "why": f"retry requested by {by}",
-                    "codes": graph_errors.codes_retryable_on_request(),
-                },
-            )
-            .scalars()
-            .all()
-        )
+        retried = messages.retry_failed(conn, campaign_id, run_id, f"retry requested by {by}")
         runs = sorted(set(retried))
         if runs:
             campaign_runs.reopen_runs(conn, runs)
             if status == "completed":
                 campaigns.set_campaign_status(conn, campaign_id, "running", f"retry by {by}")
-        not_retried = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM messages m JOIN campaign_runs r ON r.id = m.campaign_run_id"
-                " WHERE r.campaign_id = :c AND m.status = 'failed'"
-                " AND (CAST(:run AS bigint) IS NULL OR r.id = :run)"
-            ),
-            {"c": campaign_id, "run": run_id},
-        ).scalar_one()
+        not_retried = messages.failed_count(conn, campaign_id, run_id)
     return {
         **campaign_progress(engine, campaign_id),
         "retried": len(retried),

@@ -26,7 +26,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import progress, recurrence, settings
+from resources import messages, progress, recurrence, settings
 from resources.campaigns import (
     audience_counts,
     campaign_row,
@@ -329,19 +329,6 @@ def recent_runs(conn: sa.Connection, campaign_id: UUID | str, limit: int = 50) -
     return [dict(r) for r in rows]
 
 
-def message_counts(conn: sa.Connection, campaign_id: UUID | str) -> dict[str, int]:
-    """The campaign's messages by status, over all its runs."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT m.status, count(*) FROM messages m"
-            " JOIN campaign_runs r ON r.id = m.campaign_run_id"
-            " WHERE r.campaign_id = :c GROUP BY m.status"
-        ),
-        {"c": campaign_id},
-    )
-    return dict(rows.all())
-
-
 def pause_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
     """The campaign's runs not yet dispatched wait (`paused`) until it resumes."""
     conn.execute(
@@ -403,7 +390,7 @@ def campaign_progress(engine: sa.Engine, campaign_id: UUID | str) -> dict[str, A
         return {
             **row,
             "audience": audience_counts(conn, campaign_id),
-            "messages": message_counts(conn, campaign_id),
+            "messages": messages.status_counts(conn, UUID(campaign_id)),
             "runs": [
                 {**r, **progress.run_progress(conn, r["id"], stuck)}
                 for r in recent_runs(conn, campaign_id)

@@ -25,7 +25,7 @@ from uuid import UUID
 import sqlalchemy as sa
 from psycopg2.extras import execute_values
 
-from resources import contact_csv, contact_identity
+from resources import contact_csv, contact_identity, messages
 from resources.errors import InvalidInput, NotFound
 from resources.fields import as_uuid
 from resources.organisations import require_organisation
@@ -292,13 +292,7 @@ def marketing_stopped(
     """Error 131050 on `message_id` (the recipient stopped marketing messages, said by the
     send's answer or by a failed receipt): the recipient's marketing opt-out, recorded once
     per message. A message stored without a contact row finds or creates the contact."""
-    message = conn.execute(
-        sa.text(
-            "SELECT organisation_id, contact_id, peer_phone, peer_wa_user_id FROM messages"
-            " WHERE id = :m"
-        ),
-        {"m": message_id},
-    ).one()
+    message = messages.recipient(conn, message_id)
     contact_id = message.contact_id
     if contact_id is None:
         if message.peer_phone is None and message.peer_wa_user_id is None:

@@ -23,7 +23,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import campaigns, settings
+from resources import audience, campaigns, settings
 from resources.errors import InvalidInput, NotFound, Unavailable
 from resources.fields import is_id
 from resources.sandbox.isolation import SandboxUnavailable
@@ -380,16 +380,10 @@ def _campaign_member(conn: sa.Connection, organisation_id: str, campaign_id: Any
     ).scalar_one_or_none()
     if owner != organisation_id:
         raise NotFound(f"campaign {campaign} does not exist")
-    row = conn.execute(
-        sa.text(
-            "SELECT name, msisdn, attributes FROM campaign_audience WHERE campaign_id = :c"
-            " ORDER BY created_at, id LIMIT 1"
-        ),
-        {"c": campaign},
-    ).one_or_none()
-    if row is None:
+    member = audience.first_member(conn, UUID(campaign))
+    if member is None:
         raise InvalidInput([{"field": "campaign_id", "error": "the campaign has no members"}])
-    return dict(row._mapping)
+    return member
 
 
 @functools.cache

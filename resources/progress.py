@@ -17,34 +17,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from resources import messages
+
 WINDOW = timedelta(hours=24)
 
-_COUNTS = sa.text(
-    "SELECT count(*) FILTER (WHERE queued_at IS NOT NULL OR status <> 'pending') AS queued,"
-    " count(*) FILTER (WHERE status = 'pending' AND held_at IS NULL) AS pending,"
-    " count(*) FILTER (WHERE status = 'pending' AND held_at IS NOT NULL) AS held,"
-    " count(*) FILTER (WHERE status = 'sending') AS sending,"
-    " count(*) FILTER (WHERE status IN ('sent', 'delivered', 'read')) AS sent,"
-    " count(*) FILTER (WHERE status IN ('delivered', 'read')) AS delivered,"
-    " count(*) FILTER (WHERE status = 'read') AS read,"
-    " count(*) FILTER (WHERE status = 'failed') AS failed,"
-    " count(*) FILTER (WHERE status = 'skipped') AS skipped,"
-    " count(*) FILTER (WHERE status = 'cancelled') AS cancelled,"
-    " count(*) FILTER (WHERE status = 'sending'"
-    "   AND sending_at < now() - make_interval(secs => :stuck)) AS stuck,"
-    " count(*) FILTER (WHERE hold_reason = 'messaging_limit') AS limit_held,"
-    " count(*) FILTER (WHERE hold_reason = 'paused') AS paused,"
-    " count(*) FILTER (WHERE hold_reason = 'retry') AS retry,"
-    " min(organisation_id::text) AS organisation_id,"
-    " min(phone_number_id) AS phone_number_id"
-    " FROM messages WHERE campaign_run_id = :r"
-)
-_BREAKERS = sa.text(
-    "SELECT b.id, b.scope, b.scope_key, b.error_code, b.error_title, b.closes_by, b.probe_at,"
-    " count(*) AS messages FROM messages m JOIN circuit_breakers b ON b.id = m.breaker_id"
-    " WHERE m.campaign_run_id = :r AND m.hold_reason = 'breaker' AND m.status = 'pending'"
-    " GROUP BY b.id ORDER BY b.id"
-)
 _WINDOW = sa.text(
     "SELECT o.messaging_limit, count(w.recipient), min(w.counted_at)"
     " FROM organisations o LEFT JOIN messaging_window w ON w.organisation_id = o.id"
@@ -61,7 +37,7 @@ def run_progress(
     conn: sa.Connection, campaign_run_id: int, stuck_after_seconds: float
 ) -> dict[str, Any]:
     """The run's messages by stage, what the waiting ones wait for, and when it should end."""
-    counts = conn.execute(_COUNTS, {"r": campaign_run_id, "stuck": stuck_after_seconds}).one()
+    counts = messages.run_stage_counts(conn, campaign_run_id, stuck_after_seconds)
     now = datetime.now(UTC)
     waiting: list[dict[str, Any]] = []
     finish: datetime | None = now
@@ -83,7 +59,7 @@ def run_progress(
         waiting.append(limit_wait)
         ends = datetime.fromisoformat(limit_wait["estimated_release_of_all_at"])
         finish = max(finish, ends)
-    for breaker in conn.execute(_BREAKERS, {"r": campaign_run_id}):
+    for breaker in messages.run_breaker_holds(conn, campaign_run_id):
         waiting.append(
             {
                 "reason": "circuit_breaker",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime
+from uuid import UUID
 
 import pytest
 import sqlalchemy as sa
@@ -19,8 +20,8 @@ from assets_defs.dispatch.dispatcher import Dispatch, Halted, load_spec
 from assets_defs.dispatch.planner import plan_tick
 from assets_defs.media import store
 from assets_defs.media.runner import CampaignMediaRun, Policy
+from resources import audience, campaigns
 from resources import campaign_runs as runs
-from resources import campaigns
 from resources.queue import SQSResource
 from resources.sandbox.pool import Limits
 from resources.storage import S3Storage
@@ -156,7 +157,7 @@ def test_members_are_sent_while_the_rest_of_the_media_are_made(engine, s3, sqs, 
         assert dispatch.is_alive()
 
         with engine.begin() as conn:
-            assert store.release_claims(conn, campaign_id, []) == 18
+            assert audience.release_claims(conn, UUID(campaign_id), []) == 18
         make_media(engine, s3, campaign_id, live=[])
         dispatch.join(timeout=120)
         assert not dispatch.is_alive()
@@ -186,7 +187,7 @@ def sibling_records(engine, campaign_id: str, numbers: range, status: str) -> No
             {"c": campaign_id, "m": [f"+1202555{i:04d}" for i in numbers]},
         ).scalars()
         results = [
-            store.MemberResult(
+            audience.MemberResult(
                 member,
                 status,
                 {"json": f"campaigns/{campaign_id}/{member}/json.json"}
@@ -198,7 +199,7 @@ def sibling_records(engine, campaign_id: str, numbers: range, status: str) -> No
             )
             for member in ids
         ]
-        store.record_results(conn, campaign_id, results)
+        audience.record_results(conn, UUID(campaign_id), results)
         store.fail_if_certain(conn, campaign_id, 0.1)
 
 

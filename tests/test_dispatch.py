@@ -329,7 +329,7 @@ def test_an_unreachable_queue_fails_the_run_cleanly_and_a_re_run_sends_everythin
     )
     assert len(bodies) == 40
     with engine.connect() as conn:
-        counts = run_counts(conn, str(campaign_id), run.id)
+        counts = run_counts(conn, campaign_id, run.id)
     assert (counts.queued, counts.failed, counts.skipped, counts.eligible) == (40, 0, 0, 40)
 
 
@@ -352,5 +352,5 @@ def test_the_queue_down_for_30_seconds_mid_run_waits_and_resumes(engine, sqs):
     assert len(bodies) == 300
     assert len({b["campaignAudienceId"] for b in bodies}) == 300
     with engine.connect() as conn:
-        counts = run_counts(conn, str(campaign_id), run.id)
+        counts = run_counts(conn, campaign_id, run.id)
     assert (counts.queued, counts.failed, counts.skipped) == (300, 0, 0)

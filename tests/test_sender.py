@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 
-from pipelines.sender import store
 from pipelines.sender.worker import Worker
+from resources import sender_store
 from resources.graph_errors import ErrorClass, GraphAPIError, classify
 from resources.queue_message import MalformedPayload, parse
 from tests.fake_graph import Failure, _validate
@@ -411,7 +411,7 @@ def test_the_messaging_limit_holds_new_recipients_and_counts_each_recipient_once
 
 def test_throughput_slots_are_shared_by_all_workers_of_a_phone_number(engine):
     make_run(engine, 1, messages_per_second=50)
-    statements = store.Store(engine)
+    statements = sender_store.Store(engine)
     first = statements.reserve_slots(PHONE_NUMBER_ID, 10)
     second = statements.reserve_slots(PHONE_NUMBER_ID, 10)
     assert first.spacing_seconds == pytest.approx(1 / 50)
@@ -423,7 +423,7 @@ def test_throughput_slots_are_shared_by_all_workers_of_a_phone_number(engine):
 def test_a_claim_repeated_with_its_token_finds_its_own_rows_again_and_no_others(engine):
     ids = make_run(engine, 3).message_ids
     mine, theirs = "00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"
-    statements = store.Store(engine)
+    statements = sender_store.Store(engine)
     first = statements.claim(ids[:2], mine)  # as if its answer were lost
     again = statements.claim(ids, mine)
     assert sorted(first) == ids[:2]

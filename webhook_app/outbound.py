@@ -18,7 +18,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import crash_points
+from resources import crash_points, outbox
 from resources.graph_errors import ErrorClass, classify
 from resources.whatsapp import WhatsAppClient
 
@@ -70,45 +70,6 @@ def find(
 OUTBOX_RETRY_SECONDS = 10.0
 MAX_ATTEMPTS = 3
 
-_QUEUE = sa.text(
-    "INSERT INTO messages (organisation_id, conversation_id, contact_id, direction,"
-    " sender_type, phone_number_id, peer_phone, peer_wa_user_id, message_type, body,"
-    " payload, media, status, operator)"
-    " VALUES (:o, :conv, :c, 'outbound', :sender, :p, :phone, :user, :kind, :body,"
-    " CAST(:payload AS jsonb), CAST(:media AS jsonb), 'pending', :operator)"
-    " RETURNING id"
-)
-# Only an outbox row (no campaign run) that is still `pending`: the compare-and-set that
-# lets one sender through, whoever else tries.
-_CLAIM = sa.text(
-    "UPDATE messages SET status = 'sending', sending_at = now(), attempts = attempts + 1"
-    " WHERE id = :id AND direction = 'outbound' AND campaign_run_id IS NULL"
-    " AND status = 'pending'"
-    " RETURNING payload, peer_phone, peer_wa_user_id, phone_number_id, attempts"
-)
-# A receipt may have come first (it finds the row by biz_opaque_callback_data): its status
-# and wamid stand.
-_SENT = sa.text(
-    "UPDATE messages SET status = CASE WHEN status = 'sending' THEN 'sent' ELSE status END,"
-    " provider_message_id = COALESCE(provider_message_id, :wamid),"
-    " sent_at = COALESCE(sent_at, now()),"
-    " payload = payload || jsonb_build_object('wamid', CAST(:wamid AS text))"
-    " WHERE id = :id"
-)
-_RETRY = sa.text(
-    "UPDATE messages SET status = 'pending', error_code = :code, error_title = :title"
-    " WHERE id = :id AND status = 'sending'"
-)
-_FAILED = sa.text(
-    "UPDATE messages SET status = 'failed', failed_at = now(), error_code = :code,"
-    " error_title = :title WHERE id = :id AND status = 'sending'"
-)
-_DUE = sa.text(
-    "SELECT id FROM messages WHERE status = 'pending' AND campaign_run_id IS NULL"
-    " AND direction = 'outbound'"
-    " AND updated_at < now() - make_interval(secs => :after) ORDER BY id LIMIT :n"
-)
-
 
 @dataclass(frozen=True)
 class Delivery:
@@ -137,23 +98,21 @@ def queue(
     message's own object has none (a template's rendered text)."""
     kind = message["type"]
     content = message.get(kind) or {}
-    return conn.execute(
-        _QUEUE,
-        {
-            "o": conversation.organisation_id,
-            "conv": conversation.id,
-            "c": conversation.contact_id,
-            "sender": sender_type,
-            "p": conversation.phone_number_id,
-            "phone": conversation.phone,
-            "user": conversation.user_id,
-            "kind": kind,
-            "body": body or content.get("body") or content.get("caption"),
-            "payload": json.dumps(message),
-            "media": json.dumps(content) if kind not in ("text", "template") else None,
-            "operator": operator,
-        },
-    ).scalar_one()
+    return outbox.store(
+        conn,
+        organisation_id=conversation.organisation_id,
+        conversation_id=conversation.id,
+        contact_id=conversation.contact_id,
+        sender_type=sender_type,
+        phone_number_id=conversation.phone_number_id,
+        phone=conversation.phone,
+        user_id=conversation.user_id,
+        kind=kind,
+        body=body or content.get("body") or content.get("caption"),
+        payload=json.dumps(message),
+        media=json.dumps(content) if kind not in ("text", "template") else None,
+        operator=operator,
+    )
 
 
 def deliver(engine: sa.Engine, client: WhatsAppClient, message_id: int) -> Delivery:
@@ -163,7 +122,7 @@ def deliver(engine: sa.Engine, client: WhatsAppClient, message_id: int) -> Deliv
     `biz_opaque_callback_data`, records its wamid."""
     crash_points.reached("outbound.queued")
     with engine.begin() as conn:
-        row = conn.execute(_CLAIM, {"id": message_id}).one_or_none()
+        row = outbox.claim(conn, message_id)
     if row is None:
         return Delivery(message_id, "taken")
     message = {**row.payload, "biz_opaque_callback_data": str(message_id)}
@@ -178,7 +137,7 @@ def deliver(engine: sa.Engine, client: WhatsAppClient, message_id: int) -> Deliv
         return _refused(engine, message_id, row.attempts, error)
     crash_points.reached("outbound.accepted")
     with engine.begin() as conn:
-        conn.execute(_SENT, {"id": message_id, "wamid": sent.wamid})
+        outbox.mark_sent(conn, message_id, sent.wamid)
     return Delivery(message_id, "sent", wamid=sent.wamid)
 
 
@@ -186,7 +145,7 @@ def deliver_due(engine: sa.Engine, client: WhatsAppClient, limit: int = 50) -> i
     """Send the outbox rows left `pending` (a crash before their delivery, or a retryable
     error) for `OUTBOX_RETRY_SECONDS`; how many were sent."""
     with engine.connect() as conn:
-        ids = conn.execute(_DUE, {"after": OUTBOX_RETRY_SECONDS, "n": limit}).scalars().all()
+        ids = outbox.due(conn, OUTBOX_RETRY_SECONDS, limit)
     return sum(deliver(engine, client, message_id).outcome == "sent" for message_id in ids)
 
 
@@ -197,10 +156,7 @@ def _refused(engine: sa.Engine, message_id: int, attempts: int, error: Exception
         return Delivery(message_id, "unclear", error=verdict.title)
     retry = verdict.kind is ErrorClass.RETRYABLE and attempts < MAX_ATTEMPTS
     with engine.begin() as conn:
-        conn.execute(
-            _RETRY if retry else _FAILED,
-            {"id": message_id, "code": verdict.code, "title": verdict.title},
-        )
+        outbox.refused(conn, message_id, verdict.code, verdict.title, retry=retry)
     reason = f"{verdict.code} {verdict.title}" if verdict.code is not None else verdict.title
     return Delivery(message_id, "retry" if retry else "failed", error=reason)
 

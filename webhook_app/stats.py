@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from resources import account, breakers, safe_errors
+from resources import account, breakers, messages, safe_errors
 from webhook_app import buffer, provider_errors
 from webhook_app.runtime import Runtime
 
@@ -116,14 +116,7 @@ async def stats(request: Request) -> JSONResponse:
                     )
                 ).all()
             )
-            replies = dict(
-                conn.execute(
-                    sa.text(
-                        "SELECT sender_type, count(*) FROM messages WHERE direction = 'outbound'"
-                        " AND sender_type IN ('ai', 'operator', 'system') GROUP BY 1"
-                    )
-                ).all()
-            )
+            replies = messages.replies_by_sender(conn)
             return {
                 "sending": _sending(_breakers(conn), account.troubled(conn)),
                 "buffer": {"active_buffers": buffer.active_buffers(conn)},

@@ -2,6 +2,7 @@
 and run date, with the check that every eligible member was queued, failed or skipped."""
 
 from datetime import date
+from uuid import UUID
 
 import dagster as dg
 
@@ -114,7 +115,7 @@ def dispatched_batches(
             if stopped_by is None:
                 # It may have started while the media were being made: they are ready now.
                 runs.launch_ready(conn, campaign_id)
-            counts = run_counts(conn, campaign_id, run.id)
+            counts = run_counts(conn, UUID(campaign_id), run.id)
             if stopped_by is None:
                 runs.finish_run(conn, run, counts.queued, counts.failed, counts.skipped)
     if stopped_by is not None:

@@ -26,11 +26,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
-from psycopg2.extras import execute_values
 
-from resources import consent, crash_points
+from resources import audience, consent, crash_points, messages
 from resources.campaign_runs import GENERATING
 from resources.media_ready import Listener
 from resources.queue import BATCH_SIZE, BatchOutcome, Outgoing, SQSResource, pack
@@ -44,7 +45,6 @@ from resources.queue_message import (
     prepare,
     with_message_id,
 )
-from resources.status import member_sources
 
 PAGE_SIZE = 1000
 # Batches waiting for a sending thread: two pages' worth, so that SQS is kept busy while the
@@ -136,6 +136,7 @@ class Dispatch:
         self.engine = engine
         self.sqs = sqs
         self.spec = spec
+        self.campaign_id = UUID(spec.id)
         self.run_id = run_id
         self.media_url = media_url
         self.concurrency = concurrency
@@ -188,13 +189,11 @@ class Dispatch:
     def _unqueued_pages(self) -> Iterator[list[Outgoing]]:
         """Rows an earlier attempt stored but did not get onto the queue (held rows are the
         sender's to re-queue)."""
-        query = sa.text(
-            "SELECT m.id, m.campaign_audience_id::text, m.peer_phone, m.payload FROM messages m"
-            " JOIN campaign_audience a ON a.id = m.campaign_audience_id"
-            " WHERE m.campaign_run_id = :r AND m.status = 'pending' AND m.held_at IS NULL"
-            " AND a.dispatch_run_id IS DISTINCT FROM :r AND m.id > :after ORDER BY m.id LIMIT :n"
-        )
-        for rows in self._pages(query, {"r": self.run_id}, after=0):
+
+        def page(conn: sa.Connection, after: int) -> list[sa.Row]:
+            return messages.unqueued_page(conn, self.run_id, after, PAGE_SIZE)
+
+        for rows in self._pages(page, after=0):
             self.log(f"resuming {len(rows)} messages stored by an earlier attempt")
             yield [
                 Outgoing(mid, member, self.run_id, to, with_message_id(body(payload), mid))
@@ -204,21 +203,14 @@ class Dispatch:
     def _candidate_pages(self, making_media: bool) -> Iterator[list[Recipient]]:
         """Members not yet decided by this run nor stored for it; while media are being made,
         only those whose media are ready."""
-        query = sa.text(
-            "SELECT a.id::text, a.msisdn, a.name, a.attributes, a.generated_asset_urls,"
-            " ct.id, ct.name, ct.attributes, COALESCE(ct.opted_out, false),"
-            " COALESCE(ct.marketing_opted_out, false)"
-            " FROM campaign_audience a LEFT JOIN contacts ct ON ct.id = a.contact_id"
-            " WHERE a.campaign_id = :c AND a.id > CAST(:after AS uuid)"
-            " AND a.status = ANY(:statuses)"
-            " AND a.dispatch_run_id IS DISTINCT FROM :r"
-            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.campaign_run_id = :r"
-            "   AND m.campaign_audience_id = a.id)"
-            " ORDER BY a.id LIMIT :n"
-        )
         statuses = READY_STATUSES if making_media else CANDIDATE_STATUSES
-        params = {"c": self.spec.id, "statuses": list(statuses), "r": self.run_id}
-        for rows in self._pages(query, params, after="00000000-0000-0000-0000-000000000000"):
+
+        def page(conn: sa.Connection, after: str) -> list[sa.Row]:
+            return audience.candidate_page(
+                conn, self.campaign_id, self.run_id, statuses, after, PAGE_SIZE
+            )
+
+        for rows in self._pages(page, after="00000000-0000-0000-0000-000000000000"):
             yield [
                 Recipient(
                     member_id=r[0],
@@ -235,12 +227,14 @@ class Dispatch:
                 for r in rows
             ]
 
-    def _pages(self, query: sa.TextClause, params: dict, after: object) -> Iterator[list[sa.Row]]:
-        """`query`'s rows in keyset pages of `PAGE_SIZE`, ordered by their first column
-        (`:after` and `:n` are bound here), each page read on a connection of its own."""
+    def _pages(
+        self, page: Callable[[sa.Connection, Any], list[sa.Row]], after: Any
+    ) -> Iterator[list[sa.Row]]:
+        """`page`'s rows in keyset pages, ordered by their first column (each page starts
+        after the last one's), each page read on a connection of its own."""
         while True:
             with self.engine.connect() as conn:
-                rows = conn.execute(query, {**params, "after": after, "n": PAGE_SIZE}).all()
+                rows = page(conn, after)
             if not rows:
                 return
             after = rows[-1][0]
@@ -289,54 +283,13 @@ class Dispatch:
         is left alone. Returns member id → message id of the new rows."""
         if not valid:
             return {}
-        cursor = conn.connection.dbapi_connection.cursor()
-        rows = execute_values(
-            cursor,
-            "INSERT INTO messages (organisation_id, contact_id, campaign_run_id,"
-            " campaign_audience_id, direction, sender_type, phone_number_id, peer_phone,"
-            " message_type, body, payload, status, category, queued_at)"
-            " VALUES %s ON CONFLICT DO NOTHING RETURNING campaign_audience_id::text, id",
-            [
-                (
-                    self.spec.organisation_id,
-                    item.recipient.contact_id,
-                    self.run_id,
-                    item.recipient.member_id,
-                    self.spec.phone_number_id,
-                    item.to,
-                    self.spec.message_type,
-                    item.payload.get("messageContent") or item.payload.get("caption"),
-                    item.serialized,
-                    self.spec.category,
-                )
-                for item in valid
-            ],
-            template="(%s, %s, %s, %s, 'outbound', 'campaign', %s, %s, %s, %s, %s::jsonb,"
-            " 'pending', %s, now())",
-            page_size=PAGE_SIZE,
-            fetch=True,
-        )
-        return dict(rows)
+        return messages.insert_pending(conn, self.spec, self.run_id, valid, PAGE_SIZE)
 
     def _decide(self, conn: sa.Connection, status: str, reasons: dict[str, str]) -> None:
         """Move members to `failed`/`skipped` with their reasons, along the status machine."""
         if not reasons:
             return
-        conn.execute(
-            sa.text(
-                "UPDATE campaign_audience a SET status = :s, last_error = v.reason,"
-                " status_changed_at = now(), dispatch_run_id = :r"
-                " FROM unnest(CAST(:ids AS uuid[]), CAST(:reasons AS text[])) AS v(id, reason)"
-                " WHERE a.id = v.id AND a.status = ANY(:sources)"
-            ),
-            {
-                "s": status,
-                "r": self.run_id,
-                "ids": list(reasons),
-                "reasons": list(reasons.values()),
-                "sources": member_sources(status),
-            },
-        )
+        audience.decide(conn, self.run_id, status, reasons)
 
     def _submit(self, pool: ThreadPoolExecutor, rows: list[Outgoing]) -> None:
         for batch in pack(rows):
@@ -379,58 +332,21 @@ class Dispatch:
         crash_points.reached("dispatch.sqs_accepted")
         with self.engine.begin() as conn:
             if sent:
-                # The one write of each queued member: a member already `ready_to_send` (an
-                # earlier run of a recurring campaign) gets this run.
-                conn.execute(
-                    sa.text(
-                        "UPDATE campaign_audience SET status = 'ready_to_send', last_error = NULL,"
-                        " status_changed_at = now(), dispatch_run_id = :r"
-                        " WHERE id = ANY(CAST(:ids AS uuid[])) AND status = ANY(:sources)"
-                    ),
-                    {
-                        "r": self.run_id,
-                        "ids": [m.member_id for m in sent],
-                        "sources": [*member_sources("ready_to_send"), "ready_to_send"],
-                    },
-                )
+                audience.mark_queued(conn, self.run_id, [m.member_id for m in sent])
             if failed:
-                conn.execute(
-                    sa.text(
-                        "UPDATE messages m SET status = 'failed', failed_at = now(),"
-                        " queued_at = NULL, error_title = 'not queued', error_detail = v.reason"
-                        " FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[])) AS v(id, reason)"
-                        " WHERE m.id = v.id AND m.status = 'pending'"
-                    ),
-                    {
-                        "ids": [m.message_id for m, _ in failed],
-                        "reasons": [reason for _, reason in failed],
-                    },
-                )
+                messages.fail_not_queued(conn, [(m.message_id, reason) for m, reason in failed])
                 self._decide(conn, "failed", {m.member_id: reason for m, reason in failed})
 
 
-def run_counts(conn: sa.Connection, campaign_id: str, run_id: int) -> RunCounts:
+def run_counts(conn: sa.Connection, campaign_id: UUID, run_id: int) -> RunCounts:
     """The run's outcome read from the tables (not from the attempt's memory), so a re-run
     reports the whole run: every eligible member is queued, failed or skipped exactly once."""
-    members = conn.execute(
-        sa.text(
-            "SELECT count(*) FILTER (WHERE dispatch_run_id = :r AND status = 'failed'),"
-            " count(*) FILTER (WHERE dispatch_run_id = :r AND status = 'skipped'),"
-            " count(*) FILTER (WHERE dispatch_run_id = :r OR status = ANY(:candidates))"
-            " FROM campaign_audience WHERE campaign_id = :c"
-        ),
-        {"r": run_id, "c": campaign_id, "candidates": list(CANDIDATE_STATUSES)},
-    ).one()
-    queued, sent = conn.execute(
-        sa.text(
-            "SELECT count(*) FILTER (WHERE a.dispatch_run_id = :r"
-            "   AND m.error_title IS DISTINCT FROM 'not queued'),"
-            " count(*) FILTER (WHERE m.status IN ('sent', 'delivered', 'read'))"
-            " FROM messages m JOIN campaign_audience a ON a.id = m.campaign_audience_id"
-            " WHERE m.campaign_run_id = :r"
-        ),
-        {"r": run_id},
-    ).one()
+    members = audience.run_members(conn, campaign_id, run_id, CANDIDATE_STATUSES)
+    queued, sent = messages.run_queued_and_sent(conn, run_id)
     return RunCounts(
-        queued=queued, failed=members[0], skipped=members[1], eligible=members[2], sent=sent
+        queued=queued,
+        failed=members.failed,
+        skipped=members.skipped,
+        eligible=members.eligible,
+        sent=sent,
     )

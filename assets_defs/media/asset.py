@@ -10,8 +10,8 @@ import dagster as dg
 import sqlalchemy as sa
 
 from assets_defs.media.runner import CampaignMediaRun, Policy, Report, media_prefix
-from assets_defs.media.store import GENERATED
 from assets_defs.partitions import campaign_partitions
+from resources import audience
 from resources.postgres import PostgresResource
 from resources.sandbox.pool import Limits
 from resources.storage import S3Storage
@@ -139,14 +139,7 @@ def objects_check(engine: sa.Engine, s3: S3Storage, campaign_id: str) -> dg.Asse
     checked = missing = 0
     examples: list[str] = []
     with engine.connect() as conn:
-        rows = conn.execution_options(yield_per=1000).execute(
-            sa.text(
-                "SELECT id, generated_asset_urls FROM campaign_audience"
-                " WHERE campaign_id = :c AND status = ANY(:generated)"
-            ),
-            {"c": campaign_id, "generated": list(GENERATED)},
-        )
-        for member_id, keys in rows:
+        for member_id, keys in audience.generated_media(conn, UUID(campaign_id)):
             checked += 1
             absent = [key for key in keys.values() if key not in stored]
             if not keys:

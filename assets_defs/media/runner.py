@@ -17,12 +17,13 @@ from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from uuid import UUID
 
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
 from assets_defs.media import store
-from resources import settings
+from resources import audience, settings
 from resources.campaigns import audience_counts
 from resources.sandbox import isolation
 from resources.sandbox.pool import Generator, Limits, MemberInput, Outcome, WorkerPool
@@ -94,6 +95,7 @@ class CampaignMediaRun:
         self.engine = engine
         self.s3 = s3
         self.campaign_id = campaign_id
+        self.campaign = UUID(campaign_id)
         self.limits = limits
         self.policy = policy
         self.log = log
@@ -117,8 +119,8 @@ class CampaignMediaRun:
             self.warn(sandbox.warning)
         with self.engine.begin() as conn:
             store.start_generation(conn, self.campaign_id)
-            self.report.released = store.release_claims(
-                conn, self.campaign_id, [self.run_id, *live_run_ids]
+            self.report.released = audience.release_claims(
+                conn, self.campaign, [self.run_id, *live_run_ids]
             )
             counts = audience_counts(conn, self.campaign_id)
         self.report.total = sum(n for status, n in counts.items() if status != "skipped")
@@ -140,8 +142,8 @@ class CampaignMediaRun:
     def _generate_all(
         self, pool: WorkerPool, threads: ThreadPoolExecutor, started: float, already_done: int
     ) -> None:
-        in_flight: set[Future[store.MemberResult]] = set()
-        results: list[store.MemberResult] = []
+        in_flight: set[Future[audience.MemberResult]] = set()
+        results: list[audience.MemberResult] = []
         exhausted = False
         last_progress = started
         while True:
@@ -166,24 +168,24 @@ class CampaignMediaRun:
         self._record(results)
         self._progress(time.monotonic() - started, already_done)
 
-    def _claim(self, limit: int) -> tuple[list[store.ClaimedMember], Generator | None]:
+    def _claim(self, limit: int) -> tuple[list[audience.ClaimedMember], Generator | None]:
         """The next members, with the generator version active now: a version published
         mid-campaign applies from the next batch on."""
         with self.engine.begin() as conn:
             generator = store.active_generator(conn, self.campaign_id)
             if generator is None:
                 return [], None
-            return store.claim_members(conn, self.campaign_id, limit, self.run_id), generator
+            return audience.claim_members(conn, self.campaign, limit, self.run_id), generator
 
-    def _record(self, results: list[store.MemberResult]) -> None:
+    def _record(self, results: list[audience.MemberResult]) -> None:
         with self.engine.begin() as conn:
-            store.record_results(conn, self.campaign_id, results)
+            audience.record_results(conn, self.campaign, results)
             if any(r.status == "failed" for r in results) and store.fail_if_certain(
                 conn, self.campaign_id, self.policy.failure_threshold
             ):
                 self.warn(f"media {self.campaign_id}: failure threshold crossed, generation stops")
 
-    def _count(self, result: store.MemberResult) -> store.MemberResult:
+    def _count(self, result: audience.MemberResult) -> audience.MemberResult:
         report = self.report
         report.retried += result.attempts - 1
         if result.status == "failed":
@@ -208,8 +210,8 @@ class CampaignMediaRun:
         )
 
     def _member(
-        self, pool: WorkerPool, member: store.ClaimedMember, generator: Generator
-    ) -> store.MemberResult:
+        self, pool: WorkerPool, member: audience.ClaimedMember, generator: Generator
+    ) -> audience.MemberResult:
         """Generate and upload one member's media, retrying with exponential backoff."""
         member_input = MemberInput(member.attributes, member.name, member.msisdn)
         error = ""
@@ -224,7 +226,7 @@ class CampaignMediaRun:
                 if outcome.ok:
                     keys = self._upload(member.id, outcome)
                     self._keep_preview(outcome)
-                    return store.MemberResult(
+                    return audience.MemberResult(
                         member.id, "asset_generated", keys, generator.version, attempt
                     )
                 error = outcome.error or ""
@@ -236,7 +238,7 @@ class CampaignMediaRun:
                 outcome.close()
             if attempt < self.policy.max_attempts:
                 time.sleep(self.policy.backoff_seconds * 2 ** (attempt - 1))
-        return store.MemberResult(
+        return audience.MemberResult(
             member.id, "failed", {}, None, attempt, f"{error} (generator v{generator.version})"
         )
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from assets_defs.media import store
 from assets_defs.media.asset import campaign_media, live_runs
 from assets_defs.partitions import campaign_partition_key, campaign_partitions
-from resources import settings
+from resources import audience, settings
 from resources.postgres import PostgresResource
 
 CAMPAIGNS_PER_TICK = 50
@@ -91,9 +91,9 @@ def media_recovery_sensor(
     requests = []
     orphans = []
     with postgres.engine.begin() as conn:
-        for campaign_id in store.campaigns_with_stuck_members(conn, stuck_minutes):
+        for campaign_id in audience.campaigns_with_stuck_members(conn, stuck_minutes):
             live = [run.run_id for run in live_runs(instance, str(campaign_id))]
-            reset = store.reset_stuck_members(conn, campaign_id, stuck_minutes, live)
+            reset = audience.reset_stuck_members(conn, campaign_id, stuck_minutes, live)
             if reset:
                 context.log.info(f"campaign {campaign_id}: {reset} stuck member(s) back to pending")
         generating = store.campaigns_generating(conn, ORPHAN_GRACE_SECONDS, CAMPAIGNS_PER_TICK)

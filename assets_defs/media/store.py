@@ -1,46 +1,22 @@
-"""The media capability's reads and writes: claiming members, recording outcomes, and the
-campaign's moves `approved → asset_generation → asset_generated | failed`.
+"""The media capability's moves of its campaign, `approved → asset_generation →
+asset_generated | failed`, decided from where its members stand (their claims and results
+are `resources/audience.py`'s).
 
 Every move is set-based SQL guarded by the source state of `resources/status.py`, so two
-runs, a sensor and an operator can act at once without a member being done twice.
+runs, a sensor and an operator can act at once without a campaign being moved twice.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
-from psycopg2.extras import execute_values
 
-from resources import media_ready
+from resources import audience, media_ready, messages
 from resources.campaigns import current_status, set_campaign_status, set_campaigns_status
 from resources.sandbox.pool import Generator
-from resources.status import member_sources
-
-# Members whose media exist, at this stage or any later one.
-GENERATED = ("asset_generated", "ready_to_send")
-
-
-@dataclass(frozen=True)
-class ClaimedMember:
-    id: UUID
-    name: str | None
-    msisdn: str
-    attributes: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class MemberResult:
-    id: UUID
-    status: str  # asset_generated | failed
-    keys: dict[str, str]
-    version: int | None
-    attempts: int
-    error: str | None = None
 
 
 def active_generator(conn: sa.Connection, campaign_id: str) -> Generator | None:
@@ -143,102 +119,6 @@ def fail_generation(conn: sa.Connection, campaign_id: str, reason: str) -> None:
     )
 
 
-def campaigns_with_stuck_members(conn: sa.Connection, minutes: float) -> list[UUID]:
-    return list(
-        conn.execute(
-            sa.text(
-                "SELECT DISTINCT campaign_id FROM campaign_audience"
-                " WHERE status = 'asset_generating'"
-                " AND status_changed_at < now() - make_interval(secs => :m * 60)"
-            ),
-            {"m": minutes},
-        ).scalars()
-    )
-
-
-def reset_stuck_members(
-    conn: sa.Connection, campaign_id: UUID, minutes: float, live_run_ids: list[str]
-) -> int:
-    """`asset_generating → pending` for members claimed more than `minutes` ago by a run
-    that is not alive."""
-    return conn.execute(
-        sa.text(
-            "UPDATE campaign_audience SET status = 'pending', status_changed_at = now(),"
-            " claimed_by_run = NULL"
-            " WHERE campaign_id = :c AND status = 'asset_generating'"
-            " AND status_changed_at < now() - make_interval(secs => :m * 60)"
-            " AND (claimed_by_run IS NULL OR claimed_by_run <> ALL(:live))"
-        ),
-        {"c": campaign_id, "m": minutes, "live": live_run_ids},
-    ).rowcount
-
-
-def release_claims(conn: sa.Connection, campaign_id: str, live_run_ids: list[str]) -> int:
-    """Return to `pending` the members claimed by runs that are no longer alive; the claims
-    of live runs (this one, its siblings) are theirs."""
-    return conn.execute(
-        sa.text(
-            "UPDATE campaign_audience SET status = 'pending', status_changed_at = now(),"
-            " claimed_by_run = NULL"
-            " WHERE campaign_id = :c AND status = 'asset_generating'"
-            " AND (claimed_by_run IS NULL OR claimed_by_run <> ALL(:live))"
-        ),
-        {"c": campaign_id, "live": live_run_ids},
-    ).rowcount
-
-
-def claim_members(
-    conn: sa.Connection, campaign_id: str, limit: int, run_id: str
-) -> list[ClaimedMember]:
-    """Move up to `limit` pending members to `asset_generating`, claimed by `run_id`, and
-    return them.
-
-    SKIP LOCKED lets concurrent claimers take disjoint sets; the campaign must still be in
-    `asset_generation`, so pausing or cancelling it stops the run at its next claim.
-    """
-    rows = conn.execute(
-        sa.text(
-            "UPDATE campaign_audience SET status = 'asset_generating', status_changed_at = now(),"
-            " claimed_by_run = :run"
-            " WHERE id IN (SELECT a.id FROM campaign_audience a JOIN campaigns c"
-            "   ON c.id = a.campaign_id AND c.status = 'asset_generation'"
-            "   WHERE a.campaign_id = :c AND a.status = ANY(:sources)"
-            "   LIMIT :n FOR UPDATE OF a SKIP LOCKED)"
-            " RETURNING id, name, msisdn, attributes"
-        ),
-        {
-            "c": campaign_id,
-            "n": limit,
-            "run": run_id,
-            "sources": member_sources("asset_generating"),
-        },
-    )
-    return [ClaimedMember(**row._mapping) for row in rows]
-
-
-def record_results(conn: sa.Connection, campaign_id: str, results: list[MemberResult]) -> None:
-    """Store a batch of outcomes in one statement; a member no longer claimed is left alone.
-    The campaign's dispatch run, if one is waiting, is told to look (on commit)."""
-    if not results:
-        return
-    cursor = conn.connection.dbapi_connection.cursor()
-    execute_values(
-        cursor,
-        "UPDATE campaign_audience a SET status = v.status, generated_asset_urls = v.keys::jsonb,"
-        " generator_version = v.version::integer, attempts = a.attempts + v.attempts::integer,"
-        " last_error = v.error, status_changed_at = now()"
-        " FROM (VALUES %s) AS v (id, status, keys, version, attempts, error)"
-        " WHERE a.id = v.id::uuid AND a.status = 'asset_generating'",
-        [
-            (str(r.id), r.status, json.dumps(r.keys), r.version, r.attempts, r.error)
-            for r in results
-        ],
-        page_size=1000,
-    )
-    if any(r.status == "asset_generated" for r in results):
-        media_ready.notify(conn, campaign_id)
-
-
 @dataclass(frozen=True)
 class Completion:
     status: str
@@ -261,7 +141,7 @@ def complete(conn: sa.Connection, campaign_id: str, failure_threshold: float) ->
         return Completion(status, ratio, reason)
     if status not in ("approved", "asset_generation"):  # paused, cancelled: not ours to move
         return Completion(status or "missing")
-    tally = media_tally(conn, campaign_id)
+    tally = audience.media_tally(conn, UUID(campaign_id))
     if tally.left and active_generator(conn, campaign_id) is not None:
         return Completion(status)
     ratio = tally.failed / tally.finished if tally.finished else 0.0
@@ -286,36 +166,6 @@ def complete(conn: sa.Connection, campaign_id: str, failure_threshold: float) ->
     return Completion(target, ratio, reason)
 
 
-@dataclass(frozen=True)
-class Tally:
-    """Where a campaign's media stand. `failed` counts media failures only: a member that
-    dispatch failed (a bad template parameter) while the rest were being made had its media."""
-
-    failed: int
-    generated: int
-    left: int
-    members: int
-
-    @property
-    def finished(self) -> int:
-        return self.failed + self.generated
-
-
-def media_tally(conn: sa.Connection, campaign_id: str) -> Tally:
-    row = conn.execute(
-        sa.text(
-            "SELECT count(*) FILTER (WHERE status = 'failed' AND dispatch_run_id IS NULL),"
-            " count(*) FILTER (WHERE status = ANY(:generated)"
-            "   OR (status = 'failed' AND dispatch_run_id IS NOT NULL)),"
-            " count(*) FILTER (WHERE status IN ('pending', 'asset_generating')),"
-            " count(*) FILTER (WHERE status <> 'skipped')"
-            " FROM campaign_audience WHERE campaign_id = :c"
-        ),
-        {"c": campaign_id, "generated": list(GENERATED)},
-    ).one()
-    return Tally(*row)
-
-
 def fail_if_certain(conn: sa.Connection, campaign_id: str, failure_threshold: float) -> bool:
     """Fail the campaign's generation as soon as its failure ratio is sure to end above the
     threshold: more of all its members have failed than the threshold allows, whatever the
@@ -323,7 +173,7 @@ def fail_if_certain(conn: sa.Connection, campaign_id: str, failure_threshold: fl
     already sent stays sent, and the reason says how much). Whether it failed now."""
     if current_status(conn, campaign_id) != "asset_generation":
         return False
-    tally = media_tally(conn, campaign_id)
+    tally = audience.media_tally(conn, UUID(campaign_id))
     if not tally.members or tally.failed / tally.members <= failure_threshold:
         return False
     fail_generation(
@@ -343,13 +193,7 @@ def fail_if_certain(conn: sa.Connection, campaign_id: str, failure_threshold: fl
 def _over_threshold(
     conn: sa.Connection, campaign_id: str, failed: int, of: int, failure_threshold: float
 ) -> str:
-    sent = conn.execute(
-        sa.text(
-            "SELECT count(*) FROM messages m JOIN campaign_runs r ON r.id = m.campaign_run_id"
-            " WHERE r.campaign_id = :c AND m.status IN ('sending', 'sent', 'delivered', 'read')"
-        ),
-        {"c": campaign_id},
-    ).scalar_one()
+    sent = messages.sent_count(conn, UUID(campaign_id))
     reason = (
         f"{failed} of {of} members ({failed / of:.1%}) failed media generation,"
         f" above the {failure_threshold:.0%} threshold"

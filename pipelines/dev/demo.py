@@ -18,7 +18,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import campaigns, settings
+from resources import audience, campaigns, messages, settings
 from resources.postgres import PostgresResource
 from webhook_app import demo as webhook_demo
 
@@ -176,14 +176,7 @@ def summary(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
             ),
             {"c": campaign_id},
         ).one()
-        media_generated, media_failed = conn.execute(
-            sa.text(
-                "SELECT count(*) FILTER (WHERE generator_version IS NOT NULL),"
-                " count(*) FILTER (WHERE status = 'failed' AND generator_version IS NULL)"
-                " FROM campaign_audience WHERE campaign_id = :c"
-            ),
-            {"c": campaign_id},
-        ).one()
+        media_generated, media_failed = audience.media_outcomes(conn, campaign_id)
         conversations = webhook_demo.summary(conn)
     return {
         "campaign_id": str(campaign_id),
@@ -247,15 +240,7 @@ def send_queued(engine: sa.Engine, campaign_id: UUID) -> dict[str, int]:
     finally:
         client.close()
     with engine.connect() as conn:
-        counts = dict(
-            conn.execute(
-                sa.text(
-                    "SELECT m.status, count(*) FROM messages m JOIN campaign_runs r"
-                    " ON r.id = m.campaign_run_id WHERE r.campaign_id = :c GROUP BY m.status"
-                ),
-                {"c": campaign_id},
-            ).all()
-        )
+        counts = messages.status_counts(conn, campaign_id)
     return {"messages_sent": counts.get("sent", 0), "send_failed": counts.get("failed", 0)}
 
 

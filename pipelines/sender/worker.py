@@ -26,9 +26,9 @@ from typing import TypeVar
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipelines.sender import release, store
+from pipelines.sender import release
 from pipelines.sender.gate import BreakerView, Held, Trip, trip_of
-from resources import breakers, consent, crash_points, safe_errors, settings
+from resources import breakers, consent, crash_points, safe_errors, sender_store, settings
 from resources.breakers import Breaker
 from resources.graph_errors import MARKETING_STOPPED, ErrorClass, classify
 from resources.queue import Received, SQSResource
@@ -84,7 +84,7 @@ class Worker:
         config: SenderConfig | None = None,
     ) -> None:
         self.engine = engine
-        self.store = store.Store(engine)
+        self.store = sender_store.Store(engine)
         self.view = BreakerView(engine)
         self.sqs = sqs
         self.client = client
@@ -215,7 +215,7 @@ class Worker:
                 done.append(job.message)
             elif row.verdict is not None:
                 # Skipped (consent withdrawn) or held (campaign paused): nothing is sent.
-                self._count("held_paused" if row.verdict == store.PAUSED else "skipped")
+                self._count("held_paused" if row.verdict == sender_store.PAUSED else "skipped")
                 self._settle_probe(row.id, None)
                 done.append(job.message)
             elif row.peer_phone != job.payload.to:
@@ -279,12 +279,12 @@ class Worker:
             )
 
     def _judge(
-        self, payload: Payload, row: store.Claimed, result: SentMessage | Exception
-    ) -> tuple[store.Outcome | None, str]:
+        self, payload: Payload, row: sender_store.Claimed, result: SentMessage | Exception
+    ) -> tuple[sender_store.Outcome | None, str]:
         """What a send came to: the row's outcome and what to do with the SQS message."""
         if isinstance(result, SentMessage):
             self._count("sent")
-            return store.Outcome(row.id, "sent", wamid=result.wamid), "delete"
+            return sender_store.Outcome(row.id, "sent", wamid=result.wamid), "delete"
         if isinstance(result, Held):
             self._count("held_by_breaker")
             return self._hold(row.id, result.breaker, None, None), "delete"
@@ -296,7 +296,7 @@ class Worker:
         retries_left = row.attempts < self.config.max_attempts
         if verdict.kind is ErrorClass.RETRYABLE and retries_left:
             self._count("retried")
-            return store.Outcome(
+            return sender_store.Outcome(
                 row.id, "retry", error_code=verdict.code, error_title=verdict.title
             ), "retry"
         if verdict.breaks is not None:
@@ -311,9 +311,9 @@ class Worker:
 
     def _hold(
         self, message_id: int, breaker: Breaker, code: int | None, title: str | None
-    ) -> store.Outcome:
+    ) -> sender_store.Outcome:
         breaker = self._stored(breaker)
-        return store.Outcome(
+        return sender_store.Outcome(
             message_id,
             "hold",
             error_code=code if code is not None else breaker.error_code,
@@ -485,7 +485,7 @@ class Worker:
             ]
         return scheduled
 
-    def _record(self, outcomes: list[store.Outcome]) -> None:
+    def _record(self, outcomes: list[sender_store.Outcome]) -> None:
         """Store the results: a sent message must get its row updated before its payload
         leaves the queue. A result the database refuses for good (a unique or check
         violation: it would refuse it again) fails its row with the reason instead of
@@ -561,7 +561,7 @@ def _hold_reason(breaker: Breaker) -> str:
 
 def _failure(
     message_id: int, code: int | None, title: str, detail: str | None = None
-) -> store.Outcome:
-    return store.Outcome(
+) -> sender_store.Outcome:
+    return sender_store.Outcome(
         message_id, "failed", error_code=code, error_title=title, error_detail=detail
     )
