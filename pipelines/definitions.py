@@ -32,39 +32,30 @@ REQUIRED_IN_PRODUCTION = (
 )
 
 
-def _env(name: str) -> Any:
-    """`EnvVar(name)` when the variable is set, else the documented default."""
-    return dg.EnvVar(name) if os.environ.get(name) else BY_NAME[name].default
+class _AtRunStart:
+    """The code location's `settings.Source`: a variable that is set becomes an `EnvVar`, which
+    a run resolves when it starts (the value is never in the loaded definitions); one left
+    unset is its documented default."""
+
+    def text(self, name: str) -> Any:
+        return dg.EnvVar(name) if os.environ.get(name) else BY_NAME[name].default
+
+    def required(self, name: str) -> Any:
+        return dg.EnvVar(name)
+
+    def number(self, name: str) -> Any:
+        # The clients' number settings are whole numbers.
+        return dg.EnvVar.int(name) if os.environ.get(name) else int(BY_NAME[name].default)
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:
+    source = _AtRunStart()
     return {
-        "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
-        "s3": S3Storage(
-            bucket=_env("S3_BUCKET"),
-            endpoint_url=_env("AWS_ENDPOINT_URL"),
-            region_name=_env("AWS_REGION"),
-        ),
-        "sqs": SQSResource(
-            queue_name=_env("SQS_QUEUE_NAME"),
-            dlq_name=_env("SQS_DLQ_NAME"),
-            max_receive_count=(
-                dg.EnvVar.int("SQS_MAX_RECEIVE_COUNT")
-                if os.environ.get("SQS_MAX_RECEIVE_COUNT")
-                else int(BY_NAME["SQS_MAX_RECEIVE_COUNT"].default)
-            ),
-            region_name=_env("AWS_REGION"),
-            endpoint_url=_env("AWS_ENDPOINT_URL"),
-        ),
-        "whatsapp": WhatsAppResource(
-            access_token=_env("WHATSAPP_ACCESS_TOKEN"),
-            phone_number_id=_env("WHATSAPP_PHONE_NUMBER_ID"),
-            base_url=_env("WHATSAPP_API_BASE_URL"),
-            api_version=_env("WHATSAPP_API_VERSION"),
-        ),
-        "chat_model": ChatModelResource(
-            google_api_key=_env("GOOGLE_API_KEY"), model=_env("CHAT_MODEL")
-        ),
+        "postgres": PostgresResource.from_settings(source),
+        "s3": S3Storage.from_settings(source),
+        "sqs": SQSResource.from_settings(source),
+        "whatsapp": WhatsAppResource.from_settings(source),
+        "chat_model": ChatModelResource.from_settings(source),
     }
 
 

@@ -50,8 +50,9 @@ class PostgresResource(ConfigurableResource):
     _engine: sa.Engine | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_env(cls) -> PostgresResource:
-        return cls(database_url=settings.require("DATABASE_URL"))
+    def from_settings(cls, source: settings.Source = settings.NOW) -> PostgresResource:
+        """The one way it is built, by the code location and by every process."""
+        return cls(database_url=source.required("DATABASE_URL"))
 
     @property
     def engine(self) -> sa.Engine:

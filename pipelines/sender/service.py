@@ -22,9 +22,9 @@ REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_PHO
 
 def run(drain: bool = False, install_signals: bool = True) -> Counter[str]:
     settings.check_production(REQUIRED_IN_PRODUCTION, "sender")
-    config = SenderConfig.from_env()
+    config = settings.load(SenderConfig)
     engine = create_engine(settings.require("DATABASE_URL"), pool_size=config.lanes + 2)
-    sqs = SQSResource.from_env()
+    sqs = SQSResource.from_settings()
     client = WhatsAppClient(
         settings.get("WHATSAPP_ACCESS_TOKEN"),
         settings.get("WHATSAPP_PHONE_NUMBER_ID"),
