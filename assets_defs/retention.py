@@ -60,4 +60,6 @@ webhook_retention_schedule = dg.ScheduleDefinition(
     description="Daily at 04:30 UTC, after the archives: prune webhook_inbox and message_receipts.",
 )
 
-defs = dg.Definitions(jobs=[webhook_retention_job], schedules=[webhook_retention_schedule])
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(jobs=[webhook_retention_job], schedules=[webhook_retention_schedule])

@@ -1,10 +1,11 @@
 """The Dagster code location: each asset family's definitions, merged, with the shared resources.
 
-Resource values resolve when a run starts (`EnvVar`), so loading the code location reads no
-secret and talks to no server; an optional setting left unset keeps its documented default.
-In production, loading it checks that the settings its runs need are there, so a missing
-secret stops the code location at start-up rather than failing (or sending in dev mode) in
-a run.
+Importing this module reads no setting: `defs` builds the definitions when Dagster loads
+them. Resource values resolve when a run starts (`EnvVar`), so loading the code location
+reads no secret and talks to no server; an optional setting left unset keeps its documented
+default. In production, loading it checks that the settings its runs need are there, so a
+missing secret stops the code location at start-up rather than failing (or sending in dev
+mode) in a run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from resources.settings import BY_NAME
 from resources.storage import S3Storage
 from resources.whatsapp import WhatsAppResource
 
+FAMILIES = (media, archive, dispatch, campaign_sensor, reports, templates, retention)
 REQUIRED_IN_PRODUCTION = (
     "DATABASE_URL",
     "DAGSTER_POSTGRES_URL",
@@ -49,6 +51,7 @@ class _AtRunStart:
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:
+    """The clients the code location's runs get; tests and benchmarks run assets with them."""
     source = _AtRunStart()
     return {
         "postgres": PostgresResource.from_settings(source),
@@ -59,17 +62,14 @@ def resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-settings.check_production(REQUIRED_IN_PRODUCTION, "Dagster code location")
-
-# Each run is one asset of one partition (and its checks): the steps run in the run's own
-# process, as the benchmarks measure them, instead of a process each beside it.
-defs = dg.Definitions.merge(
-    dg.Definitions(resources=resources(), executor=dg.in_process_executor),
-    media.defs,
-    archive.defs,
-    dispatch.defs,
-    campaign_sensor.defs,
-    reports.defs,
-    templates.defs,
-    retention.defs,
-)
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location, built when Dagster loads it (the code server at start-up, each run
+    in its process) rather than at import, so importing this module reads no setting."""
+    settings.check_production(REQUIRED_IN_PRODUCTION, "Dagster code location")
+    # Each run is one asset of one partition (and its checks): the steps run in the run's
+    # own process, as the benchmarks measure them, instead of a process each beside it.
+    return dg.Definitions.merge(
+        dg.Definitions(resources=resources(), executor=dg.in_process_executor),
+        *(family.defs() for family in FAMILIES),
+    )
