@@ -101,9 +101,9 @@ def cmd_webhook_app(args: argparse.Namespace) -> int:
 
 def cmd_sender_stuck(args: argparse.Namespace) -> int:
     # Brings in Dagster (see the module docstring).
-    from resources.postgres import create_engine
+    from resources.postgres import PostgresResource
 
-    engine = create_engine(settings.require("DATABASE_URL"))
+    engine = PostgresResource.from_settings().engine
     threshold = (
         args.older_than
         if args.older_than is not None
