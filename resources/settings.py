@@ -703,11 +703,10 @@ def load(group: type[T]) -> T:
     environment gives now; a field whose setting is unset and undocumented keeps its
     `default_factory`. Called when a process or a run starts, never at import."""
     values = {}
-    for field in dataclasses.fields(group):  # type: ignore[arg-type]
-        name = field.metadata.get(_SETTING)
-        if name is None or get(name) is None:
+    for field in dataclasses.fields(group):
+        name = field.metadata[_SETTING]
+        text = get(name)
+        if text is None:
             continue
-        values[field.name] = (
-            number(name) if BY_NAME[name].kind else field.metadata[_PARSE](get(name))
-        )
+        values[field.name] = number(name) if BY_NAME[name].kind else field.metadata[_PARSE](text)
     return group(**values)
