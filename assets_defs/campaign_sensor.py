@@ -24,14 +24,17 @@ from resources import settings
 from resources.postgres import PostgresResource
 
 
-@dg.sensor(
-    minimum_interval_seconds=int(settings.number("CAMPAIGN_SENSOR_INTERVAL_SECONDS")),
-    asset_selection=[campaign_media, dispatched_batches],
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-def campaign_sensor(
-    context: dg.SensorEvaluationContext, postgres: PostgresResource
-) -> dg.SensorResult:
+def campaign_sensor() -> dg.SensorDefinition:
+    """Built when the code location loads, not at import: its interval is a setting."""
+    return dg.sensor(
+        name="campaign_sensor",
+        minimum_interval_seconds=int(settings.number("CAMPAIGN_SENSOR_INTERVAL_SECONDS")),
+        asset_selection=[campaign_media, dispatched_batches],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )(tick)
+
+
+def tick(context: dg.SensorEvaluationContext, postgres: PostgresResource) -> dg.SensorResult:
     media = start_media(postgres.engine)
     if media.without_media:
         context.log.info(
@@ -60,4 +63,5 @@ def campaign_sensor(
     )
 
 
-defs = dg.Definitions(sensors=[campaign_sensor])
+def defs() -> dg.Definitions:
+    return dg.Definitions(sensors=[campaign_sensor()])

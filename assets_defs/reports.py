@@ -225,8 +225,9 @@ def campaign_delivery_report_sensor(
     )
 
 
-defs = dg.Definitions(
-    assets=[campaign_delivery_report],
-    asset_checks=[messages_stuck_in_sending, no_open_circuit_breakers],
-    sensors=[campaign_delivery_report_sensor],
-)
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[campaign_delivery_report],
+        asset_checks=[messages_stuck_in_sending, no_open_circuit_breakers],
+        sensors=[campaign_delivery_report_sensor],
+    )

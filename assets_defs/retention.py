@@ -10,6 +10,7 @@ from dataclasses import asdict
 
 import dagster as dg
 
+from resources import settings
 from resources.postgres import PostgresResource
 from resources.webhook_history import Retention, prune
 
@@ -24,7 +25,7 @@ def prune_webhook_history(
     """Delete settled inbox events and applied receipts older than WEBHOOK_RETENTION_DAYS,
     and unmatched receipts older than RECEIPT_RETENTION_DAYS; never an event still to be
     processed."""
-    retention = Retention.from_env()
+    retention = settings.load(Retention)
     pruned = prune(postgres.engine, retention)
     context.log.info(
         f"pruned {pruned.events} inbox events, {pruned.applied_receipts} applied and"
@@ -59,4 +60,6 @@ webhook_retention_schedule = dg.ScheduleDefinition(
     description="Daily at 04:30 UTC, after the archives: prune webhook_inbox and message_receipts.",
 )
 
-defs = dg.Definitions(jobs=[webhook_retention_job], schedules=[webhook_retention_schedule])
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(jobs=[webhook_retention_job], schedules=[webhook_retention_schedule])

@@ -203,7 +203,8 @@ whatsapp_templates_job = dg.define_asset_job(
 )
 
 
-def _schedule() -> dg.ScheduleDefinition:
+def whatsapp_templates_schedule() -> dg.ScheduleDefinition:
+    """Built when the code location loads, not at import: its cron is a setting."""
     cron = settings.get("TEMPLATE_SYNC_CRON")
     try:
         return dg.ScheduleDefinition(
@@ -220,11 +221,10 @@ def _schedule() -> dg.ScheduleDefinition:
         ) from None
 
 
-whatsapp_templates_schedule = _schedule()
-
-defs = dg.Definitions(
-    assets=[whatsapp_templates],
-    asset_checks=[active_campaigns_use_approved_templates, templates_fit_meta],
-    jobs=[whatsapp_templates_job],
-    schedules=[whatsapp_templates_schedule],
-)
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[whatsapp_templates],
+        asset_checks=[active_campaigns_use_approved_templates, templates_fit_meta],
+        jobs=[whatsapp_templates_job],
+        schedules=[whatsapp_templates_schedule()],
+    )

@@ -60,7 +60,7 @@ def cmd_load_demo(args: argparse.Namespace) -> int:
     from resources.postgres import PostgresResource
 
     with local_stack(_state_dir(args)):
-        print(load_demo(PostgresResource.from_env().engine))
+        print(load_demo(PostgresResource.from_settings().engine))
     return 0
 
 
@@ -101,9 +101,9 @@ def cmd_webhook_app(args: argparse.Namespace) -> int:
 
 def cmd_sender_stuck(args: argparse.Namespace) -> int:
     # Brings in Dagster (see the module docstring).
-    from resources.postgres import create_engine
+    from resources.postgres import PostgresResource
 
-    engine = create_engine(settings.require("DATABASE_URL"))
+    engine = PostgresResource.from_settings().engine
     threshold = (
         args.older_than
         if args.older_than is not None
@@ -138,7 +138,7 @@ def cmd_archive_restore(args: argparse.Namespace) -> int:
     first, last = parse_day(args.first), parse_day(args.last)
     with local_stack(_state_dir(args)):
         result = restore_range(
-            PostgresResource.from_env().engine, S3Storage.from_env(), first, last
+            PostgresResource.from_settings().engine, S3Storage.from_settings(), first, last
         )
     print(
         f"restored {result.rows_inserted} of {result.rows_in_archive} archived messages"
@@ -153,7 +153,7 @@ def cmd_archive_setup(args: argparse.Namespace) -> int:
     from resources.storage import S3Storage
 
     with local_stack(_state_dir(args)):
-        storage = S3Storage.from_env()
+        storage = S3Storage.from_settings()
         rules = apply_lifecycle_rules(storage)
     print(f"bucket {storage.bucket}: {len(rules)} lifecycle rules in force")
     return 0
@@ -167,13 +167,13 @@ def _platform_engine(args: argparse.Namespace) -> Iterator[sa.Engine]:
     from resources.postgres import PostgresResource
 
     if os.environ.get("DATABASE_URL"):
-        postgres = PostgresResource.from_env()
+        postgres = PostgresResource.from_settings()
         postgres.migrate()
         yield postgres.engine
         postgres.engine.dispose()
         return
     with local_stack(_state_dir(args)):
-        postgres = PostgresResource.from_env()
+        postgres = PostgresResource.from_settings()
         yield postgres.engine
         postgres.engine.dispose()
 
@@ -225,7 +225,7 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
                 engine, args.campaign_id, args.status, args.limit, args.after
             ),
             "process": lambda: answers.recorded_run(engine, args.campaign_id),
-            "sqs-status": lambda: answers.queue_depth(SQSResource.from_env()),
+            "sqs-status": lambda: answers.queue_depth(SQSResource.from_settings()),
             "organisations": lambda: organisations.list_organisations(engine, args.phone_number_id),
             "update-organisation": lambda: organisations.update_organisation(
                 engine, args.organisation_id, _organisation_fields(args)
@@ -305,7 +305,7 @@ def _refresh_numbers(engine: sa.Engine, organisation_id: str | None) -> list[dic
     from resources import account
     from resources.whatsapp import WhatsAppResource
 
-    client = WhatsAppResource.from_env().client
+    client = WhatsAppResource.from_settings().client
     try:
         return account.refresh_numbers(engine, client, organisation_id)
     finally:
@@ -433,7 +433,7 @@ def cmd_templates_sync(args: argparse.Namespace) -> int:
     synced: list[dict[str, Any]] = []
     failed: list[str] = []
     with _platform_engine(args) as engine:
-        client = WhatsAppResource.from_env().client
+        client = WhatsAppResource.from_settings().client
         try:
             with engine.connect() as conn:
                 wanted = templates.organisations(conn, args.organisation)

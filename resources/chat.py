@@ -24,8 +24,9 @@ class ChatModelResource(ConfigurableResource):
     temperature: float = 0.3
 
     @classmethod
-    def from_env(cls) -> ChatModelResource:
-        return cls(google_api_key=settings.get("GOOGLE_API_KEY"), model=settings.get("CHAT_MODEL"))
+    def from_settings(cls, source: settings.Source = settings.NOW) -> ChatModelResource:
+        """The one way it is built, by the code location and by every process."""
+        return cls(google_api_key=source.text("GOOGLE_API_KEY"), model=source.text("CHAT_MODEL"))
 
     @property
     def offline(self) -> bool:

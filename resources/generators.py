@@ -434,7 +434,7 @@ def preview(
 
 
 def _run(source: str, file_name: str, sample: dict[str, Any], version: int | None) -> PreviewResult:
-    limits = Limits.from_settings()
+    limits = settings.load(Limits)
     seconds = min(limits.timeout_seconds, settings.number("GENERATOR_PREVIEW_SECONDS"))
     limits = replace(limits, timeout_seconds=seconds)
     if not _slots().acquire(timeout=seconds):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
@@ -50,8 +52,12 @@ class PostgresResource(ConfigurableResource):
     _engine: sa.Engine | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_env(cls) -> PostgresResource:
-        return cls(database_url=settings.require("DATABASE_URL"))
+    def from_settings(
+        cls, source: settings.Source = settings.NOW, **tuning: Any
+    ) -> PostgresResource:
+        """The one way it is built, by the code location and by every process; `tuning`
+        sets the fields that are no setting (a worker's pool size)."""
+        return cls(database_url=source.required("DATABASE_URL"), **tuning)
 
     @property
     def engine(self) -> sa.Engine:

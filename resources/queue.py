@@ -153,13 +153,14 @@ class SQSResource(ConfigurableResource):
     _client_lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
 
     @classmethod
-    def from_env(cls) -> SQSResource:
+    def from_settings(cls, source: settings.Source = settings.NOW) -> SQSResource:
+        """The one way it is built, by the code location and by every process."""
         return cls(
-            queue_name=settings.get("SQS_QUEUE_NAME"),
-            dlq_name=settings.get("SQS_DLQ_NAME"),
-            max_receive_count=settings.number("SQS_MAX_RECEIVE_COUNT"),
-            region_name=settings.get("AWS_REGION"),
-            endpoint_url=settings.get("AWS_ENDPOINT_URL"),
+            queue_name=source.text("SQS_QUEUE_NAME"),
+            dlq_name=source.text("SQS_DLQ_NAME"),
+            max_receive_count=source.number("SQS_MAX_RECEIVE_COUNT"),
+            region_name=source.text("AWS_REGION"),
+            endpoint_url=source.text("AWS_ENDPOINT_URL"),
         )
 
     @property

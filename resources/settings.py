@@ -4,12 +4,19 @@ in one table.
 The README's configuration table, the production start-up check, the resources' defaults
 and the checks on number settings are all derived from this table, so a setting is added in
 exactly one place.
+
+Nothing here reads the environment at import: a client resource is built from a `Source`
+(`Resource.from_settings`), a group of policy settings by `load`, both when a process or a
+run starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 
 @dataclass(frozen=True)
@@ -641,3 +648,65 @@ def check_production(names: tuple[str, ...], process: str) -> None:
         raise MissingSetting(
             f"{process} cannot start: missing required settings {', '.join(missing)} ({why})"
         )
+
+
+class Source(Protocol):
+    """Where a client resource's settings come from: their values now (`NOW`, a process), or
+    Dagster `EnvVar`s that a run resolves when it starts (the code location's)."""
+
+    def text(self, name: str) -> Any: ...
+
+    def required(self, name: str) -> Any: ...
+
+    def number(self, name: str) -> Any: ...
+
+
+class _Now:
+    def text(self, name: str) -> str | None:
+        return get(name)
+
+    def required(self, name: str) -> str:
+        return require(name)
+
+    def number(self, name: str) -> int | float:
+        return number(name)
+
+
+NOW: Source = _Now()
+
+T = TypeVar("T")
+_SETTING = "setting"
+_PARSE = "parse"
+
+
+def setting(
+    name: str,
+    parse: Callable[[str], Any] = str,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A field of a group of settings (`load`): the setting it is read from, and its table
+    default, so the group's own defaults and the documented ones cannot drift apart.
+
+    A number setting is read by `number` (its kind, bounded); another is given to `parse`.
+    `default_factory` stands in for a setting documented without a default.
+    """
+    metadata = {_SETTING: name, _PARSE: parse}
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    documented = BY_NAME[name]
+    convert = documented.kind or parse
+    return dataclasses.field(default=convert(documented.default), metadata=metadata)
+
+
+def load(group: type[T]) -> T:
+    """A group of settings (a dataclass whose fields are `setting`s) with the values the
+    environment gives now; a field whose setting is unset and undocumented keeps its
+    `default_factory`. Called when a process or a run starts, never at import."""
+    values = {}
+    for field in dataclasses.fields(group):
+        name = field.metadata[_SETTING]
+        text = get(name)
+        if text is None:
+            continue
+        values[field.name] = number(name) if BY_NAME[name].kind else field.metadata[_PARSE](text)
+    return group(**values)

@@ -32,11 +32,12 @@ class S3Storage(ConfigurableResource):
     _client: Any = PrivateAttr(default=None)
 
     @classmethod
-    def from_env(cls) -> S3Storage:
+    def from_settings(cls, source: settings.Source = settings.NOW) -> S3Storage:
+        """The one way it is built, by the code location and by every process."""
         return cls(
-            bucket=settings.require("S3_BUCKET"),
-            endpoint_url=settings.get("AWS_ENDPOINT_URL"),
-            region_name=settings.get("AWS_REGION"),
+            bucket=source.text("S3_BUCKET"),
+            endpoint_url=source.text("AWS_ENDPOINT_URL"),
+            region_name=source.text("AWS_REGION"),
         )
 
     @property

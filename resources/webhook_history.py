@@ -58,15 +58,10 @@ _WAKE = sa.text("SELECT pg_notify('webhook_inbox', '')")
 
 @dataclass(frozen=True)
 class Retention:
-    webhook_days: int
-    receipt_days: int
+    """Read by `settings.load(Retention)` when a prune starts."""
 
-    @classmethod
-    def from_env(cls) -> Retention:
-        return cls(
-            webhook_days=settings.number("WEBHOOK_RETENTION_DAYS"),
-            receipt_days=settings.number("RECEIPT_RETENTION_DAYS"),
-        )
+    webhook_days: int = settings.setting("WEBHOOK_RETENTION_DAYS")
+    receipt_days: int = settings.setting("RECEIPT_RETENTION_DAYS")
 
 
 @dataclass(frozen=True)

@@ -288,12 +288,17 @@ class WhatsAppResource(ConfigurableResource):
     _client: WhatsAppClient | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_env(cls) -> WhatsAppResource:
+    def from_settings(
+        cls, source: settings.Source = settings.NOW, **tuning: Any
+    ) -> WhatsAppResource:
+        """The one way it is built, by the code location and by every process; `tuning`
+        sets the fields that are no setting (the sender's time limit and connections)."""
         return cls(
-            access_token=settings.get("WHATSAPP_ACCESS_TOKEN"),
-            phone_number_id=settings.get("WHATSAPP_PHONE_NUMBER_ID"),
-            base_url=settings.get("WHATSAPP_API_BASE_URL"),
-            api_version=settings.get("WHATSAPP_API_VERSION"),
+            access_token=source.text("WHATSAPP_ACCESS_TOKEN"),
+            phone_number_id=source.text("WHATSAPP_PHONE_NUMBER_ID"),
+            base_url=source.text("WHATSAPP_API_BASE_URL"),
+            api_version=source.text("WHATSAPP_API_VERSION"),
+            **tuning,
         )
 
     @property

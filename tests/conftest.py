@@ -113,7 +113,7 @@ def postgres(database_url: str) -> Iterator[PostgresResource]:
 @pytest.fixture
 def s3(stack: Stack) -> S3Storage:
     # Built from config, not `model_copy`: Dagster rebuilds resources from their config.
-    base = S3Storage.from_env()
+    base = S3Storage.from_settings()
     storage = S3Storage(
         bucket=f"test-{uuid.uuid4().hex[:12]}",
         endpoint_url=base.endpoint_url,
@@ -126,7 +126,7 @@ def s3(stack: Stack) -> S3Storage:
 @pytest.fixture
 def sqs(stack: Stack) -> SQSResource:
     suffix = uuid.uuid4().hex[:10]
-    base = SQSResource.from_env()
+    base = SQSResource.from_settings()
     queue = SQSResource(
         queue_name=f"messages-{suffix}.fifo",
         dlq_name=f"dlq-{suffix}.fifo",

@@ -21,18 +21,18 @@ from tests.dispatch_fixtures import materialize_run
 
 
 def main(step: str, argument: str) -> int:
-    postgres = PostgresResource.from_env()
+    postgres = PostgresResource.from_settings()
     if step == "dispatch":
         resources = {
             "postgres": postgres,
-            "sqs": SQSResource.from_env(),
-            "s3": S3Storage.from_env(),
+            "sqs": SQSResource.from_settings(),
+            "s3": S3Storage.from_settings(),
         }
         return 0 if materialize_run(argument, resources).success else 1
     day = date.fromisoformat(argument)
     result = dg.materialize(
         [media_archive],
-        resources={"postgres": postgres, "s3": S3Storage.from_env()},
+        resources={"postgres": postgres, "s3": S3Storage.from_settings()},
         tags={
             "dagster/asset_partition_range_start": day.isoformat(),
             "dagster/asset_partition_range_end": day.isoformat(),

@@ -20,7 +20,7 @@ from assets_defs.dispatch.dispatcher import Dispatch, Halted, load_spec
 from assets_defs.dispatch.planner import plan_tick
 from assets_defs.media import store
 from assets_defs.media.runner import CampaignMediaRun, Policy
-from resources import audience, campaigns
+from resources import audience, campaigns, settings
 from resources import campaign_runs as runs
 from resources.queue import SQSResource
 from resources.sandbox.pool import Limits
@@ -101,7 +101,7 @@ def make_media(engine, s3, campaign_id: str, live: list[str], threshold: float =
         engine,
         s3,
         campaign_id,
-        Limits.from_settings(),
+        settings.load(Limits),
         Policy(max_attempts=1, backoff_seconds=0.01, failure_threshold=threshold),
         lambda _: None,
     )

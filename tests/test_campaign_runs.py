@@ -11,11 +11,13 @@ import sqlalchemy as sa
 
 from assets_defs.campaign_sensor import campaign_sensor
 from assets_defs.dispatch.planner import plan_tick
-from pipelines.definitions import defs
+from pipelines.definitions import defs as load_defs
 from resources import campaign_runs as runs
 from resources import recurrence
 from resources.campaigns import Member
 from tests.dispatch_fixtures import campaign_status, ready_campaign
+
+defs = load_defs()
 
 
 def at(text: str) -> datetime:
@@ -75,9 +77,9 @@ def test_a_due_campaign_gets_one_run_and_a_run_request_for_its_partition(engine,
     with dg.build_sensor_context(
         instance=instance, definitions=defs, resources={"postgres": postgres}
     ) as context:
-        result = campaign_sensor(context)
+        result = campaign_sensor()(context)
         instance.add_dynamic_partitions("campaigns", [str(campaign_id)])
-        again = campaign_sensor(context)
+        again = campaign_sensor()(context)
 
     (request,) = result.run_requests
     today = datetime.now(UTC).date().isoformat()
@@ -112,7 +114,7 @@ def test_an_approved_campaign_gets_its_media_and_dispatch_runs_in_the_same_tick(
         dg.partition_loading_context(dynamic_partitions_store=instance),
     ):
         # As the daemon evaluates it: each request resolved against its own assets' partitions.
-        result = campaign_sensor.evaluate_tick(context)
+        result = campaign_sensor().evaluate_tick(context)
 
     key = str(campaign_id)
     today = datetime.now(UTC).date().isoformat()

@@ -16,7 +16,7 @@ from resources.whatsapp import WhatsAppResource
 
 
 def test_definitions_load():
-    dg.Definitions.validate_loadable(defs)
+    dg.Definitions.validate_loadable(defs())
 
 
 def test_workspace_validates_with_the_dagster_cli(repo_root):
@@ -97,6 +97,7 @@ def test_the_code_location_imports_only_what_its_runs_need():
     script = (
         "import json, sys\n"
         "import pipelines.definitions\n"
+        "pipelines.definitions.defs()\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in"
         f" {NOT_IMPORTED_BY_THE_CODE_LOCATION!r} or m in {NOT_IMPORTED_BY_THE_CODE_LOCATION!r})))\n"
     )
@@ -104,3 +105,58 @@ def test_the_code_location_imports_only_what_its_runs_need():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
     )
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+# Imports every module of the code location with `os.environ` watched, then builds the
+# definitions, and prints the variables the project's own code read in each step (a
+# library's reads, e.g. Dagster's, do not count).
+IMPORT_WATCHED = """
+import importlib, json, os, pkgutil, sys
+
+import assets_defs
+
+project = os.getcwd()
+environ = type(os.environ)
+# os.getenv, environ.get (from Mapping) and the like: the read is their caller's.
+passing = {environ.__getitem__.__code__.co_filename, environ.get.__code__.co_filename}
+reads = []
+
+
+def watched(read):
+    def wrapper(self, key):
+        frame = sys._getframe(1)
+        while frame.f_code.co_filename in passing:
+            frame = frame.f_back
+        name = frame.f_code.co_filename
+        if name.startswith(project) and not name.startswith(sys.prefix):
+            reads.append(f"{key} ({os.path.relpath(name, project)}:{frame.f_lineno})")
+        return read(self, key)
+
+    return wrapper
+
+
+environ.__getitem__ = watched(environ.__getitem__)
+environ.__contains__ = watched(environ.__contains__)
+code_location = importlib.import_module("pipelines.definitions")
+for module in pkgutil.walk_packages(assets_defs.__path__, "assets_defs."):
+    importlib.import_module(module.name)
+at_import = list(reads)
+code_location.defs()
+print(json.dumps({"at_import": at_import, "when_built": reads[len(at_import):]}))
+"""
+
+
+def test_importing_the_code_location_reads_no_setting(repo_root):
+    """Settings are read when the definitions are built (the code server's start, each
+    run's), never at import: a module imported by a test or a tool reads nothing."""
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_WATCHED],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    reads = json.loads(result.stdout.strip().splitlines()[-1])
+    assert reads["at_import"] == []
+    assert any(read.startswith("CAMPAIGN_SENSOR_INTERVAL_SECONDS") for read in reads["when_built"])

@@ -8,8 +8,10 @@ import dagster as dg
 import sqlalchemy as sa
 
 from assets_defs.archive.tables import table_observation_sensor
-from pipelines.definitions import defs
+from pipelines.definitions import defs as load_defs
 from tests.archive_data import day_ago, insert_messages, midnight, organisation
+
+defs = load_defs()
 
 GROUPS = {
     "whatsapp_templates": "whatsapp",

@@ -22,7 +22,7 @@ _OUTSIDE = ("DATABASE_URL", "DAGSTER_POSTGRES_URL", "AWS_ENDPOINT_URL", "DAGSTER
 
 def _fifo_queue() -> SQSResource:
     suffix = uuid.uuid4().hex[:10]
-    queue = SQSResource.from_env().model_copy(
+    queue = SQSResource.from_settings().model_copy(
         update={"queue_name": f"big-{suffix}.fifo", "dlq_name": f"big-dlq-{suffix}.fifo"}
     )
     queue.ensure_queues()

@@ -228,7 +228,7 @@ def test_a_run_killed_with_sigkill_loses_nothing_and_the_next_run_finishes(
         from resources.sandbox.pool import Limits
         from resources.postgres import create_engine
         from resources.storage import S3Storage
-        s3 = S3Storage.from_env().model_copy(update={{"bucket": "{s3.bucket}"}})
+        s3 = S3Storage.from_settings().model_copy(update={{"bucket": "{s3.bucket}"}})
         CampaignMediaRun(create_engine("{database_url}"), s3, "{campaign_id}",
                          Limits(workers=2), Policy(), lambda m: None).run()
         """
@@ -337,7 +337,7 @@ def test_three_runs_share_a_campaign_and_a_killed_ones_members_are_generated_onc
             from resources.sandbox.pool import Limits
             from resources.postgres import create_engine
             from resources.storage import S3Storage
-            s3 = S3Storage.from_env().model_copy(update={{"bucket": "{s3.bucket}"}})
+            s3 = S3Storage.from_settings().model_copy(update={{"bucket": "{s3.bucket}"}})
             CampaignMediaRun(create_engine("{database_url}"), s3, "{campaign_id}",
                              Limits(workers=1), Policy(), lambda m: None).run({run_id!r}, {live!r})
             """

@@ -274,23 +274,23 @@ def test_each_member_gets_a_fresh_temp_dir_as_working_directory(pool):
 def test_unusable_settings_are_refused_by_name(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)
     with pytest.raises(settings.InvalidSetting, match=message):
-        Limits.from_settings()
-        Policy.from_settings()
+        settings.load(Limits)
+        settings.load(Policy)
 
 
 def test_the_defaults_are_the_documented_ones(monkeypatch):
     for name in ("MAX_CONCURRENT_GENERATIONS", "MEDIA_TIMEOUT_SECONDS", "MEDIA_MEMORY_MB"):
         monkeypatch.delenv(name, raising=False)
-    assert Limits.from_settings() == Limits(
+    assert settings.load(Limits) == Limits(
         workers=len(os.sched_getaffinity(0)), timeout_seconds=60, memory_mb=512, cpu_seconds=30
     )
 
 
 def test_the_worker_count_follows_the_cores_unless_set(monkeypatch):
     monkeypatch.setenv("MAX_CONCURRENT_GENERATIONS", "7")
-    assert Limits.from_settings().workers == 7
+    assert settings.load(Limits).workers == 7
     monkeypatch.delenv("MAX_CONCURRENT_GENERATIONS")
-    assert Limits.from_settings().workers == len(os.sched_getaffinity(0)) >= 1
+    assert settings.load(Limits).workers == len(os.sched_getaffinity(0)) >= 1
 
 
 def test_every_mechanism_this_host_offers_passes_its_probe():

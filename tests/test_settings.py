@@ -1,3 +1,5 @@
+from dataclasses import dataclass
+
 import pytest
 
 from resources import settings
@@ -105,3 +107,22 @@ def test_every_number_setting_accepts_its_own_default(monkeypatch):
         monkeypatch.delenv(setting.name, raising=False)
         assert isinstance(settings.number(setting.name), setting.kind), setting.name
     assert len(numbers) >= 30
+
+
+def test_a_group_of_settings_reads_each_field_from_its_setting_when_loaded(monkeypatch):
+    @dataclass(frozen=True)
+    class Group:
+        lanes: int = settings.setting("SENDER_LANES")
+        words: frozenset[str] = settings.setting("OPT_IN_WORDS", lambda v: frozenset(v.split(",")))
+        workers: int = settings.setting("MAX_CONCURRENT_GENERATIONS", default_factory=lambda: 99)
+
+    for name in ("SENDER_LANES", "OPT_IN_WORDS", "MAX_CONCURRENT_GENERATIONS"):
+        monkeypatch.delenv(name, raising=False)
+    assert settings.load(Group) == Group() == Group(8, frozenset({"START"}), 99)
+    monkeypatch.setenv("SENDER_LANES", "12")
+    monkeypatch.setenv("OPT_IN_WORDS", "GO,YES")
+    monkeypatch.setenv("MAX_CONCURRENT_GENERATIONS", "3")
+    assert settings.load(Group) == Group(12, frozenset({"GO", "YES"}), 3)
+    monkeypatch.setenv("SENDER_LANES", "0")
+    with pytest.raises(settings.InvalidSetting, match="SENDER_LANES must be between 1 and 64"):
+        settings.load(Group)

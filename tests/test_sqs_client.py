@@ -165,7 +165,7 @@ def _resolved(monkeypatch, **env: str) -> SQSClient:
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no profile's region either
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return SQSResource.from_env().client
+    return SQSResource.from_settings().client
 
 
 def test_the_endpoint_and_region_are_botocores(monkeypatch):

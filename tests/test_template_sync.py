@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from assets_defs import templates as template_assets
 from pipelines.cli import main
-from pipelines.definitions import defs
+from pipelines.definitions import defs as load_defs
 from resources import (
     breakers,
     campaign_runs,
@@ -29,6 +29,8 @@ from tests.fake_graph import Failure
 from tests.template_payloads import WABA_ID, meta_template
 from tests.webhook_support import ADMIN, webhook_client
 from webhook_app import campaign_answers
+
+defs = load_defs()
 
 RATE_LIMITED = Failure(
     80008,
@@ -555,15 +557,14 @@ def test_the_asset_and_its_schedule_are_in_the_code_location(monkeypatch):
     assert defs.get_assets_def("whatsapp_templates").group_names_by_key == {
         dg.AssetKey("whatsapp_templates"): "whatsapp"
     }
-    schedule = template_assets.whatsapp_templates_schedule
-    assert schedule in defs.schedules
+    (schedule,) = [s for s in defs.schedules if s.name == "whatsapp_templates_schedule"]
     assert schedule.cron_schedule == "0 * * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     monkeypatch.setenv("TEMPLATE_SYNC_CRON", "*/15 * * * *")
-    assert template_assets._schedule().cron_schedule == "*/15 * * * *"
+    assert template_assets.whatsapp_templates_schedule().cron_schedule == "*/15 * * * *"
     monkeypatch.setenv("TEMPLATE_SYNC_CRON", "every hour")
     with pytest.raises(settings.InvalidSetting, match="TEMPLATE_SYNC_CRON"):
-        template_assets._schedule()
+        template_assets.whatsapp_templates_schedule()
 
 
 def test_the_sync_reads_the_organisations_numbers_status_too(engine, postgres, graph, instance):

@@ -12,11 +12,13 @@ import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from assets_defs.retention import webhook_retention_job
-from pipelines.definitions import defs
+from pipelines.definitions import defs as load_defs
 from tests import payloads as p
 from tests.webhook_support import ADMIN, add_organisation, rows, scalar
 from webhook_app import processing
 from webhook_app.app import app
+
+defs = load_defs()
 
 
 def _event(conn, age_days: float, state: str) -> int:

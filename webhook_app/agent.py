@@ -67,29 +67,21 @@ MODEL_MEDIA = {"image": "image", "sticker": "image", "audio": "audio"}
 MODEL_MEDIA_MAX_BYTES = 8 * 1024 * 1024
 
 
-def _words(name: str) -> frozenset[str]:
-    return frozenset(w.strip().lower() for w in settings.get(name).split(",") if w.strip())
+def _words(value: str) -> frozenset[str]:
+    """A comma-separated list of words, compared in lower case."""
+    return frozenset(w.strip().lower() for w in value.split(",") if w.strip())
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    system_prompt: str
-    model_timeout_seconds: float
-    history_max_tokens: int
-    handoff_words: frozenset[str]
-    opt_out_words: frozenset[str]
-    opt_in_words: frozenset[str]
+    """Read by `settings.load(AgentConfig)` when the webhook worker starts."""
 
-    @classmethod
-    def from_env(cls) -> AgentConfig:
-        return cls(
-            system_prompt=settings.get("AGENT_SYSTEM_PROMPT"),
-            model_timeout_seconds=settings.number("AGENT_MODEL_TIMEOUT_SECONDS"),
-            history_max_tokens=settings.number("AGENT_HISTORY_MAX_TOKENS"),
-            handoff_words=_words("AGENT_HANDOFF_WORDS"),
-            opt_out_words=_words("OPT_OUT_WORDS"),
-            opt_in_words=_words("OPT_IN_WORDS"),
-        )
+    system_prompt: str = settings.setting("AGENT_SYSTEM_PROMPT")
+    model_timeout_seconds: float = settings.setting("AGENT_MODEL_TIMEOUT_SECONDS")
+    history_max_tokens: int = settings.setting("AGENT_HISTORY_MAX_TOKENS")
+    handoff_words: frozenset[str] = settings.setting("AGENT_HANDOFF_WORDS", _words)
+    opt_out_words: frozenset[str] = settings.setting("OPT_OUT_WORDS", _words)
+    opt_in_words: frozenset[str] = settings.setting("OPT_IN_WORDS", _words)
 
 
 class Turn(TypedDict, total=False):

@@ -47,7 +47,7 @@ REQUIRED_IN_PRODUCTION = (
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings.check_production(REQUIRED_IN_PRODUCTION, "webhook app")
     access_log.install()
-    postgres = PostgresResource.from_env()
+    postgres = PostgresResource.from_settings()
     await run_in_threadpool(postgres.migrate)
     app.state.postgres = postgres
     app.state.webhook = await runtime.start(

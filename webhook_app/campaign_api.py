@@ -47,7 +47,7 @@ from webhook_app.campaign_answers import jsonable
 
 @functools.cache
 def _sqs() -> SQSResource:
-    return SQSResource.from_env()
+    return SQSResource.from_settings()
 
 
 def _engine(request: Request):

@@ -285,7 +285,7 @@ async def operator_message(request: Request) -> JSONResponse:
 
 @functools.cache
 def _s3() -> S3Storage:
-    return S3Storage.from_env()
+    return S3Storage.from_settings()
 
 
 def presign(bucket: str, key: str) -> str:

@@ -39,7 +39,7 @@ async def start(
     await pool.open(wait=False)
     return Runtime(
         engine=engine,
-        client=client or WhatsAppResource.from_env().client,
+        client=client or WhatsAppResource.from_settings().client,
         pool=pool,
         writer=InboxWriter(pool),
         app_secret=signature.app_secret(),

@@ -249,8 +249,8 @@ async def start(
 ) -> Workers:
     """Build the workers from the environment and start their loops (`WEBHOOK_WORKERS`
     inbox loops); the first heartbeat is written when this returns."""
-    client = client or WhatsAppResource.from_env().client
-    s3 = S3Storage.from_env()
+    client = client or WhatsAppResource.from_settings().client
+    s3 = S3Storage.from_settings()
     workers = Workers(
         engine=engine,
         database_url=database_url,
@@ -259,8 +259,8 @@ async def start(
         agent=Agent(
             engine,
             client,
-            chat_model or ChatModelResource.from_env().chat_model(),
-            AgentConfig.from_env(),
+            chat_model or ChatModelResource.from_settings().chat_model(),
+            settings.load(AgentConfig),
             s3,
         ),
         buffer_seconds=settings.number("AGENT_BUFFER_SECONDS"),
@@ -280,7 +280,7 @@ def run() -> None:
 
 
 async def _serve() -> None:
-    postgres = PostgresResource.from_env()
+    postgres = PostgresResource.from_settings()
     await asyncio.to_thread(postgres.migrate)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

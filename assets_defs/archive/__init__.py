@@ -20,14 +20,16 @@ from assets_defs.archive.schedules import (
 )
 from assets_defs.archive.tables import media_table, messages_table, table_observation_sensor
 
-defs = dg.Definitions(
-    assets=[messages_table, media_table, message_archive, media_archive],
-    asset_checks=[
-        message_archive_rows_check,
-        message_archive_checksums_check,
-        media_archive_checksums_check,
-    ],
-    jobs=[message_archive_job, media_archive_job, restore_messages_job],
-    schedules=[message_archive_schedule, media_archive_schedule],
-    sensors=[table_observation_sensor],
-)
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[messages_table, media_table, message_archive, media_archive],
+        asset_checks=[
+            message_archive_rows_check,
+            message_archive_checksums_check,
+            media_archive_checksums_check,
+        ],
+        jobs=[message_archive_job, media_archive_job, restore_messages_job],
+        schedules=[message_archive_schedule, media_archive_schedule],
+        sensors=[table_observation_sensor],
+    )

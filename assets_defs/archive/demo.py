@@ -16,6 +16,7 @@ from PIL import Image
 from assets_defs.archive.media import media_archive
 from assets_defs.archive.messages import message_archive
 from assets_defs.archive.policy import ArchivePolicy, day_bounds, today
+from resources import settings
 from resources.postgres import PostgresResource
 from resources.storage import S3Storage
 
@@ -52,7 +53,7 @@ def create_history(
     engine: sa.Engine, s3: S3Storage, organisation_id: UUID, phone: str
 ) -> tuple[list[date], date]:
     """Insert the past messages and media; returns the days of messages and the day of media."""
-    policy = ArchivePolicy.from_env()
+    policy = settings.load(ArchivePolicy)
     message_days = [
         today() - timedelta(days=policy.message_threshold_days + 30 + n)
         for n in range(MESSAGE_DAYS)

@@ -35,7 +35,7 @@ from assets_defs.archive.policy import (
     refuse_too_new,
 )
 from assets_defs.partitions import archive_day_partitions
-from resources import crash_points
+from resources import crash_points, settings
 from resources.postgres import PostgresResource
 from resources.storage import S3Storage
 
@@ -347,7 +347,7 @@ def media_archive(
 ):
     """Media records of each UTC day, once the day is MEDIA_THRESHOLD_DAYS old, moved to
     `archived-media/year=/month=/day=/<id>.<ext>`; their rows point at the archived object."""
-    policy = ArchivePolicy.from_env()
+    policy = settings.load(ArchivePolicy)
     days = partition_days(context)
     try:
         refuse_too_new(days, policy.media_threshold_days, "MEDIA_THRESHOLD_DAYS")

@@ -32,6 +32,7 @@ from assets_defs.archive.policy import (
     refuse_too_new,
 )
 from assets_defs.partitions import archive_day_partitions
+from resources import settings
 from resources.postgres import PostgresResource
 from resources.storage import S3Storage
 
@@ -261,7 +262,7 @@ def message_archive(
 ):
     """Messages of each UTC day, once the day is ARCHIVE_THRESHOLD_DAYS old, as gzipped JSON
     Lines under `archived-messages/year=/month=/day=` with a manifest; deleted from Postgres."""
-    policy = ArchivePolicy.from_env()
+    policy = settings.load(ArchivePolicy)
     days = partition_days(context)
     try:
         refuse_too_new(days, policy.message_threshold_days, "ARCHIVE_THRESHOLD_DAYS")

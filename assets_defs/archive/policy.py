@@ -15,21 +15,13 @@ class ArchiveRefused(RuntimeError):
 
 @dataclass(frozen=True)
 class ArchivePolicy:
-    message_threshold_days: int
-    media_threshold_days: int
-    batch_size: int
-    media_max_bytes: int
-    media_timeout_seconds: float
+    """Read by `settings.load(ArchivePolicy)` when a run or a tick starts."""
 
-    @classmethod
-    def from_env(cls) -> ArchivePolicy:
-        return cls(
-            message_threshold_days=settings.number("ARCHIVE_THRESHOLD_DAYS"),
-            media_threshold_days=settings.number("MEDIA_THRESHOLD_DAYS"),
-            batch_size=settings.number("ARCHIVE_BATCH_SIZE"),
-            media_max_bytes=settings.number("MEDIA_MAX_BYTES"),
-            media_timeout_seconds=settings.number("MEDIA_DOWNLOAD_TIMEOUT_SECONDS"),
-        )
+    message_threshold_days: int = settings.setting("ARCHIVE_THRESHOLD_DAYS")
+    media_threshold_days: int = settings.setting("MEDIA_THRESHOLD_DAYS")
+    batch_size: int = settings.setting("ARCHIVE_BATCH_SIZE")
+    media_max_bytes: int = settings.setting("MEDIA_MAX_BYTES")
+    media_timeout_seconds: float = settings.setting("MEDIA_DOWNLOAD_TIMEOUT_SECONDS")
 
 
 def today() -> date:

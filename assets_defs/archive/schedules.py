@@ -15,6 +15,7 @@ from assets_defs.archive.media import media_archive
 from assets_defs.archive.messages import message_archive
 from assets_defs.archive.policy import ArchivePolicy, day_bounds, last_eligible_day
 from assets_defs.partitions import archive_day_partitions
+from resources import settings
 from resources.postgres import PostgresResource
 
 message_archive_job = dg.define_asset_job("message_archive_job", selection=[message_archive])
@@ -86,7 +87,7 @@ def _tick_day(context: dg.ScheduleEvaluationContext) -> date:
 def message_archive_schedule(
     context: dg.ScheduleEvaluationContext, postgres: PostgresResource
 ) -> list[dg.RunRequest] | dg.SkipReason:
-    policy = ArchivePolicy.from_env()
+    policy = settings.load(ArchivePolicy)
     requests = run_requests(postgres, "messages", policy.message_threshold_days, _tick_day(context))
     return requests or dg.SkipReason("no eligible day of messages left to archive")
 
@@ -100,6 +101,6 @@ def message_archive_schedule(
 def media_archive_schedule(
     context: dg.ScheduleEvaluationContext, postgres: PostgresResource
 ) -> list[dg.RunRequest] | dg.SkipReason:
-    policy = ArchivePolicy.from_env()
+    policy = settings.load(ArchivePolicy)
     requests = run_requests(postgres, "media", policy.media_threshold_days, _tick_day(context))
     return requests or dg.SkipReason("no eligible day of media left to archive")

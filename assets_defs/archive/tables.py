@@ -15,6 +15,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from assets_defs.archive.policy import ArchivePolicy
+from resources import settings
 from resources.postgres import PostgresResource
 
 
@@ -96,7 +97,7 @@ def observation(
 )
 def table_observation_sensor(postgres: PostgresResource) -> dg.SensorResult:
     """Reports an observation of each table; it launches no run."""
-    policy = ArchivePolicy.from_env()
+    policy = settings.load(ArchivePolicy)
     tables = [
         (messages_table, policy.message_threshold_days),
         (media_table, policy.media_threshold_days),

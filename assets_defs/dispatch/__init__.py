@@ -5,4 +5,6 @@ import dagster as dg
 
 from assets_defs.dispatch.asset import dispatched_batches
 
-defs = dg.Definitions(assets=[dispatched_batches])
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(assets=[dispatched_batches])

@@ -6,7 +6,6 @@ import dagster as dg
 from assets_defs.media.asset import campaign_media
 from assets_defs.media.sensors import media_recovery_sensor
 
-defs = dg.Definitions(
-    assets=[campaign_media],
-    sensors=[media_recovery_sensor],
-)
+
+def defs() -> dg.Definitions:
+    return dg.Definitions(assets=[campaign_media], sensors=[media_recovery_sensor])

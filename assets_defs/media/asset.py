@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from assets_defs.media.runner import CampaignMediaRun, Policy, Report, media_prefix
 from assets_defs.partitions import campaign_partitions
-from resources import audience
+from resources import audience, settings
 from resources.postgres import PostgresResource
 from resources.sandbox.pool import Limits
 from resources.storage import S3Storage
@@ -69,8 +69,8 @@ def campaign_media(
         postgres.engine,
         s3,
         campaign_id,
-        Limits.from_settings(),
-        Policy.from_settings(),
+        settings.load(Limits),
+        settings.load(Policy),
         context.log.info,
         context.log.warning,
     )

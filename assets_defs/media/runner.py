@@ -36,19 +36,12 @@ FIRST_FAILURES_KEPT = 20
 
 @dataclass(frozen=True)
 class Policy:
-    """How hard to try, and when a campaign counts as failed."""
+    """How hard to try, and when a campaign counts as failed; `settings.load(Policy)` reads
+    it when a run starts."""
 
-    max_attempts: int = 3
-    backoff_seconds: float = 1.0
-    failure_threshold: float = 0.1
-
-    @classmethod
-    def from_settings(cls) -> Policy:
-        return cls(
-            max_attempts=settings.number("MEDIA_MAX_ATTEMPTS"),
-            backoff_seconds=settings.number("MEDIA_RETRY_BACKOFF_SECONDS"),
-            failure_threshold=settings.number("MEDIA_FAILURE_THRESHOLD"),
-        )
+    max_attempts: int = settings.setting("MEDIA_MAX_ATTEMPTS")
+    backoff_seconds: float = settings.setting("MEDIA_RETRY_BACKOFF_SECONDS")
+    failure_threshold: float = settings.setting("MEDIA_FAILURE_THRESHOLD")
 
 
 @dataclass

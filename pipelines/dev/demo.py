@@ -219,7 +219,7 @@ def archive_demo(postgres: PostgresResource, campaign_id: UUID) -> dict[str, int
         campaign = campaigns.get_campaign(conn, campaign_id)
     return archive_history(
         postgres,
-        S3Storage.from_env(),
+        S3Storage.from_settings(),
         campaign.organisation_id,
         settings.get("WHATSAPP_PHONE_NUMBER_ID"),
     )
@@ -232,11 +232,11 @@ def send_queued(engine: sa.Engine, campaign_id: UUID) -> dict[str, int]:
     from resources.queue import SQSResource
     from resources.whatsapp import WhatsAppResource
 
-    client = WhatsAppResource.from_env().client
+    client = WhatsAppResource.from_settings().client
     try:
-        Worker(engine, SQSResource.from_env(), client, SenderConfig(lanes=2, wait_seconds=1)).run(
-            drain=True
-        )
+        Worker(
+            engine, SQSResource.from_settings(), client, SenderConfig(lanes=2, wait_seconds=1)
+        ).run(drain=True)
     finally:
         client.close()
     with engine.connect() as conn:
@@ -255,7 +255,7 @@ def run_demo(state_dir: Path | None = None) -> dict[str, Any]:
             scope.enter_context(tempfile.TemporaryDirectory(prefix="waflow-demo-"))
         )
         scope.enter_context(local_stack(state))
-        postgres = PostgresResource.from_env()
+        postgres = PostgresResource.from_settings()
         campaign_id = load_demo(postgres.engine)
         generate_demo_media(campaign_id)
         dispatch_demo(postgres.engine, campaign_id)

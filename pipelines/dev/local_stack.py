@@ -304,17 +304,17 @@ def provision() -> tuple[list[int], int]:
     from resources.queue import SQSResource
     from resources.storage import S3Storage
 
-    postgres = PostgresResource.from_env()
+    postgres = PostgresResource.from_settings()
     try:
         migrated = postgres.migrate()
         version = schema_version(postgres.engine)
     finally:
         postgres.engine.dispose()
     if not settings.is_production():  # production infrastructure is provisioned by its owners
-        storage = S3Storage.from_env()
+        storage = S3Storage.from_settings()
         storage.ensure_bucket()
         apply_lifecycle_rules(storage)
-        SQSResource.from_env().ensure_queues()
+        SQSResource.from_settings().ensure_queues()
     return migrated, version
 
 

@@ -58,7 +58,7 @@ def run_dev(state_dir: Path) -> int:
     services = dev_services(host, dagster_port, webhook_port)
     check_ports(services)
     with local_stack(state_dir, postgres_port) as stack:
-        postgres = PostgresResource.from_env()
+        postgres = PostgresResource.from_settings()
         campaign = load_demo(postgres.engine)
         print(messaging_limit_note(postgres.engine, campaign, f"http://{host}:{webhook_port}"))
         postgres.engine.dispose()

@@ -13,26 +13,21 @@ from collections import Counter
 
 from pipelines.sender.worker import SenderConfig, Worker
 from resources import account, logs, settings
-from resources.postgres import create_engine
+from resources.postgres import PostgresResource
 from resources.queue import SQSResource
-from resources.whatsapp import WhatsAppClient
+from resources.whatsapp import WhatsAppClient, WhatsAppResource
 
 REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_PHONE_NUMBER_ID")
 
 
 def run(drain: bool = False, install_signals: bool = True) -> Counter[str]:
     settings.check_production(REQUIRED_IN_PRODUCTION, "sender")
-    config = SenderConfig.from_env()
-    engine = create_engine(settings.require("DATABASE_URL"), pool_size=config.lanes + 2)
-    sqs = SQSResource.from_env()
-    client = WhatsAppClient(
-        settings.get("WHATSAPP_ACCESS_TOKEN"),
-        settings.get("WHATSAPP_PHONE_NUMBER_ID"),
-        settings.get("WHATSAPP_API_BASE_URL"),
-        settings.get("WHATSAPP_API_VERSION"),
-        timeout_seconds=30.0,
-        max_connections=config.lanes * 10,
-    )
+    config = settings.load(SenderConfig)
+    engine = PostgresResource.from_settings(pool_size=config.lanes + 2).engine
+    sqs = SQSResource.from_settings()
+    client = WhatsAppResource.from_settings(
+        timeout_seconds=30.0, max_connections=config.lanes * 10
+    ).client
     worker = Worker(engine, sqs, client, config)
     if install_signals:
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -45,27 +45,16 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class SenderConfig:
-    lanes: int = 8
-    visibility_seconds: int = 60
-    wait_seconds: int = 20
-    max_attempts: int = 3
-    retry_base_seconds: float = 10.0
-    release_seconds: float = 5.0
-    probe_seconds: float = 60.0
-    requeue_after_seconds: float = 3600.0
+    """Read by `settings.load(SenderConfig)` when the sender starts."""
 
-    @classmethod
-    def from_env(cls) -> SenderConfig:
-        return cls(
-            lanes=settings.number("SENDER_LANES"),
-            visibility_seconds=settings.number("SENDER_VISIBILITY_SECONDS"),
-            wait_seconds=settings.number("SENDER_WAIT_SECONDS"),
-            max_attempts=settings.number("SENDER_MAX_ATTEMPTS"),
-            retry_base_seconds=settings.number("SENDER_RETRY_BASE_SECONDS"),
-            release_seconds=settings.number("SENDER_RELEASE_SECONDS"),
-            probe_seconds=settings.number("BREAKER_PROBE_SECONDS"),
-            requeue_after_seconds=settings.number("SENDER_REQUEUE_AFTER_SECONDS"),
-        )
+    lanes: int = settings.setting("SENDER_LANES")
+    visibility_seconds: int = settings.setting("SENDER_VISIBILITY_SECONDS")
+    wait_seconds: int = settings.setting("SENDER_WAIT_SECONDS")
+    max_attempts: int = settings.setting("SENDER_MAX_ATTEMPTS")
+    retry_base_seconds: float = settings.setting("SENDER_RETRY_BASE_SECONDS")
+    release_seconds: float = settings.setting("SENDER_RELEASE_SECONDS")
+    probe_seconds: float = settings.setting("BREAKER_PROBE_SECONDS")
+    requeue_after_seconds: float = settings.setting("SENDER_REQUEUE_AFTER_SECONDS")
 
 
 @dataclass(frozen=True)

@@ -74,23 +74,12 @@ def default_workers() -> int:
 
 @dataclass(frozen=True)
 class Limits:
-    workers: int = field(default_factory=default_workers)
-    timeout_seconds: float = 60.0
-    memory_mb: int = 512
-    cpu_seconds: int = 30
+    """Read by `settings.load(Limits)` when a run or a preview starts."""
 
-    @classmethod
-    def from_settings(cls) -> Limits:
-        return cls(
-            workers=(
-                settings.number("MAX_CONCURRENT_GENERATIONS")
-                if settings.get("MAX_CONCURRENT_GENERATIONS")
-                else default_workers()
-            ),
-            timeout_seconds=settings.number("MEDIA_TIMEOUT_SECONDS"),
-            memory_mb=settings.number("MEDIA_MEMORY_MB"),
-            cpu_seconds=settings.number("MEDIA_CPU_SECONDS"),
-        )
+    workers: int = settings.setting("MAX_CONCURRENT_GENERATIONS", default_factory=default_workers)
+    timeout_seconds: float = settings.setting("MEDIA_TIMEOUT_SECONDS")
+    memory_mb: int = settings.setting("MEDIA_MEMORY_MB")
+    cpu_seconds: int = settings.setting("MEDIA_CPU_SECONDS")
 
 
 @dataclass(frozen=True)
@@ -528,7 +517,7 @@ def run_sample(
     same sandbox and under the same limits as a campaign: the single way to try a source
     outside a campaign run (the operator API's preview calls this). A fresh worker runs it,
     so its peak memory is this member's."""
-    limits = replace(limits or Limits.from_settings(), workers=1)
+    limits = replace(limits or settings.load(Limits), workers=1)
     with (
         tempfile.TemporaryDirectory(prefix="waflow-sample-") as work_dir,
         WorkerPool(limits, Path(work_dir), isolation) as pool,

@@ -43,13 +43,14 @@ import json, sys, time
 from datetime import date
 from assets_defs.archive.messages import archive_day
 from assets_defs.archive.policy import ArchivePolicy
+from resources import settings
 from resources.postgres import PostgresResource
 from resources.storage import S3Storage
 
-engine = PostgresResource.from_env().engine
+engine = PostgresResource.from_settings().engine
 started = time.perf_counter()
-result = archive_day(engine, S3Storage.from_env(), date.fromisoformat(sys.argv[1]),
-                     ArchivePolicy.from_env().batch_size)
+result = archive_day(engine, S3Storage.from_settings(), date.fromisoformat(sys.argv[1]),
+                     settings.load(ArchivePolicy).batch_size)
 seconds = time.perf_counter() - started
 peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"seconds": seconds, "rows": result.rows, "deleted": result.rows_deleted,

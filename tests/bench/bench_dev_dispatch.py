@@ -37,7 +37,7 @@ def _dispatch(engine, endpoint: str, queue: str) -> float:
     with mock.patch.dict(
         os.environ, {"AWS_ENDPOINT_URL": endpoint, "SQS_QUEUE_NAME": queue, "SQS_DLQ_NAME": dlq}
     ):
-        SQSResource.from_env().ensure_queues()
+        SQSResource.from_settings().ensure_queues()
         result = materialize(bench_campaign(engine, MEMBERS))
     assert result["queued"] == MEMBERS, result
     return result["messages_per_second"]
@@ -60,7 +60,7 @@ def dev_dispatch() -> list[Figure]:
         os.environ.pop(name, None)
     with tempfile.TemporaryDirectory() as state, local_stack(Path(state)) as stack:
         dev_server = stack.env["AWS_ENDPOINT_URL"]
-        postgres = PostgresResource.from_env()
+        postgres = PostgresResource.from_settings()
         dev, baseline, second_fifo = [], [], []
         with aws_server() as second_server:
             for n in range(ROUNDS):

@@ -127,7 +127,7 @@ def empty_queue(label: str):
     from resources.queue import SQSResource
 
     os.environ.update(SQS_QUEUE_NAME=f"bench-{label}", SQS_DLQ_NAME=f"bench-{label}-dlq")
-    sqs = SQSResource.from_env()
+    sqs = SQSResource.from_settings()
     sqs.ensure_queues()
     return sqs
 
@@ -146,7 +146,7 @@ def dispatch() -> list[Figure]:
     ):
         os.environ.pop(name, None)
     with aws_server(), tempfile.TemporaryDirectory() as state, local_stack(Path(state)):
-        postgres = PostgresResource.from_env()
+        postgres = PostgresResource.from_settings()
         pipeline_rates, baseline_rates = [], []
         for n in range(ROUNDS):
             campaign = bench_campaign(postgres.engine, THROUGHPUT_MEMBERS)

@@ -219,7 +219,7 @@ def campaign_makespan() -> list[Figure]:
             "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
             "SENDER_WAIT_SECONDS": "1",
         }
-        engine = PostgresResource.from_env().engine
+        engine = PostgresResource.from_settings().engine
         split = CpuSplit(markers=(state,)).start()
         media_only = media_only_seconds(engine)
         media_only_cpu = split.stop()

@@ -124,7 +124,7 @@ def media() -> list[Figure]:
         aws_server(),
         local_stack(Path(state)),
     ):
-        engine = PostgresResource.from_env().engine
+        engine = PostgresResource.from_settings().engine
         baseline = baseline_members_per_s(MEMBERS)
         elapsed = materialize(engine, DEMO_GENERATOR.read_text(), MEMBERS)
         peak_mb = peak_rss_of_a_run(engine, versioned(1), RSS_MEMBERS)

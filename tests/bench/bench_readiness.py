@@ -63,7 +63,7 @@ def readiness() -> list[Figure]:
     for name in ("DATABASE_URL", "DAGSTER_HOME", "DAGSTER_POSTGRES_URL", "APP_ENV"):
         os.environ.pop(name, None)
     with tempfile.TemporaryDirectory() as state, local_stack(Path(state)):
-        engine = PostgresResource.from_env().engine
+        engine = PostgresResource.from_settings().engine
         campaign = bench_campaign(engine, MEMBERS)
         _with_an_attribute(engine, campaign)
 

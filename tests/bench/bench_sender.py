@@ -161,7 +161,7 @@ def sender() -> list[Figure]:
     try:
         with aws_server(), tempfile.TemporaryDirectory() as state, local_stack(Path(state)):
             engine = create_engine(os.environ["DATABASE_URL"])
-            sqs = SQSResource.from_env()
+            sqs = SQSResource.from_settings()
             idle = subprocess.Popen(
                 [sys.executable, "-m", "pipelines.cli", "sender", "--drain"],
                 cwd=REPO,
@@ -229,7 +229,7 @@ def breaker() -> list[Figure]:
     try:
         with aws_server(), tempfile.TemporaryDirectory() as state, local_stack(Path(state)):
             engine = create_engine(os.environ["DATABASE_URL"])
-            sqs = SQSResource.from_env()
+            sqs = SQSResource.from_settings()
             run = make_run(engine, BREAKER_MESSAGES, messages_per_second=1000)
             for start in range(0, BREAKER_MESSAGES, 1000):
                 enqueue(sqs, [payload(run, i) for i in range(start, start + 1000)])
