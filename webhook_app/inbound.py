@@ -11,6 +11,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -108,8 +109,13 @@ def store(
     phone_number_id: str,
     message: dict[str, Any],
     customer: Customer,
+    received_at: datetime | None = None,
 ) -> int | None:
-    """Store one inbound message; its id, or None when this wamid was already stored."""
+    """Store one inbound message; its id, or None when this wamid was already stored.
+
+    `received_at` is when its webhook reached us, which orders the customer's turn;
+    `created_at` stays when it was stored, which the buffer's quiet window counts from (a
+    backlog applied late must not look long quiet)."""
     wamid = message.get("id")
     if not isinstance(wamid, str) or not wamid:
         raise ValueError("inbound message without an id")
@@ -147,9 +153,9 @@ def store(
         sa.text(
             "INSERT INTO messages (organisation_id, conversation_id, contact_id, direction,"
             " sender_type, phone_number_id, peer_phone, peer_wa_user_id, message_type, body,"
-            " payload, media, provider_message_id, status, provider_ts, handled_at)"
+            " payload, media, provider_message_id, status, provider_ts, received_at, handled_at)"
             " VALUES (:o, :conv, :c, 'inbound', 'customer', :p, :phone, :user, :kind, :body,"
-            " CAST(:payload AS jsonb), CAST(:media AS jsonb), :wamid, 'received', :ts,"
+            " CAST(:payload AS jsonb), CAST(:media AS jsonb), :wamid, 'received', :ts, :received,"
             " CASE WHEN :silent THEN now() END)"
             " ON CONFLICT (provider_message_id) DO NOTHING RETURNING id"
         ),
@@ -166,6 +172,7 @@ def store(
             "media": json.dumps(media) if media else None,
             "wamid": wamid,
             "ts": sent_at,
+            "received": received_at,
             "silent": kind in SILENT_TYPES,
         },
     ).scalar_one_or_none()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +33,7 @@ MAX_ATTEMPTS = 5
 BATCH = 500
 
 _CLAIM = sa.text(
-    "SELECT id, payload FROM webhook_inbox"
+    "SELECT id, payload, received_at FROM webhook_inbox"
     " WHERE processed_at IS NULL AND (retry_at IS NULL OR retry_at <= now())"
     " ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
 )
@@ -58,9 +59,9 @@ def process_batch(engine: sa.Engine, limit: int = BATCH) -> Counter:
     with engine.begin() as conn:
         claimed = conn.execute(_CLAIM, {"n": limit}).all()
         receipts_only, one_by_one = [], []
-        for event_id, payload in claimed:
-            kind = receipts_only if _receipts_only(payload) else one_by_one
-            kind.append((event_id, payload))
+        for event in claimed:
+            kind = receipts_only if _receipts_only(event.payload) else one_by_one
+            kind.append(event)
         if receipts_only:
             try:
                 with conn.begin_nested():
@@ -70,10 +71,10 @@ def process_batch(engine: sa.Engine, limit: int = BATCH) -> Counter:
                     "batch of receipts failed, retrying one by one: %s", safe_errors.describe(error)
                 )
                 one_by_one = claimed
-        for event_id, payload in one_by_one:
+        for event_id, payload, received_at in one_by_one:
             try:
                 with conn.begin_nested():
-                    tally.update(apply_event(conn, payload, event_id))
+                    tally.update(apply_event(conn, payload, event_id, received_at))
             except Exception as error:
                 log.warning(
                     "webhook event %s failed: %s (in webhook_inbox.error)",
@@ -101,27 +102,31 @@ def _receipts_only(payload: dict[str, Any]) -> bool:
     )
 
 
-def _apply_receipts(conn: sa.Connection, events: list[tuple[int, dict[str, Any]]]) -> Counter:
+def _apply_receipts(conn: sa.Connection, events: list[sa.Row]) -> Counter:
     statuses = [
         s
-        for _, payload in events
-        for _, value in changes(payload)
+        for event in events
+        for _, value in changes(event.payload)
         for s in value.get("statuses") or []
     ]
     recorded = receipts.record(conn, statuses)
-    conn.execute(_DONE, {"id": [event_id for event_id, _ in events]})
+    conn.execute(_DONE, {"id": [event.id for event in events]})
     return Counter(
         events=len(events), receipts=recorded, duplicate_receipts=len(statuses) - recorded
     )
 
 
 def apply_event(
-    conn: sa.Connection, payload: dict[str, Any], event_id: int | None = None
+    conn: sa.Connection,
+    payload: dict[str, Any],
+    event_id: int | None = None,
+    received_at: datetime | None = None,
 ) -> Counter:
     """Every change of every entry: statuses, inbound messages (and a customer's change of
     number), the customer's marketing preferences (`user_preferences`), template status,
     category and quality, and the errors WhatsApp reports beside them; other fields are
-    skipped."""
+    skipped. Inbound messages keep `received_at`, when the event reached us: workers apply
+    events out of that order."""
     tally: Counter = Counter()
     tally.update(provider_errors.keep(conn, payload, event_id))
     tally.update(template_webhooks.apply(conn, payload, event_id))
@@ -148,7 +153,9 @@ def apply_event(
         contacts = value.get("contacts") or []
         for message in messages:
             customer = inbound.customer_of(message, contacts)
-            stored = inbound.store(conn, organisation_id, phone_number_id, message, customer)
+            stored = inbound.store(
+                conn, organisation_id, phone_number_id, message, customer, received_at
+            )
             tally["inbound" if stored is not None else "duplicates_dropped"] += 1
             if stored is not None and inbound.changed_number(message):
                 tally.update(inbound.follow_number(conn, organisation_id, message, stored))
