@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from resources.graph_errors import reported_error
 from webhook_app.payloads import changes
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,12 @@ def keep(conn: sa.Connection, payload: dict[str, Any], event_id: int | None) -> 
     if not errors:
         return Counter()
     for error in errors:
+        found = reported_error(error)
         log.warning(
             "webhook event %s: WhatsApp reported error %s (%s)",
             event_id,
-            error.get("code"),
-            str(error.get("title") or "no title")[:200],
+            found.code,
+            str(found.name or "no title")[:200],
         )
     if event_id is not None:
         conn.execute(
