@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from resources import consent, contact_identity
 from resources.phone import InvalidPhoneNumber, to_e164
 from resources.queue_message import MEDIA_MESSAGE_TYPES
-from webhook_app.receipts import timestamp
+from webhook_app.payloads import Contact, Message
 
 log = logging.getLogger(__name__)
 
@@ -54,60 +54,54 @@ def organisation_of(conn: sa.Connection, phone_number_id: str | None) -> UUID:
     return org
 
 
-def customer_of(message: dict[str, Any], contacts: list[dict[str, Any]]) -> Customer:
-    wa_id = message.get("from") or None
-    user_id = message.get("from_user_id") or None
-    profile: dict[str, Any] = _profile(wa_id, user_id, contacts)
-    if not profile and len(contacts) == 1:
+def customer_of(message: Message, contacts: tuple[Contact, ...]) -> Customer:
+    wa_id, user_id = message.sender_wa_id, message.sender_user_id
+    profile = _profile(wa_id, user_id, contacts)
+    if profile is None and len(contacts) == 1:
         profile = contacts[0]
-    customer = _customer(wa_id or profile.get("wa_id"), user_id or profile.get("user_id"), profile)
+    customer = _customer(wa_id, user_id, profile)
     if customer is None:
-        raise ValueError(f"message {message.get('id')!r} names no customer (no from, no user_id)")
+        raise ValueError(f"message {message.id!r} names no customer (no from, no user_id)")
     return customer
 
 
-def customer_named(wa_id: Any, user_id: Any, contacts: list[dict[str, Any]]) -> Customer | None:
+def customer_named(
+    wa_id: str | None, user_id: str | None, contacts: tuple[Contact, ...]
+) -> Customer | None:
     """The customer an item names by its own `wa_id` and/or `user_id` (as `user_preferences`
     items do), with the profile of the `contacts[]` entry that matches; None if it names none."""
-    wa_id = str(wa_id) if wa_id else None
-    user_id = str(user_id) if user_id else None
-    profile = _profile(wa_id, user_id, contacts)
-    return _customer(wa_id or profile.get("wa_id"), user_id or profile.get("user_id"), profile)
+    return _customer(wa_id, user_id, _profile(wa_id, user_id, contacts))
 
 
 def _profile(
-    wa_id: str | None, user_id: str | None, contacts: list[dict[str, Any]]
-) -> dict[str, Any]:
+    wa_id: str | None, user_id: str | None, contacts: tuple[Contact, ...]
+) -> Contact | None:
     for contact in contacts:
-        if not isinstance(contact, dict):
-            continue
-        if (wa_id and contact.get("wa_id") == wa_id) or (
-            user_id and contact.get("user_id") == user_id
-        ):
+        if (wa_id and contact.wa_id == wa_id) or (user_id and contact.user_id == user_id):
             return contact
-    return {}
+    return None
 
 
-def _customer(wa_id: Any, user_id: Any, profile: dict[str, Any]) -> Customer | None:
+def _customer(wa_id: str | None, user_id: str | None, profile: Contact | None) -> Customer | None:
+    """Who it is: the item's own ids first, then its profile's."""
+    if profile is not None:
+        wa_id, user_id = wa_id or profile.wa_id, user_id or profile.user_id
     phone = None
     if wa_id:
         try:
-            phone = to_e164(str(wa_id))
+            phone = to_e164(wa_id)
         except InvalidPhoneNumber:
             phone = None
-    user_id = str(user_id) if user_id else None
     if phone is None and user_id is None:
         return None
-    about = profile.get("profile")
-    name = about.get("name") if isinstance(about, dict) else None
-    return Customer(phone, user_id, name if isinstance(name, str) else None)
+    return Customer(phone, user_id, profile.name if profile is not None else None)
 
 
 def store(
     conn: sa.Connection,
     organisation_id: UUID,
     phone_number_id: str,
-    message: dict[str, Any],
+    message: Message,
     customer: Customer,
     received_at: datetime | None = None,
 ) -> int | None:
@@ -116,13 +110,12 @@ def store(
     `received_at` is when its webhook reached us, which orders the customer's turn;
     `created_at` stays when it was stored, which the buffer's quiet window counts from (a
     backlog applied late must not look long quiet)."""
-    wamid = message.get("id")
-    if not isinstance(wamid, str) or not wamid:
+    wamid = message.id
+    if wamid is None:
         raise ValueError("inbound message without an id")
     if _seen(conn, wamid):
         return None
-    kind = str(message.get("type") or "unsupported")
-    sent_at = timestamp(message.get("timestamp"))
+    kind = message.type
     contact_id = consent.upsert_contact(
         conn, organisation_id, customer.phone, customer.user_id, customer.name
     )
@@ -142,13 +135,13 @@ def store(
             "o": organisation_id,
             "c": contact_id,
             "p": phone_number_id,
-            "ts": sent_at,
+            "ts": message.sent_at,
             # WhatsApp's notices (a changed number) are not the customer writing: they open
             # no customer-service window.
             "opens": kind != "system",
         },
     ).scalar_one()
-    media = _media_of(kind, message)
+    media = _media_of(message)
     message_id = conn.execute(
         sa.text(
             "INSERT INTO messages (organisation_id, conversation_id, contact_id, direction,"
@@ -167,11 +160,11 @@ def store(
             "phone": customer.phone,
             "user": customer.user_id,
             "kind": kind,
-            "body": text_of(kind, message),
-            "payload": json.dumps(message),
+            "body": text_of(message),
+            "payload": json.dumps(message.raw),
             "media": json.dumps(media) if media else None,
             "wamid": wamid,
-            "ts": sent_at,
+            "ts": message.sent_at,
             "received": received_at,
             "silent": kind in SILENT_TYPES,
         },
@@ -205,10 +198,9 @@ def _seen(conn: sa.Connection, wamid: str) -> bool:
     return found is not None
 
 
-def text_of(kind: str, message: dict[str, Any]) -> str | None:
+def text_of(message: Message) -> str | None:
     """What the customer said, as text the agent and an operator can read."""
-    content = message.get(kind)
-    content = content if isinstance(content, dict) else {}
+    kind, content = message.type, message.content
     if kind == "text":
         return content.get("body")
     if kind in MEDIA_TYPES:
@@ -218,7 +210,7 @@ def text_of(kind: str, message: dict[str, Any]) -> str | None:
         where = f"{content.get('latitude')}, {content.get('longitude')}"
         return f"[location] {place} ({where})" if place else f"[location] {where}"
     if kind == "contacts":
-        people = message.get("contacts") or []
+        people = message.raw.get("contacts") or []
         names = [(p.get("name") or {}).get("formatted_name") for p in people]
         return "[shared contacts] " + ", ".join(n for n in names if n)
     if kind == "interactive":
@@ -238,31 +230,27 @@ def text_of(kind: str, message: dict[str, Any]) -> str | None:
     return None
 
 
-def _media_of(kind: str, message: dict[str, Any]) -> dict[str, Any] | None:
-    content = message.get(kind)
-    if kind not in MEDIA_TYPES or not isinstance(content, dict) or not content.get("id"):
+def _media_of(message: Message) -> dict[str, Any] | None:
+    content = message.content
+    if message.type not in MEDIA_TYPES or not content.get("id"):
         return None
     keep = ("id", "mime_type", "sha256", "caption", "filename", "voice", "animated")
     return {k: content[k] for k in keep if k in content}
 
 
-def changed_number(message: dict[str, Any]) -> bool:
+def changed_number(message: Message) -> bool:
     """A `system` message saying the customer changed their WhatsApp number."""
-    system = message.get("system")
-    return (
-        message.get("type") == "system"
-        and isinstance(system, dict)
-        and system.get("type") == "user_changed_number"
-    )
+    return message.system is not None and message.system.type == "user_changed_number"
 
 
 def follow_number(
-    conn: sa.Connection, organisation_id: UUID, message: dict[str, Any], message_id: int
+    conn: sa.Connection, organisation_id: UUID, message: Message, message_id: int
 ) -> Counter:
     """The customer of stored `message_id` (sent from the old number) takes the new number,
     `system.wa_id`; called once per stored notice, so a redelivered webhook does nothing."""
+    wa_id = message.system.wa_id if message.system else None
     try:
-        new_phone = to_e164(str(message["system"].get("wa_id") or ""))
+        new_phone = to_e164(wa_id or "")
     except InvalidPhoneNumber:
         log.warning("number change in message %s names no valid new number: ignored", message_id)
         return Counter(number_changes_ignored=1)

@@ -1,11 +1,17 @@
-"""The WhatsApp Business Account webhook envelope, checked before anything is stored.
+"""The WhatsApp Business Account webhook: its envelope, checked before anything is stored,
+and the event read once into frozen objects by the inbox worker that applies it.
 
-Only the envelope is checked (`object`, `entry[].changes[].field/value`): WhatsApp adds
-fields and message types over time, and those must be stored and skipped, not refused.
+Only the envelope is checked on the request path (`object`, `entry[].changes[].field/value`):
+WhatsApp adds fields and message types over time, and those must be stored and skipped, not
+refused. The worker's reading (`Event.of`) is as lenient: unknown fields are left in each
+object's `raw`, which is what is stored; a part of the wrong type reads as absent, except a
+`messages` list that is not a list of objects, which fails the event (kept with its error).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from webhook_app.bodies import BodyRefused, parse_json
@@ -45,6 +51,213 @@ def envelope_problem(payload: Any) -> str | None:
     return None
 
 
-def changes(payload: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Every (field, value) of every entry, in order."""
-    return [(c["field"], c["value"]) for e in payload["entry"] for c in e["changes"]]
+def timestamp(value: Any) -> datetime | None:
+    """WhatsApp's timestamps are Unix seconds as strings."""
+    try:
+        return datetime.fromtimestamp(int(value), tz=UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _id(value: Any) -> str | None:
+    """An id WhatsApp sends as a string (or, in older payloads, a number); None if absent."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        return None
+    return str(value)
+
+
+def _dicts(value: Any) -> tuple[dict[str, Any], ...]:
+    return tuple(v for v in value if isinstance(v, dict)) if isinstance(value, list) else ()
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A `contacts[]` item: who WhatsApp says the customer is (`wa_id` and/or the
+    business-scoped `user_id`) and their profile name."""
+
+    wa_id: str | None
+    user_id: str | None
+    name: str | None
+
+    @classmethod
+    def of(cls, item: dict[str, Any]) -> Contact:
+        profile = item.get("profile")
+        name = profile.get("name") if isinstance(profile, dict) else None
+        return cls(
+            _id(item.get("wa_id")),
+            _id(item.get("user_id")),
+            name if isinstance(name, str) else None,
+        )
+
+
+@dataclass(frozen=True)
+class System:
+    """The content of a `system` message: WhatsApp's notice (a changed number names the
+    customer's new `wa_id`)."""
+
+    type: str | None
+    wa_id: str | None
+    body: str | None
+
+
+@dataclass(frozen=True)
+class Message:
+    """A `messages[]` item, a customer's inbound message. Its type's own object
+    (`text`, `image`, `interactive`, …) is `content`, as WhatsApp sent it; `raw` is the item."""
+
+    id: str | None
+    type: str
+    sender_wa_id: str | None
+    sender_user_id: str | None
+    sent_at: datetime | None
+    content: dict[str, Any]
+    raw: dict[str, Any]
+
+    @classmethod
+    def of(cls, item: Any) -> Message:
+        if not isinstance(item, dict):
+            raise ValueError("a messages[] item is not an object")
+        kind = str(item.get("type") or "unsupported")
+        content = item.get(kind)
+        wamid = item.get("id")
+        return cls(
+            id=wamid if isinstance(wamid, str) and wamid else None,
+            type=kind,
+            sender_wa_id=_id(item.get("from")),
+            sender_user_id=_id(item.get("from_user_id")),
+            sent_at=timestamp(item.get("timestamp")),
+            content=content if isinstance(content, dict) else {},
+            raw=item,
+        )
+
+    @property
+    def system(self) -> System | None:
+        if self.type != "system":
+            return None
+        body = self.content.get("body")
+        return System(
+            self.content.get("type"),
+            _id(self.content.get("wa_id")),
+            body if isinstance(body, str) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A `user_preferences[]` item: the customer (`wa_id` and/or `user_id`) stops or resumes
+    (`value`) a `category` of messages. Category and value are as sent: the one applying
+    them says which it knows."""
+
+    wa_id: str | None
+    user_id: str | None
+    category: Any
+    value: Any
+    sent_at: datetime | None
+    detail: str | None
+
+    @classmethod
+    def of(cls, item: Any) -> Preference | None:
+        """None for an item that is not an object."""
+        if not isinstance(item, dict):
+            return None
+        detail = item.get("detail")
+        return cls(
+            _id(item.get("wa_id")),
+            _id(item.get("user_id")),
+            item.get("category"),
+            item.get("value"),
+            timestamp(item.get("timestamp")),
+            detail if isinstance(detail, str) and detail else None,
+        )
+
+
+@dataclass(frozen=True)
+class Value:
+    """A change's `value`. The parts the messaging fields share are read here (`metadata`,
+    `contacts`, `messages`, `statuses`, `errors`, `user_preferences`; `preferences` is None
+    when that is not a list); a field's own keys (an account update's
+    `event`, a template's name) are read from `raw` by whoever applies that field."""
+
+    phone_number_id: str | None
+    contacts: tuple[Contact, ...]
+    messages: tuple[Message, ...]
+    statuses: tuple[Any, ...]
+    errors: tuple[dict[str, Any], ...]
+    preferences: tuple[Preference | None, ...] | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def of(cls, field: str, value: dict[str, Any]) -> Value:
+        metadata = value.get("metadata")
+        messages = value.get("messages") if field == "messages" else None
+        if messages and not isinstance(messages, list):
+            raise ValueError("messages must be a list")
+        statuses = value.get("statuses")
+        preferences = value.get("user_preferences")
+        return cls(
+            phone_number_id=_id(metadata.get("phone_number_id"))
+            if isinstance(metadata, dict)
+            else None,
+            contacts=tuple(Contact.of(c) for c in _dicts(value.get("contacts"))),
+            messages=tuple(Message.of(m) for m in messages or ()),
+            statuses=tuple(statuses) if isinstance(statuses, list) else (),
+            errors=_dicts(value.get("errors")),
+            preferences=tuple(Preference.of(p) for p in preferences)
+            if isinstance(preferences, list)
+            else None,
+            raw=value,
+        )
+
+
+@dataclass(frozen=True)
+class Change:
+    field: str
+    value: Value
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An `entry[]` item: the WhatsApp Business account it concerns (`id`, the WABA id), when
+    (`time`, which account and template changes carry no other), and its changes."""
+
+    waba_id: str | None
+    time: datetime | None
+    changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One stored webhook event, read."""
+
+    entries: tuple[Entry, ...]
+
+    @classmethod
+    def of(cls, payload: Any) -> Event:
+        """`ValueError` when it is not a webhook event, or its messages cannot be read."""
+        problem = envelope_problem(payload)
+        if problem:
+            raise ValueError(f"not a WhatsApp webhook payload: {problem}")
+        return cls(
+            tuple(
+                Entry(
+                    _id(entry.get("id")),
+                    timestamp(entry.get("time")),
+                    tuple(
+                        Change(c["field"], Value.of(c["field"], c["value"]))
+                        for c in entry["changes"]
+                    ),
+                )
+                for entry in payload["entry"]
+            )
+        )
+
+    def changes(self) -> list[Change]:
+        """Every change of every entry, in order."""
+        return [change for entry in self.entries for change in entry.changes]
+
+    def receipts_only(self) -> bool:
+        """Only statuses: the bulk of the traffic, which can be applied set-wise."""
+        return all(
+            c.field == "messages" and not c.value.messages and not c.value.errors
+            for c in self.changes()
+        )

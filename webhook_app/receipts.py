@@ -12,13 +12,13 @@ message's contact out of marketing (consent source `error_131050`), once per mes
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from resources import consent
 from resources.graph_errors import MARKETING_STOPPED, reported
+from webhook_app.payloads import timestamp
 
 RECEIPT_STATUSES = ("sent", "delivered", "read", "failed")
 
@@ -146,11 +146,3 @@ def _row(status: dict[str, Any]) -> dict[str, Any]:
         "title": error.title if status["status"] == "failed" else None,
         "raw": status,
     }
-
-
-def timestamp(value: Any) -> datetime | None:
-    """WhatsApp's timestamps are Unix seconds as strings."""
-    try:
-        return datetime.fromtimestamp(int(value), tz=UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None

@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from resources import templates
-from webhook_app.receipts import timestamp
+from webhook_app.payloads import Event, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +36,14 @@ FIELDS = frozenset({templates.STATUS_FIELD, templates.CATEGORY_FIELD, templates.
 MAX_TEXT = 500
 
 
-def apply(conn: sa.Connection, payload: dict[str, Any], event_id: int | None = None) -> Counter:
+def apply(conn: sa.Connection, webhook: Event, event_id: int | None = None) -> Counter:
     """Apply every template change of every entry of one inbox event; the tally."""
     tally: Counter = Counter()
-    for entry in payload["entry"]:
-        changes = [c for c in entry["changes"] if c["field"] in FIELDS]
+    for entry in webhook.entries:
+        changes = [c for c in entry.changes if c.field in FIELDS]
         if not changes:
             continue
-        waba_id = str(entry.get("id") or "")
-        at = timestamp(entry.get("time"))
+        waba_id = entry.waba_id or ""
         organisation_id = templates.organisation_of_waba(conn, waba_id) if waba_id else None
         if organisation_id is None:
             log.warning(
@@ -55,10 +54,10 @@ def apply(conn: sa.Connection, payload: dict[str, Any], event_id: int | None = N
             tally["template_events_unknown_waba"] += len(changes)
             continue
         for change in changes:
-            event, problem = _parse(change["field"], change["value"], at)
+            event, problem = _parse(change.field, change.value.raw, entry.time)
             if event is None:
                 log.warning(
-                    "%s change in inbox event %s ignored: %s", change["field"], event_id, problem
+                    "%s change in inbox event %s ignored: %s", change.field, event_id, problem
                 )
                 tally["template_events_ignored"] += 1
                 continue
