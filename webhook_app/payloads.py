@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from resources.graph_errors import Reported, reported
 from webhook_app.bodies import BodyRefused, parse_json
 
 
@@ -143,6 +144,32 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Status:
+    """A `statuses[]` item: what became of a message we sent (`status`: sent, delivered,
+    read, failed, or one we do not track), with the failure's error."""
+
+    wamid: str | None
+    status: str | None
+    at: datetime | None
+    callback: str
+    error: Reported
+    raw: dict[str, Any]
+
+    @classmethod
+    def of(cls, item: dict[str, Any]) -> Status:
+        wamid, status, errors = item.get("id"), item.get("status"), item.get("errors")
+        return cls(
+            wamid=wamid if isinstance(wamid, str) else None,
+            status=status if isinstance(status, str) else None,
+            at=timestamp(item.get("timestamp")),
+            # Our message id, which the sender puts in biz_opaque_callback_data.
+            callback=str(item.get("biz_opaque_callback_data") or ""),
+            error=reported(errors if isinstance(errors, list) else None),
+            raw=item,
+        )
+
+
+@dataclass(frozen=True)
 class Preference:
     """A `user_preferences[]` item: the customer (`wa_id` and/or `user_id`) stops or resumes
     (`value`) a `category` of messages. Category and value are as sent: the one applying
@@ -181,7 +208,7 @@ class Value:
     phone_number_id: str | None
     contacts: tuple[Contact, ...]
     messages: tuple[Message, ...]
-    statuses: tuple[Any, ...]
+    statuses: tuple[Status, ...]
     errors: tuple[dict[str, Any], ...]
     preferences: tuple[Preference | None, ...] | None
     raw: dict[str, Any]
@@ -192,7 +219,6 @@ class Value:
         messages = value.get("messages") if field == "messages" else None
         if messages and not isinstance(messages, list):
             raise ValueError("messages must be a list")
-        statuses = value.get("statuses")
         preferences = value.get("user_preferences")
         return cls(
             phone_number_id=_id(metadata.get("phone_number_id"))
@@ -200,7 +226,7 @@ class Value:
             else None,
             contacts=tuple(Contact.of(c) for c in _dicts(value.get("contacts"))),
             messages=tuple(Message.of(m) for m in messages or ()),
-            statuses=tuple(statuses) if isinstance(statuses, list) else (),
+            statuses=tuple(Status.of(s) for s in _dicts(value.get("statuses"))),
             errors=_dicts(value.get("errors")),
             preferences=tuple(Preference.of(p) for p in preferences)
             if isinstance(preferences, list)
