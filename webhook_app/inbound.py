@@ -12,20 +12,16 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
 
 from resources import consent, contact_identity
 from resources.phone import InvalidPhoneNumber, to_e164
-from resources.queue_message import MEDIA_MESSAGE_TYPES
-from webhook_app.payloads import Contact, Message
+from webhook_app.payloads import MEDIA_TYPES, Contact, Message
 
 log = logging.getLogger(__name__)
 
-# What a customer may send with a media file: what we send, and stickers.
-MEDIA_TYPES = (*MEDIA_MESSAGE_TYPES, "sticker")
 # Kinds that never start an agent turn: they are stored as handled.
 SILENT_TYPES = ("reaction", "system", "ephemeral", "request_welcome")
 
@@ -141,7 +137,7 @@ def store(
             "opens": kind != "system",
         },
     ).scalar_one()
-    media = _media_of(message)
+    media = message.media
     message_id = conn.execute(
         sa.text(
             "INSERT INTO messages (organisation_id, conversation_id, contact_id, direction,"
@@ -162,14 +158,14 @@ def store(
             "kind": kind,
             "body": text_of(message),
             "payload": json.dumps(message.raw),
-            "media": json.dumps(media) if media else None,
+            "media": json.dumps(media.fields) if media else None,
             "wamid": wamid,
             "ts": message.sent_at,
             "received": received_at,
             "silent": kind in SILENT_TYPES,
         },
     ).scalar_one_or_none()
-    if message_id is not None and media:
+    if message_id is not None and media is not None:
         conn.execute(
             sa.text(
                 "INSERT INTO media (organisation_id, message_id, provider_media_id, media_type,"
@@ -178,10 +174,10 @@ def store(
             {
                 "o": organisation_id,
                 "m": message_id,
-                "id": media["id"],
+                "id": media.id,
                 "type": kind,
-                "mime": media.get("mime_type"),
-                "sha": media.get("sha256"),
+                "mime": media.mime_type,
+                "sha": media.sha256,
             },
         )
     return message_id
@@ -228,14 +224,6 @@ def text_of(message: Message) -> str | None:
     if kind == "system":
         return content.get("body")
     return None
-
-
-def _media_of(message: Message) -> dict[str, Any] | None:
-    content = message.content
-    if message.type not in MEDIA_TYPES or not content.get("id"):
-        return None
-    keep = ("id", "mime_type", "sha256", "caption", "filename", "voice", "animated")
-    return {k: content[k] for k in keep if k in content}
 
 
 def changed_number(message: Message) -> bool:

@@ -15,7 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from resources.graph_errors import Reported, reported
+from resources.queue_message import MEDIA_MESSAGE_TYPES
 from webhook_app.bodies import BodyRefused, parse_json
+
+# What a customer may send with a media file: what we send, and stickers.
+MEDIA_TYPES = (*MEDIA_MESSAGE_TYPES, "sticker")
 
 
 class BadPayload(ValueError):
@@ -62,9 +66,13 @@ def timestamp(value: Any) -> datetime | None:
 
 def _id(value: Any) -> str | None:
     """An id WhatsApp sends as a string (or, in older payloads, a number); None if absent."""
-    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+    if isinstance(value, bool) or not isinstance(value, str | int) or not value:
         return None
     return str(value)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _dicts(value: Any) -> tuple[dict[str, Any], ...]:
@@ -102,6 +110,18 @@ class System:
 
 
 @dataclass(frozen=True)
+class Media:
+    """The file of a media message, which we fetch by `id`; `fields` are its attributes as
+    sent (`id`, `mime_type`, `sha256`, `caption`, `filename`, `voice`, `animated`), which
+    `messages.media` keeps."""
+
+    id: str
+    mime_type: str | None
+    sha256: str | None
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Message:
     """A `messages[]` item, a customer's inbound message. Its type's own object
     (`text`, `image`, `interactive`, …) is `content`, as WhatsApp sent it; `raw` is the item."""
@@ -132,14 +152,27 @@ class Message:
         )
 
     @property
+    def media(self) -> Media | None:
+        """The file of an image, audio, video, document or sticker; None without one."""
+        media_id = _id(self.content.get("id"))
+        if self.type not in MEDIA_TYPES or media_id is None:
+            return None
+        keep = ("id", "mime_type", "sha256", "caption", "filename", "voice", "animated")
+        return Media(
+            media_id,
+            _text(self.content.get("mime_type")),
+            _text(self.content.get("sha256")),
+            {k: self.content[k] for k in keep if k in self.content},
+        )
+
+    @property
     def system(self) -> System | None:
         if self.type != "system":
             return None
-        body = self.content.get("body")
         return System(
-            self.content.get("type"),
+            _text(self.content.get("type")),
             _id(self.content.get("wa_id")),
-            body if isinstance(body, str) else None,
+            _text(self.content.get("body")),
         )
 
 
