@@ -123,8 +123,9 @@ class Media:
 
 @dataclass(frozen=True)
 class Message:
-    """A `messages[]` item, a customer's inbound message. Its type's own object
-    (`text`, `image`, `interactive`, …) is `content`, as WhatsApp sent it; `raw` is the item."""
+    """A `messages[]` item, a customer's inbound message. Its type's own object (`text`,
+    `image`, `interactive`, …) is `content`, as WhatsApp sent it; the parts we act on are
+    read from it (`media`, `system`); `raw` is the item."""
 
     id: str | None
     type: str
@@ -132,6 +133,8 @@ class Message:
     sender_user_id: str | None
     sent_at: datetime | None
     content: dict[str, Any]
+    media: Media | None
+    system: System | None
     raw: dict[str, Any]
 
     @classmethod
@@ -139,7 +142,7 @@ class Message:
         if not isinstance(item, dict):
             raise ValueError("a messages[] item is not an object")
         kind = str(item.get("type") or "unsupported")
-        content = item.get(kind)
+        content = item.get(kind) if isinstance(item.get(kind), dict) else {}
         wamid = item.get("id")
         return cls(
             id=wamid if isinstance(wamid, str) and wamid else None,
@@ -147,33 +150,31 @@ class Message:
             sender_wa_id=_id(item.get("from")),
             sender_user_id=_id(item.get("from_user_id")),
             sent_at=timestamp(item.get("timestamp")),
-            content=content if isinstance(content, dict) else {},
+            content=content,
+            media=_media(kind, content),
+            system=_system(kind, content),
             raw=item,
         )
 
-    @property
-    def media(self) -> Media | None:
-        """The file of an image, audio, video, document or sticker; None without one."""
-        media_id = _id(self.content.get("id"))
-        if self.type not in MEDIA_TYPES or media_id is None:
-            return None
-        keep = ("id", "mime_type", "sha256", "caption", "filename", "voice", "animated")
-        return Media(
-            media_id,
-            _text(self.content.get("mime_type")),
-            _text(self.content.get("sha256")),
-            {k: self.content[k] for k in keep if k in self.content},
-        )
 
-    @property
-    def system(self) -> System | None:
-        if self.type != "system":
-            return None
-        return System(
-            _text(self.content.get("type")),
-            _id(self.content.get("wa_id")),
-            _text(self.content.get("body")),
-        )
+def _media(kind: str, content: dict[str, Any]) -> Media | None:
+    """The file of an image, audio, video, document or sticker; None without one."""
+    media_id = _id(content.get("id"))
+    if kind not in MEDIA_TYPES or media_id is None:
+        return None
+    keep = ("id", "mime_type", "sha256", "caption", "filename", "voice", "animated")
+    return Media(
+        media_id,
+        _text(content.get("mime_type")),
+        _text(content.get("sha256")),
+        {k: content[k] for k in keep if k in content},
+    )
+
+
+def _system(kind: str, content: dict[str, Any]) -> System | None:
+    if kind != "system":
+        return None
+    return System(_text(content.get("type")), _id(content.get("wa_id")), _text(content.get("body")))
 
 
 @dataclass(frozen=True)
