@@ -16,10 +16,12 @@ from typing import Any
 
 from resources.graph_errors import Reported, reported
 from resources.queue_message import MEDIA_MESSAGE_TYPES
+from resources.templates import CATEGORY_FIELD, QUALITY_FIELD, STATUS_FIELD
 from webhook_app.bodies import BodyRefused, parse_json
 
 # What a customer may send with a media file: what we send, and stickers.
 MEDIA_TYPES = (*MEDIA_MESSAGE_TYPES, "sticker")
+TEMPLATE_FIELDS = frozenset({STATUS_FIELD, CATEGORY_FIELD, QUALITY_FIELD})
 
 
 class BadPayload(ValueError):
@@ -233,10 +235,58 @@ class Preference:
 
 
 @dataclass(frozen=True)
+class TemplateUpdate:
+    """The value of a template field (its status, category or quality changed): the template
+    it names (`message_template_name`, `_language`, `_id`) and what changed, as sent."""
+
+    name: str | None
+    language: str | None
+    template_id: str | None
+    event: str | None
+    reason: str | None
+    pause_title: str | None
+    pause_description: str | None
+    rejection_reason: str | None
+    new_category: str | None
+    previous_category: str | None
+    correct_category: str | None
+    category_update_at: datetime | None
+    new_quality_score: str | None
+    previous_quality_score: str | None
+
+    @classmethod
+    def of(cls, value: dict[str, Any]) -> TemplateUpdate:
+        other, rejection = value.get("other_info"), value.get("rejection_info")
+        other = other if isinstance(other, dict) else {}
+        rejection = rejection if isinstance(rejection, dict) else {}
+        meta_id = value.get("message_template_id")
+        return cls(
+            name=_text(value.get("message_template_name")),
+            language=_text(value.get("message_template_language")),
+            template_id=str(meta_id) if meta_id is not None else None,
+            event=_text(value.get("event")),
+            reason=_text(value.get("reason")),
+            pause_title=_shown(other.get("title")),
+            pause_description=_shown(other.get("description")),
+            rejection_reason=_shown(rejection.get("reason")),
+            new_category=_text(value.get("new_category")),
+            previous_category=_text(value.get("previous_category")),
+            correct_category=_text(value.get("correct_category")),
+            category_update_at=timestamp(value.get("category_update_timestamp")),
+            new_quality_score=_text(value.get("new_quality_score")),
+            previous_quality_score=_text(value.get("previous_quality_score")),
+        )
+
+
+def _shown(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+@dataclass(frozen=True)
 class Value:
     """A change's `value`. The parts the messaging fields share are read here (`metadata`,
     `contacts`, `messages`, `statuses`, `errors`, `user_preferences`; `preferences` is None
-    when that is not a list); a field's own keys (an account update's
+    when that is not a list), and a template field's `template`; other fields' own keys (an account update's
     `event`, a template's name) are read from `raw` by whoever applies that field."""
 
     phone_number_id: str | None
@@ -245,6 +295,7 @@ class Value:
     statuses: tuple[Status, ...]
     errors: tuple[dict[str, Any], ...]
     preferences: tuple[Preference | None, ...] | None
+    template: TemplateUpdate | None
     raw: dict[str, Any]
 
     @classmethod
@@ -265,6 +316,7 @@ class Value:
             preferences=tuple(Preference.of(p) for p in preferences)
             if isinstance(preferences, list)
             else None,
+            template=TemplateUpdate.of(value) if field in TEMPLATE_FIELDS else None,
             raw=value,
         )
 
