@@ -69,23 +69,34 @@ class ClientClosed(ConnectionError):
 
 @dataclass(frozen=True)
 class Reported:
-    """The error of a failed receipt: its code, and its title with Meta's details."""
+    """An error WhatsApp reports in a webhook, a failed receipt's or one of a change's
+    `errors[]`: its code, its title (or message) and Meta's details."""
 
     code: int | None
-    title: str | None
+    name: str | None
+    details: str | None = None
+
+    @property
+    def title(self) -> str | None:
+        """The title with Meta's details, as a failed message keeps it."""
+        return f"{self.name}: {self.details}" if self.name and self.details else self.name
 
 
 def reported(errors: Any) -> Reported:
-    """The first of the `errors` a webhook's status carries (WhatsApp sends one), read as
-    leniently as the rest of the receipt: a field of the wrong type is left out."""
-    error = (errors or [{}])[0]
+    """The first of the `errors` a webhook's status carries (WhatsApp sends one)."""
+    return reported_error((errors or [{}])[0])
+
+
+def reported_error(error: Any) -> Reported:
+    """One error of a webhook, read as leniently as the rest of it: a field of the wrong type
+    is left out."""
     error = error if isinstance(error, dict) else {}
     code = error.get("code")
-    title = error.get("title") or error.get("message")
     data = error.get("error_data")
-    detail = data.get("details") if isinstance(data, dict) else None
     return Reported(
-        code if isinstance(code, int) else None, f"{title}: {detail}" if title and detail else title
+        code if isinstance(code, int) else None,
+        error.get("title") or error.get("message"),
+        data.get("details") if isinstance(data, dict) else None,
     )
 
 

@@ -1,3 +1,4 @@
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,15 +94,61 @@ def test_twenty_messages_in_two_seconds_are_one_turn_with_one_reply(engine, monk
     with fake_graph() as (graph, url), webhook_client(url, model) as client:
         for i in range(20):
             assert post(client, p.inbound(p.text(f"part {i}"))).status_code == 200
+        # The reply is stored (the 21st row) before it is sent: wait for the send too.
         wait_until(
             lambda: (
-                _unhandled(engine) == 0 and scalar(engine, "SELECT count(*) FROM messages") == 21
+                _unhandled(engine) == 0
+                and scalar(engine, "SELECT count(*) FROM messages") == 21
+                and _sent_texts(graph)
             )
         )
     assert _sent_texts(graph) == ["One answer for all of it."]
     assert len(model.prompts) == 1
     said = [m.content for m in model.prompts[0] if m.type == "human"]
     assert said == [f"part {i}" for i in range(20)]
+
+
+def _inbox_in_reverse_arrival(engine, payloads: list[dict]) -> None:
+    """Store the events so that the inbox applies them in the reverse of their arrival: the
+    first stored (applied first) arrived last. Concurrent workers do this by chance."""
+    with engine.begin() as conn:
+        for seconds_ago, payload in enumerate(reversed(payloads)):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO webhook_inbox (payload, received_at) VALUES"
+                    " (CAST(:p AS jsonb), now() - make_interval(secs => :ago))"
+                ),
+                {"p": json.dumps(payload), "ago": seconds_ago + 1},
+            )
+
+
+def test_a_turn_reads_the_customers_messages_in_arrival_order_whatever_order_they_were_applied(
+    engine, zero_buffer
+):
+    add_organisation(engine)
+    model = Recording(responses=["Got all of it."])
+    parts = [f"part {i}" for i in range(5)]
+    _inbox_in_reverse_arrival(engine, [p.inbound(p.text(part)) for part in parts])
+    with fake_graph() as (graph, url), webhook_client(url, model):
+        wait_until(lambda: _sent_texts(graph))
+    applied = rows(engine, "SELECT body FROM messages WHERE direction = 'inbound' ORDER BY id")
+    assert [r.body for r in applied] == parts[::-1]
+    assert len(model.prompts) == 1
+    assert [m.content for m in model.prompts[0] if m.type == "human"] == parts
+
+
+def test_a_backlog_applied_late_waits_the_quiet_window_from_when_it_was_applied(engine):
+    from webhook_app import buffer, processing
+
+    add_organisation(engine)
+    _inbox_in_reverse_arrival(engine, [p.inbound(p.text("sent an hour ago"))])
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE webhook_inbox SET received_at = now() - interval '1 hour'"))
+    assert processing.process_batch(engine)["inbound"] == 1
+    assert buffer.claim_due(engine, window=60, max_wait=600, lease=60) == []
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE messages SET created_at = created_at - interval '61 s'"))
+    assert len(buffer.claim_due(engine, window=60, max_wait=600, lease=60)) == 1
 
 
 @pytest.mark.parametrize(

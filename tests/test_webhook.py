@@ -302,3 +302,26 @@ def test_an_event_that_keeps_failing_is_retried_then_closed_with_its_error(engin
     processing.process_batch(engine)
     row = rows(engine, "SELECT * FROM webhook_inbox")[0]
     assert row.processed_at is not None and "no organisation owns" in row.error
+
+
+def test_an_event_that_cannot_be_read_fails_alone_and_the_rest_of_its_batch_is_applied(engine):
+    org = add_organisation(engine)
+    message_id = _outbound(engine, org, "wamid.BESIDE")
+    unreadable = [
+        {"object": "whatsapp_business_account", "entry": "not a list"},
+        p.envelope({"messages": {"not": "a list"}}),
+        p.envelope({"messages": ["not an object"]}),
+    ]
+    with engine.begin() as conn:
+        for payload in [*unreadable, p.statuses(p.status("wamid.BESIDE", "read"))]:
+            conn.execute(
+                sa.text("INSERT INTO webhook_inbox (payload) VALUES (CAST(:p AS jsonb))"),
+                {"p": json.dumps(payload)},
+            )
+    tally = processing.process_batch(engine)
+    assert (tally["events"], tally["failed"], tally["receipts"]) == (4, 3, 1)
+    assert _message(engine, message_id).status == "read"
+    errors = [r.error for r in rows(engine, "SELECT error FROM webhook_inbox ORDER BY id")]
+    assert errors[3] is None
+    assert "entry must be a non-empty list" in errors[0]
+    assert all("messages" in e for e in errors[1:3])

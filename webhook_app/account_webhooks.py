@@ -37,7 +37,7 @@ import sqlalchemy as sa
 
 from resources import account
 from resources.account import Notice, quoted
-from webhook_app.receipts import timestamp
+from webhook_app.payloads import Event
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +90,19 @@ class Entry:
         }
 
 
-def apply(conn: sa.Connection, payload: dict[str, Any], event_id: int | None = None) -> Counter:
+def apply(conn: sa.Connection, event: Event, event_id: int | None = None) -> Counter:
     """Apply the account-level changes of every entry; the tally of what happened."""
     tally: Counter = Counter()
-    for entry in payload["entry"]:
-        mine = [c for c in entry["changes"] if c["field"] in FIELDS]
+    for entry in event.entries:
+        mine = [c for c in entry.changes if c.field in FIELDS]
         if not mine:
             continue
-        waba_id = entry.get("id")
-        waba_id = str(waba_id) if isinstance(waba_id, str | int) and waba_id != "" else None
-        occurred_at = timestamp(entry.get("time"))
-        if occurred_at is None:
+        if entry.time is None:
             log.warning("inbox event %s: an entry without a valid time; taken as now", event_id)
-        where = Entry(waba_id, account.organisation_of_waba(conn, waba_id), occurred_at, event_id)
+        organisation_id = account.organisation_of_waba(conn, entry.waba_id)
+        where = Entry(entry.waba_id, organisation_id, entry.time, event_id)
         for change in mine:
-            field, value = change["field"], change["value"]
+            field, value = change.field, change.value.raw
             if where.organisation_id is None:
                 tally.update(_unmatched(conn, where, field, value))
             elif field == ACCOUNT:

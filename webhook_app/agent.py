@@ -136,14 +136,17 @@ class Agent:
         return await asyncio.to_thread(self._load_sync, turn["conversation_id"])
 
     def _load_sync(self, conversation_id: int) -> Turn:
+        # The latest rows stored, read in the order they reached us: inbox workers apply
+        # webhook events concurrently, so the customer's messages are stored (`created_at`)
+        # out of the order they sent them (`received_at`).
         with self.engine.connect() as conn:
             conversation = outbound.load(conn, conversation_id)
             rows = conn.execute(
                 sa.text(
                     "SELECT * FROM (SELECT id, direction, sender_type, message_type, body, media,"
-                    " handled_at, created_at FROM messages WHERE conversation_id = :c"
+                    " handled_at, created_at, received_at FROM messages WHERE conversation_id = :c"
                     " ORDER BY created_at DESC, id DESC LIMIT :n) recent"
-                    " ORDER BY created_at, id"
+                    " ORDER BY coalesce(received_at, created_at), id"
                 ),
                 {"c": conversation_id, "n": HISTORY_ROWS},
             ).all()

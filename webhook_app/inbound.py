@@ -11,20 +11,17 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
 from uuid import UUID
 
 import sqlalchemy as sa
 
 from resources import consent, contact_identity
 from resources.phone import InvalidPhoneNumber, to_e164
-from resources.queue_message import MEDIA_MESSAGE_TYPES
-from webhook_app.receipts import timestamp
+from webhook_app.payloads import MEDIA_TYPES, Contact, Message
 
 log = logging.getLogger(__name__)
 
-# What a customer may send with a media file: what we send, and stickers.
-MEDIA_TYPES = (*MEDIA_MESSAGE_TYPES, "sticker")
 # Kinds that never start an agent turn: they are stored as handled.
 SILENT_TYPES = ("reaction", "system", "ephemeral", "request_welcome")
 
@@ -53,70 +50,68 @@ def organisation_of(conn: sa.Connection, phone_number_id: str | None) -> UUID:
     return org
 
 
-def customer_of(message: dict[str, Any], contacts: list[dict[str, Any]]) -> Customer:
-    wa_id = message.get("from") or None
-    user_id = message.get("from_user_id") or None
-    profile: dict[str, Any] = _profile(wa_id, user_id, contacts)
-    if not profile and len(contacts) == 1:
+def customer_of(message: Message, contacts: tuple[Contact, ...]) -> Customer:
+    wa_id, user_id = message.sender_wa_id, message.sender_user_id
+    profile = _profile(wa_id, user_id, contacts)
+    if profile is None and len(contacts) == 1:
         profile = contacts[0]
-    customer = _customer(wa_id or profile.get("wa_id"), user_id or profile.get("user_id"), profile)
+    customer = _customer(wa_id, user_id, profile)
     if customer is None:
-        raise ValueError(f"message {message.get('id')!r} names no customer (no from, no user_id)")
+        raise ValueError(f"message {message.id!r} names no customer (no from, no user_id)")
     return customer
 
 
-def customer_named(wa_id: Any, user_id: Any, contacts: list[dict[str, Any]]) -> Customer | None:
+def customer_named(
+    wa_id: str | None, user_id: str | None, contacts: tuple[Contact, ...]
+) -> Customer | None:
     """The customer an item names by its own `wa_id` and/or `user_id` (as `user_preferences`
     items do), with the profile of the `contacts[]` entry that matches; None if it names none."""
-    wa_id = str(wa_id) if wa_id else None
-    user_id = str(user_id) if user_id else None
-    profile = _profile(wa_id, user_id, contacts)
-    return _customer(wa_id or profile.get("wa_id"), user_id or profile.get("user_id"), profile)
+    return _customer(wa_id, user_id, _profile(wa_id, user_id, contacts))
 
 
 def _profile(
-    wa_id: str | None, user_id: str | None, contacts: list[dict[str, Any]]
-) -> dict[str, Any]:
+    wa_id: str | None, user_id: str | None, contacts: tuple[Contact, ...]
+) -> Contact | None:
     for contact in contacts:
-        if not isinstance(contact, dict):
-            continue
-        if (wa_id and contact.get("wa_id") == wa_id) or (
-            user_id and contact.get("user_id") == user_id
-        ):
+        if (wa_id and contact.wa_id == wa_id) or (user_id and contact.user_id == user_id):
             return contact
-    return {}
+    return None
 
 
-def _customer(wa_id: Any, user_id: Any, profile: dict[str, Any]) -> Customer | None:
+def _customer(wa_id: str | None, user_id: str | None, profile: Contact | None) -> Customer | None:
+    """Who it is: the item's own ids first, then its profile's."""
+    if profile is not None:
+        wa_id, user_id = wa_id or profile.wa_id, user_id or profile.user_id
     phone = None
     if wa_id:
         try:
-            phone = to_e164(str(wa_id))
+            phone = to_e164(wa_id)
         except InvalidPhoneNumber:
             phone = None
-    user_id = str(user_id) if user_id else None
     if phone is None and user_id is None:
         return None
-    about = profile.get("profile")
-    name = about.get("name") if isinstance(about, dict) else None
-    return Customer(phone, user_id, name if isinstance(name, str) else None)
+    return Customer(phone, user_id, profile.name if profile is not None else None)
 
 
 def store(
     conn: sa.Connection,
     organisation_id: UUID,
     phone_number_id: str,
-    message: dict[str, Any],
+    message: Message,
     customer: Customer,
+    received_at: datetime | None = None,
 ) -> int | None:
-    """Store one inbound message; its id, or None when this wamid was already stored."""
-    wamid = message.get("id")
-    if not isinstance(wamid, str) or not wamid:
+    """Store one inbound message; its id, or None when this wamid was already stored.
+
+    `received_at` is when its webhook reached us, which orders the customer's turn;
+    `created_at` stays when it was stored, which the buffer's quiet window counts from (a
+    backlog applied late must not look long quiet)."""
+    wamid = message.id
+    if wamid is None:
         raise ValueError("inbound message without an id")
     if _seen(conn, wamid):
         return None
-    kind = str(message.get("type") or "unsupported")
-    sent_at = timestamp(message.get("timestamp"))
+    kind = message.type
     contact_id = consent.upsert_contact(
         conn, organisation_id, customer.phone, customer.user_id, customer.name
     )
@@ -136,20 +131,20 @@ def store(
             "o": organisation_id,
             "c": contact_id,
             "p": phone_number_id,
-            "ts": sent_at,
+            "ts": message.sent_at,
             # WhatsApp's notices (a changed number) are not the customer writing: they open
             # no customer-service window.
             "opens": kind != "system",
         },
     ).scalar_one()
-    media = _media_of(kind, message)
+    media = message.media
     message_id = conn.execute(
         sa.text(
             "INSERT INTO messages (organisation_id, conversation_id, contact_id, direction,"
             " sender_type, phone_number_id, peer_phone, peer_wa_user_id, message_type, body,"
-            " payload, media, provider_message_id, status, provider_ts, handled_at)"
+            " payload, media, provider_message_id, status, provider_ts, received_at, handled_at)"
             " VALUES (:o, :conv, :c, 'inbound', 'customer', :p, :phone, :user, :kind, :body,"
-            " CAST(:payload AS jsonb), CAST(:media AS jsonb), :wamid, 'received', :ts,"
+            " CAST(:payload AS jsonb), CAST(:media AS jsonb), :wamid, 'received', :ts, :received,"
             " CASE WHEN :silent THEN now() END)"
             " ON CONFLICT (provider_message_id) DO NOTHING RETURNING id"
         ),
@@ -161,15 +156,16 @@ def store(
             "phone": customer.phone,
             "user": customer.user_id,
             "kind": kind,
-            "body": text_of(kind, message),
-            "payload": json.dumps(message),
-            "media": json.dumps(media) if media else None,
+            "body": text_of(message),
+            "payload": json.dumps(message.raw),
+            "media": json.dumps(media.fields) if media else None,
             "wamid": wamid,
-            "ts": sent_at,
+            "ts": message.sent_at,
+            "received": received_at,
             "silent": kind in SILENT_TYPES,
         },
     ).scalar_one_or_none()
-    if message_id is not None and media:
+    if message_id is not None and media is not None:
         conn.execute(
             sa.text(
                 "INSERT INTO media (organisation_id, message_id, provider_media_id, media_type,"
@@ -178,10 +174,10 @@ def store(
             {
                 "o": organisation_id,
                 "m": message_id,
-                "id": media["id"],
+                "id": media.id,
                 "type": kind,
-                "mime": media.get("mime_type"),
-                "sha": media.get("sha256"),
+                "mime": media.mime_type,
+                "sha": media.sha256,
             },
         )
     return message_id
@@ -198,10 +194,9 @@ def _seen(conn: sa.Connection, wamid: str) -> bool:
     return found is not None
 
 
-def text_of(kind: str, message: dict[str, Any]) -> str | None:
+def text_of(message: Message) -> str | None:
     """What the customer said, as text the agent and an operator can read."""
-    content = message.get(kind)
-    content = content if isinstance(content, dict) else {}
+    kind, content = message.type, message.content
     if kind == "text":
         return content.get("body")
     if kind in MEDIA_TYPES:
@@ -211,7 +206,7 @@ def text_of(kind: str, message: dict[str, Any]) -> str | None:
         where = f"{content.get('latitude')}, {content.get('longitude')}"
         return f"[location] {place} ({where})" if place else f"[location] {where}"
     if kind == "contacts":
-        people = message.get("contacts") or []
+        people = message.raw.get("contacts") or []
         names = [(p.get("name") or {}).get("formatted_name") for p in people]
         return "[shared contacts] " + ", ".join(n for n in names if n)
     if kind == "interactive":
@@ -231,31 +226,19 @@ def text_of(kind: str, message: dict[str, Any]) -> str | None:
     return None
 
 
-def _media_of(kind: str, message: dict[str, Any]) -> dict[str, Any] | None:
-    content = message.get(kind)
-    if kind not in MEDIA_TYPES or not isinstance(content, dict) or not content.get("id"):
-        return None
-    keep = ("id", "mime_type", "sha256", "caption", "filename", "voice", "animated")
-    return {k: content[k] for k in keep if k in content}
-
-
-def changed_number(message: dict[str, Any]) -> bool:
+def changed_number(message: Message) -> bool:
     """A `system` message saying the customer changed their WhatsApp number."""
-    system = message.get("system")
-    return (
-        message.get("type") == "system"
-        and isinstance(system, dict)
-        and system.get("type") == "user_changed_number"
-    )
+    return message.system is not None and message.system.type == "user_changed_number"
 
 
 def follow_number(
-    conn: sa.Connection, organisation_id: UUID, message: dict[str, Any], message_id: int
+    conn: sa.Connection, organisation_id: UUID, message: Message, message_id: int
 ) -> Counter:
     """The customer of stored `message_id` (sent from the old number) takes the new number,
     `system.wa_id`; called once per stored notice, so a redelivered webhook does nothing."""
+    wa_id = message.system.wa_id if message.system else None
     try:
-        new_phone = to_e164(str(message["system"].get("wa_id") or ""))
+        new_phone = to_e164(wa_id or "")
     except InvalidPhoneNumber:
         log.warning("number change in message %s names no valid new number: ignored", message_id)
         return Counter(number_changes_ignored=1)

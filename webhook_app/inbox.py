@@ -23,9 +23,12 @@ from webhook_app.payloads import BadPayload
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+# `clock_timestamp()` is read per row: the events of one batch get distinct arrival times in
+# their arrival order (`now()` would give them the batch's one), and agent turns are read in
+# that order.
 _INSERT = (
-    "INSERT INTO webhook_inbox (payload)"
-    " SELECT jsonb_array_elements(convert_from(%b, 'UTF8')::jsonb)"
+    "INSERT INTO webhook_inbox (payload, received_at)"
+    " SELECT e, clock_timestamp() FROM jsonb_array_elements(convert_from(%b, 'UTF8')::jsonb) e"
 )
 
 

@@ -1,14 +1,27 @@
-"""The WhatsApp Business Account webhook envelope, checked before anything is stored.
+"""The WhatsApp Business Account webhook: its envelope, checked before anything is stored,
+and the event read once into frozen objects by the inbox worker that applies it.
 
-Only the envelope is checked (`object`, `entry[].changes[].field/value`): WhatsApp adds
-fields and message types over time, and those must be stored and skipped, not refused.
+Only the envelope is checked on the request path (`object`, `entry[].changes[].field/value`):
+WhatsApp adds fields and message types over time, and those must be stored and skipped, not
+refused. The worker's reading (`Event.of`) is as lenient: unknown fields are left in each
+object's `raw`, which is what is stored; a part of the wrong type reads as absent, except a
+`messages` list that is not a list of objects, which fails the event (kept with its error).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from resources.graph_errors import Reported, reported
+from resources.queue_message import MEDIA_MESSAGE_TYPES
+from resources.templates import CATEGORY_FIELD, QUALITY_FIELD, STATUS_FIELD
 from webhook_app.bodies import BodyRefused, parse_json
+
+# What a customer may send with a media file: what we send, and stickers.
+MEDIA_TYPES = (*MEDIA_MESSAGE_TYPES, "sticker")
+TEMPLATE_FIELDS = frozenset({STATUS_FIELD, CATEGORY_FIELD, QUALITY_FIELD})
 
 
 class BadPayload(ValueError):
@@ -45,6 +58,318 @@ def envelope_problem(payload: Any) -> str | None:
     return None
 
 
-def changes(payload: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Every (field, value) of every entry, in order."""
-    return [(c["field"], c["value"]) for e in payload["entry"] for c in e["changes"]]
+def timestamp(value: Any) -> datetime | None:
+    """WhatsApp's timestamps are Unix seconds as strings."""
+    try:
+        return datetime.fromtimestamp(int(value), tz=UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _id(value: Any) -> str | None:
+    """An id WhatsApp sends as a string (or, in older payloads, a number); None if absent."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or not value:
+        return None
+    return str(value)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _dicts(value: Any) -> tuple[dict[str, Any], ...]:
+    return tuple(v for v in value if isinstance(v, dict)) if isinstance(value, list) else ()
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A `contacts[]` item: who WhatsApp says the customer is (`wa_id` and/or the
+    business-scoped `user_id`) and their profile name."""
+
+    wa_id: str | None
+    user_id: str | None
+    name: str | None
+
+    @classmethod
+    def of(cls, item: dict[str, Any]) -> Contact:
+        profile = item.get("profile")
+        name = profile.get("name") if isinstance(profile, dict) else None
+        return cls(
+            _id(item.get("wa_id")),
+            _id(item.get("user_id")),
+            name if isinstance(name, str) else None,
+        )
+
+
+@dataclass(frozen=True)
+class System:
+    """The content of a `system` message: WhatsApp's notice (a changed number names the
+    customer's new `wa_id`)."""
+
+    type: str | None
+    wa_id: str | None
+    body: str | None
+
+
+@dataclass(frozen=True)
+class Media:
+    """The file of a media message, which we fetch by `id`; `fields` are its attributes as
+    sent (`id`, `mime_type`, `sha256`, `caption`, `filename`, `voice`, `animated`), which
+    `messages.media` keeps."""
+
+    id: str
+    mime_type: str | None
+    sha256: str | None
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Message:
+    """A `messages[]` item, a customer's inbound message. Its type's own object (`text`,
+    `image`, `interactive`, …) is `content`, as WhatsApp sent it; the parts we act on are
+    read from it (`media`, `system`); `raw` is the item."""
+
+    id: str | None
+    type: str
+    sender_wa_id: str | None
+    sender_user_id: str | None
+    sent_at: datetime | None
+    content: dict[str, Any]
+    media: Media | None
+    system: System | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def of(cls, item: Any) -> Message:
+        if not isinstance(item, dict):
+            raise ValueError("a messages[] item is not an object")
+        kind = str(item.get("type") or "unsupported")
+        content = item.get(kind) if isinstance(item.get(kind), dict) else {}
+        wamid = item.get("id")
+        return cls(
+            id=wamid if isinstance(wamid, str) and wamid else None,
+            type=kind,
+            sender_wa_id=_id(item.get("from")),
+            sender_user_id=_id(item.get("from_user_id")),
+            sent_at=timestamp(item.get("timestamp")),
+            content=content,
+            media=_media(kind, content),
+            system=_system(kind, content),
+            raw=item,
+        )
+
+
+def _media(kind: str, content: dict[str, Any]) -> Media | None:
+    """The file of an image, audio, video, document or sticker; None without one."""
+    media_id = _id(content.get("id"))
+    if kind not in MEDIA_TYPES or media_id is None:
+        return None
+    keep = ("id", "mime_type", "sha256", "caption", "filename", "voice", "animated")
+    return Media(
+        media_id,
+        _text(content.get("mime_type")),
+        _text(content.get("sha256")),
+        {k: content[k] for k in keep if k in content},
+    )
+
+
+def _system(kind: str, content: dict[str, Any]) -> System | None:
+    if kind != "system":
+        return None
+    return System(_text(content.get("type")), _id(content.get("wa_id")), _text(content.get("body")))
+
+
+@dataclass(frozen=True)
+class Status:
+    """A `statuses[]` item: what became of a message we sent (`status`: sent, delivered,
+    read, failed, or one we do not track), with the failure's error."""
+
+    wamid: str | None
+    status: str | None
+    at: datetime | None
+    callback: str
+    error: Reported
+    raw: dict[str, Any]
+
+    @classmethod
+    def of(cls, item: dict[str, Any]) -> Status:
+        wamid, status, errors = item.get("id"), item.get("status"), item.get("errors")
+        return cls(
+            wamid=wamid if isinstance(wamid, str) else None,
+            status=status if isinstance(status, str) else None,
+            at=timestamp(item.get("timestamp")),
+            # Our message id, which the sender puts in biz_opaque_callback_data.
+            callback=str(item.get("biz_opaque_callback_data") or ""),
+            error=reported(errors if isinstance(errors, list) else None),
+            raw=item,
+        )
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A `user_preferences[]` item: the customer (`wa_id` and/or `user_id`) stops or resumes
+    (`value`) a `category` of messages. Category and value are as sent: the one applying
+    them says which it knows."""
+
+    wa_id: str | None
+    user_id: str | None
+    category: Any
+    value: Any
+    sent_at: datetime | None
+    detail: str | None
+
+    @classmethod
+    def of(cls, item: Any) -> Preference | None:
+        """None for an item that is not an object."""
+        if not isinstance(item, dict):
+            return None
+        detail = item.get("detail")
+        return cls(
+            _id(item.get("wa_id")),
+            _id(item.get("user_id")),
+            item.get("category"),
+            item.get("value"),
+            timestamp(item.get("timestamp")),
+            detail if isinstance(detail, str) and detail else None,
+        )
+
+
+@dataclass(frozen=True)
+class TemplateUpdate:
+    """The value of a template field (its status, category or quality changed): the template
+    it names (`message_template_name`, `_language`, `_id`) and what changed, as sent."""
+
+    name: str | None
+    language: str | None
+    template_id: str | None
+    event: str | None
+    reason: str | None
+    pause_title: str | None
+    pause_description: str | None
+    rejection_reason: str | None
+    new_category: str | None
+    previous_category: str | None
+    correct_category: str | None
+    category_update_at: datetime | None
+    new_quality_score: str | None
+    previous_quality_score: str | None
+
+    @classmethod
+    def of(cls, value: dict[str, Any]) -> TemplateUpdate:
+        other, rejection = value.get("other_info"), value.get("rejection_info")
+        other = other if isinstance(other, dict) else {}
+        rejection = rejection if isinstance(rejection, dict) else {}
+        meta_id = value.get("message_template_id")
+        return cls(
+            name=_text(value.get("message_template_name")),
+            language=_text(value.get("message_template_language")),
+            template_id=str(meta_id) if meta_id is not None else None,
+            event=_text(value.get("event")),
+            reason=_text(value.get("reason")),
+            pause_title=_shown(other.get("title")),
+            pause_description=_shown(other.get("description")),
+            rejection_reason=_shown(rejection.get("reason")),
+            new_category=_text(value.get("new_category")),
+            previous_category=_text(value.get("previous_category")),
+            correct_category=_text(value.get("correct_category")),
+            category_update_at=timestamp(value.get("category_update_timestamp")),
+            new_quality_score=_text(value.get("new_quality_score")),
+            previous_quality_score=_text(value.get("previous_quality_score")),
+        )
+
+
+def _shown(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+@dataclass(frozen=True)
+class Value:
+    """A change's `value`. The parts the messaging fields share are read here (`metadata`,
+    `contacts`, `messages`, `statuses`, `errors`, `user_preferences`; `preferences` is None
+    when that is not a list), and a template field's `template`; other fields' own keys (an account update's
+    `event`, a template's name) are read from `raw` by whoever applies that field."""
+
+    phone_number_id: str | None
+    contacts: tuple[Contact, ...]
+    messages: tuple[Message, ...]
+    statuses: tuple[Status, ...]
+    errors: tuple[dict[str, Any], ...]
+    preferences: tuple[Preference | None, ...] | None
+    template: TemplateUpdate | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def of(cls, field: str, value: dict[str, Any]) -> Value:
+        metadata = value.get("metadata")
+        messages = value.get("messages") if field == "messages" else None
+        if messages and not isinstance(messages, list):
+            raise ValueError("messages must be a list")
+        preferences = value.get("user_preferences")
+        return cls(
+            phone_number_id=_id(metadata.get("phone_number_id"))
+            if isinstance(metadata, dict)
+            else None,
+            contacts=tuple(Contact.of(c) for c in _dicts(value.get("contacts"))),
+            messages=tuple(Message.of(m) for m in messages or ()),
+            statuses=tuple(Status.of(s) for s in _dicts(value.get("statuses"))),
+            errors=_dicts(value.get("errors")),
+            preferences=tuple(Preference.of(p) for p in preferences)
+            if isinstance(preferences, list)
+            else None,
+            template=TemplateUpdate.of(value) if field in TEMPLATE_FIELDS else None,
+            raw=value,
+        )
+
+
+@dataclass(frozen=True)
+class Change:
+    field: str
+    value: Value
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An `entry[]` item: the WhatsApp Business account it concerns (`id`, the WABA id), when
+    (`time`, which account and template changes carry no other), and its changes."""
+
+    waba_id: str | None
+    time: datetime | None
+    changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One stored webhook event, read."""
+
+    entries: tuple[Entry, ...]
+
+    @classmethod
+    def of(cls, payload: Any) -> Event:
+        """`ValueError` when it is not a webhook event, or its messages cannot be read."""
+        problem = envelope_problem(payload)
+        if problem:
+            raise ValueError(f"not a WhatsApp webhook payload: {problem}")
+        return cls(
+            tuple(
+                Entry(
+                    _id(entry.get("id")),
+                    timestamp(entry.get("time")),
+                    tuple(
+                        Change(c["field"], Value.of(c["field"], c["value"]))
+                        for c in entry["changes"]
+                    ),
+                )
+                for entry in payload["entry"]
+            )
+        )
+
+    def changes(self) -> list[Change]:
+        """Every change of every entry, in order."""
+        return [change for entry in self.entries for change in entry.changes]
+
+    def receipts_only(self) -> bool:
+        """Only statuses: the bulk of the traffic, which can be applied set-wise."""
+        return all(
+            c.field == "messages" and not c.value.messages and not c.value.errors
+            for c in self.changes()
+        )

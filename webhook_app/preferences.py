@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from resources import consent
 from webhook_app import inbound
-from webhook_app.receipts import timestamp
+from webhook_app.payloads import Preference, Value
 
 log = logging.getLogger(__name__)
 
@@ -35,38 +35,33 @@ MAX_REASON = 500
 _QUOTABLE = re.compile(r"[A-Za-z_]{1,40}")
 
 
-def apply(conn: sa.Connection, value: dict[str, Any], event_id: int | None = None) -> Counter:
+def apply(conn: sa.Connection, value: Value, event_id: int | None = None) -> Counter:
     """Apply every item of one `user_preferences` change; the tally of what happened."""
     tally: Counter = Counter()
-    items = value.get("user_preferences")
-    if not isinstance(items, list):
+    if value.preferences is None:
         log.warning("user_preferences change in inbox event %s has no list of items", event_id)
         tally["preferences_ignored"] += 1
         return tally
-    contacts = value.get("contacts")
-    contacts = contacts if isinstance(contacts, list) else []
     organisation_id = None
-    for i, item in enumerate(items):
+    for i, item in enumerate(value.preferences):
         problem = _problem(item)
         customer = None
-        if problem is None:
-            customer = inbound.customer_named(item.get("wa_id"), item.get("user_id"), contacts)
+        if item is not None and problem is None:
+            customer = inbound.customer_named(item.wa_id, item.user_id, value.contacts)
             if customer is None:
                 problem = "it names no customer (no valid wa_id, no user_id)"
-        if problem is not None:
+        if item is None or customer is None:
             log.warning(
                 "user_preferences item %d of inbox event %s ignored: %s", i, event_id, problem
             )
             tally["preferences_ignored"] += 1
             continue
         if organisation_id is None:
-            phone_number_id = (value.get("metadata") or {}).get("phone_number_id")
-            organisation_id = inbound.organisation_of(conn, phone_number_id)
+            organisation_id = inbound.organisation_of(conn, value.phone_number_id)
         contact_id = consent.upsert_contact(
             conn, organisation_id, customer.phone, customer.user_id, customer.name
         )
-        stopped = VALUES[item["value"].lower()]
-        detail = item.get("detail")
+        stopped = VALUES[item.value.lower()]
         changed = consent.record(
             conn,
             consent.Change(
@@ -74,8 +69,8 @@ def apply(conn: sa.Connection, value: dict[str, Any], event_id: int | None = Non
                 "marketing",
                 stopped,
                 "user_preferences",
-                occurred_at=timestamp(item.get("timestamp")),
-                reason=detail[:MAX_REASON] if isinstance(detail, str) and detail else None,
+                occurred_at=item.sent_at,
+                reason=item.detail[:MAX_REASON] if item.detail else None,
             ),
         )
         if changed:
@@ -89,16 +84,14 @@ def apply(conn: sa.Connection, value: dict[str, Any], event_id: int | None = Non
     return tally
 
 
-def _problem(item: Any) -> str | None:
+def _problem(item: Preference | None) -> str | None:
     """Why this item cannot be applied (in words safe to log), or None."""
-    if not isinstance(item, dict):
+    if item is None:
         return "it is not an object"
-    category = item.get("category")
-    if category != CATEGORY:
-        return f"unknown category {_quoted(category)} (known: {CATEGORY})"
-    choice = item.get("value")
-    if not isinstance(choice, str) or choice.lower() not in VALUES:
-        return f"unknown value {_quoted(choice)} (known: {', '.join(VALUES)})"
+    if item.category != CATEGORY:
+        return f"unknown category {_quoted(item.category)} (known: {CATEGORY})"
+    if not isinstance(item.value, str) or item.value.lower() not in VALUES:
+        return f"unknown value {_quoted(item.value)} (known: {', '.join(VALUES)})"
     return None
 
 

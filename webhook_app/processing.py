@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,7 +25,7 @@ from webhook_app import (
     receipts,
     template_webhooks,
 )
-from webhook_app.payloads import changes
+from webhook_app.payloads import Event, Value
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ MAX_ATTEMPTS = 5
 BATCH = 500
 
 _CLAIM = sa.text(
-    "SELECT id, payload FROM webhook_inbox"
+    "SELECT id, payload, received_at FROM webhook_inbox"
     " WHERE processed_at IS NULL AND (retry_at IS NULL OR retry_at <= now())"
     " ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
 )
@@ -51,16 +52,17 @@ _FAILED = sa.text(
 def process_batch(engine: sa.Engine, limit: int = BATCH) -> Counter:
     """Apply up to `limit` inbox events; the tally of what they held ('events' = rows done).
 
-    Events that hold only statuses (most of the traffic) are applied together in a few
-    set-based statements; the rest, or all of them if that fails, one by one.
+    Each event is read once, here (`payloads.Event`). Events that hold only statuses (most of
+    the traffic) are applied together in a few set-based statements; the rest, or all of
+    them if that fails, one by one.
     """
     tally: Counter = Counter()
     with engine.begin() as conn:
-        claimed = conn.execute(_CLAIM, {"n": limit}).all()
-        receipts_only, one_by_one = [], []
-        for event_id, payload in claimed:
-            kind = receipts_only if _receipts_only(payload) else one_by_one
-            kind.append((event_id, payload))
+        claimed = [(row, _read(row.payload)) for row in conn.execute(_CLAIM, {"n": limit})]
+        receipts_only = [(row, event) for row, event in claimed if event and event.receipts_only()]
+        one_by_one = [
+            (row, event) for row, event in claimed if not event or not event.receipts_only()
+        ]
         if receipts_only:
             try:
                 with conn.begin_nested():
@@ -70,20 +72,22 @@ def process_batch(engine: sa.Engine, limit: int = BATCH) -> Counter:
                     "batch of receipts failed, retrying one by one: %s", safe_errors.describe(error)
                 )
                 one_by_one = claimed
-        for event_id, payload in one_by_one:
+        for row, event in one_by_one:
             try:
                 with conn.begin_nested():
-                    tally.update(apply_event(conn, payload, event_id))
+                    # An event that could not be read is read again here, to fail with why.
+                    event = event or Event.of(row.payload)
+                    tally.update(apply_event(conn, event, row.id, row.received_at))
             except Exception as error:
                 log.warning(
                     "webhook event %s failed: %s (in webhook_inbox.error)",
-                    event_id,
+                    row.id,
                     safe_errors.describe(error),
                 )
-                conn.execute(_FAILED, {"id": event_id, "error": str(error), "max": MAX_ATTEMPTS})
+                conn.execute(_FAILED, {"id": row.id, "error": str(error), "max": MAX_ATTEMPTS})
                 tally["failed"] += 1
             else:
-                conn.execute(_DONE, {"id": [event_id]})
+                conn.execute(_DONE, {"id": [row.id]})
             tally["events"] += 1
     return tally
 
@@ -94,62 +98,66 @@ def apply_early_receipts(engine: sa.Engine) -> int:
         return receipts.apply_waiting(conn)
 
 
-def _receipts_only(payload: dict[str, Any]) -> bool:
-    return all(
-        field == "messages" and not value.get("messages") and not value.get("errors")
-        for field, value in changes(payload)
-    )
+def _read(payload: Any) -> Event | None:
+    try:
+        return Event.of(payload)
+    except ValueError:
+        return None
 
 
-def _apply_receipts(conn: sa.Connection, events: list[tuple[int, dict[str, Any]]]) -> Counter:
+def _apply_receipts(conn: sa.Connection, events: list[tuple[sa.Row, Event]]) -> Counter:
     statuses = [
-        s
-        for _, payload in events
-        for _, value in changes(payload)
-        for s in value.get("statuses") or []
+        s for _, event in events for change in event.changes() for s in change.value.statuses
     ]
     recorded = receipts.record(conn, statuses)
-    conn.execute(_DONE, {"id": [event_id for event_id, _ in events]})
+    conn.execute(_DONE, {"id": [row.id for row, _ in events]})
     return Counter(
         events=len(events), receipts=recorded, duplicate_receipts=len(statuses) - recorded
     )
 
 
 def apply_event(
-    conn: sa.Connection, payload: dict[str, Any], event_id: int | None = None
+    conn: sa.Connection,
+    event: Event,
+    event_id: int | None = None,
+    received_at: datetime | None = None,
 ) -> Counter:
     """Every change of every entry: statuses, inbound messages (and a customer's change of
     number), the customer's marketing preferences (`user_preferences`), template status,
     category and quality, and the errors WhatsApp reports beside them; other fields are
-    skipped."""
+    skipped. Inbound messages keep `received_at`, when the event reached us: workers apply
+    events out of that order."""
     tally: Counter = Counter()
-    tally.update(provider_errors.keep(conn, payload, event_id))
-    tally.update(template_webhooks.apply(conn, payload, event_id))
-    tally.update(account_webhooks.apply(conn, payload, event_id))
-    for field, value in changes(payload):
-        if field in template_webhooks.FIELDS:
+    tally.update(provider_errors.keep(conn, event, event_id))
+    tally.update(template_webhooks.apply(conn, event, event_id))
+    tally.update(account_webhooks.apply(conn, event, event_id))
+    for change in event.changes():
+        if change.field in template_webhooks.FIELDS:
             continue
-        if field in account_webhooks.FIELDS:
+        if change.field in account_webhooks.FIELDS:
             continue
-        if field == "user_preferences":
-            tally.update(preferences.apply(conn, value, event_id))
+        if change.field == "user_preferences":
+            tally.update(preferences.apply(conn, change.value, event_id))
             continue
-        if field != "messages":
+        if change.field != "messages":
             tally["ignored_changes"] += 1
             continue
-        statuses = value.get("statuses") or []
-        recorded = receipts.record(conn, statuses)
-        tally.update(receipts=recorded, duplicate_receipts=len(statuses) - recorded)
-        messages = value.get("messages") or []
-        if not messages:
-            continue
-        phone_number_id = (value.get("metadata") or {}).get("phone_number_id")
-        organisation_id = inbound.organisation_of(conn, phone_number_id)
-        contacts = value.get("contacts") or []
-        for message in messages:
-            customer = inbound.customer_of(message, contacts)
-            stored = inbound.store(conn, organisation_id, phone_number_id, message, customer)
-            tally["inbound" if stored is not None else "duplicates_dropped"] += 1
-            if stored is not None and inbound.changed_number(message):
-                tally.update(inbound.follow_number(conn, organisation_id, message, stored))
+        tally.update(_apply_messages(conn, change.value, received_at))
+    return tally
+
+
+def _apply_messages(conn: sa.Connection, value: Value, received_at: datetime | None) -> Counter:
+    recorded = receipts.record(conn, list(value.statuses))
+    tally = Counter(receipts=recorded, duplicate_receipts=len(value.statuses) - recorded)
+    if not value.messages:
+        return tally
+    organisation_id = inbound.organisation_of(conn, value.phone_number_id)
+    for message in value.messages:
+        customer = inbound.customer_of(message, value.contacts)
+        stored = inbound.store(
+            conn, organisation_id, value.phone_number_id, message, customer, received_at
+        )
+        tally["inbound" if stored is not None else "duplicates_dropped"] += 1
+        if stored is not None and inbound.changed_number(message):
+            tally.update(inbound.follow_number(conn, organisation_id, message, stored))
     return tally

@@ -16,31 +16,23 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from webhook_app.payloads import changes
+from resources.graph_errors import reported_error
+from webhook_app.payloads import Event
 
 log = logging.getLogger(__name__)
 
 
-def of(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every value-level error of the event, as WhatsApp sent it."""
-    found = []
-    for _, value in changes(payload):
-        errors = value.get("errors")
-        if isinstance(errors, list):
-            found += [e for e in errors if isinstance(e, dict)]
-    return found
-
-
-def keep(conn: sa.Connection, payload: dict[str, Any], event_id: int | None) -> Counter:
-    errors = of(payload)
+def keep(conn: sa.Connection, event: Event, event_id: int | None) -> Counter:
+    errors = [error for change in event.changes() for error in change.value.errors]
     if not errors:
         return Counter()
     for error in errors:
+        found = reported_error(error)
         log.warning(
             "webhook event %s: WhatsApp reported error %s (%s)",
             event_id,
-            error.get("code"),
-            str(error.get("title") or "no title")[:200],
+            found.code,
+            str(found.name or "no title")[:200],
         )
     if event_id is not None:
         conn.execute(

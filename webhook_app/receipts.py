@@ -12,13 +12,13 @@ message's contact out of marketing (consent source `error_131050`), once per mes
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from resources import consent
-from resources.graph_errors import MARKETING_STOPPED, reported
+from resources.graph_errors import MARKETING_STOPPED
+from webhook_app.payloads import Status
 
 RECEIPT_STATUSES = ("sent", "delivered", "read", "failed")
 
@@ -89,21 +89,20 @@ _WAITING_KNOWN = sa.text(
 )
 
 
-def record(conn: sa.Connection, statuses: list[Any]) -> int:
+def record(conn: sa.Connection, statuses: list[Status]) -> int:
     """Record `statuses[]` items and apply those whose message is known; how many were new.
 
     Duplicates and statuses we do not track (WhatsApp also sends e.g. `deleted`) change
     nothing. One statement records a whole batch, one more applies it.
     """
-    tracked = [s for s in statuses if _is_receipt(s)]
+    tracked = [s for s in statuses if s.wamid is not None and s.status in RECEIPT_STATUSES]
     if not tracked:
         return 0
     rows = [_row(s) for s in tracked]
     new = conn.execute(_RECORD, {"rows": json.dumps(rows)}).scalars().all()
     for status in tracked:
-        callback = str(status.get("biz_opaque_callback_data") or "")
-        if callback.isdigit():
-            conn.execute(_CLAIM_WAMID, {"wamid": status["id"], "id": int(callback)})
+        if status.callback.isdigit():
+            conn.execute(_CLAIM_WAMID, {"wamid": status.wamid, "id": int(status.callback)})
     apply(conn, sorted(set(new)))
     return len(new)
 
@@ -127,30 +126,12 @@ def apply_waiting(conn: sa.Connection, limit: int = 500) -> int:
     return apply(conn, list(conn.execute(_WAITING_KNOWN, {"limit": limit}).scalars()))
 
 
-def _is_receipt(status: Any) -> bool:
-    return (
-        isinstance(status, dict)
-        and isinstance(status.get("id"), str)
-        and status.get("status") in RECEIPT_STATUSES
-    )
-
-
-def _row(status: dict[str, Any]) -> dict[str, Any]:
-    error = reported(status.get("errors"))
-    ts = timestamp(status.get("timestamp"))
+def _row(status: Status) -> dict[str, Any]:
     return {
-        "wamid": status["id"],
-        "status": status["status"],
-        "ts": ts.isoformat() if ts else None,
-        "code": error.code,
-        "title": error.title if status["status"] == "failed" else None,
-        "raw": status,
+        "wamid": status.wamid,
+        "status": status.status,
+        "ts": status.at.isoformat() if status.at else None,
+        "code": status.error.code,
+        "title": status.error.title if status.status == "failed" else None,
+        "raw": status.raw,
     }
-
-
-def timestamp(value: Any) -> datetime | None:
-    """WhatsApp's timestamps are Unix seconds as strings."""
-    try:
-        return datetime.fromtimestamp(int(value), tz=UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return None

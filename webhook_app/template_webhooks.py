@@ -23,28 +23,27 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from datetime import datetime
 
 import sqlalchemy as sa
 
 from resources import templates
-from webhook_app.receipts import timestamp
+from webhook_app.payloads import TEMPLATE_FIELDS, Event, TemplateUpdate
 
 log = logging.getLogger(__name__)
 
-FIELDS = frozenset({templates.STATUS_FIELD, templates.CATEGORY_FIELD, templates.QUALITY_FIELD})
+FIELDS = TEMPLATE_FIELDS
 MAX_TEXT = 500
 
 
-def apply(conn: sa.Connection, payload: dict[str, Any], event_id: int | None = None) -> Counter:
+def apply(conn: sa.Connection, webhook: Event, event_id: int | None = None) -> Counter:
     """Apply every template change of every entry of one inbox event; the tally."""
     tally: Counter = Counter()
-    for entry in payload["entry"]:
-        changes = [c for c in entry["changes"] if c["field"] in FIELDS]
+    for entry in webhook.entries:
+        changes = [c for c in entry.changes if c.field in FIELDS]
         if not changes:
             continue
-        waba_id = str(entry.get("id") or "")
-        at = timestamp(entry.get("time"))
+        waba_id = entry.waba_id or ""
         organisation_id = templates.organisation_of_waba(conn, waba_id) if waba_id else None
         if organisation_id is None:
             log.warning(
@@ -55,10 +54,10 @@ def apply(conn: sa.Connection, payload: dict[str, Any], event_id: int | None = N
             tally["template_events_unknown_waba"] += len(changes)
             continue
         for change in changes:
-            event, problem = _parse(change["field"], change["value"], at)
+            event, problem = _parse(change.field, change.value.template, entry.time)
             if event is None:
                 log.warning(
-                    "%s change in inbox event %s ignored: %s", change["field"], event_id, problem
+                    "%s change in inbox event %s ignored: %s", change.field, event_id, problem
                 )
                 tally["template_events_ignored"] += 1
                 continue
@@ -75,35 +74,31 @@ def apply(conn: sa.Connection, payload: dict[str, Any], event_id: int | None = N
     return tally
 
 
-def _text(value: Any) -> str | None:
-    return value[:MAX_TEXT] if isinstance(value, str) and value else None
+def _text(value: str | None) -> str | None:
+    return value[:MAX_TEXT] if value else None
 
 
-def _parse(field: str, value: dict[str, Any], at: Any) -> tuple[templates.Event | None, str | None]:
-    name, language = value.get("message_template_name"), value.get("message_template_language")
-    if not (isinstance(name, str) and name and isinstance(language, str) and language):
+def _parse(
+    field: str, update: TemplateUpdate, at: datetime | None
+) -> tuple[templates.Event | None, str | None]:
+    if not (update.name and update.language):
         return None, "no message_template_name or message_template_language"
     if at is None:
         return None, "the entry has no valid time"
-    meta_id = value.get("message_template_id")
     common = {
         "field": field,
-        "name": name,
-        "language": language,
+        "name": update.name,
+        "language": update.language,
         "occurred_at": at,
-        "meta_template_id": str(meta_id) if meta_id is not None else None,
+        "meta_template_id": update.template_id,
     }
     if field == templates.STATUS_FIELD:
-        event = value.get("event")
-        if not isinstance(event, str) or not event:
+        if not update.event:
             return None, "no event"
-        event = event.upper()
-        reason = _text(value.get("reason"))
-        other = value.get("other_info") or {}
-        rejection = value.get("rejection_info") or {}
+        event = update.event.upper()
         # Why, when `reason` is NONE: a pause's title and description, a rejection's detail.
-        info = ": ".join(str(p) for p in (other.get("title"), other.get("description")) if p)
-        detail = _text("; ".join(p for p in (info, str(rejection.get("reason") or "")) if p))
+        info = ": ".join(p for p in (update.pause_title, update.pause_description) if p)
+        detail = _text("; ".join(p for p in (info, update.rejection_reason) if p))
         if event in templates.STATUS_EVENTS:
             kind, new = "status", event
         elif event == templates.REINSTATED:
@@ -111,39 +106,39 @@ def _parse(field: str, value: dict[str, Any], at: Any) -> tuple[templates.Event 
         else:
             kind, new = "noted", None
         return templates.Event(
-            value=event, kind=kind, new=new, reason=reason, detail=detail, **common
+            value=event, kind=kind, new=new, reason=_text(update.reason), detail=detail, **common
         ), None
     if field == templates.CATEGORY_FIELD:
-        correct = value.get("correct_category")
-        if isinstance(correct, str) and correct:
-            when = timestamp(value.get("category_update_timestamp"))
+        correct = update.correct_category
+        if correct:
+            when = update.category_update_at
             detail = f"Meta will recategorise it as {correct}" + (
                 f" at {when.isoformat()}" if when else ""
             )
             return templates.Event(
                 value=correct.upper(), kind="noted", detail=detail, **common
             ), None
-        new = value.get("new_category")
-        if not isinstance(new, str) or not new:
+        new = update.new_category
+        if not new:
             return None, "no new_category"
         category = templates.CATEGORIES.get(new.upper())
         if category is None:
             return templates.Event(
                 value=new.upper(), kind="noted", detail=f"unknown category {new[:40]!r}", **common
             ), None
-        previous = value.get("previous_category")
-        detail = f"was {previous}" if isinstance(previous, str) and previous else None
+        previous = update.previous_category
+        detail = f"was {previous}" if previous else None
         return templates.Event(
             value=new.upper(), kind="category", new=category, detail=detail, **common
         ), None
-    score = value.get("new_quality_score")
-    if not isinstance(score, str) or not score:
+    score = update.new_quality_score
+    if not score:
         return None, "no new_quality_score"
-    previous = value.get("previous_quality_score")
+    previous = update.previous_quality_score
     return templates.Event(
         value=score.upper(),
         kind="quality",
         new=score.upper(),
-        detail=f"was {previous}" if isinstance(previous, str) and previous else None,
+        detail=f"was {previous}" if previous else None,
         **common,
     ), None
