@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from resources import conversation_messages
 from resources.errors import InvalidInput, NotFound
 
 SERVICE_WINDOW = timedelta(hours=24)
@@ -218,32 +219,13 @@ def transcript(
     (the newest page without it); `older` is the cursor of the page before. Every direction
     and sender, with statuses and error codes; inbound media copied to our bucket carries a
     short-lived `url`."""
-    params: dict[str, Any] = {"c": conversation_id, "n": limit + 1}
-    keyset = ""
+    cursor = None
     if before:
         at, last_id = _decode(before, "before", 2)
-        keyset = " AND (m.created_at, m.id) < (CAST(:b_at AS timestamptz), :b_id)"
-        params |= {"b_at": at, "b_id": int(last_id)}
+        cursor = (at, int(last_id))
     with engine.connect() as conn:
         conversation = get(conn, conversation_id, organisation_id)
-        rows = (
-            conn.execute(
-                sa.text(
-                    "SELECT m.id, m.direction, m.sender_type, m.operator, m.message_type, m.body,"
-                    " m.status, m.status_reason, m.error_code, m.error_title, m.created_at,"
-                    " m.sent_at, m.delivered_at, m.read_at, m.failed_at, m.campaign_run_id,"
-                    " md.id AS media_id, md.media_type, md.mime_type, md.status AS media_status,"
-                    " md.s3_bucket, md.s3_key, md.size_bytes"
-                    " FROM messages m LEFT JOIN LATERAL (SELECT * FROM media"
-                    "   WHERE media.message_id = m.id ORDER BY media.id LIMIT 1) md ON true"
-                    f" WHERE m.conversation_id = :c{keyset}"
-                    " ORDER BY m.created_at DESC, m.id DESC LIMIT :n"
-                ),
-                params,
-            )
-            .mappings()
-            .all()
-        )
+        rows = conversation_messages.page(conn, conversation_id, limit + 1, cursor)
     more = len(rows) > limit
     rows = list(reversed(rows[:limit]))
     older = _encode([rows[0]["created_at"], rows[0]["id"]]) if more else None

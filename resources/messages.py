@@ -386,3 +386,35 @@ def replies_by_sender(conn: sa.Connection) -> dict[str, int]:
             )
         ).all()
     )
+
+
+def accepted(conn: sa.Connection, campaign_id: UUID) -> list[sa.Row]:
+    """The campaign's messages WhatsApp accepted (id, wamid, recipient), in id order."""
+    return conn.execute(
+        sa.text(
+            "SELECT m.id, m.provider_message_id, m.peer_phone FROM messages m"
+            " JOIN campaign_audience a ON a.id = m.campaign_audience_id"
+            " WHERE a.campaign_id = :c AND m.direction = 'outbound'"
+            " AND m.provider_message_id IS NOT NULL ORDER BY m.id"
+        ),
+        {"c": campaign_id},
+    ).all()
+
+
+def conversation_summary(conn: sa.Connection) -> dict[str, int]:
+    """Messages delivered and read, and customer messages answered, over every message."""
+    return dict(
+        conn.execute(
+            sa.text(
+                "SELECT count(*) FILTER (WHERE direction = 'outbound'"
+                "   AND status IN ('delivered', 'read')) AS messages_delivered,"
+                " count(*) FILTER (WHERE direction = 'outbound' AND status = 'read')"
+                "   AS messages_read,"
+                " count(*) FILTER (WHERE direction = 'inbound' AND handled_at IS NOT NULL)"
+                "   AS replies_answered"
+                " FROM messages"
+            )
+        )
+        .one()
+        ._mapping
+    )

@@ -138,17 +138,18 @@ def test_a_turn_reads_the_customers_messages_in_arrival_order_whatever_order_the
 
 
 def test_a_backlog_applied_late_waits_the_quiet_window_from_when_it_was_applied(engine):
-    from webhook_app import buffer, processing
+    from resources import message_buffer
+    from webhook_app import processing
 
     add_organisation(engine)
     _inbox_in_reverse_arrival(engine, [p.inbound(p.text("sent an hour ago"))])
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE webhook_inbox SET received_at = now() - interval '1 hour'"))
     assert processing.process_batch(engine)["inbound"] == 1
-    assert buffer.claim_due(engine, window=60, max_wait=600, lease=60) == []
+    assert message_buffer.claim_due(engine, window=60, max_wait=600, lease=60) == []
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE messages SET created_at = created_at - interval '61 s'"))
-    assert len(buffer.claim_due(engine, window=60, max_wait=600, lease=60)) == 1
+    assert len(message_buffer.claim_due(engine, window=60, max_wait=600, lease=60)) == 1
 
 
 @pytest.mark.parametrize(

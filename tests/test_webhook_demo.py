@@ -1,7 +1,7 @@
 import sqlalchemy as sa
 
+from pipelines.dev import conversation_demo as demo
 from pipelines.dev.demo import load_demo, summary
-from webhook_app import demo
 
 
 def _sent(engine: sa.Engine, campaign_id, members: int) -> None:

@@ -37,7 +37,7 @@ from langchain_core.messages import (
 from langchain_core.messages.utils import count_tokens_approximately
 from langgraph.graph import END, START, StateGraph
 
-from resources import consent, conversations, settings
+from resources import consent, conversation_messages, conversations, settings
 from resources.offline_chat import OfflineResponder
 from resources.storage import S3Storage
 from resources.whatsapp import WhatsAppClient
@@ -136,20 +136,9 @@ class Agent:
         return await asyncio.to_thread(self._load_sync, turn["conversation_id"])
 
     def _load_sync(self, conversation_id: int) -> Turn:
-        # The latest rows stored, read in the order they reached us: inbox workers apply
-        # webhook events concurrently, so the customer's messages are stored (`created_at`)
-        # out of the order they sent them (`received_at`).
         with self.engine.connect() as conn:
             conversation = outbound.load(conn, conversation_id)
-            rows = conn.execute(
-                sa.text(
-                    "SELECT * FROM (SELECT id, direction, sender_type, message_type, body, media,"
-                    " handled_at, created_at, received_at FROM messages WHERE conversation_id = :c"
-                    " ORDER BY created_at DESC, id DESC LIMIT :n) recent"
-                    " ORDER BY coalesce(received_at, created_at), id"
-                ),
-                {"c": conversation_id, "n": HISTORY_ROWS},
-            ).all()
+            rows = conversation_messages.recent(conn, conversation_id, HISTORY_ROWS)
         pending = [r for r in rows if r.direction == "inbound" and r.handled_at is None]
         pending_ids = {r.id for r in pending}
         return {
@@ -302,10 +291,7 @@ class Agent:
                 replies.append(outbound.queue(conn, conversation, message, "ai"))
                 if turn.get("handoff"):
                     conversations.flag(conn, conversation.id)
-            conn.execute(
-                sa.text("UPDATE messages SET handled_at = now() WHERE id = ANY(:ids)"),
-                {"ids": turn["message_ids"]},
-            )
+            conversation_messages.mark_handled(conn, turn["message_ids"])
             conn.execute(
                 sa.text("UPDATE conversations SET agent_lease_until = NULL WHERE id = :id"),
                 {"id": conversation.id},

@@ -16,7 +16,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import consent, contact_identity
+from resources import consent, contact_identity, conversation_messages
 from resources.phone import InvalidPhoneNumber, to_e164
 from webhook_app.payloads import MEDIA_TYPES, Contact, Message
 
@@ -109,7 +109,9 @@ def store(
     wamid = message.id
     if wamid is None:
         raise ValueError("inbound message without an id")
-    if _seen(conn, wamid):
+    # Decided before anything else is touched: a redelivery must not recreate what the first
+    # delivery changed (the contact of a number change).
+    if conversation_messages.is_stored(conn, wamid):
         return None
     kind = message.type
     contact_id = consent.upsert_contact(
@@ -138,33 +140,25 @@ def store(
         },
     ).scalar_one()
     media = message.media
-    message_id = conn.execute(
-        sa.text(
-            "INSERT INTO messages (organisation_id, conversation_id, contact_id, direction,"
-            " sender_type, phone_number_id, peer_phone, peer_wa_user_id, message_type, body,"
-            " payload, media, provider_message_id, status, provider_ts, received_at, handled_at)"
-            " VALUES (:o, :conv, :c, 'inbound', 'customer', :p, :phone, :user, :kind, :body,"
-            " CAST(:payload AS jsonb), CAST(:media AS jsonb), :wamid, 'received', :ts, :received,"
-            " CASE WHEN :silent THEN now() END)"
-            " ON CONFLICT (provider_message_id) DO NOTHING RETURNING id"
+    message_id = conversation_messages.store(
+        conn,
+        conversation_messages.Inbound(
+            organisation_id=organisation_id,
+            conversation_id=conversation_id,
+            contact_id=contact_id,
+            phone_number_id=phone_number_id,
+            peer_phone=customer.phone,
+            peer_wa_user_id=customer.user_id,
+            message_type=kind,
+            body=text_of(message),
+            payload=json.dumps(message.raw),
+            media=json.dumps(media.fields) if media else None,
+            wamid=wamid,
+            sent_at=message.sent_at,
+            received_at=received_at,
+            silent=kind in SILENT_TYPES,
         ),
-        {
-            "o": organisation_id,
-            "conv": conversation_id,
-            "c": contact_id,
-            "p": phone_number_id,
-            "phone": customer.phone,
-            "user": customer.user_id,
-            "kind": kind,
-            "body": text_of(message),
-            "payload": json.dumps(message.raw),
-            "media": json.dumps(media.fields) if media else None,
-            "wamid": wamid,
-            "ts": message.sent_at,
-            "received": received_at,
-            "silent": kind in SILENT_TYPES,
-        },
-    ).scalar_one_or_none()
+    )
     if message_id is not None and media is not None:
         conn.execute(
             sa.text(
@@ -181,17 +175,6 @@ def store(
             },
         )
     return message_id
-
-
-def _seen(conn: sa.Connection, wamid: str) -> bool:
-    """Whether this wamid is stored already, decided before anything else is touched: a
-    redelivery must not recreate what the first delivery changed (the contact of a number
-    change). The lock makes a worker holding the same wamid wait for the other's commit."""
-    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:w, 0))"), {"w": wamid})
-    found = conn.execute(
-        sa.text("SELECT 1 FROM messages WHERE provider_message_id = :w"), {"w": wamid}
-    ).first()
-    return found is not None
 
 
 def text_of(message: Message) -> str | None:
@@ -242,9 +225,7 @@ def follow_number(
     except InvalidPhoneNumber:
         log.warning("number change in message %s names no valid new number: ignored", message_id)
         return Counter(number_changes_ignored=1)
-    contact_id, sent_at = conn.execute(
-        sa.text("SELECT contact_id, provider_ts FROM messages WHERE id = :m"), {"m": message_id}
-    ).one()
+    contact_id, sent_at = conversation_messages.contact_and_time(conn, message_id)
     change = contact_identity.change_number(
         conn, organisation_id, contact_id, new_phone, message_id, sent_at
     )

@@ -13,7 +13,7 @@ import mimetypes
 
 import sqlalchemy as sa
 
-from resources import safe_errors
+from resources import conversation_messages, safe_errors
 from resources.storage import S3Storage
 from resources.whatsapp import WhatsAppClient
 
@@ -77,11 +77,4 @@ def _copy(conn: sa.Connection, client: WhatsAppClient, s3: S3Storage, row: sa.Ro
             "sha": hashlib.sha256(content).hexdigest(),
         },
     )
-    conn.execute(
-        sa.text(
-            "UPDATE messages SET media = coalesce(media, '{}'::jsonb)"
-            " || jsonb_build_object('s3_bucket', CAST(:b AS text), 's3_key', CAST(:k AS text))"
-            " WHERE id = :m"
-        ),
-        {"b": s3.bucket, "k": key, "m": row.message_id},
-    )
+    conversation_messages.set_media_key(conn, row.message_id, s3.bucket, key)

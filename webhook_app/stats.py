@@ -17,8 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from resources import account, breakers, messages, safe_errors
-from webhook_app import buffer, provider_errors
+from resources import account, breakers, message_buffer, messages, safe_errors
+from webhook_app import provider_errors
 from webhook_app.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ async def stats(request: Request) -> JSONResponse:
             replies = messages.replies_by_sender(conn)
             return {
                 "sending": _sending(_breakers(conn), account.troubled(conn)),
-                "buffer": {"active_buffers": buffer.active_buffers(conn)},
+                "buffer": {"active_buffers": message_buffer.active_buffers(conn)},
                 "inbox": {s: states.get(s, 0) for s in ("pending", "processed", "failed")},
                 "provider_errors": provider_errors.by_code(conn),
                 "replies_sent": replies,

@@ -33,12 +33,12 @@ import sqlalchemy as sa
 from langchain_core.language_models import BaseChatModel
 from starlette.applications import Starlette
 
-from resources import safe_errors, settings
+from resources import message_buffer, safe_errors, settings
 from resources.chat import ChatModelResource
 from resources.postgres import PostgresResource
 from resources.storage import S3Storage
 from resources.whatsapp import WhatsAppClient, WhatsAppResource
-from webhook_app import buffer, media, outbound, processing
+from webhook_app import media, outbound, processing
 from webhook_app.agent import Agent, AgentConfig
 from webhook_app.inbox import conninfo
 
@@ -164,7 +164,7 @@ class Workers:
     async def _agent_step(self) -> bool:
         lease = self.agent.config.model_timeout_seconds + 60
         conversation_ids = await asyncio.to_thread(
-            buffer.claim_due,
+            message_buffer.claim_due,
             self.engine,
             self.buffer_seconds,
             self.buffer_max_seconds,
@@ -186,7 +186,7 @@ class Workers:
             )
             self.counters["turns_failed"] += 1
             await asyncio.to_thread(
-                buffer.release_later, self.engine, conversation_id, RETRY_TURN_SECONDS
+                message_buffer.release_later, self.engine, conversation_id, RETRY_TURN_SECONDS
             )
             return
         self.counters["turns"] += 1

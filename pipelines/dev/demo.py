@@ -18,9 +18,9 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
+from pipelines.dev import conversation_demo as webhook_demo
 from resources import audience, campaigns, messages, settings
 from resources.postgres import PostgresResource
-from webhook_app import demo as webhook_demo
 
 DEMO_ORGANISATION = "Demo organisation"
 DEMO_GENERATOR = (

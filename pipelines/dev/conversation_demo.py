@@ -12,24 +12,10 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import settings
+from resources import message_buffer, messages, settings
 from webhook_app.signature import app_secret, sign
 
 REPLIES = ("Hi! Is the offer still valid?", "What time do you open tomorrow?", "STOP")
-
-
-def _sent_messages(engine: sa.Engine, campaign_id: UUID) -> list[sa.Row]:
-    """The campaign's messages that WhatsApp accepted (dispatch and the sender made them)."""
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.text(
-                "SELECT m.id, m.provider_message_id, m.peer_phone FROM messages m"
-                " JOIN campaign_audience a ON a.id = m.campaign_audience_id"
-                " WHERE a.campaign_id = :c AND m.direction = 'outbound'"
-                " AND m.provider_message_id IS NOT NULL ORDER BY m.id"
-            ),
-            {"c": campaign_id},
-        ).all()
 
 
 def _envelope(value: dict) -> dict:
@@ -58,7 +44,8 @@ def run(engine: sa.Engine, campaign_id: UUID, timeout: float = 60.0) -> None:
 
     from webhook_app.workers import app_with_workers
 
-    sent = _sent_messages(engine, campaign_id)
+    with engine.connect() as conn:
+        sent = messages.accepted(conn, campaign_id)
     now = str(int(time.time()))
     events = [
         {
@@ -117,27 +104,13 @@ def run(engine: sa.Engine, campaign_id: UUID, timeout: float = 60.0) -> None:
 
 
 def _settled(engine: sa.Engine) -> bool:
+    """Every event processed and every customer answered."""
     with engine.connect() as conn:
-        return not conn.execute(
-            sa.text(
-                "SELECT EXISTS (SELECT 1 FROM webhook_inbox WHERE processed_at IS NULL)"
-                " OR EXISTS (SELECT 1 FROM messages WHERE direction = 'inbound' AND handled_at IS NULL)"
-            )
+        inbox_waiting = conn.execute(
+            sa.text("SELECT EXISTS (SELECT 1 FROM webhook_inbox WHERE processed_at IS NULL)")
         ).scalar_one()
+        return not inbox_waiting and message_buffer.active_buffers(conn) == 0
 
 
 def summary(conn: sa.Connection) -> dict[str, int]:
-    return dict(
-        conn.execute(
-            sa.text(
-                "SELECT count(*) FILTER (WHERE direction = 'outbound' AND status IN ('delivered', 'read'))"
-                " AS messages_delivered,"
-                " count(*) FILTER (WHERE direction = 'outbound' AND status = 'read') AS messages_read,"
-                " count(*) FILTER (WHERE direction = 'inbound' AND handled_at IS NOT NULL)"
-                " AS replies_answered"
-                " FROM messages"
-            )
-        )
-        .one()
-        ._mapping
-    )
+    return messages.conversation_summary(conn)
