@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
 
@@ -17,7 +18,7 @@ class Inbound:
     customer's turn); `created_at` stays when it was stored, which the buffer's quiet window
     counts from. A `silent` one (a reaction, a receipt-like notice) is stored handled."""
 
-    organisation_id: Any
+    organisation_id: UUID
     conversation_id: int
     contact_id: int
     phone_number_id: str

@@ -124,6 +124,7 @@ def test_an_approved_campaign_gets_its_media_and_dispatch_runs_in_the_same_tick(
     assert dispatch.partition_key == dg.MultiPartitionKey({"campaign": key, "date": today})
     assert dispatch.run_key == f"dispatch-{key}-{today}"
     (add,) = result.dynamic_partitions_requests
+    assert add.partitions_def_name == "campaigns"
     assert list(add.partition_keys) == [key]
     assert campaign_status(engine, campaign_id) == "asset_generation"
     assert count_runs(engine) == 1

@@ -59,10 +59,10 @@ def process_batch(engine: sa.Engine, limit: int = BATCH) -> Counter:
     tally: Counter = Counter()
     with engine.begin() as conn:
         claimed = [(row, _read(row.payload)) for row in conn.execute(_CLAIM, {"n": limit})]
-        receipts_only = [(row, event) for row, event in claimed if event and event.receipts_only()]
-        one_by_one = [
-            (row, event) for row, event in claimed if not event or not event.receipts_only()
-        ]
+        receipts_only, one_by_one = [], []
+        for row, event in claimed:
+            kind = receipts_only if event and event.receipts_only() else one_by_one
+            kind.append((row, event))
         if receipts_only:
             try:
                 with conn.begin_nested():
