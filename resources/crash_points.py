@@ -19,4 +19,7 @@ def reached(name: str) -> None:
     if os.environ.get("WAFLOW_CRASH_POINT") != name or settings.is_production():
         return
     Path(os.environ["WAFLOW_CRASH_READY"]).write_text(str(os.getpid()))
-    os.kill(os.getpid(), signal.SIGSTOP)
+    # Stopped again whenever something continues it: the kernel sends SIGCONT to a stopped
+    # process whose process group becomes orphaned. Only the test's kill -9 ends it here.
+    while True:
+        os.kill(os.getpid(), signal.SIGSTOP)
