@@ -15,10 +15,7 @@ profile, instance role), refreshed as botocore refreshes them. The endpoint and 
 signing region are given by botocore's own resolver (`resources.queue.SQSResource`), so
 every partition and endpoint setting botocore knows works here too.
 
-Retries are botocore's standard mode: three attempts in all, for a connection error, an
-answer of 500, 502, 503 or 504, or one of SQS's throttling errors, each after a random wait
-of up to 2^attempt seconds (full jitter), so that many clients throttled together do not
-come back together.
+Retries are botocore's standard mode (`resources.aws_retries`): three attempts in all.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,34 +30,14 @@ from urllib.parse import urlsplit
 
 import urllib3
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import NoCredentialsError
+
+from resources.aws_retries import with_retries
 
 _CONTENT_TYPE = "application/x-amz-json-1.0"
 # Long polls wait up to 20 s before SQS answers.
 _TIMEOUT = urllib3.Timeout(connect=10.0, read=60.0)
-# botocore's standard retry mode.
 MAX_ATTEMPTS = 3
-_RETRY_STATUSES = frozenset({500, 502, 503, 504})
-_THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
-        "TransactionInProgressException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "LimitExceededException",
-        "RequestThrottled",
-        "SlowDown",
-        "PriorRequestNotComplete",
-        "EC2ThrottledException",
-        "KMS.ThrottlingException",
-    }
-)
-_MAX_BACKOFF_SECONDS = 20.0
 
 
 class SQSClient:
@@ -94,27 +70,16 @@ class SQSClient:
     def call(self, action: str, params: dict[str, Any]) -> dict[str, Any]:
         """Run one SQS operation (`SendMessageBatch`, ...) and return its answer."""
         body = json.dumps(params, separators=(",", ":")).encode()
-        attempt = 1
-        while True:
-            try:
-                response = self._pool.urlopen(
-                    "POST", self._path, body=body, headers=self._sign(action, body)
-                )
-            except urllib3.exceptions.HTTPError as error:
-                if attempt == MAX_ATTEMPTS:
-                    raise EndpointConnectionError(
-                        endpoint_url=self.endpoint_url, error=error
-                    ) from error
-            else:
-                if response.status < 300:
-                    return json.loads(response.data) if response.data else {}
-                answer = _error_response(response)
-                if attempt == MAX_ATTEMPTS or not _retryable(
-                    response.status, answer["Error"]["Code"]
-                ):
-                    raise ClientError(answer, action)
-            _backoff(attempt)
-            attempt += 1
+        response = with_retries(
+            lambda: self._pool.urlopen(
+                "POST", self._path, body=body, headers=self._sign(action, body)
+            ),
+            MAX_ATTEMPTS,
+            _error_response,
+            action,
+            self.endpoint_url,
+        )
+        return json.loads(response.data) if response.data else {}
 
     def close(self) -> None:
         self._pool.close()
@@ -167,14 +132,6 @@ class SQSClient:
             self._signing_keys = {(secret, day): key}
             cached = key
         return cached
-
-
-def _retryable(status: int, code: str) -> bool:
-    return status in _RETRY_STATUSES or code in _THROTTLING_CODES
-
-
-def _backoff(attempt: int) -> None:
-    time.sleep(random.random() * min(_MAX_BACKOFF_SECONDS, 2.0**attempt))
 
 
 def _sha256(text: str) -> str:

@@ -16,6 +16,7 @@ from assets_defs.media.asset import objects_check
 from assets_defs.media.runner import CampaignMediaRun, Policy, media_prefix
 from resources import campaigns
 from resources.sandbox.pool import Limits
+from resources.storage import S3Storage
 from tests.media_campaigns import campaign_row, create_campaign, materialize, members, versioned
 
 
@@ -131,6 +132,22 @@ def test_a_flaky_member_succeeds_on_a_later_attempt(engine, s3):
     rows = members(engine, campaign_id)
     assert {r.status for r in rows} == {"asset_generated"}
     assert {r.attempts for r in rows} == {2}
+
+
+def test_uploads_the_storage_refuses_fail_their_members_with_the_reason(engine, s3):
+    campaign_id, _ = create_campaign(engine, 3, versioned(1))
+    refusing = S3Storage(bucket="no-such-bucket", endpoint_url=s3.endpoint_url)
+
+    report = generate(engine, refusing, campaign_id)
+
+    assert report.failed == 3
+    rows = members(engine, campaign_id)
+    assert {r.status for r in rows} == {"failed"}
+    assert {r.attempts for r in rows} == {3}
+    for row in rows:
+        assert row.last_error.startswith("upload to S3 failed: An error occurred (NoSuchBucket)")
+        assert row.generated_asset_urls == {}
+    assert campaign_row(engine, campaign_id).status == "failed"
 
 
 def test_failures_above_the_threshold_fail_the_campaign_with_the_reason(engine, s3):

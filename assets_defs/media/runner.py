@@ -118,7 +118,7 @@ class CampaignMediaRun:
             counts = audience_counts(conn, self.campaign_id)
         self.report.total = sum(n for status, n in counts.items() if status != "skipped")
         already_done = self.report.total - counts.get("pending", 0)
-        self.s3.client  # noqa: B018 - one client, created before the threads share it
+        self.s3.client  # noqa: B018 - one client and pool, made before the threads share them
         with (
             tempfile.TemporaryDirectory(prefix="waflow-media-") as work_dir,
             WorkerPool(self.limits, Path(work_dir), sandbox) as pool,
@@ -237,22 +237,11 @@ class CampaignMediaRun:
 
     def _upload(self, member_id: object, outcome: Outcome) -> dict[str, str]:
         """Each file under its deterministic key: a re-run overwrites, never adds a copy.
-        The body is the parent's own spooled copy, the bytes that were checked.
-
-        `put_object` rather than the transfer manager: these files are small, and one
-        request per file costs the parent far less CPU.
-        """
+        The body is the parent's own spooled copy, the bytes that were checked."""
         keys = {}
         for file in outcome.files:
             key = media_key(self.campaign_id, member_id, file.asset_type, file.extension)
-            file.body.seek(0)
-            self.s3.client.put_object(
-                Bucket=self.s3.bucket,
-                Key=key,
-                Body=file.body,
-                ContentType=file.content_type,
-                ContentLength=file.size,
-            )
+            self.s3.put(key, file.body, file.size, file.content_type)
             keys[file.asset_type] = key
         return keys
 

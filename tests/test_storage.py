@@ -1,0 +1,104 @@
+"""Uploads through `S3Storage.put`: what S3 stores, its errors as botocore reports them, and
+retries as botocore's standard mode makes them; against the local S3 server, and a server
+of our own where S3 has to fail."""
+
+import io
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from botocore.exceptions import BotoCoreError, ClientError
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+from pipelines.dev.local_aws import CREDENTIALS
+from pipelines.dev.local_stack import free_port
+from resources.storage import S3Storage
+from tests.servers import serve
+
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 300
+
+
+def test_put_stores_the_body_from_its_start_with_its_content_type(s3):
+    body = io.BytesIO(JPEG)
+    body.seek(100)  # wherever the caller left it
+    s3.put("put/offer.jpg", body, len(JPEG), "image/jpeg")
+
+    stored = s3.client.get_object(Bucket=s3.bucket, Key="put/offer.jpg")
+    assert stored["Body"].read() == JPEG
+    assert stored["ContentType"] == "image/jpeg"
+
+    s3.put("put/offer.jpg", io.BytesIO(b"{}"), 2, "application/json")  # a re-run overwrites
+    assert s3.client.get_object(Bucket=s3.bucket, Key="put/offer.jpg")["Body"].read() == b"{}"
+
+
+def test_a_missing_bucket_is_boto3s_error(s3):
+    missing = S3Storage(bucket="no-such-bucket", endpoint_url=s3.endpoint_url)
+    with pytest.raises(ClientError) as error:
+        missing.put("a.json", io.BytesIO(b"{}"), 2, "application/json")
+    assert error.value.response["Error"]["Code"] == "NoSuchBucket"
+    assert error.value.operation_name == "PutObject"
+
+
+def test_presigned_urls_use_signature_version_4(s3):
+    url = s3.presigned_url("put/offer.jpg", 60)
+    assert parse_qs(urlsplit(url).query)["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+
+
+def failing_s3(failures: int, status: int, code: str | None) -> Starlette:
+    """Answers its first `failures` uploads as S3 answers a failed one (`status`, an XML
+    error with `code`; a proxy's HTML page without one), then stores as S3 would; keeps every
+    body it was sent."""
+    bodies = []
+
+    async def put(request):
+        bodies.append(await request.body())
+        if len(bodies) <= failures:
+            if code is None:
+                return Response("<h1>Bad Gateway</h1>", status_code=status, media_type="text/html")
+            error = f"<Error><Code>{code}</Code><Message>no</Message></Error>"
+            return Response(error, status_code=status, media_type="application/xml")
+        return Response(status_code=200, headers={"ETag": '"x"'})
+
+    app = Starlette(routes=[Route("/{key:path}", put, methods=["PUT"])])
+    app.state.bodies = bodies
+    return app
+
+
+@pytest.fixture
+def credentials(monkeypatch):
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+
+
+def _storage(url: str) -> S3Storage:
+    return S3Storage(bucket="media", endpoint_url=url, region_name="us-east-1", max_attempts=3)
+
+
+def test_throttling_and_server_errors_are_retried_with_the_whole_body(credentials):
+    for status, code in ((503, "SlowDown"), (500, "InternalError")):
+        recovering = failing_s3(failures=2, status=status, code=code)
+        with serve(recovering) as url:
+            _storage(url).put("a.jpg", io.BytesIO(JPEG), len(JPEG), "image/jpeg")
+        assert recovering.state.bodies == [JPEG] * 3
+
+
+def test_a_refusal_is_not_retried_and_keeps_its_code(credentials):
+    refusing = failing_s3(failures=100, status=403, code="AccessDenied")
+    with serve(refusing) as url, pytest.raises(ClientError) as error:
+        _storage(url).put("a.jpg", io.BytesIO(JPEG), len(JPEG), "image/jpeg")
+    assert error.value.response["Error"]["Code"] == "AccessDenied"
+    assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert len(refusing.state.bodies) == 1
+
+    broken = failing_s3(failures=100, status=502, code=None)
+    with serve(broken) as url, pytest.raises(ClientError) as error:
+        _storage(url).put("a.jpg", io.BytesIO(JPEG), len(JPEG), "image/jpeg")
+    assert error.value.response["Error"]["Code"] == "502"
+    assert len(broken.state.bodies) == 3
+
+
+def test_an_unreachable_endpoint_is_a_botocore_connection_error(credentials):
+    storage = _storage(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(BotoCoreError, match="Could not connect"):
+        storage.put("a.jpg", io.BytesIO(JPEG), len(JPEG), "image/jpeg")
