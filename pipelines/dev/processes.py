@@ -14,28 +14,33 @@ from resources import settings
 from resources.postgres import PostgresResource
 
 
+def dagster_ui(host: str, port: int) -> Service:
+    """`dagster dev`: the UI, the daemon and the one code server both of them use."""
+    return Service(
+        "Dagster UI",
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-w",
+            "workspace.yaml",
+            "-h",
+            host,
+            "-p",
+            str(port),
+        ],
+        host,
+        port,
+        "/server_info",
+    )
+
+
 def dev_services(host: str, dagster_port: int, webhook_port: int) -> list[Service]:
     """Each process as a command of its own, run by the supervisor."""
     waflow = [sys.executable, "-m", "pipelines.cli"]
     return [
-        Service(
-            "Dagster UI",
-            [
-                sys.executable,
-                "-m",
-                "dagster",
-                "dev",
-                "-w",
-                "workspace.yaml",
-                "-h",
-                host,
-                "-p",
-                str(dagster_port),
-            ],
-            host,
-            dagster_port,
-            "/server_info",
-        ),
+        dagster_ui(host, dagster_port),
         Service(
             "webhook app",
             [*waflow, "webhook-app", "--host", host, "--port", str(webhook_port)],

@@ -23,9 +23,12 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 # nothing takes its parent's category.
 _KINDS = (
     ("S3/SQS server (moto)", "local_aws"),
-    ("media sandbox workers", "media/worker.py"),
-    ("dagster-daemon", "dagster-daemon"),
+    ("media sandbox workers", "sandbox/worker.py"),
+    ("dagster-daemon", "dagster._daemon run"),
+    ("code server", "code-server start"),
     ("code server", "api grpc"),
+    ("Dagster UI (webserver)", "dagster_webserver"),
+    ("dagster dev", "dagster dev"),
     ("Dagster run processes", "execute_run"),
     ("Dagster run processes", "multiprocessing.spawn"),  # the code server's launches
     ("sender", "waflow sender"),
@@ -37,7 +40,7 @@ _KINDS = (
 class CpuSplit:
     """Samples our processes every `interval` seconds between `start()` and `stop()`."""
 
-    def __init__(self, markers: tuple[str, ...] = (), interval: float = 0.5) -> None:
+    def __init__(self, markers: tuple[str, ...] = (), interval: float = 1.0) -> None:
         self.markers = markers
         self.interval = interval
         self._first: dict[int, float] = {}
