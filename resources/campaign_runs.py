@@ -28,10 +28,13 @@ import sqlalchemy as sa
 
 from resources import messages, progress, recurrence, settings
 from resources.campaigns import (
+    Schedule,
     audience_counts,
     campaign_row,
     current_status,
+    locked_schedule,
     require_campaign,
+    schedules,
     set_campaign_status,
 )
 from resources.errors import Conflict, NotFound
@@ -57,29 +60,14 @@ class CampaignRun:
     resumes: int = 0
 
 
-@dataclass(frozen=True)
-class Schedule:
-    id: str
-    status: str
-    recurrence: str
-    start_at: datetime
-    end_at: datetime | None
-
-
 def run_key(campaign_id: str, run_date: date, resumes: int = 0) -> str:
     key = f"dispatch-{campaign_id}-{run_date.isoformat()}"
     return f"{key}-resume-{resumes}" if resumes else key
 
 
 def active_campaigns(conn: sa.Connection, after: str, limit: int) -> list[Schedule]:
-    rows = conn.execute(
-        sa.text(
-            "SELECT id::text, status, recurrence, start_at, end_at FROM campaigns"
-            " WHERE status = ANY(:active) AND id::text > :after ORDER BY id::text LIMIT :limit"
-        ),
-        {"active": [*ACTIVE, GENERATING], "after": after, "limit": limit},
-    )
-    return [Schedule(*row) for row in rows]
+    """A page of the campaigns whose media are ready or being made (see `schedules`)."""
+    return schedules(conn, [*ACTIVE, GENERATING], after, limit)
 
 
 def record_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> CampaignRun:
@@ -116,6 +104,14 @@ def _exists(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> boo
         ).first()
         is not None
     )
+
+
+def run_id_of(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> int | None:
+    """The id of the campaign's run for `run_date`, None if it has none."""
+    return conn.execute(
+        sa.text("SELECT id FROM campaign_runs WHERE campaign_id = :c AND run_date = :d"),
+        {"c": campaign_id, "d": run_date},
+    ).scalar_one_or_none()
 
 
 def get_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> CampaignRun:
@@ -173,9 +169,7 @@ def start_run(conn: sa.Connection, run: CampaignRun) -> None:
     """The run is dispatching and its campaign running (or still making its media); a
     paused, cancelled or failed campaign refuses (`Stopped`), and so does anything else
     that cannot run."""
-    status = conn.execute(
-        sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": run.campaign_id}
-    ).scalar_one()
+    status = current_status(conn, run.campaign_id, lock=True)
     if status in ("paused", "cancelled", "failed"):
         stop_run(conn, run.id, status)
         raise Stopped(run.campaign_id, status)
@@ -205,9 +199,7 @@ def launch(conn: sa.Connection, campaign_id: str, status: str) -> bool:
 def launch_ready(conn: sa.Connection, campaign_id: str) -> None:
     """A run that sent while the media were made: the campaign is `running` once they are
     all ready (it may have been paused or failed meanwhile: then it stays so)."""
-    status = conn.execute(
-        sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": campaign_id}
-    ).scalar_one()
+    status = current_status(conn, campaign_id, lock=True)
     launch(conn, campaign_id, status)
 
 
@@ -255,13 +247,7 @@ def complete_runs(conn: sa.Connection, stuck_after_seconds: float) -> list[str]:
     ).all()
     completed = []
     for campaign_id, run_date in finished:
-        status, kind, start_at, end_at = conn.execute(
-            sa.text(
-                "SELECT status, recurrence, start_at, end_at FROM campaigns WHERE id = :c"
-                " FOR UPDATE"
-            ),
-            {"c": campaign_id},
-        ).one()
+        status, kind, start_at, end_at = locked_schedule(conn, campaign_id)
         last = recurrence.last_occurrence_date(kind, start_at, end_at)
         # A one-off campaign is done after its run, even one an operator launched early.
         if status != "running" or (kind != "once" and (last is None or run_date < last)):
@@ -300,9 +286,7 @@ def complete_ended(conn: sa.Connection, campaign: Schedule, now: datetime) -> bo
     ).scalar_one_or_none()
     if busy:
         return False
-    status = conn.execute(
-        sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": campaign.id}
-    ).scalar_one()
+    status = current_status(conn, campaign.id, lock=True)
     for step in _TO_COMPLETED.get(status, ()):
         set_campaign_status(
             conn, campaign.id, step, "end date passed" if step == "completed" else None

@@ -32,7 +32,7 @@ from resources.fields import (
     wrong_types,
 )
 from resources.phone import stored_form
-from resources.queue_message import MESSAGE_TYPES
+from resources.queue_message import MESSAGE_TYPES, CampaignSpec
 from resources.readiness import NotReady, Report
 from resources.readiness import check as check_readiness
 from resources.settings import is_production
@@ -59,6 +59,17 @@ class Campaign:
     recurrence: str
     message_type: str
     template_id: int | None
+    start_at: datetime
+    end_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a campaign's occurrences fall, and its status now."""
+
+    id: str
+    status: str
+    recurrence: str
     start_at: datetime
     end_at: datetime | None
 
@@ -229,6 +240,70 @@ def current_status(conn: sa.Connection, campaign_id: UUID | str, lock: bool = Fa
         sa.text("SELECT status FROM campaigns WHERE id = :c" + (" FOR UPDATE" if lock else "")),
         {"c": campaign_id},
     ).scalar_one_or_none()
+
+
+def campaign_exists(conn: sa.Connection, campaign_id: UUID | str) -> bool:
+    return (
+        conn.execute(
+            sa.text("SELECT 1 FROM campaigns WHERE id = :c"), {"c": campaign_id}
+        ).scalar_one_or_none()
+        is not None
+    )
+
+
+def schedules(conn: sa.Connection, statuses: list[str], after: str, limit: int) -> list[Schedule]:
+    """Up to `limit` campaigns in one of `statuses` whose id (as text) comes after `after`,
+    in that order: a page of the campaigns that may have occurrences due."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT id::text, status, recurrence, start_at, end_at FROM campaigns"
+            " WHERE status = ANY(:active) AND id::text > :after ORDER BY id::text LIMIT :limit"
+        ),
+        {"active": statuses, "after": after, "limit": limit},
+    )
+    return [Schedule(*row) for row in rows]
+
+
+def locked_schedule(
+    conn: sa.Connection, campaign_id: UUID | str
+) -> tuple[str, str, datetime, datetime | None]:
+    """The campaign's status, recurrence, start and end, its row locked until the
+    transaction ends."""
+    status, kind, start_at, end_at = conn.execute(
+        sa.text(
+            "SELECT status, recurrence, start_at, end_at FROM campaigns WHERE id = :c FOR UPDATE"
+        ),
+        {"c": campaign_id},
+    ).one()
+    return status, kind, start_at, end_at
+
+
+def campaign_spec(
+    conn: sa.Connection, campaign_id: UUID | str, default_phone_number_id: str
+) -> CampaignSpec:
+    """What every message of the campaign is made from: its content and its template's
+    name, language, parameters and category (the phone number ID `default_phone_number_id`
+    when the campaign names none)."""
+    row = conn.execute(
+        sa.text(
+            "SELECT c.id::text, c.organisation_id::text, c.message_type, c.phone_number_id,"
+            " c.message_content, c.media_caption, t.name, t.language, t.parameters, t.category"
+            " FROM campaigns c LEFT JOIN templates t ON t.id = c.template_id WHERE c.id = :c"
+        ),
+        {"c": campaign_id},
+    ).one()
+    return CampaignSpec(
+        id=row[0],
+        organisation_id=row[1],
+        message_type=row[2],
+        phone_number_id=row[3] or default_phone_number_id,
+        category=row[9] or "marketing",
+        message_content=row[4],
+        media_caption=row[5],
+        template_name=row[6],
+        template_language=row[7],
+        template_parameters=row[8] or [],
+    )
 
 
 def paused_from(conn: sa.Connection, campaign_id: UUID | str) -> str | None:

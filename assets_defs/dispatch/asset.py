@@ -11,12 +11,12 @@ from assets_defs.dispatch.dispatcher import (
     Dispatch,
     Halted,
     RunCounts,
-    load_spec,
     run_counts,
 )
 from assets_defs.partitions import campaign_run_partitions
 from resources import campaign_runs as runs
 from resources import settings
+from resources.campaigns import campaign_spec
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource
 from resources.queue_message import MediaUrl
@@ -85,7 +85,7 @@ def dispatched_batches(
         try:
             with engine.begin() as conn:
                 runs.start_run(conn, run)
-                spec = load_spec(conn, campaign_id, settings.get("WHATSAPP_PHONE_NUMBER_ID"))
+                spec = campaign_spec(conn, campaign_id, settings.get("WHATSAPP_PHONE_NUMBER_ID"))
         except runs.Stopped as error:
             return _stopped(context, run.id, error.status, None)
         except runs.CannotRun as error:

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from assets_defs.media.runner import CampaignMediaRun, Policy, Report, media_prefix
 from assets_defs.partitions import campaign_partitions
 from resources import audience, settings
+from resources.campaigns import campaign_exists
 from resources.postgres import PostgresResource
 from resources.sandbox.pool import Limits
 from resources.storage import S3Storage
@@ -60,10 +61,8 @@ def campaign_media(
     except ValueError:
         raise dg.Failure(f"partition {campaign_id!r} is not a campaign id") from None
     with postgres.engine.connect() as conn:
-        exists = conn.execute(
-            sa.text("SELECT 1 FROM campaigns WHERE id = :c"), {"c": campaign_id}
-        ).scalar_one_or_none()
-    if exists is None:
+        exists = campaign_exists(conn, campaign_id)
+    if not exists:
         raise dg.Failure(f"campaign {campaign_id} does not exist")
     run = CampaignMediaRun(
         postgres.engine,

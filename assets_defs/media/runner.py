@@ -22,8 +22,8 @@ from uuid import UUID
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from assets_defs.media import store
 from resources import audience, settings
+from resources import media_generation as store
 from resources.campaigns import audience_counts
 from resources.sandbox import isolation
 from resources.sandbox.pool import Generator, Limits, MemberInput, Outcome, WorkerPool

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import dagster as dg
 import sqlalchemy as sa
 
-from assets_defs.media import store
 from assets_defs.media.asset import campaign_media, live_runs
 from assets_defs.partitions import campaign_partition_key, campaign_partitions
-from resources import audience, settings
+from resources import audience, media_generation, settings
 from resources.postgres import PostgresResource
 
 CAMPAIGNS_PER_TICK = 50
@@ -62,8 +61,8 @@ def start_media(engine: sa.Engine) -> MediaStart:
     """Approved campaigns: with a generator → `asset_generation` and its `campaign_media` runs;
     without → straight to `asset_generated`."""
     with engine.begin() as conn:
-        without_media = store.approve_without_media(conn, CAMPAIGNS_PER_TICK)
-        starting = store.begin_generation(conn, CAMPAIGNS_PER_TICK)
+        without_media = media_generation.approve_without_media(conn, CAMPAIGNS_PER_TICK)
+        starting = media_generation.begin_generation(conn, CAMPAIGNS_PER_TICK)
     keys = [campaign_partition_key(campaign_id) for campaign_id, _ in starting]
     return MediaStart(
         run_requests=[
@@ -96,7 +95,9 @@ def media_recovery_sensor(
             reset = audience.reset_stuck_members(conn, campaign_id, stuck_minutes, live)
             if reset:
                 context.log.info(f"campaign {campaign_id}: {reset} stuck member(s) back to pending")
-        generating = store.campaigns_generating(conn, ORPHAN_GRACE_SECONDS, CAMPAIGNS_PER_TICK)
+        generating = media_generation.campaigns_generating(
+            conn, ORPHAN_GRACE_SECONDS, CAMPAIGNS_PER_TICK
+        )
         for campaign_id, began in generating:
             key = str(campaign_id)
             if live_runs(instance, key):
@@ -110,7 +111,7 @@ def media_recovery_sensor(
                 limit=MAX_FAILED_RUNS,
             )
             if len(failed) >= MAX_FAILED_RUNS:
-                store.fail_generation(
+                media_generation.fail_generation(
                     conn,
                     key,
                     f"{MAX_FAILED_RUNS} campaign_media runs failed (last: {failed[0].run_id})",

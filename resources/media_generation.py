@@ -1,6 +1,8 @@
-"""The media capability's moves of its campaign, `approved → asset_generation →
-asset_generated | failed`, decided from where its members stand (their claims and results
-are `resources/audience.py`'s).
+"""A campaign's media generation: its moves `approved → asset_generation → asset_generated |
+failed` (through `set_campaign_status`), decided from where its members stand (their claims
+and results are `resources/audience.py`'s), and the `asset_generation_*` and
+`asset_failure_ratio` columns that record it. The media capability (`assets_defs/media`)
+calls these.
 
 Every move is set-based SQL guarded by the source state of `resources/status.py`, so two
 runs, a sensor and an operator can act at once without a campaign being moved twice.
