@@ -3,6 +3,7 @@ arrive, and the checks that surface messages a crashed sender left in `sending` 
 breakers that hold sending."""
 
 from datetime import UTC, date, datetime
+from uuid import UUID
 
 import dagster as dg
 
@@ -102,7 +103,9 @@ def campaign_delivery_report(
     code, and recipients who replied."""
     keys = context.partition_key.keys_by_dimension
     with postgres.engine.connect() as conn:
-        run_id = campaign_runs.run_id_of(conn, keys["campaign"], date.fromisoformat(keys["date"]))
+        run_id = campaign_runs.run_id_of(
+            conn, UUID(keys["campaign"]), date.fromisoformat(keys["date"])
+        )
         if run_id is None:
             raise dg.Failure(
                 f"campaign {keys['campaign']} has no run on {keys['date']}: nothing to report"

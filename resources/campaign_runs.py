@@ -38,7 +38,6 @@ from resources.campaigns import (
     set_campaign_status,
 )
 from resources.errors import Conflict, NotFound
-from resources.fields import as_uuid
 
 # Campaigns whose media is ready and which may still have occurrences to send.
 ACTIVE = ("asset_generated", "ready_to_launch", "running")
@@ -54,13 +53,13 @@ class CannotRun(RuntimeError):
 @dataclass(frozen=True)
 class CampaignRun:
     id: int
-    campaign_id: str
+    campaign_id: UUID
     run_date: date
     status: str
     resumes: int = 0
 
 
-def run_key(campaign_id: str, run_date: date, resumes: int = 0) -> str:
+def run_key(campaign_id: UUID, run_date: date, resumes: int = 0) -> str:
     key = f"dispatch-{campaign_id}-{run_date.isoformat()}"
     return f"{key}-resume-{resumes}" if resumes else key
 
@@ -70,7 +69,7 @@ def active_campaigns(conn: sa.Connection, after: str, limit: int) -> list[Schedu
     return schedules(conn, [*ACTIVE, GENERATING], after, limit)
 
 
-def record_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> CampaignRun:
+def record_run(conn: sa.Connection, campaign_id: UUID, run_date: date) -> CampaignRun:
     """The campaign's run for `run_date`, created if absent; the campaign leaves
     `asset_generated` for `ready_to_launch` with its first run. A campaign whose media are
     still being made may have its run already (it sends the members that are ready)."""
@@ -96,7 +95,7 @@ def record_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> 
     return get_run(conn, campaign_id, run_date)
 
 
-def _exists(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> bool:
+def _exists(conn: sa.Connection, campaign_id: UUID, run_date: date) -> bool:
     return (
         conn.execute(
             sa.text("SELECT 1 FROM campaign_runs WHERE campaign_id = :c AND run_date = :d"),
@@ -106,7 +105,7 @@ def _exists(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> boo
     )
 
 
-def run_id_of(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> int | None:
+def run_id_of(conn: sa.Connection, campaign_id: UUID, run_date: date) -> int | None:
     """The id of the campaign's run for `run_date`, None if it has none."""
     return conn.execute(
         sa.text("SELECT id FROM campaign_runs WHERE campaign_id = :c AND run_date = :d"),
@@ -114,10 +113,10 @@ def run_id_of(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> i
     ).scalar_one_or_none()
 
 
-def get_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> CampaignRun:
+def get_run(conn: sa.Connection, campaign_id: UUID, run_date: date) -> CampaignRun:
     row = conn.execute(
         sa.text(
-            "SELECT id, campaign_id::text, run_date, status, resumes FROM campaign_runs"
+            "SELECT id, campaign_id, run_date, status, resumes FROM campaign_runs"
             " WHERE campaign_id = :c AND run_date = :d"
         ),
         {"c": campaign_id, "d": run_date},
@@ -128,7 +127,7 @@ def get_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> Cam
 def pending_runs(conn: sa.Connection, limit: int) -> list[CampaignRun]:
     rows = conn.execute(
         sa.text(
-            "SELECT id, campaign_id::text, run_date, status, resumes FROM campaign_runs"
+            "SELECT id, campaign_id, run_date, status, resumes FROM campaign_runs"
             " WHERE status = 'pending' ORDER BY id LIMIT :limit"
         ),
         {"limit": limit},
@@ -160,7 +159,7 @@ def dispatch_lock(engine: sa.Engine, run_id: int) -> Iterator[None]:
 class Stopped(CannotRun):
     """The campaign is paused or cancelled: its run waits (paused) or ends (cancelled)."""
 
-    def __init__(self, campaign_id: str, status: str) -> None:
+    def __init__(self, campaign_id: UUID, status: str) -> None:
         super().__init__(f"campaign {campaign_id} is {status}")
         self.status = status
 
@@ -184,7 +183,7 @@ def start_run(conn: sa.Connection, run: CampaignRun) -> None:
     )
 
 
-def launch(conn: sa.Connection, campaign_id: str, status: str) -> bool:
+def launch(conn: sa.Connection, campaign_id: UUID, status: str) -> bool:
     """The campaign, its media ready, is `running` (through `ready_to_launch`); whether it
     could be (it is `status`, read under its lock)."""
     if status == "asset_generated":
@@ -196,7 +195,7 @@ def launch(conn: sa.Connection, campaign_id: str, status: str) -> bool:
     return status == "running"
 
 
-def launch_ready(conn: sa.Connection, campaign_id: str) -> None:
+def launch_ready(conn: sa.Connection, campaign_id: UUID) -> None:
     """A run that sent while the media were made: the campaign is `running` once they are
     all ready (it may have been paused or failed meanwhile: then it stays so)."""
     status = current_status(conn, campaign_id, lock=True)
@@ -229,7 +228,7 @@ def finish_run(
     )
 
 
-def complete_runs(conn: sa.Connection, stuck_after_seconds: float) -> list[str]:
+def complete_runs(conn: sa.Connection, stuck_after_seconds: float) -> list[UUID]:
     """Dispatched runs none of whose messages waits any more become `completed`, and a
     campaign with its last occurrence's run; returns the campaigns that completed.
 
@@ -241,7 +240,7 @@ def complete_runs(conn: sa.Connection, stuck_after_seconds: float) -> list[str]:
             " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.campaign_run_id = r.id"
             "   AND (m.status = 'pending' OR (m.status = 'sending'"
             "     AND m.sending_at > now() - make_interval(secs => :stuck))))"
-            " RETURNING r.campaign_id::text, r.run_date"
+            " RETURNING r.campaign_id, r.run_date"
         ),
         {"stuck": stuck_after_seconds},
     ).all()
@@ -301,7 +300,7 @@ _TO_COMPLETED = {
 }
 
 
-def recent_runs(conn: sa.Connection, campaign_id: UUID | str, limit: int = 50) -> list[dict]:
+def recent_runs(conn: sa.Connection, campaign_id: UUID, limit: int = 50) -> list[dict]:
     """The campaign's latest runs, newest first, with their counts."""
     rows = conn.execute(
         sa.text(
@@ -313,7 +312,7 @@ def recent_runs(conn: sa.Connection, campaign_id: UUID | str, limit: int = 50) -
     return [dict(r) for r in rows]
 
 
-def pause_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
+def pause_runs(conn: sa.Connection, campaign_id: UUID) -> None:
     """The campaign's runs not yet dispatched wait (`paused`) until it resumes."""
     conn.execute(
         sa.text(
@@ -324,7 +323,7 @@ def pause_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
     )
 
 
-def resume_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
+def resume_runs(conn: sa.Connection, campaign_id: UUID) -> None:
     """The campaign's paused runs are `pending` again, each with one more `resumes` (a run
     key of its own for the relaunch)."""
     conn.execute(
@@ -336,7 +335,7 @@ def resume_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
     )
 
 
-def cancel_runs(conn: sa.Connection, campaign_id: UUID | str, reason: str) -> None:
+def cancel_runs(conn: sa.Connection, campaign_id: UUID, reason: str) -> None:
     """The campaign's unfinished runs end `cancelled`, with the reason."""
     conn.execute(
         sa.text(
@@ -361,11 +360,10 @@ def reopen_runs(conn: sa.Connection, run_ids: list[int]) -> None:
 # -- What an operator reads and asks of a campaign's runs ----------------------------------
 
 
-def campaign_progress(engine: sa.Engine, campaign_id: UUID | str) -> dict[str, Any]:
+def campaign_progress(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
     """The campaign with its status, its audience and message counts by status, and its
     latest runs, each with its progress (messages by stage, what the rest wait for, when it
     should end)."""
-    campaign_id = as_uuid(campaign_id, "campaign_id")
     with engine.connect() as conn:
         row = campaign_row(conn, campaign_id)
         if row is None:
@@ -374,7 +372,7 @@ def campaign_progress(engine: sa.Engine, campaign_id: UUID | str) -> dict[str, A
         return {
             **row,
             "audience": audience_counts(conn, campaign_id),
-            "messages": messages.status_counts(conn, UUID(campaign_id)),
+            "messages": messages.status_counts(conn, campaign_id),
             "runs": [
                 {**r, **progress.run_progress(conn, r["id"], stuck)}
                 for r in recent_runs(conn, campaign_id)
@@ -382,11 +380,10 @@ def campaign_progress(engine: sa.Engine, campaign_id: UUID | str) -> dict[str, A
         }
 
 
-def run_now(engine: sa.Engine, campaign_id: str, today: date | None = None) -> CampaignRun:
+def run_now(engine: sa.Engine, campaign_id: UUID, today: date | None = None) -> CampaignRun:
     """Record today's run of the campaign now (`record_run`); the campaign-run sensor
     launches its `dispatched_batches` partition on its next tick. A campaign past its end,
     or one that cannot run, is a `Conflict`."""
-    campaign_id = as_uuid(campaign_id, "campaign_id")
     run_date = today or datetime.now(UTC).date()
     with engine.begin() as conn:
         campaign = require_campaign(conn, campaign_id)

@@ -131,7 +131,7 @@ def test_members_are_sent_while_the_rest_of_the_media_are_made(engine, s3, sqs, 
     hold_all_but(engine, campaign_id, free=6)
     # The run is launched with the media: it waits for the first members.
     plan = plan_tick(engine, datetime.now(UTC))
-    assert [r.campaign_id for r in plan.to_launch] == [campaign_id]
+    assert [r.campaign_id for r in plan.to_launch] == [UUID(campaign_id)]
 
     outcome: dict = {}
     dispatch = threading.Thread(

@@ -135,7 +135,7 @@ def test_status_category_and_quality_reach_the_template_once(engine):
     ]
     # The next dispatch follows the marketing consent rules.
     with engine.connect() as conn:
-        assert campaign_spec(conn, str(campaign), "1234").category == "marketing"
+        assert campaign_spec(conn, campaign, "1234").category == "marketing"
 
 
 def test_two_status_webhooks_out_of_order_end_on_the_newer(engine):

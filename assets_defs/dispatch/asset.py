@@ -34,12 +34,16 @@ def media_url_builder(s3: S3Storage) -> MediaUrl:
     return lambda key: s3.presigned_url(key, expires_in)
 
 
-def partition_of(context: dg.AssetExecutionContext) -> tuple[str, date]:
+def partition_of(context: dg.AssetExecutionContext) -> tuple[UUID, date]:
     key = context.partition_key
     if not isinstance(key, dg.MultiPartitionKey):
         raise dg.Failure(f"expected a campaign × date partition, got {key!r}")
     dimensions = key.keys_by_dimension
-    return dimensions["campaign"], date.fromisoformat(dimensions["date"])
+    try:
+        campaign_id = UUID(dimensions["campaign"])
+    except ValueError:
+        raise dg.Failure(f"partition {key!r} is not of a campaign id") from None
+    return campaign_id, date.fromisoformat(dimensions["date"])
 
 
 @dg.asset(
@@ -115,7 +119,7 @@ def dispatched_batches(
             if stopped_by is None:
                 # It may have started while the media were being made: they are ready now.
                 runs.launch_ready(conn, campaign_id)
-            counts = run_counts(conn, UUID(campaign_id), run.id)
+            counts = run_counts(conn, campaign_id, run.id)
             if stopped_by is None:
                 runs.finish_run(conn, run, counts.queued, counts.failed, counts.skipped)
     if stopped_by is not None:

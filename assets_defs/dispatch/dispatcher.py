@@ -128,7 +128,7 @@ class Dispatch:
     def run(self) -> AttemptStats:
         started = time.perf_counter()
         with (
-            Listener(self.engine, self.spec.id) as media_ready,
+            Listener(self.engine, self.campaign_id) as media_ready,
             ThreadPoolExecutor(self.concurrency, thread_name_prefix="sqs-send") as pool,
         ):
             try:
@@ -157,7 +157,7 @@ class Dispatch:
     def _check_campaign(self) -> str:
         """The campaign's status; `Halted` when it stopped."""
         with self.engine.connect() as conn:
-            status = current_status(conn, self.spec.id)
+            status = current_status(conn, self.campaign_id)
         if status in STOPPING:
             raise Halted(status)
         return status

@@ -30,18 +30,18 @@ ORPHAN_GRACE_SECONDS = 120
 MAX_FAILED_RUNS = 3
 
 
-def media_run_requests(campaign_id: str, run_key: str) -> list[dg.RunRequest]:
+def media_run_requests(partition_key: str, run_key: str) -> list[dg.RunRequest]:
     """`MEDIA_RUNS_PER_CAMPAIGN` runs of the campaign's partition, which share its members
     (each claims its own); the run launcher may start each on a machine of its own."""
     runs = int(settings.number("MEDIA_RUNS_PER_CAMPAIGN"))
     return [
         dg.RunRequest(
             run_key=f"campaign_media:{run_key}" + (f":{slot}" if slot else ""),
-            partition_key=campaign_id,
+            partition_key=partition_key,
             asset_selection=[campaign_media.key],
             # `media_campaign`: the run coordinator allows one live run per value, so one
             # per slot of the campaign.
-            tags={"campaign": campaign_id, "media_campaign": f"{campaign_id}:{slot}"},
+            tags={"campaign": partition_key, "media_campaign": f"{partition_key}:{slot}"},
         )
         for slot in range(runs)
     ]
@@ -91,7 +91,7 @@ def media_recovery_sensor(
     orphans = []
     with postgres.engine.begin() as conn:
         for campaign_id in audience.campaigns_with_stuck_members(conn, stuck_minutes):
-            live = [run.run_id for run in live_runs(instance, str(campaign_id))]
+            live = [run.run_id for run in live_runs(instance, campaign_id)]
             reset = audience.reset_stuck_members(conn, campaign_id, stuck_minutes, live)
             if reset:
                 context.log.info(f"campaign {campaign_id}: {reset} stuck member(s) back to pending")
@@ -99,8 +99,8 @@ def media_recovery_sensor(
             conn, ORPHAN_GRACE_SECONDS, CAMPAIGNS_PER_TICK
         )
         for campaign_id, began in generating:
-            key = str(campaign_id)
-            if live_runs(instance, key):
+            key = campaign_partition_key(campaign_id)
+            if live_runs(instance, campaign_id):
                 continue
             failed = instance.get_runs(
                 dg.RunsFilter(
@@ -113,7 +113,7 @@ def media_recovery_sensor(
             if len(failed) >= MAX_FAILED_RUNS:
                 media_generation.fail_generation(
                     conn,
-                    key,
+                    campaign_id,
                     f"{MAX_FAILED_RUNS} campaign_media runs failed (last: {failed[0].run_id})",
                 )
                 continue
