@@ -19,7 +19,7 @@ from assets_defs.dispatch.asset import dispatched_batches
 from assets_defs.dispatch.planner import plan_tick, run_request
 from assets_defs.media.asset import campaign_media
 from assets_defs.media.sensors import start_media
-from assets_defs.partitions import campaign_partitions
+from assets_defs.partitions import campaign_partition_key, campaign_partitions
 from resources import settings
 from resources.postgres import PostgresResource
 
@@ -43,15 +43,17 @@ def tick(context: dg.SensorEvaluationContext, postgres: PostgresResource) -> dg.
         )
     plan = plan_tick(postgres.engine, datetime.now(UTC), context.cursor or "")
     if plan.sent:
-        context.log.info(f"completed, every message sent or settled: {', '.join(plan.sent)}")
+        context.log.info(
+            f"completed, every message sent or settled: {', '.join(map(str, plan.sent))}"
+        )
     if plan.completed:
-        context.log.info(f"completed after their end date: {', '.join(plan.completed)}")
+        context.log.info(f"completed after their end date: {', '.join(map(str, plan.completed))}")
     new_partitions = sorted(
         set(media.partition_keys)
         | {
-            run.campaign_id
-            for run in plan.to_launch
-            if not context.instance.has_dynamic_partition(campaign_partitions.name, run.campaign_id)
+            key
+            for key in {campaign_partition_key(run.campaign_id) for run in plan.to_launch}
+            if not context.instance.has_dynamic_partition(campaign_partitions.name, key)
         }
     )
     return dg.SensorResult(

@@ -3,12 +3,12 @@ arrive, and the checks that surface messages a crashed sender left in `sending` 
 breakers that hold sending."""
 
 from datetime import UTC, date, datetime
+from uuid import UUID
 
 import dagster as dg
-import sqlalchemy as sa
 
 from assets_defs.partitions import campaign_partitions, campaign_run_partitions, run_date_partitions
-from resources import breakers, progress, settings
+from resources import breakers, campaign_runs, progress, settings
 from resources.messages import Funnel, changed_runs, delivery_funnel, stuck_in_sending
 from resources.postgres import PostgresResource
 
@@ -103,10 +103,9 @@ def campaign_delivery_report(
     code, and recipients who replied."""
     keys = context.partition_key.keys_by_dimension
     with postgres.engine.connect() as conn:
-        run_id = conn.execute(
-            sa.text("SELECT id FROM campaign_runs WHERE campaign_id = :c AND run_date = :d"),
-            {"c": keys["campaign"], "d": date.fromisoformat(keys["date"])},
-        ).scalar_one_or_none()
+        run_id = campaign_runs.run_id_of(
+            conn, UUID(keys["campaign"]), date.fromisoformat(keys["date"])
+        )
         if run_id is None:
             raise dg.Failure(
                 f"campaign {keys['campaign']} has no run on {keys['date']}: nothing to report"

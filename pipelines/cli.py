@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
 
@@ -190,9 +191,14 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
     from resources import campaign_control as control
     from resources import campaigns, consent, operator_templates, organisations
     from resources.campaign_runs import campaign_progress
+    from resources.fields import uuid_of
     from resources.queue import SQSResource
     from webhook_app import campaign_answers as answers
     from webhook_app.campaign_answers import jsonable
+
+    def campaign() -> UUID:
+        """The command's campaign id, refused as the API refuses it."""
+        return uuid_of(args.campaign_id, "campaign_id")
 
     with _platform_engine(args) as engine:
         operations = {
@@ -216,15 +222,15 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
                 engine, args.organisation_id, Path(args.csv).read_text()
             ),
             "upload-audience": lambda: campaigns.import_audience(
-                engine, args.campaign_id, Path(args.csv).read_text()
+                engine, campaign(), Path(args.csv).read_text()
             ),
-            "approve": lambda: answers.approved_campaign(engine, args.campaign_id),
-            "readiness": lambda: answers.campaign_readiness(engine, args.campaign_id),
-            "status": lambda: campaign_progress(engine, args.campaign_id),
+            "approve": lambda: answers.approved_campaign(engine, campaign()),
+            "readiness": lambda: answers.campaign_readiness(engine, campaign()),
+            "status": lambda: campaign_progress(engine, campaign()),
             "audience": lambda: campaigns.list_audience(
-                engine, args.campaign_id, args.status, args.limit, args.after
+                engine, campaign(), args.status, args.limit, args.after
             ),
-            "process": lambda: answers.recorded_run(engine, args.campaign_id),
+            "process": lambda: answers.recorded_run(engine, campaign()),
             "sqs-status": lambda: answers.queue_depth(SQSResource.from_settings()),
             "organisations": lambda: organisations.list_organisations(engine, args.phone_number_id),
             "update-organisation": lambda: organisations.update_organisation(
@@ -254,7 +260,7 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
             control_body["campaign_run_id"] = args.run
         operations.update(
             {
-                name: lambda op=op: op(engine, args.campaign_id, control_body)
+                name: lambda op=op: op(engine, campaign(), control_body)
                 for name, op in (
                     ("pause", control.pause),
                     ("resume", control.resume),

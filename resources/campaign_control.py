@@ -31,13 +31,6 @@ RESUMES_TO = {"asset_generation": "approved"}
 RETRYABLE_CAMPAIGNS = ("ready_to_launch", "running", "completed", "paused")
 
 
-def _campaign_id(value: Any) -> UUID:
-    try:
-        return UUID(str(value))
-    except ValueError:
-        raise InvalidInput([{"field": "campaign_id", "error": "must be a UUID"}]) from None
-
-
 def _locked_status(conn: sa.Connection, campaign_id: UUID) -> str:
     status = campaigns.current_status(conn, campaign_id, lock=True)
     if status is None:
@@ -52,9 +45,9 @@ def _actor(data: dict[str, Any]) -> str:
     return (by or "operator").strip()[:200]
 
 
-def pause(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str, Any]:
+def pause(engine: sa.Engine, campaign_id: UUID, data: dict[str, Any]) -> dict[str, Any]:
     """No new media, no new dispatch, and nothing more sent until it resumes."""
-    campaign_id, by = _campaign_id(campaign_id), _actor(data)
+    by = _actor(data)
     with engine.begin() as conn:
         status = _locked_status(conn, campaign_id)
         if status not in PAUSABLE:
@@ -65,10 +58,10 @@ def pause(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str
     return campaign_progress(engine, campaign_id)
 
 
-def resume(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str, Any]:
+def resume(engine: sa.Engine, campaign_id: UUID, data: dict[str, Any]) -> dict[str, Any]:
     """Back where it was paused; its paused runs are launched again and its held rows
     re-queued, each row still sent once."""
-    campaign_id, by = _campaign_id(campaign_id), _actor(data)
+    by = _actor(data)
     with engine.begin() as conn:
         status = _locked_status(conn, campaign_id)
         if status != "paused":
@@ -81,10 +74,10 @@ def resume(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[st
     return campaign_progress(engine, campaign_id)
 
 
-def cancel(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str, Any]:
+def cancel(engine: sa.Engine, campaign_id: UUID, data: dict[str, Any]) -> dict[str, Any]:
     """End the campaign: its unsent rows end `cancelled` (with the time and who), and its
     payloads still on the queue are dropped unsent when they come up."""
-    campaign_id, by = _campaign_id(campaign_id), _actor(data)
+    by = _actor(data)
     reason = f"cancelled by {by}" + (f": {data['reason']}" if data.get("reason") else "")
     with engine.begin() as conn:
         status = _locked_status(conn, campaign_id)
@@ -96,11 +89,11 @@ def cancel(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[st
     return {**campaign_progress(engine, campaign_id), "messages_cancelled": cancelled}
 
 
-def retry_failed(engine: sa.Engine, campaign_id: Any, data: dict[str, Any]) -> dict[str, Any]:
+def retry_failed(engine: sa.Engine, campaign_id: UUID, data: dict[str, Any]) -> dict[str, Any]:
     """Queue again the failed rows WhatsApp never accepted whose error could pass (a
     retryable or account-level one), unless the contact has since opted out. The sender
     re-queues them; a permanent recipient error is never retried."""
-    campaign_id, by = _campaign_id(campaign_id), _actor(data)
+    by = _actor(data)
     run_id = data.get("campaign_run_id")
     if run_id is not None and not is_id(run_id):
         raise InvalidInput([{"field": "campaign_run_id", "error": "must be an integer"}])

@@ -28,14 +28,16 @@ import sqlalchemy as sa
 
 from resources import messages, progress, recurrence, settings
 from resources.campaigns import (
+    Schedule,
     audience_counts,
     campaign_row,
     current_status,
+    locked_schedule,
     require_campaign,
+    schedules,
     set_campaign_status,
 )
 from resources.errors import Conflict, NotFound
-from resources.fields import as_uuid
 
 # Campaigns whose media is ready and which may still have occurrences to send.
 ACTIVE = ("asset_generated", "ready_to_launch", "running")
@@ -51,38 +53,23 @@ class CannotRun(RuntimeError):
 @dataclass(frozen=True)
 class CampaignRun:
     id: int
-    campaign_id: str
+    campaign_id: UUID
     run_date: date
     status: str
     resumes: int = 0
 
 
-@dataclass(frozen=True)
-class Schedule:
-    id: str
-    status: str
-    recurrence: str
-    start_at: datetime
-    end_at: datetime | None
-
-
-def run_key(campaign_id: str, run_date: date, resumes: int = 0) -> str:
+def run_key(campaign_id: UUID, run_date: date, resumes: int = 0) -> str:
     key = f"dispatch-{campaign_id}-{run_date.isoformat()}"
     return f"{key}-resume-{resumes}" if resumes else key
 
 
 def active_campaigns(conn: sa.Connection, after: str, limit: int) -> list[Schedule]:
-    rows = conn.execute(
-        sa.text(
-            "SELECT id::text, status, recurrence, start_at, end_at FROM campaigns"
-            " WHERE status = ANY(:active) AND id::text > :after ORDER BY id::text LIMIT :limit"
-        ),
-        {"active": [*ACTIVE, GENERATING], "after": after, "limit": limit},
-    )
-    return [Schedule(*row) for row in rows]
+    """A page of the campaigns whose media are ready or being made (see `schedules`)."""
+    return schedules(conn, [*ACTIVE, GENERATING], after, limit)
 
 
-def record_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> CampaignRun:
+def record_run(conn: sa.Connection, campaign_id: UUID, run_date: date) -> CampaignRun:
     """The campaign's run for `run_date`, created if absent; the campaign leaves
     `asset_generated` for `ready_to_launch` with its first run. A campaign whose media are
     still being made may have its run already (it sends the members that are ready)."""
@@ -108,7 +95,7 @@ def record_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> 
     return get_run(conn, campaign_id, run_date)
 
 
-def _exists(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> bool:
+def _exists(conn: sa.Connection, campaign_id: UUID, run_date: date) -> bool:
     return (
         conn.execute(
             sa.text("SELECT 1 FROM campaign_runs WHERE campaign_id = :c AND run_date = :d"),
@@ -118,10 +105,18 @@ def _exists(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> boo
     )
 
 
-def get_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> CampaignRun:
+def run_id_of(conn: sa.Connection, campaign_id: UUID, run_date: date) -> int | None:
+    """The id of the campaign's run for `run_date`, None if it has none."""
+    return conn.execute(
+        sa.text("SELECT id FROM campaign_runs WHERE campaign_id = :c AND run_date = :d"),
+        {"c": campaign_id, "d": run_date},
+    ).scalar_one_or_none()
+
+
+def get_run(conn: sa.Connection, campaign_id: UUID, run_date: date) -> CampaignRun:
     row = conn.execute(
         sa.text(
-            "SELECT id, campaign_id::text, run_date, status, resumes FROM campaign_runs"
+            "SELECT id, campaign_id, run_date, status, resumes FROM campaign_runs"
             " WHERE campaign_id = :c AND run_date = :d"
         ),
         {"c": campaign_id, "d": run_date},
@@ -132,7 +127,7 @@ def get_run(conn: sa.Connection, campaign_id: UUID | str, run_date: date) -> Cam
 def pending_runs(conn: sa.Connection, limit: int) -> list[CampaignRun]:
     rows = conn.execute(
         sa.text(
-            "SELECT id, campaign_id::text, run_date, status, resumes FROM campaign_runs"
+            "SELECT id, campaign_id, run_date, status, resumes FROM campaign_runs"
             " WHERE status = 'pending' ORDER BY id LIMIT :limit"
         ),
         {"limit": limit},
@@ -164,7 +159,7 @@ def dispatch_lock(engine: sa.Engine, run_id: int) -> Iterator[None]:
 class Stopped(CannotRun):
     """The campaign is paused or cancelled: its run waits (paused) or ends (cancelled)."""
 
-    def __init__(self, campaign_id: str, status: str) -> None:
+    def __init__(self, campaign_id: UUID, status: str) -> None:
         super().__init__(f"campaign {campaign_id} is {status}")
         self.status = status
 
@@ -173,9 +168,7 @@ def start_run(conn: sa.Connection, run: CampaignRun) -> None:
     """The run is dispatching and its campaign running (or still making its media); a
     paused, cancelled or failed campaign refuses (`Stopped`), and so does anything else
     that cannot run."""
-    status = conn.execute(
-        sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": run.campaign_id}
-    ).scalar_one()
+    status = current_status(conn, run.campaign_id, lock=True)
     if status in ("paused", "cancelled", "failed"):
         stop_run(conn, run.id, status)
         raise Stopped(run.campaign_id, status)
@@ -190,7 +183,7 @@ def start_run(conn: sa.Connection, run: CampaignRun) -> None:
     )
 
 
-def launch(conn: sa.Connection, campaign_id: str, status: str) -> bool:
+def launch(conn: sa.Connection, campaign_id: UUID, status: str) -> bool:
     """The campaign, its media ready, is `running` (through `ready_to_launch`); whether it
     could be (it is `status`, read under its lock)."""
     if status == "asset_generated":
@@ -202,12 +195,10 @@ def launch(conn: sa.Connection, campaign_id: str, status: str) -> bool:
     return status == "running"
 
 
-def launch_ready(conn: sa.Connection, campaign_id: str) -> None:
+def launch_ready(conn: sa.Connection, campaign_id: UUID) -> None:
     """A run that sent while the media were made: the campaign is `running` once they are
     all ready (it may have been paused or failed meanwhile: then it stays so)."""
-    status = conn.execute(
-        sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": campaign_id}
-    ).scalar_one()
+    status = current_status(conn, campaign_id, lock=True)
     launch(conn, campaign_id, status)
 
 
@@ -237,7 +228,7 @@ def finish_run(
     )
 
 
-def complete_runs(conn: sa.Connection, stuck_after_seconds: float) -> list[str]:
+def complete_runs(conn: sa.Connection, stuck_after_seconds: float) -> list[UUID]:
     """Dispatched runs none of whose messages waits any more become `completed`, and a
     campaign with its last occurrence's run; returns the campaigns that completed.
 
@@ -249,19 +240,13 @@ def complete_runs(conn: sa.Connection, stuck_after_seconds: float) -> list[str]:
             " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.campaign_run_id = r.id"
             "   AND (m.status = 'pending' OR (m.status = 'sending'"
             "     AND m.sending_at > now() - make_interval(secs => :stuck))))"
-            " RETURNING r.campaign_id::text, r.run_date"
+            " RETURNING r.campaign_id, r.run_date"
         ),
         {"stuck": stuck_after_seconds},
     ).all()
     completed = []
     for campaign_id, run_date in finished:
-        status, kind, start_at, end_at = conn.execute(
-            sa.text(
-                "SELECT status, recurrence, start_at, end_at FROM campaigns WHERE id = :c"
-                " FOR UPDATE"
-            ),
-            {"c": campaign_id},
-        ).one()
+        status, kind, start_at, end_at = locked_schedule(conn, campaign_id)
         last = recurrence.last_occurrence_date(kind, start_at, end_at)
         # A one-off campaign is done after its run, even one an operator launched early.
         if status != "running" or (kind != "once" and (last is None or run_date < last)):
@@ -300,9 +285,7 @@ def complete_ended(conn: sa.Connection, campaign: Schedule, now: datetime) -> bo
     ).scalar_one_or_none()
     if busy:
         return False
-    status = conn.execute(
-        sa.text("SELECT status FROM campaigns WHERE id = :c FOR UPDATE"), {"c": campaign.id}
-    ).scalar_one()
+    status = current_status(conn, campaign.id, lock=True)
     for step in _TO_COMPLETED.get(status, ()):
         set_campaign_status(
             conn, campaign.id, step, "end date passed" if step == "completed" else None
@@ -317,7 +300,7 @@ _TO_COMPLETED = {
 }
 
 
-def recent_runs(conn: sa.Connection, campaign_id: UUID | str, limit: int = 50) -> list[dict]:
+def recent_runs(conn: sa.Connection, campaign_id: UUID, limit: int = 50) -> list[dict]:
     """The campaign's latest runs, newest first, with their counts."""
     rows = conn.execute(
         sa.text(
@@ -329,7 +312,7 @@ def recent_runs(conn: sa.Connection, campaign_id: UUID | str, limit: int = 50) -
     return [dict(r) for r in rows]
 
 
-def pause_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
+def pause_runs(conn: sa.Connection, campaign_id: UUID) -> None:
     """The campaign's runs not yet dispatched wait (`paused`) until it resumes."""
     conn.execute(
         sa.text(
@@ -340,7 +323,7 @@ def pause_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
     )
 
 
-def resume_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
+def resume_runs(conn: sa.Connection, campaign_id: UUID) -> None:
     """The campaign's paused runs are `pending` again, each with one more `resumes` (a run
     key of its own for the relaunch)."""
     conn.execute(
@@ -352,7 +335,7 @@ def resume_runs(conn: sa.Connection, campaign_id: UUID | str) -> None:
     )
 
 
-def cancel_runs(conn: sa.Connection, campaign_id: UUID | str, reason: str) -> None:
+def cancel_runs(conn: sa.Connection, campaign_id: UUID, reason: str) -> None:
     """The campaign's unfinished runs end `cancelled`, with the reason."""
     conn.execute(
         sa.text(
@@ -377,11 +360,10 @@ def reopen_runs(conn: sa.Connection, run_ids: list[int]) -> None:
 # -- What an operator reads and asks of a campaign's runs ----------------------------------
 
 
-def campaign_progress(engine: sa.Engine, campaign_id: UUID | str) -> dict[str, Any]:
+def campaign_progress(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
     """The campaign with its status, its audience and message counts by status, and its
     latest runs, each with its progress (messages by stage, what the rest wait for, when it
     should end)."""
-    campaign_id = as_uuid(campaign_id, "campaign_id")
     with engine.connect() as conn:
         row = campaign_row(conn, campaign_id)
         if row is None:
@@ -390,7 +372,7 @@ def campaign_progress(engine: sa.Engine, campaign_id: UUID | str) -> dict[str, A
         return {
             **row,
             "audience": audience_counts(conn, campaign_id),
-            "messages": messages.status_counts(conn, UUID(campaign_id)),
+            "messages": messages.status_counts(conn, campaign_id),
             "runs": [
                 {**r, **progress.run_progress(conn, r["id"], stuck)}
                 for r in recent_runs(conn, campaign_id)
@@ -398,11 +380,10 @@ def campaign_progress(engine: sa.Engine, campaign_id: UUID | str) -> dict[str, A
         }
 
 
-def run_now(engine: sa.Engine, campaign_id: str, today: date | None = None) -> CampaignRun:
+def run_now(engine: sa.Engine, campaign_id: UUID, today: date | None = None) -> CampaignRun:
     """Record today's run of the campaign now (`record_run`); the campaign-run sensor
     launches its `dispatched_batches` partition on its next tick. A campaign past its end,
     or one that cannot run, is a `Conflict`."""
-    campaign_id = as_uuid(campaign_id, "campaign_id")
     run_date = today or datetime.now(UTC).date()
     with engine.begin() as conn:
         campaign = require_campaign(conn, campaign_id)

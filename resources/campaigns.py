@@ -32,7 +32,7 @@ from resources.fields import (
     wrong_types,
 )
 from resources.phone import stored_form
-from resources.queue_message import MESSAGE_TYPES
+from resources.queue_message import MESSAGE_TYPES, CampaignSpec
 from resources.readiness import NotReady, Report
 from resources.readiness import check as check_readiness
 from resources.settings import is_production
@@ -59,6 +59,17 @@ class Campaign:
     recurrence: str
     message_type: str
     template_id: int | None
+    start_at: datetime
+    end_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a campaign's occurrences fall, and its status now."""
+
+    id: UUID
+    status: str
+    recurrence: str
     start_at: datetime
     end_at: datetime | None
 
@@ -211,7 +222,7 @@ def add_audience(conn: sa.Connection, campaign_id: UUID, members: Iterable[Membe
     return inserted
 
 
-def get_campaign(conn: sa.Connection, campaign_id: UUID | str) -> Campaign | None:
+def get_campaign(conn: sa.Connection, campaign_id: UUID) -> Campaign | None:
     row = conn.execute(
         sa.text(
             "SELECT id, organisation_id, name, status, recurrence, message_type, template_id,"
@@ -222,7 +233,7 @@ def get_campaign(conn: sa.Connection, campaign_id: UUID | str) -> Campaign | Non
     return Campaign(**row._mapping) if row else None
 
 
-def current_status(conn: sa.Connection, campaign_id: UUID | str, lock: bool = False) -> str | None:
+def current_status(conn: sa.Connection, campaign_id: UUID, lock: bool = False) -> str | None:
     """The campaign's status now, or None if there is no such campaign; with `lock`, the
     row stays locked until the transaction ends, so the status cannot change under it."""
     return conn.execute(
@@ -231,14 +242,78 @@ def current_status(conn: sa.Connection, campaign_id: UUID | str, lock: bool = Fa
     ).scalar_one_or_none()
 
 
-def paused_from(conn: sa.Connection, campaign_id: UUID | str) -> str | None:
+def campaign_exists(conn: sa.Connection, campaign_id: UUID) -> bool:
+    return (
+        conn.execute(
+            sa.text("SELECT 1 FROM campaigns WHERE id = :c"), {"c": campaign_id}
+        ).scalar_one_or_none()
+        is not None
+    )
+
+
+def schedules(conn: sa.Connection, statuses: list[str], after: str, limit: int) -> list[Schedule]:
+    """Up to `limit` campaigns in one of `statuses` whose id (as text) comes after `after`,
+    in that order: a page of the campaigns that may have occurrences due."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT id, status, recurrence, start_at, end_at FROM campaigns"
+            " WHERE status = ANY(:active) AND id::text > :after ORDER BY id::text LIMIT :limit"
+        ),
+        {"active": statuses, "after": after, "limit": limit},
+    )
+    return [Schedule(*row) for row in rows]
+
+
+def locked_schedule(
+    conn: sa.Connection, campaign_id: UUID
+) -> tuple[str, str, datetime, datetime | None]:
+    """The campaign's status, recurrence, start and end, its row locked until the
+    transaction ends."""
+    status, kind, start_at, end_at = conn.execute(
+        sa.text(
+            "SELECT status, recurrence, start_at, end_at FROM campaigns WHERE id = :c FOR UPDATE"
+        ),
+        {"c": campaign_id},
+    ).one()
+    return status, kind, start_at, end_at
+
+
+def campaign_spec(
+    conn: sa.Connection, campaign_id: UUID, default_phone_number_id: str
+) -> CampaignSpec:
+    """What every message of the campaign is made from: its content and its template's
+    name, language, parameters and category (the phone number ID `default_phone_number_id`
+    when the campaign names none)."""
+    row = conn.execute(
+        sa.text(
+            "SELECT c.id::text, c.organisation_id::text, c.message_type, c.phone_number_id,"
+            " c.message_content, c.media_caption, t.name, t.language, t.parameters, t.category"
+            " FROM campaigns c LEFT JOIN templates t ON t.id = c.template_id WHERE c.id = :c"
+        ),
+        {"c": campaign_id},
+    ).one()
+    return CampaignSpec(
+        id=row[0],
+        organisation_id=row[1],
+        message_type=row[2],
+        phone_number_id=row[3] or default_phone_number_id,
+        category=row[9] or "marketing",
+        message_content=row[4],
+        media_caption=row[5],
+        template_name=row[6],
+        template_language=row[7],
+        template_parameters=row[8] or [],
+    )
+
+
+def paused_from(conn: sa.Connection, campaign_id: UUID) -> str | None:
     """The status a paused campaign was paused in (None when it is not paused)."""
     return conn.execute(
         sa.text("SELECT paused_from FROM campaigns WHERE id = :c"), {"c": campaign_id}
     ).scalar_one()
 
 
-def set_paused_from(conn: sa.Connection, campaign_id: UUID | str, status: str | None) -> None:
+def set_paused_from(conn: sa.Connection, campaign_id: UUID, status: str | None) -> None:
     """Remember the status a campaign is paused in, for its resume (None once resumed)."""
     conn.execute(
         sa.text("UPDATE campaigns SET paused_from = :s WHERE id = :c"),
@@ -247,7 +322,7 @@ def set_paused_from(conn: sa.Connection, campaign_id: UUID | str, status: str | 
 
 
 def set_campaign_status(
-    conn: sa.Connection, campaign_id: UUID | str, status: str, reason: str | None = None
+    conn: sa.Connection, campaign_id: UUID, status: str, reason: str | None = None
 ) -> None:
     """Move a campaign, atomically, only along an allowed edge of its status machine."""
     moved = conn.execute(
@@ -288,7 +363,7 @@ def set_campaigns_status(
 
 
 def set_member_status(
-    conn: sa.Connection, member_id: UUID | str, status: str, error: str | None = None
+    conn: sa.Connection, member_id: UUID, status: str, error: str | None = None
 ) -> bool:
     """Move one audience member along its status machine; False if it was not in a source state."""
     return (
@@ -303,7 +378,7 @@ def set_member_status(
     )
 
 
-def audience_counts(conn: sa.Connection, campaign_id: UUID | str) -> dict[str, int]:
+def audience_counts(conn: sa.Connection, campaign_id: UUID) -> dict[str, int]:
     rows = conn.execute(
         sa.text(
             "SELECT status, count(*) FROM campaign_audience WHERE campaign_id = :c GROUP BY status"
@@ -313,7 +388,7 @@ def audience_counts(conn: sa.Connection, campaign_id: UUID | str) -> dict[str, i
     return {status: count for status, count in rows}
 
 
-def campaign_row(conn: sa.Connection, campaign_id: UUID | str) -> dict[str, Any] | None:
+def campaign_row(conn: sa.Connection, campaign_id: UUID) -> dict[str, Any] | None:
     """The campaign's fields an operator reads, or None."""
     row = (
         conn.execute(
@@ -330,7 +405,7 @@ def campaign_row(conn: sa.Connection, campaign_id: UUID | str) -> dict[str, Any]
 
 
 def audience_page(
-    conn: sa.Connection, campaign_id: UUID | str, status: str | None, limit: int, after: str
+    conn: sa.Connection, campaign_id: UUID, status: str | None, limit: int, after: str
 ) -> list[dict[str, Any]]:
     """Up to `limit` members after the member id `after`, in id order (only those in
     `status` if given)."""
@@ -346,7 +421,7 @@ def audience_page(
     return [dict(r) for r in rows]
 
 
-def holds_number(conn: sa.Connection, organisation_id: UUID | str, phone_number_id: str) -> bool:
+def holds_number(conn: sa.Connection, organisation_id: UUID, phone_number_id: str) -> bool:
     """Whether the phone number ID is one of the organisation's."""
     return bool(
         conn.execute(
@@ -364,7 +439,7 @@ MEMBER_STATUSES = tuple(MEMBER_MOVES)
 FIRST_MEMBER = "00000000-0000-0000-0000-000000000000"
 
 
-def require_campaign(conn: sa.Connection, campaign_id: str) -> Campaign:
+def require_campaign(conn: sa.Connection, campaign_id: UUID) -> Campaign:
     """The campaign, or `NotFound`."""
     campaign = get_campaign(conn, campaign_id)
     if campaign is None:
@@ -372,7 +447,7 @@ def require_campaign(conn: sa.Connection, campaign_id: str) -> Campaign:
     return campaign
 
 
-def create_draft(engine: sa.Engine, data: dict[str, Any]) -> str:
+def create_draft(engine: sa.Engine, data: dict[str, Any]) -> UUID:
     """A draft campaign from an operator's fields; returns its id. Every bad field is
     listed (`InvalidInput`), and so is a template or phone number ID of another
     organisation."""
@@ -434,15 +509,14 @@ def create_draft(engine: sa.Engine, data: dict[str, Any]) -> str:
             )
         except sa.exc.IntegrityError as error:
             raise InvalidInput([{"field": "campaign", "error": constraint(error)}]) from None
-    return str(campaign)
+    return campaign
 
 
-def import_audience(engine: sa.Engine, campaign_id: str, text: str) -> dict[str, int]:
+def import_audience(engine: sa.Engine, campaign_id: UUID, text: str) -> dict[str, int]:
     """Add members to a campaign that is still a draft (numbers normalised, repeats refused).
 
     Counts are for the whole file, as the contacts import's: `imported` rows, of which
     `created` new members and `already_present` members the campaign already had."""
-    campaign_id = as_uuid(campaign_id, "campaign_id")
     try:
         rows = contact_csv.parse(text)
     except contact_csv.InvalidCSV as error:
@@ -463,13 +537,12 @@ def import_audience(engine: sa.Engine, campaign_id: str, text: str) -> dict[str,
 
 def list_audience(
     engine: sa.Engine,
-    campaign_id: str,
+    campaign_id: UUID,
     status: str | None = None,
     limit: int = 100,
     after: str | None = None,
 ) -> dict[str, Any]:
     """One page of members in id order; pass `next_after` back as `after` for the next page."""
-    campaign_id = as_uuid(campaign_id, "campaign_id")
     errors = []
     if status is not None and status not in MEMBER_STATUSES:
         errors.append({"field": "status", "error": f"must be one of {', '.join(MEMBER_STATUSES)}"})
@@ -484,12 +557,11 @@ def list_audience(
     return {"items": items, "next_after": items[-1]["id"] if len(items) == limit else None}
 
 
-def approve(engine: sa.Engine, campaign_id: str) -> Report:
+def approve(engine: sa.Engine, campaign_id: UUID) -> Report:
     """`draft → approved`, only for a campaign that can send what it is meant to: its
     template is approvable (`_template_approvable`) and `resources.readiness` finds no
     problem, else `NotReady` lists them and nothing changes. Returns the readiness report
     (its warnings, e.g. a check that could not be made)."""
-    campaign_id = as_uuid(campaign_id, "campaign_id")
     with engine.begin() as conn:
         campaign = require_campaign(conn, campaign_id)
         try:
@@ -506,9 +578,8 @@ def approve(engine: sa.Engine, campaign_id: str) -> Report:
     return report
 
 
-def readiness_of(engine: sa.Engine, campaign_id: str) -> Report:
+def readiness_of(engine: sa.Engine, campaign_id: UUID) -> Report:
     """What approval checks, now, without approving or changing anything."""
-    campaign_id = as_uuid(campaign_id, "campaign_id")
     with engine.connect() as conn:
         report = check_readiness(conn, campaign_id, is_production())
     if report is None:

@@ -17,12 +17,17 @@ MAX_PAGE = 500
 MAX_ID = 2**63 - 1
 
 
-def as_uuid(value: Any, name: str) -> str:
-    """`value` as a UUID's text, or `InvalidInput` naming the field."""
+def uuid_of(value: Any, name: str) -> UUID:
+    """`value` as a UUID, or `InvalidInput` naming the field: an id read at an edge."""
     try:
-        return str(UUID(str(value)))
+        return UUID(str(value))
     except ValueError:
         raise InvalidInput([{"field": name, "error": "must be a UUID"}]) from None
+
+
+def as_uuid(value: Any, name: str) -> str:
+    """`value` as a UUID's text, or `InvalidInput` naming the field."""
+    return str(uuid_of(value, name))
 
 
 def required(data: dict[str, Any], *names: str) -> list[dict[str, str]]:

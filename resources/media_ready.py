@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import select
 import time
+from uuid import UUID
 
 import sqlalchemy as sa
 
 CHANNEL = "waflow_media_ready"
 
 
-def notify(conn: sa.Connection, campaign_id: object) -> None:
+def notify(conn: sa.Connection, campaign_id: UUID) -> None:
     """Tell the campaign's dispatch run to look again, once this transaction commits."""
     conn.execute(sa.text("SELECT pg_notify(:ch, :c)"), {"ch": CHANNEL, "c": str(campaign_id)})
 
@@ -26,7 +27,7 @@ def notify(conn: sa.Connection, campaign_id: object) -> None:
 class Listener:
     """A connection of its own, listening for one campaign's signal."""
 
-    def __init__(self, engine: sa.Engine, campaign_id: object) -> None:
+    def __init__(self, engine: sa.Engine, campaign_id: UUID) -> None:
         self.campaign_id = str(campaign_id)
         self._connection = engine.raw_connection()
         # Out of the pool: it is autocommit and listening, not for anyone else.

@@ -31,6 +31,7 @@ import ast
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
 
@@ -259,7 +260,7 @@ class _Checks:
         self.warnings.append(Notice(check, where, warning))
 
 
-def check(conn: sa.Connection, campaign_id: str, production: bool) -> Report | None:
+def check(conn: sa.Connection, campaign_id: UUID, production: bool) -> Report | None:
     """The campaign's readiness, or None when there is no such campaign."""
     campaign = _load(conn, campaign_id)
     if campaign is None:
@@ -305,7 +306,7 @@ def check(conn: sa.Connection, campaign_id: str, production: bool) -> Report | N
     )
 
 
-def _load(conn: sa.Connection, campaign_id: str) -> _Campaign | None:
+def _load(conn: sa.Connection, campaign_id: UUID) -> _Campaign | None:
     row = conn.execute(
         sa.text(
             "SELECT c.id::text, c.message_type, c.message_content, c.template_id,"
@@ -513,7 +514,7 @@ def _a(word: str) -> str:
     return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
-def _run_member_checks(conn: sa.Connection, campaign_id: str, found: _Checks) -> list[Problem]:
+def _run_member_checks(conn: sa.Connection, campaign_id: UUID, found: _Checks) -> list[Problem]:
     """Every per-member check in one statement and one pass over the audience: each value
     is resolved once per member, the members failing any check are kept aside, then counted
     and the first few listed per check."""

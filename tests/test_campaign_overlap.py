@@ -16,12 +16,12 @@ from uuid import UUID
 import pytest
 import sqlalchemy as sa
 
-from assets_defs.dispatch.dispatcher import Dispatch, Halted, load_spec
+from assets_defs.dispatch.dispatcher import Dispatch, Halted
 from assets_defs.dispatch.planner import plan_tick
-from assets_defs.media import store
 from assets_defs.media.runner import CampaignMediaRun, Policy
-from resources import audience, campaigns, settings
+from resources import audience, campaigns, media_generation, settings
 from resources import campaign_runs as runs
+from resources.campaigns import campaign_spec
 from resources.queue import SQSResource
 from resources.sandbox.pool import Limits
 from resources.storage import S3Storage
@@ -78,7 +78,7 @@ def generating_campaign(engine, members: int, failing: int = 0) -> str:
             ],
         )
         campaigns.set_campaign_status(conn, campaign, "approved")
-        assert [c for c, _ in store.begin_generation(conn, 50)] == [campaign]
+        assert [c for c, _ in media_generation.begin_generation(conn, 50)] == [campaign]
     return str(campaign)
 
 
@@ -131,7 +131,7 @@ def test_members_are_sent_while_the_rest_of_the_media_are_made(engine, s3, sqs, 
     hold_all_but(engine, campaign_id, free=6)
     # The run is launched with the media: it waits for the first members.
     plan = plan_tick(engine, datetime.now(UTC))
-    assert [r.campaign_id for r in plan.to_launch] == [campaign_id]
+    assert [r.campaign_id for r in plan.to_launch] == [UUID(campaign_id)]
 
     outcome: dict = {}
     dispatch = threading.Thread(
@@ -200,7 +200,7 @@ def sibling_records(engine, campaign_id: str, numbers: range, status: str) -> No
             for member in ids
         ]
         audience.record_results(conn, UUID(campaign_id), results)
-        store.fail_if_certain(conn, campaign_id, 0.1)
+        media_generation.fail_if_certain(conn, campaign_id, 0.1)
 
 
 def test_the_failure_threshold_crossed_mid_way_stops_the_rest_as_a_pause_would(
@@ -213,7 +213,7 @@ def test_the_failure_threshold_crossed_mid_way_stops_the_rest_as_a_pause_would(
     with engine.begin() as conn:
         run = runs.record_run(conn, campaign_id, TODAY)
         runs.start_run(conn, run)
-        spec = load_spec(conn, campaign_id, PHONE_NUMBER_ID)
+        spec = campaign_spec(conn, campaign_id, PHONE_NUMBER_ID)
     dispatch = Dispatch(engine, sqs, spec, run.id, str, media_poll_seconds=30)
     stopped: dict = {}
 

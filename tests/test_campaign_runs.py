@@ -151,7 +151,7 @@ def test_a_recurring_campaign_whose_end_date_passed_completes_without_a_run(engi
         end_at=at("2026-02-01 09:00"),
     )
     plan = plan_tick(engine, at("2026-03-01 12:00"))
-    assert plan.completed == [str(campaign_id)]
+    assert plan.completed == [campaign_id]
     assert plan.to_launch == []
     assert count_runs(engine) == 0
     assert campaign_status(engine, campaign_id) == "completed"

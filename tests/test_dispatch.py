@@ -11,10 +11,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from assets_defs.dispatch.dispatcher import Dispatch, load_spec, run_counts
+from assets_defs.dispatch.dispatcher import Dispatch, run_counts
 from pipelines.dev.local_stack import free_port
 from resources import campaign_runs as runs
-from resources.campaigns import Member
+from resources.campaigns import Member, campaign_spec
 from resources.queue import SQSResource
 from resources.queue_message import SQS_MAX_MESSAGE_BYTES
 from resources.storage import S3Storage
@@ -113,7 +113,7 @@ def test_a_template_campaign_is_queued_in_seed_3s_shape(engine, resources, sqs, 
     with engine.begin() as conn:
         assert runs.complete_runs(conn, 1800) == []
         conn.execute(sa.text("UPDATE messages SET status = 'sent'"))
-        assert runs.complete_runs(conn, 1800) == [str(campaign_id)]
+        assert runs.complete_runs(conn, 1800) == [campaign_id]
     assert campaign_status(engine, campaign_id) == "completed"
 
 
@@ -298,7 +298,7 @@ def _dispatch(engine, sqs, campaign_id, retry_seconds):
     with engine.begin() as conn:
         run = runs.record_run(conn, campaign_id, TODAY)
         runs.start_run(conn, run)
-        spec = load_spec(conn, str(campaign_id), PHONE_NUMBER_ID)
+        spec = campaign_spec(conn, campaign_id, PHONE_NUMBER_ID)
     dispatch = Dispatch(engine, sqs, spec, run.id, str, concurrency=4, retry_seconds=retry_seconds)
     return run, dispatch
 

@@ -36,7 +36,7 @@ def instance():
 def generate(engine, s3, campaign_id, workers: int = 2, log=lambda message: None):
     """The run's work without Dagster around it."""
     run = CampaignMediaRun(
-        engine, s3, str(campaign_id), Limits(workers=workers), Policy(backoff_seconds=0.01), log
+        engine, s3, campaign_id, Limits(workers=workers), Policy(backoff_seconds=0.01), log
     )
     return run.run()
 
@@ -210,7 +210,7 @@ def test_a_new_version_mid_campaign_applies_to_the_members_not_yet_done(engine, 
     PublishingV2AfterTheFirstMember(
         engine,
         s3,
-        str(campaign_id),
+        campaign_id,
         Limits(workers=1),
         Policy(backoff_seconds=0.01),
         lambda m: None,
@@ -241,12 +241,13 @@ def test_a_run_killed_with_sigkill_loses_nothing_and_the_next_run_finishes(
     campaign_id, _ = create_campaign(engine, 30, slow)
     script = textwrap.dedent(
         f"""
+        from uuid import UUID
         from assets_defs.media.runner import CampaignMediaRun, Policy
         from resources.sandbox.pool import Limits
         from resources.postgres import create_engine
         from resources.storage import S3Storage
         s3 = S3Storage.from_settings().model_copy(update={{"bucket": "{s3.bucket}"}})
-        CampaignMediaRun(create_engine("{database_url}"), s3, "{campaign_id}",
+        CampaignMediaRun(create_engine("{database_url}"), s3, UUID("{campaign_id}"),
                          Limits(workers=2), Policy(), lambda m: None).run()
         """
     )
@@ -288,7 +289,7 @@ def test_the_check_fails_when_an_object_is_missing(engine, postgres, s3, instanc
     key = members(engine, campaign_id)[0].generated_asset_urls["json"]
     s3.client.delete_object(Bucket=s3.bucket, Key=key)
 
-    check = objects_check(engine, s3, str(campaign_id))
+    check = objects_check(engine, s3, campaign_id)
 
     assert not check.passed
     assert check.metadata["members_missing_objects"].value == 1
@@ -350,12 +351,13 @@ def test_three_runs_share_a_campaign_and_a_killed_ones_members_are_generated_onc
     def start(run_id: str, live: list[str]) -> subprocess.Popen:
         script = textwrap.dedent(
             f"""
+            from uuid import UUID
             from assets_defs.media.runner import CampaignMediaRun, Policy
             from resources.sandbox.pool import Limits
             from resources.postgres import create_engine
             from resources.storage import S3Storage
             s3 = S3Storage.from_settings().model_copy(update={{"bucket": "{s3.bucket}"}})
-            CampaignMediaRun(create_engine("{database_url}"), s3, "{campaign_id}",
+            CampaignMediaRun(create_engine("{database_url}"), s3, UUID("{campaign_id}"),
                              Limits(workers=1), Policy(), lambda m: None).run({run_id!r}, {live!r})
             """
         )

@@ -12,8 +12,8 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
-from assets_defs.dispatch.dispatcher import load_spec
 from resources import breakers, campaigns, operator_templates, templates
+from resources.campaigns import campaign_spec
 from resources.whatsapp import WhatsAppClient
 from tests import template_payloads as tp
 from tests.sending import client_for, enqueue, make_run, payload, start, statuses, wait_for
@@ -135,7 +135,7 @@ def test_status_category_and_quality_reach_the_template_once(engine):
     ]
     # The next dispatch follows the marketing consent rules.
     with engine.connect() as conn:
-        assert load_spec(conn, str(campaign), "1234").category == "marketing"
+        assert campaign_spec(conn, campaign, "1234").category == "marketing"
 
 
 def test_two_status_webhooks_out_of_order_end_on_the_newer(engine):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
 
@@ -25,28 +26,28 @@ def created_campaign(engine: sa.Engine, data: dict[str, Any]) -> dict[str, Any]:
     return campaign_progress(engine, campaigns.create_draft(engine, data))
 
 
-def approved_campaign(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
+def approved_campaign(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
     """The campaign's status once approved, with the readiness report (`readiness`: its
     warnings, e.g. a check that could not be made)."""
     report = campaigns.approve(engine, campaign_id)
     return {**campaign_progress(engine, campaign_id), "readiness": report.as_dict()}
 
 
-def campaign_readiness(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
+def campaign_readiness(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
     """What approval checks, now: `ready`, every problem (`errors`) with its count and
     first members, and `warnings`."""
     return campaigns.readiness_of(engine, campaign_id).as_dict()
 
 
-def recorded_run(engine: sa.Engine, campaign_id: str) -> dict[str, Any]:
+def recorded_run(engine: sa.Engine, campaign_id: UUID) -> dict[str, Any]:
     """Today's run, recorded now, and the partition the campaign-run sensor launches."""
     run = run_now(engine, campaign_id)
     return {
-        "campaign_id": run.campaign_id,
+        "campaign_id": str(run.campaign_id),
         "campaign_run_id": run.id,
         "run_date": run.run_date.isoformat(),
         "run_status": run.status,
-        "partition": {"campaign": run.campaign_id, "date": run.run_date.isoformat()},
+        "partition": {"campaign": str(run.campaign_id), "date": run.run_date.isoformat()},
         "launch": "the campaign-run sensor requests this partition's run on its next tick",
     }
 

@@ -115,8 +115,9 @@ async def _owned(request: Request, kind: Literal["campaign", "template"]) -> Any
     return object_id
 
 
-async def _campaign(request: Request) -> str:
-    return str(await _owned(request, "campaign"))
+async def _campaign(request: Request) -> UUID:
+    """The path's campaign id (the route's `uuid` convertor parsed it)."""
+    return await _owned(request, "campaign")
 
 
 @operation(201, platform=True)

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
+from uuid import UUID
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -388,7 +389,7 @@ _CONTROLS = {
 
 @page
 async def campaign_action(request: Request, session: console_sessions.Session) -> Response:
-    campaign_id = str(request.path_params["campaign_id"])
+    campaign_id: UUID = request.path_params["campaign_id"]  # the route's `uuid` convertor's
     act, done = _CONTROLS.get(request.path_params["action"], (None, ""))
     try:
         await _owned(request, session, "campaign", campaign_id)

@@ -11,12 +11,12 @@ from assets_defs.dispatch.dispatcher import (
     Dispatch,
     Halted,
     RunCounts,
-    load_spec,
     run_counts,
 )
 from assets_defs.partitions import campaign_run_partitions
 from resources import campaign_runs as runs
 from resources import settings
+from resources.campaigns import campaign_spec
 from resources.postgres import PostgresResource
 from resources.queue import SQSResource
 from resources.queue_message import MediaUrl
@@ -34,12 +34,16 @@ def media_url_builder(s3: S3Storage) -> MediaUrl:
     return lambda key: s3.presigned_url(key, expires_in)
 
 
-def partition_of(context: dg.AssetExecutionContext) -> tuple[str, date]:
+def partition_of(context: dg.AssetExecutionContext) -> tuple[UUID, date]:
     key = context.partition_key
     if not isinstance(key, dg.MultiPartitionKey):
         raise dg.Failure(f"expected a campaign × date partition, got {key!r}")
     dimensions = key.keys_by_dimension
-    return dimensions["campaign"], date.fromisoformat(dimensions["date"])
+    try:
+        campaign_id = UUID(dimensions["campaign"])
+    except ValueError:
+        raise dg.Failure(f"partition {key!r} is not of a campaign id") from None
+    return campaign_id, date.fromisoformat(dimensions["date"])
 
 
 @dg.asset(
@@ -85,7 +89,7 @@ def dispatched_batches(
         try:
             with engine.begin() as conn:
                 runs.start_run(conn, run)
-                spec = load_spec(conn, campaign_id, settings.get("WHATSAPP_PHONE_NUMBER_ID"))
+                spec = campaign_spec(conn, campaign_id, settings.get("WHATSAPP_PHONE_NUMBER_ID"))
         except runs.Stopped as error:
             return _stopped(context, run.id, error.status, None)
         except runs.CannotRun as error:
@@ -115,7 +119,7 @@ def dispatched_batches(
             if stopped_by is None:
                 # It may have started while the media were being made: they are ready now.
                 runs.launch_ready(conn, campaign_id)
-            counts = run_counts(conn, UUID(campaign_id), run.id)
+            counts = run_counts(conn, campaign_id, run.id)
             if stopped_by is None:
                 runs.finish_run(conn, run, counts.queued, counts.failed, counts.skipped)
     if stopped_by is not None:

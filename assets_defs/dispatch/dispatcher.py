@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from resources import audience, consent, crash_points, messages
 from resources.campaign_runs import GENERATING
+from resources.campaigns import current_status
 from resources.media_ready import Listener
 from resources.queue import BATCH_SIZE, BatchOutcome, Outgoing, SQSResource, pack
 from resources.queue_message import (
@@ -96,29 +97,6 @@ class AttemptStats:
     started_during_media: bool = False
 
 
-def load_spec(conn: sa.Connection, campaign_id: str, default_phone_number_id: str) -> CampaignSpec:
-    row = conn.execute(
-        sa.text(
-            "SELECT c.id::text, c.organisation_id::text, c.message_type, c.phone_number_id,"
-            " c.message_content, c.media_caption, t.name, t.language, t.parameters, t.category"
-            " FROM campaigns c LEFT JOIN templates t ON t.id = c.template_id WHERE c.id = :c"
-        ),
-        {"c": campaign_id},
-    ).one()
-    return CampaignSpec(
-        id=row[0],
-        organisation_id=row[1],
-        message_type=row[2],
-        phone_number_id=row[3] or default_phone_number_id,
-        category=row[9] or "marketing",
-        message_content=row[4],
-        media_caption=row[5],
-        template_name=row[6],
-        template_language=row[7],
-        template_parameters=row[8] or [],
-    )
-
-
 class Dispatch:
     def __init__(
         self,
@@ -150,7 +128,7 @@ class Dispatch:
     def run(self) -> AttemptStats:
         started = time.perf_counter()
         with (
-            Listener(self.engine, self.spec.id) as media_ready,
+            Listener(self.engine, self.campaign_id) as media_ready,
             ThreadPoolExecutor(self.concurrency, thread_name_prefix="sqs-send") as pool,
         ):
             try:
@@ -179,9 +157,7 @@ class Dispatch:
     def _check_campaign(self) -> str:
         """The campaign's status; `Halted` when it stopped."""
         with self.engine.connect() as conn:
-            status = conn.execute(
-                sa.text("SELECT status FROM campaigns WHERE id = :c"), {"c": self.spec.id}
-            ).scalar_one()
+            status = current_status(conn, self.campaign_id)
         if status in STOPPING:
             raise Halted(status)
         return status

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from uuid import UUID
 
 import dagster as dg
 import sqlalchemy as sa
@@ -31,8 +32,8 @@ RUNS_PER_TICK = 100
 @dataclass
 class TickPlan:
     recorded: list[runs.CampaignRun] = field(default_factory=list)
-    completed: list[str] = field(default_factory=list)
-    sent: list[str] = field(default_factory=list)
+    completed: list[UUID] = field(default_factory=list)
+    sent: list[UUID] = field(default_factory=list)
     to_launch: list[runs.CampaignRun] = field(default_factory=list)
     cursor: str = ""
 
@@ -45,7 +46,7 @@ def plan_tick(engine: sa.Engine, now: datetime, cursor: str = "") -> TickPlan:
         plan.sent = runs.complete_runs(conn, settings.number("SENDER_STUCK_AFTER_SECONDS"))
     with engine.connect() as conn:
         campaigns = runs.active_campaigns(conn, cursor, CAMPAIGNS_PER_TICK)
-    plan.cursor = campaigns[-1].id if len(campaigns) == CAMPAIGNS_PER_TICK else ""
+    plan.cursor = str(campaigns[-1].id) if len(campaigns) == CAMPAIGNS_PER_TICK else ""
     for campaign in campaigns:
         due = recurrence.due_occurrence(
             campaign.recurrence, campaign.start_at, campaign.end_at, now
@@ -73,8 +74,8 @@ def run_request(run: runs.CampaignRun) -> dg.RunRequest:
         asset_selection=[dispatched_batches.key],
         # `dispatch_campaign`: the run coordinator's limit of dispatch runs per campaign.
         tags={
-            "campaign": run.campaign_id,
-            "dispatch_campaign": run.campaign_id,
+            "campaign": str(run.campaign_id),
+            "dispatch_campaign": str(run.campaign_id),
             "campaign_run_id": str(run.id),
         },
     )

@@ -10,8 +10,9 @@ import dagster as dg
 import sqlalchemy as sa
 
 from assets_defs.media.runner import CampaignMediaRun, Policy, Report, media_prefix
-from assets_defs.partitions import campaign_partitions
+from assets_defs.partitions import campaign_partition_key, campaign_partitions
 from resources import audience, settings
+from resources.campaigns import campaign_exists
 from resources.postgres import PostgresResource
 from resources.sandbox.pool import Limits
 from resources.storage import S3Storage
@@ -26,11 +27,14 @@ LIVE_RUN_STATUSES = [
 ]
 
 
-def live_runs(instance: dg.DagsterInstance, campaign_id: str) -> list[dg.DagsterRun]:
+def live_runs(instance: dg.DagsterInstance, campaign_id: UUID) -> list[dg.DagsterRun]:
     """Runs of this campaign's partition that are queued or running."""
     return list(
         instance.get_runs(
-            dg.RunsFilter(statuses=LIVE_RUN_STATUSES, tags={"dagster/partition": campaign_id})
+            dg.RunsFilter(
+                statuses=LIVE_RUN_STATUSES,
+                tags={"dagster/partition": campaign_partition_key(campaign_id)},
+            )
         )
     )
 
@@ -54,16 +58,13 @@ def campaign_media(
 ) -> dg.MaterializeResult:
     """Personalised media for every member of the campaign, rendered by the template's
     active generator in the sandbox and stored under `campaigns/<campaign>/<member>/`."""
-    campaign_id = context.partition_key
     try:
-        UUID(campaign_id)
+        campaign_id = UUID(context.partition_key)
     except ValueError:
-        raise dg.Failure(f"partition {campaign_id!r} is not a campaign id") from None
+        raise dg.Failure(f"partition {context.partition_key!r} is not a campaign id") from None
     with postgres.engine.connect() as conn:
-        exists = conn.execute(
-            sa.text("SELECT 1 FROM campaigns WHERE id = :c"), {"c": campaign_id}
-        ).scalar_one_or_none()
-    if exists is None:
+        exists = campaign_exists(conn, campaign_id)
+    if not exists:
         raise dg.Failure(f"campaign {campaign_id} does not exist")
     run = CampaignMediaRun(
         postgres.engine,
@@ -125,7 +126,7 @@ def report_metadata(report: Report, bucket: str) -> dict[str, dg.MetadataValue]:
     return metadata
 
 
-def objects_check(engine: sa.Engine, s3: S3Storage, campaign_id: str) -> dg.AssetCheckResult:
+def objects_check(engine: sa.Engine, s3: S3Storage, campaign_id: UUID) -> dg.AssetCheckResult:
     """Every member whose media were generated has each recorded object in the bucket.
 
     Lists the campaign's prefix once and streams the members' keys against it, so the
@@ -139,7 +140,7 @@ def objects_check(engine: sa.Engine, s3: S3Storage, campaign_id: str) -> dg.Asse
     checked = missing = 0
     examples: list[str] = []
     with engine.connect() as conn:
-        for member_id, keys in audience.generated_media(conn, UUID(campaign_id)):
+        for member_id, keys in audience.generated_media(conn, campaign_id):
             checked += 1
             absent = [key for key in keys.values() if key not in stored]
             if not keys:

@@ -22,8 +22,8 @@ from uuid import UUID
 import sqlalchemy as sa
 from botocore.exceptions import BotoCoreError, ClientError
 
-from assets_defs.media import store
 from resources import audience, settings
+from resources import media_generation as store
 from resources.campaigns import audience_counts
 from resources.sandbox import isolation
 from resources.sandbox.pool import Generator, Limits, MemberInput, Outcome, WorkerPool
@@ -46,7 +46,7 @@ class Policy:
 
 @dataclass
 class Report:
-    campaign_id: str
+    campaign_id: UUID
     total: int = 0
     generated: int = 0
     failed: int = 0
@@ -64,11 +64,11 @@ class Report:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
-def media_key(campaign_id: str, member_id: object, asset_type: str, extension: str) -> str:
+def media_key(campaign_id: UUID, member_id: object, asset_type: str, extension: str) -> str:
     return f"campaigns/{campaign_id}/{member_id}/{asset_type}{extension}"
 
 
-def media_prefix(campaign_id: str) -> str:
+def media_prefix(campaign_id: UUID) -> str:
     return f"campaigns/{campaign_id}/"
 
 
@@ -79,7 +79,7 @@ class CampaignMediaRun:
         self,
         engine: sa.Engine,
         s3: S3Storage,
-        campaign_id: str,
+        campaign_id: UUID,
         limits: Limits,
         policy: Policy,
         log: Callable[[str], None],
@@ -88,7 +88,6 @@ class CampaignMediaRun:
         self.engine = engine
         self.s3 = s3
         self.campaign_id = campaign_id
-        self.campaign = UUID(campaign_id)
         self.limits = limits
         self.policy = policy
         self.log = log
@@ -113,7 +112,7 @@ class CampaignMediaRun:
         with self.engine.begin() as conn:
             store.start_generation(conn, self.campaign_id)
             self.report.released = audience.release_claims(
-                conn, self.campaign, [self.run_id, *live_run_ids]
+                conn, self.campaign_id, [self.run_id, *live_run_ids]
             )
             counts = audience_counts(conn, self.campaign_id)
         self.report.total = sum(n for status, n in counts.items() if status != "skipped")
@@ -168,11 +167,11 @@ class CampaignMediaRun:
             generator = store.active_generator(conn, self.campaign_id)
             if generator is None:
                 return [], None
-            return audience.claim_members(conn, self.campaign, limit, self.run_id), generator
+            return audience.claim_members(conn, self.campaign_id, limit, self.run_id), generator
 
     def _record(self, results: list[audience.MemberResult]) -> None:
         with self.engine.begin() as conn:
-            audience.record_results(conn, self.campaign, results)
+            audience.record_results(conn, self.campaign_id, results)
             if any(r.status == "failed" for r in results) and store.fail_if_certain(
                 conn, self.campaign_id, self.policy.failure_threshold
             ):

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import dagster as dg
 import sqlalchemy as sa
 
-from assets_defs.media import store
 from assets_defs.media.asset import campaign_media, live_runs
 from assets_defs.partitions import campaign_partition_key, campaign_partitions
-from resources import audience, settings
+from resources import audience, media_generation, settings
 from resources.postgres import PostgresResource
 
 CAMPAIGNS_PER_TICK = 50
@@ -31,18 +30,18 @@ ORPHAN_GRACE_SECONDS = 120
 MAX_FAILED_RUNS = 3
 
 
-def media_run_requests(campaign_id: str, run_key: str) -> list[dg.RunRequest]:
+def media_run_requests(partition_key: str, run_key: str) -> list[dg.RunRequest]:
     """`MEDIA_RUNS_PER_CAMPAIGN` runs of the campaign's partition, which share its members
     (each claims its own); the run launcher may start each on a machine of its own."""
     runs = int(settings.number("MEDIA_RUNS_PER_CAMPAIGN"))
     return [
         dg.RunRequest(
             run_key=f"campaign_media:{run_key}" + (f":{slot}" if slot else ""),
-            partition_key=campaign_id,
+            partition_key=partition_key,
             asset_selection=[campaign_media.key],
             # `media_campaign`: the run coordinator allows one live run per value, so one
             # per slot of the campaign.
-            tags={"campaign": campaign_id, "media_campaign": f"{campaign_id}:{slot}"},
+            tags={"campaign": partition_key, "media_campaign": f"{partition_key}:{slot}"},
         )
         for slot in range(runs)
     ]
@@ -62,8 +61,8 @@ def start_media(engine: sa.Engine) -> MediaStart:
     """Approved campaigns: with a generator → `asset_generation` and its `campaign_media` runs;
     without → straight to `asset_generated`."""
     with engine.begin() as conn:
-        without_media = store.approve_without_media(conn, CAMPAIGNS_PER_TICK)
-        starting = store.begin_generation(conn, CAMPAIGNS_PER_TICK)
+        without_media = media_generation.approve_without_media(conn, CAMPAIGNS_PER_TICK)
+        starting = media_generation.begin_generation(conn, CAMPAIGNS_PER_TICK)
     keys = [campaign_partition_key(campaign_id) for campaign_id, _ in starting]
     return MediaStart(
         run_requests=[
@@ -92,14 +91,16 @@ def media_recovery_sensor(
     orphans = []
     with postgres.engine.begin() as conn:
         for campaign_id in audience.campaigns_with_stuck_members(conn, stuck_minutes):
-            live = [run.run_id for run in live_runs(instance, str(campaign_id))]
+            live = [run.run_id for run in live_runs(instance, campaign_id)]
             reset = audience.reset_stuck_members(conn, campaign_id, stuck_minutes, live)
             if reset:
                 context.log.info(f"campaign {campaign_id}: {reset} stuck member(s) back to pending")
-        generating = store.campaigns_generating(conn, ORPHAN_GRACE_SECONDS, CAMPAIGNS_PER_TICK)
+        generating = media_generation.campaigns_generating(
+            conn, ORPHAN_GRACE_SECONDS, CAMPAIGNS_PER_TICK
+        )
         for campaign_id, began in generating:
-            key = str(campaign_id)
-            if live_runs(instance, key):
+            key = campaign_partition_key(campaign_id)
+            if live_runs(instance, campaign_id):
                 continue
             failed = instance.get_runs(
                 dg.RunsFilter(
@@ -110,9 +111,9 @@ def media_recovery_sensor(
                 limit=MAX_FAILED_RUNS,
             )
             if len(failed) >= MAX_FAILED_RUNS:
-                store.fail_generation(
+                media_generation.fail_generation(
                     conn,
-                    key,
+                    campaign_id,
                     f"{MAX_FAILED_RUNS} campaign_media runs failed (last: {failed[0].run_id})",
                 )
                 continue

@@ -140,16 +140,22 @@ def dispatch_demo(engine: sa.Engine, campaign_id: UUID) -> None:
 
     from assets_defs.dispatch.asset import dispatched_batches
     from assets_defs.dispatch.planner import plan_tick
+    from assets_defs.partitions import campaign_partition_key
     from pipelines.definitions import resources
 
     plan = plan_tick(engine, datetime.now(UTC))
     instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("campaigns", sorted({r.campaign_id for r in plan.to_launch}))
+    instance.add_dynamic_partitions(
+        "campaigns", sorted({campaign_partition_key(r.campaign_id) for r in plan.to_launch})
+    )
     for run in plan.to_launch:
         dg.materialize(
             [dispatched_batches],
             partition_key=dg.MultiPartitionKey(
-                {"campaign": run.campaign_id, "date": run.run_date.isoformat()}
+                {
+                    "campaign": campaign_partition_key(run.campaign_id),
+                    "date": run.run_date.isoformat(),
+                }
             ),
             resources=resources(),
             instance=instance,

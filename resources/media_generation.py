@@ -1,6 +1,8 @@
-"""The media capability's moves of its campaign, `approved → asset_generation →
-asset_generated | failed`, decided from where its members stand (their claims and results
-are `resources/audience.py`'s).
+"""A campaign's media generation: its moves `approved → asset_generation → asset_generated |
+failed` (through `set_campaign_status`), decided from where its members stand (their claims
+and results are `resources/audience.py`'s), and the `asset_generation_*` and
+`asset_failure_ratio` columns that record it. The media capability (`assets_defs/media`)
+calls these.
 
 Every move is set-based SQL guarded by the source state of `resources/status.py`, so two
 runs, a sensor and an operator can act at once without a campaign being moved twice.
@@ -19,7 +21,7 @@ from resources.campaigns import current_status, set_campaign_status, set_campaig
 from resources.sandbox.pool import Generator
 
 
-def active_generator(conn: sa.Connection, campaign_id: str) -> Generator | None:
+def active_generator(conn: sa.Connection, campaign_id: UUID) -> Generator | None:
     row = conn.execute(
         sa.text(
             "SELECT g.template_id, g.version, g.file_name, g.file_content AS source"
@@ -31,7 +33,7 @@ def active_generator(conn: sa.Connection, campaign_id: str) -> Generator | None:
     return Generator(**row._mapping) if row else None
 
 
-def start_generation(conn: sa.Connection, campaign_id: str) -> None:
+def start_generation(conn: sa.Connection, campaign_id: UUID) -> None:
     """`approved → asset_generation` (a campaign the sensor moved, or resumed, is there already)."""
     if current_status(conn, campaign_id) == "approved":
         set_campaign_status(conn, campaign_id, "asset_generation")
@@ -108,7 +110,7 @@ def campaigns_generating(
     return [(row.id, row.asset_generation_started_at) for row in rows]
 
 
-def fail_generation(conn: sa.Connection, campaign_id: str, reason: str) -> None:
+def fail_generation(conn: sa.Connection, campaign_id: UUID, reason: str) -> None:
     set_campaign_status(conn, campaign_id, "failed", reason)
     conn.execute(
         sa.text(
@@ -126,7 +128,7 @@ class Completion:
     reason: str | None = None
 
 
-def complete(conn: sa.Connection, campaign_id: str, failure_threshold: float) -> Completion:
+def complete(conn: sa.Connection, campaign_id: UUID, failure_threshold: float) -> Completion:
     """Close the campaign's generation once no member is left to generate.
 
     Without an active generator the members left `pending` need no media (the contract with
@@ -141,7 +143,7 @@ def complete(conn: sa.Connection, campaign_id: str, failure_threshold: float) ->
         return Completion(status, ratio, reason)
     if status not in ("approved", "asset_generation"):  # paused, cancelled: not ours to move
         return Completion(status or "missing")
-    tally = audience.media_tally(conn, UUID(campaign_id))
+    tally = audience.media_tally(conn, campaign_id)
     if tally.left and active_generator(conn, campaign_id) is not None:
         return Completion(status)
     ratio = tally.failed / tally.finished if tally.finished else 0.0
@@ -166,14 +168,14 @@ def complete(conn: sa.Connection, campaign_id: str, failure_threshold: float) ->
     return Completion(target, ratio, reason)
 
 
-def fail_if_certain(conn: sa.Connection, campaign_id: str, failure_threshold: float) -> bool:
+def fail_if_certain(conn: sa.Connection, campaign_id: UUID, failure_threshold: float) -> bool:
     """Fail the campaign's generation as soon as its failure ratio is sure to end above the
     threshold: more of all its members have failed than the threshold allows, whatever the
     rest do. Its dispatch run and the sender then stop the rest as a pause would (what was
     already sent stays sent, and the reason says how much). Whether it failed now."""
     if current_status(conn, campaign_id) != "asset_generation":
         return False
-    tally = audience.media_tally(conn, UUID(campaign_id))
+    tally = audience.media_tally(conn, campaign_id)
     if not tally.members or tally.failed / tally.members <= failure_threshold:
         return False
     fail_generation(
@@ -191,9 +193,9 @@ def fail_if_certain(conn: sa.Connection, campaign_id: str, failure_threshold: fl
 
 
 def _over_threshold(
-    conn: sa.Connection, campaign_id: str, failed: int, of: int, failure_threshold: float
+    conn: sa.Connection, campaign_id: UUID, failed: int, of: int, failure_threshold: float
 ) -> str:
-    sent = messages.sent_count(conn, UUID(campaign_id))
+    sent = messages.sent_count(conn, campaign_id)
     reason = (
         f"{failed} of {of} members ({failed / of:.1%}) failed media generation,"
         f" above the {failure_threshold:.0%} threshold"
