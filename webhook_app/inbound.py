@@ -179,33 +179,33 @@ def store(
 
 def text_of(message: Message) -> str | None:
     """What the customer said, as text the agent and an operator can read."""
-    kind, content = message.type, message.content
+    kind = message.type
     if kind == "text":
-        return content.get("body")
+        return message.text
     if kind in MEDIA_TYPES:
-        return content.get("caption") or content.get("filename")
-    if kind == "location":
-        place = ", ".join(str(content[k]) for k in ("name", "address") if content.get(k))
-        where = f"{content.get('latitude')}, {content.get('longitude')}"
+        return (message.media.caption or message.media.filename) if message.media else None
+    if message.location is not None:
+        at = message.location
+        place = ", ".join(part for part in (at.name, at.address) if part)
+        where = f"{at.latitude}, {at.longitude}"
         return f"[location] {place} ({where})" if place else f"[location] {where}"
     if kind == "contacts":
-        people = message.raw.get("contacts") or []
-        names = [(p.get("name") or {}).get("formatted_name") for p in people]
+        names = [c.formatted_name for c in message.contacts]
         return "[shared contacts] " + ", ".join(n for n in names if n)
-    if kind == "interactive":
-        reply = content.get(content.get("type") or "") or {}
-        return reply.get("title") or reply.get("body") or reply.get("response_json")
-    if kind == "button":
-        return content.get("text") or content.get("payload")
-    if kind == "reaction":
-        return content.get("emoji")
-    if kind == "order":
-        items = [i for i in content.get("product_items") or [] if isinstance(i, dict)]
-        listed = ", ".join(f"{i.get('quantity')} x {i.get('product_retailer_id')}" for i in items)
-        said = f": {content['text']}" if content.get("text") else ""
+    if message.interactive is not None:
+        reply = message.interactive
+        return reply.title or reply.body or reply.response_json
+    if message.button is not None:
+        return message.button.text or message.button.payload
+    if message.reaction is not None:
+        return message.reaction.emoji
+    if message.order is not None:
+        items = message.order.items
+        listed = ", ".join(f"{i.quantity} x {i.product_retailer_id}" for i in items)
+        said = f": {message.order.text}" if message.order.text else ""
         return f"[order] {listed or 'no items'}{said}"
-    if kind == "system":
-        return content.get("body")
+    if message.system is not None:
+        return message.system.body
     return None
 
 
