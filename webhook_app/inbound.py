@@ -16,7 +16,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import consent, contact_identity, conversation_messages
+from resources import consent, contact_identity, conversation_messages, conversations, media_files
 from resources.phone import InvalidPhoneNumber, to_e164
 from webhook_app.payloads import MEDIA_TYPES, Contact, Message
 
@@ -117,28 +117,16 @@ def store(
     contact_id = consent.upsert_contact(
         conn, organisation_id, customer.phone, customer.user_id, customer.name
     )
-    conversation_id = conn.execute(
-        sa.text(
-            "INSERT INTO conversations"
-            " (organisation_id, contact_id, phone_number_id, last_inbound_at, last_message_at)"
-            " VALUES (:o, :c, :p,"
-            " CASE WHEN :opens THEN least(coalesce(:ts, now()), now()) END, now())"
-            " ON CONFLICT (contact_id) DO UPDATE SET"
-            " phone_number_id = EXCLUDED.phone_number_id,"
-            " last_inbound_at = greatest(conversations.last_inbound_at, EXCLUDED.last_inbound_at),"
-            " last_message_at = now()"
-            " RETURNING id"
-        ),
-        {
-            "o": organisation_id,
-            "c": contact_id,
-            "p": phone_number_id,
-            "ts": message.sent_at,
-            # WhatsApp's notices (a changed number) are not the customer writing: they open
-            # no customer-service window.
-            "opens": kind != "system",
-        },
-    ).scalar_one()
+    conversation_id = conversations.on_inbound(
+        conn,
+        organisation_id,
+        contact_id,
+        phone_number_id,
+        message.sent_at,
+        # WhatsApp's notices (a changed number) are not the customer writing: they open no
+        # customer-service window.
+        opens_window=kind != "system",
+    )
     media = message.media
     message_id = conversation_messages.store(
         conn,
@@ -160,19 +148,8 @@ def store(
         ),
     )
     if message_id is not None and media is not None:
-        conn.execute(
-            sa.text(
-                "INSERT INTO media (organisation_id, message_id, provider_media_id, media_type,"
-                " mime_type, sha256) VALUES (:o, :m, :id, :type, :mime, :sha)"
-            ),
-            {
-                "o": organisation_id,
-                "m": message_id,
-                "id": media.id,
-                "type": kind,
-                "mime": media.mime_type,
-                "sha": media.sha256,
-            },
+        media_files.add_inbound(
+            conn, organisation_id, message_id, media.id, kind, media.mime_type, media.sha256
         )
     return message_id
 
