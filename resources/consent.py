@@ -262,6 +262,14 @@ def find_contacts(
     return [describe(conn, contact_id) for contact_id in ids.all()]
 
 
+def template_fields(conn: sa.Connection, contact_id: int) -> sa.Row:
+    """What a template's parameters may be filled from: the contact's name, phone and
+    attributes."""
+    return conn.execute(
+        sa.text("SELECT name, phone, attributes FROM contacts WHERE id = :c"), {"c": contact_id}
+    ).one()
+
+
 def describe(conn: sa.Connection, contact_id: int, history: int = 50) -> dict[str, Any]:
     """A contact's identity (and how it changed), its two facts (with when each was set) and
     its consent history."""

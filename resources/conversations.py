@@ -1,6 +1,7 @@
 """Conversations as operators see them: the inbox list, a transcript, and the operator's
 moves (takeover, handback, dismissing the "needs a human" flag), each recorded with who
-made it.
+made it; and one conversation as the side that writes in it uses it: opened or moved on by
+an inbound message (`on_inbound`), loaded with its customer to answer (`load`, `find`).
 
 The agent raises `needs_human` when it hands a conversation over; the flag stays until an
 operator takes the conversation over or dismisses it, so nothing waiting for a person drops
@@ -20,10 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import conversation_messages
+from resources import consent, conversation_messages
 from resources.errors import InvalidInput, NotFound
 
 SERVICE_WINDOW = timedelta(hours=24)
@@ -266,21 +268,6 @@ def _message(row: sa.RowMapping, presign: Presign | None) -> dict[str, Any]:
     }
 
 
-def media_location(
-    engine: sa.Engine, media_id: int, organisation_id: str | None
-) -> tuple[str, str] | None:
-    """The bucket and key of an inbound media copy of the organisation, None if none."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.text(
-                "SELECT s3_bucket, s3_key FROM media WHERE id = :m AND status = 'stored'"
-                " AND (CAST(:o AS uuid) IS NULL OR organisation_id = CAST(:o AS uuid))"
-            ),
-            {"m": media_id, "o": organisation_id},
-        ).one_or_none()
-    return (row.s3_bucket, row.s3_key) if row else None
-
-
 def history(conn: sa.Connection, conversation_id: int) -> list[dict[str, Any]]:
     """The conversation's takeovers, handbacks, dismissals and handoffs, oldest first."""
     rows = conn.execute(
@@ -356,6 +343,88 @@ def flag(conn: sa.Connection, conversation_id: int) -> None:
     _record(conn, conversation_id, "flagged", Operator("agent"))
 
 
+# -- One conversation, as the side that writes in it uses it ---------------------------------
+
+
+def on_inbound(
+    conn: sa.Connection,
+    organisation_id: UUID,
+    contact_id: int,
+    phone_number_id: str,
+    sent_at: datetime | None,
+    opens_window: bool,
+) -> int:
+    """The contact's conversation, created by its first inbound message or moved on by the
+    next: the number it was sent to, when the customer last wrote (`opens_window`: a
+    message from the customer, which opens the customer-service window), and its id."""
+    return conn.execute(
+        sa.text(
+            "INSERT INTO conversations"
+            " (organisation_id, contact_id, phone_number_id, last_inbound_at, last_message_at)"
+            " VALUES (:o, :c, :p,"
+            " CASE WHEN :opens THEN least(coalesce(:ts, now()), now()) END, now())"
+            " ON CONFLICT (contact_id) DO UPDATE SET"
+            " phone_number_id = EXCLUDED.phone_number_id,"
+            " last_inbound_at = greatest(conversations.last_inbound_at, EXCLUDED.last_inbound_at),"
+            " last_message_at = now()"
+            " RETURNING id"
+        ),
+        {
+            "o": organisation_id,
+            "c": contact_id,
+            "p": phone_number_id,
+            "ts": sent_at,
+            "opens": opens_window,
+        },
+    ).scalar_one()
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One conversation with what answering in it needs: its customer's phone and user id,
+    the number it goes through, whether an operator has it, the customer's campaign
+    opt-out, and when the customer last wrote."""
+
+    id: int
+    organisation_id: UUID
+    contact_id: int
+    phone: str | None
+    user_id: str | None
+    phone_number_id: str | None
+    human_takeover: bool
+    opted_out: bool
+    last_inbound_at: Any
+
+
+_SELECT = (
+    "SELECT v.id, v.organisation_id, v.contact_id, c.phone, c.wa_user_id, v.phone_number_id,"
+    " v.human_takeover, c.opted_out, v.last_inbound_at"
+    " FROM conversations v JOIN contacts c ON c.id = v.contact_id"
+)
+
+
+def load(conn: sa.Connection, conversation_id: int, lock: bool = False) -> Conversation:
+    sql = _SELECT + " WHERE v.id = :id" + (" FOR UPDATE OF v" if lock else "")
+    return Conversation(*conn.execute(sa.text(sql), {"id": conversation_id}).one())
+
+
+def find(
+    conn: sa.Connection, phone: str | None, user_id: str | None, organisation_id: str | None
+) -> list[Conversation]:
+    """The conversation of the customer with this phone (E.164) or business-scoped user id
+    in the organisation (one at most), or, with no organisation, in each that has one (the
+    first two: enough to tell that the customer is not one organisation's)."""
+    rows = conn.execute(
+        sa.text(
+            _SELECT + " WHERE (c.phone = :p OR c.wa_user_id = :u)"
+            " AND (CAST(:o AS uuid) IS NULL OR v.organisation_id = CAST(:o AS uuid))"
+            " ORDER BY v.id LIMIT 2"
+        ),
+        {"p": phone, "u": user_id, "o": organisation_id},
+    ).all()
+    return [Conversation(*row) for row in rows]
+
+
 # -- Templates an operator may send outside the 24-hour window -------------------------------
 
 _CONTACT_SOURCES = ("contact.", "attributes.", "literal:")
@@ -405,9 +474,7 @@ def template_message(
                 }
             ]
         )
-    contact = conn.execute(
-        sa.text("SELECT name, phone, attributes FROM contacts WHERE id = :c"), {"c": contact_id}
-    ).one()
+    contact = consent.template_fields(conn, contact_id)
     slots: dict[str, list[dict[str, str]]] = {}
     values = []
     for position, parameter in enumerate(template["parameters"], start=1):

@@ -60,6 +60,15 @@ def claim_due(
         return list(conn.execute(_CLAIM, params).scalars())
 
 
+def release(conn: sa.Connection, conversation_id: int) -> None:
+    """The turn is answered: its conversation's next turn may be claimed as soon as it is
+    due (in the transaction that marks the turn's messages handled)."""
+    conn.execute(
+        sa.text("UPDATE conversations SET agent_lease_until = NULL WHERE id = :id"),
+        {"id": conversation_id},
+    )
+
+
 def release_later(engine: sa.Engine, conversation_id: int, seconds: float) -> None:
     """After a failed turn: try again in `seconds`, not in a tight loop."""
     with engine.begin() as conn:

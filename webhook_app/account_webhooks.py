@@ -37,14 +37,18 @@ import sqlalchemy as sa
 
 from resources import account
 from resources.account import Notice, quoted
-from webhook_app.payloads import Event
+from webhook_app.payloads import (
+    ACCOUNT_FIELD,
+    CAPABILITY_FIELD,
+    NUMBER_QUALITY_FIELD,
+    AccountUpdate,
+    Event,
+    Value,
+)
 
 log = logging.getLogger(__name__)
 
-QUALITY = "phone_number_quality_update"
-CAPABILITY = "business_capability_update"
-ACCOUNT = "account_update"
-FIELDS = (QUALITY, CAPABILITY, ACCOUNT)
+FIELDS = (NUMBER_QUALITY_FIELD, CAPABILITY_FIELD, ACCOUNT_FIELD)
 THROUGHPUT_UPGRADE = "THROUGHPUT_UPGRADE"
 # `event` values of phone_number_quality_update: the documented ones, and the messaging
 # limit events of earlier versions.
@@ -102,11 +106,11 @@ def apply(conn: sa.Connection, event: Event, event_id: int | None = None) -> Cou
         organisation_id = account.organisation_of_waba(conn, entry.waba_id)
         where = Entry(entry.waba_id, organisation_id, entry.time, event_id)
         for change in mine:
-            field, value = change.field, change.value.raw
+            field, value = change.field, change.value
             if where.organisation_id is None:
                 tally.update(_unmatched(conn, where, field, value))
-            elif field == ACCOUNT:
-                tally.update(_account_update(conn, where, value))
+            elif value.account is not None:
+                tally.update(_account_update(conn, where, value.account, value.raw))
             else:
                 tally.update(_limits(conn, where, field, value))
     return tally
@@ -118,17 +122,23 @@ def _count(outcome: account.Outcome) -> Counter:
     return Counter(account_events=1, **{"account_events_applied": 1} if outcome.applied else {})
 
 
-def _unmatched(conn: sa.Connection, where: Entry, field: str, value: dict[str, Any]) -> Counter:
-    event = value.get("event")
+def _event(value: Value) -> str | None:
+    """The `event` of an account update or a quality update (a capability update has none)."""
+    if value.account is not None:
+        return value.account.event
+    return value.quality.event if value.quality is not None else None
+
+
+def _unmatched(conn: sa.Connection, where: Entry, field: str, value: Value) -> Counter:
     event_id = account.record(
         conn,
         account.Event(
             "account",
             "webhook",
             where.occurred_at or account.db_now(conn),
-            event=event if isinstance(event, str) else None,
+            event=_event(value),
             note="no organisation holds this WhatsApp Business account: recorded only",
-            **where.about(field, value),
+            **where.about(field, value.raw),
         ),
     )
     if event_id is None:
@@ -144,22 +154,23 @@ def _unmatched(conn: sa.Connection, where: Entry, field: str, value: dict[str, A
     return Counter(account_events=1, account_events_ignored=1)
 
 
-def _limits(conn: sa.Connection, where: Entry, field: str, value: dict[str, Any]) -> Counter:
+def _limits(conn: sa.Connection, where: Entry, field: str, sent: Value) -> Counter:
     """phone_number_quality_update and business_capability_update."""
     tally: Counter = Counter()
-    event = value.get("event") if isinstance(value.get("event"), str) else None
+    quality, value = sent.quality, sent.raw
+    event = _event(sent)
     org = where.organisation_id
-    if field == QUALITY and event not in QUALITY_EVENTS:
+    if quality is not None and event not in QUALITY_EVENTS:
         log.warning(
             "phone_number_quality_update in inbox event %s: unknown event %s (known: %s);"
             " its limit, if any, is applied",
             where.inbox_event_id,
-            quoted(value.get("event")),
+            quoted(event),
             ", ".join(QUALITY_EVENTS),
         )
-    upgrade = field == QUALITY and event == THROUGHPUT_UPGRADE
+    upgrade = quality is not None and event == THROUGHPUT_UPGRADE
     if upgrade:
-        number = account.number_by_display(conn, org, value.get("display_phone_number"))
+        number = account.number_by_display(conn, org, quality.display_phone_number)
         if number is None:
             event_id = account.record(
                 conn,
@@ -200,15 +211,15 @@ def _limits(conn: sa.Connection, where: Entry, field: str, value: dict[str, Any]
                     )
                 )
             )
-    if field == QUALITY:
-        named = value.get("max_daily_conversations_per_business")
-        if named in (None, "") and not upgrade:
-            named = value.get("current_limit")
-    else:
-        named = value.get("max_daily_conversations_per_business")
-        if named in (None, ""):
-            named = value.get("max_daily_conversation_per_phone")
-    found = account.tier(named)
+    found = None
+    if quality is not None:
+        found = quality.max_daily_conversations_per_business
+        if found is None and not upgrade:
+            found = quality.current_limit
+    elif sent.capability is not None:
+        found = sent.capability.max_daily_conversations_per_business
+        if found is None:
+            found = sent.capability.max_daily_conversation_per_phone
     if found is None:
         if not upgrade:  # the change is kept even when it names no limit
             tally.update(_unchanged(conn, where, field, value, event, None, "names no limit"))
@@ -281,30 +292,35 @@ def _unchanged(
     return Counter(account_events=1, account_events_ignored=1)
 
 
-def _account_update(conn: sa.Connection, where: Entry, value: dict[str, Any]) -> Counter:
-    notice = notice_of(value)
+def _account_update(
+    conn: sa.Connection, where: Entry, update: AccountUpdate, value: dict[str, Any]
+) -> Counter:
+    notice = notice_of(update)
     if notice.kind == "account" and notice.event not in INFORMATIONAL:
         log.warning(
             "account_update in inbox event %s: unknown event %s; recorded only",
             where.inbox_event_id,
-            quoted(value.get("event")),
+            quoted(update.event),
         )
     return _count(
         account.apply_notice(
-            conn, where.organisation_id, notice, where.occurred_at, **where.about(ACCOUNT, value)
+            conn,
+            where.organisation_id,
+            notice,
+            where.occurred_at,
+            **where.about(ACCOUNT_FIELD, value),
         )
     )
 
 
-def notice_of(value: dict[str, Any]) -> Notice:
-    """What one `account_update` value means for sending."""
-    event = value.get("event") if isinstance(value.get("event"), str) else None
+def notice_of(update: AccountUpdate) -> Notice:
+    """What one `account_update` means for sending."""
+    event = update.event
     label = f"account_update {event}"
     if event == "DISABLED_UPDATE":
-        ban = value.get("ban_info") if isinstance(value.get("ban_info"), dict) else {}
-        state = ban.get("waba_ban_state")
-        date = ban.get("waba_ban_date")
-        when = f", ban date {date}" if isinstance(date, str) and date else ""
+        state = update.ban.state if update.ban is not None else None
+        date = update.ban.date if update.ban is not None else None
+        when = f", ban date {date}" if date else ""
         if state == "DISABLE":
             return Notice(
                 "ban", event, state, f"WhatsApp disabled the account ({label}{when})", True
@@ -321,21 +337,13 @@ def notice_of(value: dict[str, Any]) -> Notice:
     if event == "ACCOUNT_DELETED":
         return Notice("ban", event, "DELETED", f"WhatsApp deleted the account ({label})", True)
     if event == "ACCOUNT_RESTRICTION":
-        restrictions = account.restriction_list(value)
-        types = sorted({r["type"] for r in restrictions})
-        stopping = [r for r in restrictions if r["type"] == account.BIZ_INITIATED]
+        types = sorted({r.type for r in update.restrictions})
+        stopping = [r for r in update.restrictions if r.type == account.BIZ_INITIATED]
         until = None
         if stopping:
-            ends = [r["expires_at"] for r in stopping]
-            until = None if None in ends else max(ends)
-        remedy = next(
-            (
-                i.get("remediation")
-                for i in value.get("restriction_info") or []
-                if isinstance(i, dict) and isinstance(i.get("remediation"), str)
-            ),
-            None,
-        )
+            ends = [r.expires_at for r in stopping]
+            until = None if None in ends else max(e for e in ends if e is not None)
+        remedy = next((r.remediation for r in update.restrictions if r.remediation), None)
         summary = (
             "WhatsApp restricts "
             + (", ".join(types) or "the account")
@@ -347,9 +355,7 @@ def notice_of(value: dict[str, Any]) -> Notice:
             "restriction", event, ",".join(types) or None, summary, bool(stopping), False, until
         )
     if event == "ACCOUNT_VIOLATION":
-        info = value.get("violation_info") if isinstance(value.get("violation_info"), dict) else {}
-        kind = info.get("violation_type")
-        kind = kind if isinstance(kind, str) and kind else None
+        kind = update.violation_type
         return Notice(
             "violation", event, kind, f"WhatsApp reported a policy violation {kind or ''} ({label})"
         )

@@ -37,7 +37,7 @@ from langchain_core.messages import (
 from langchain_core.messages.utils import count_tokens_approximately
 from langgraph.graph import END, START, StateGraph
 
-from resources import consent, conversation_messages, conversations, settings
+from resources import consent, conversation_messages, conversations, message_buffer, settings
 from resources.offline_chat import OfflineResponder
 from resources.storage import S3Storage
 from resources.whatsapp import WhatsAppClient
@@ -137,7 +137,7 @@ class Agent:
 
     def _load_sync(self, conversation_id: int) -> Turn:
         with self.engine.connect() as conn:
-            conversation = outbound.load(conn, conversation_id)
+            conversation = conversations.load(conn, conversation_id)
             rows = conversation_messages.recent(conn, conversation_id, HISTORY_ROWS)
         pending = [r for r in rows if r.direction == "inbound" and r.handled_at is None]
         pending_ids = {r.id for r in pending}
@@ -273,7 +273,7 @@ class Agent:
         neither loses one nor sends one twice."""
         replies: list[int] = []
         with self.engine.begin() as conn:
-            conversation = outbound.load(conn, turn["conversation_id"], lock=True)
+            conversation = conversations.load(conn, turn["conversation_id"], lock=True)
             if turn.get("opt") is not None and consent.record(
                 conn,
                 consent.Change(
@@ -292,10 +292,7 @@ class Agent:
                 if turn.get("handoff"):
                     conversations.flag(conn, conversation.id)
             conversation_messages.mark_handled(conn, turn["message_ids"])
-            conn.execute(
-                sa.text("UPDATE conversations SET agent_lease_until = NULL WHERE id = :id"),
-                {"id": conversation.id},
-            )
+            message_buffer.release(conn, conversation.id)
         deliveries = [outbound.deliver(self.engine, self.client, r) for r in replies]
         return {"sent": [d.message_id for d in deliveries if d.outcome == "sent"]}
 

@@ -34,6 +34,7 @@ from resources import (
     console_sessions,
     conversations,
     generators,
+    media_files,
     settings,
     tenants,
 )
@@ -356,7 +357,7 @@ async def conversation_action(request: Request, session: console_sessions.Sessio
 async def media(request: Request, session: console_sessions.Session) -> Response:
     """A fresh short-lived link to a copy of inbound media in our bucket."""
     found = await run_in_threadpool(
-        conversations.media_location,
+        media_files.location,
         _engine(request),
         request.path_params["media_id"],
         session.organisation_id,

@@ -16,7 +16,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 
-from resources import consent, contact_identity, conversation_messages
+from resources import consent, contact_identity, conversation_messages, conversations, media_files
 from resources.phone import InvalidPhoneNumber, to_e164
 from webhook_app.payloads import MEDIA_TYPES, Contact, Message
 
@@ -117,28 +117,16 @@ def store(
     contact_id = consent.upsert_contact(
         conn, organisation_id, customer.phone, customer.user_id, customer.name
     )
-    conversation_id = conn.execute(
-        sa.text(
-            "INSERT INTO conversations"
-            " (organisation_id, contact_id, phone_number_id, last_inbound_at, last_message_at)"
-            " VALUES (:o, :c, :p,"
-            " CASE WHEN :opens THEN least(coalesce(:ts, now()), now()) END, now())"
-            " ON CONFLICT (contact_id) DO UPDATE SET"
-            " phone_number_id = EXCLUDED.phone_number_id,"
-            " last_inbound_at = greatest(conversations.last_inbound_at, EXCLUDED.last_inbound_at),"
-            " last_message_at = now()"
-            " RETURNING id"
-        ),
-        {
-            "o": organisation_id,
-            "c": contact_id,
-            "p": phone_number_id,
-            "ts": message.sent_at,
-            # WhatsApp's notices (a changed number) are not the customer writing: they open
-            # no customer-service window.
-            "opens": kind != "system",
-        },
-    ).scalar_one()
+    conversation_id = conversations.on_inbound(
+        conn,
+        organisation_id,
+        contact_id,
+        phone_number_id,
+        message.sent_at,
+        # WhatsApp's notices (a changed number) are not the customer writing: they open no
+        # customer-service window.
+        opens_window=kind != "system",
+    )
     media = message.media
     message_id = conversation_messages.store(
         conn,
@@ -160,52 +148,41 @@ def store(
         ),
     )
     if message_id is not None and media is not None:
-        conn.execute(
-            sa.text(
-                "INSERT INTO media (organisation_id, message_id, provider_media_id, media_type,"
-                " mime_type, sha256) VALUES (:o, :m, :id, :type, :mime, :sha)"
-            ),
-            {
-                "o": organisation_id,
-                "m": message_id,
-                "id": media.id,
-                "type": kind,
-                "mime": media.mime_type,
-                "sha": media.sha256,
-            },
+        media_files.add_inbound(
+            conn, organisation_id, message_id, media.id, kind, media.mime_type, media.sha256
         )
     return message_id
 
 
 def text_of(message: Message) -> str | None:
     """What the customer said, as text the agent and an operator can read."""
-    kind, content = message.type, message.content
+    kind = message.type
     if kind == "text":
-        return content.get("body")
+        return message.text
     if kind in MEDIA_TYPES:
-        return content.get("caption") or content.get("filename")
-    if kind == "location":
-        place = ", ".join(str(content[k]) for k in ("name", "address") if content.get(k))
-        where = f"{content.get('latitude')}, {content.get('longitude')}"
+        return (message.media.caption or message.media.filename) if message.media else None
+    if message.location is not None:
+        at = message.location
+        place = ", ".join(part for part in (at.name, at.address) if part)
+        where = f"{at.latitude}, {at.longitude}"
         return f"[location] {place} ({where})" if place else f"[location] {where}"
     if kind == "contacts":
-        people = message.raw.get("contacts") or []
-        names = [(p.get("name") or {}).get("formatted_name") for p in people]
+        names = [c.formatted_name for c in message.contacts]
         return "[shared contacts] " + ", ".join(n for n in names if n)
-    if kind == "interactive":
-        reply = content.get(content.get("type") or "") or {}
-        return reply.get("title") or reply.get("body") or reply.get("response_json")
-    if kind == "button":
-        return content.get("text") or content.get("payload")
-    if kind == "reaction":
-        return content.get("emoji")
-    if kind == "order":
-        items = [i for i in content.get("product_items") or [] if isinstance(i, dict)]
-        listed = ", ".join(f"{i.get('quantity')} x {i.get('product_retailer_id')}" for i in items)
-        said = f": {content['text']}" if content.get("text") else ""
+    if message.interactive is not None:
+        reply = message.interactive
+        return reply.title or reply.body or reply.response_json
+    if message.button is not None:
+        return message.button.text or message.button.payload
+    if message.reaction is not None:
+        return message.reaction.emoji
+    if message.order is not None:
+        items = message.order.items
+        listed = ", ".join(f"{i.quantity} x {i.product_retailer_id}" for i in items)
+        said = f": {message.order.text}" if message.order.text else ""
         return f"[order] {listed or 'no items'}{said}"
-    if kind == "system":
-        return content.get("body")
+    if message.system is not None:
+        return message.system.body
     return None
 
 

@@ -13,7 +13,7 @@ import mimetypes
 
 import sqlalchemy as sa
 
-from resources import conversation_messages, safe_errors
+from resources import conversation_messages, media_files, safe_errors
 from resources.storage import S3Storage
 from resources.whatsapp import WhatsAppClient
 
@@ -22,33 +22,17 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 MAX_BYTES = 100 * 1024 * 1024
 
-_CLAIM = sa.text(
-    "SELECT id, organisation_id, message_id, provider_media_id, media_type, mime_type,"
-    " created_at FROM media"
-    " WHERE status = 'pending' AND provider_media_id IS NOT NULL"
-    " AND (retry_at IS NULL OR retry_at <= now())"
-    " ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
-)
-
 
 def copy_pending(engine: sa.Engine, client: WhatsAppClient, s3: S3Storage, limit: int = 5) -> int:
     """Copy up to `limit` pending media to S3; how many rows were attempted."""
     with engine.begin() as conn:
-        rows = conn.execute(_CLAIM, {"n": limit}).all()
+        rows = media_files.claim_pending(conn, limit)
         for row in rows:
             try:
                 _copy(conn, client, s3, row)
             except Exception as error:
                 log.warning("inbound media %s not copied: %s", row.id, safe_errors.describe(error))
-                conn.execute(
-                    sa.text(
-                        "UPDATE media SET attempts = attempts + 1, error = :e,"
-                        " retry_at = now() + make_interval(secs => 5 * power(2, attempts)),"
-                        " status = CASE WHEN attempts + 1 >= :max THEN 'failed' ELSE status END"
-                        " WHERE id = :id"
-                    ),
-                    {"id": row.id, "e": str(error), "max": MAX_ATTEMPTS},
-                )
+                media_files.attempt_failed(conn, row.id, str(error), MAX_ATTEMPTS)
     return len(rows)
 
 
@@ -62,19 +46,13 @@ def _copy(conn: sa.Connection, client: WhatsAppClient, s3: S3Storage, row: sa.Ro
     day = row.created_at.strftime("%Y/%m/%d")
     key = f"inbound-media/{row.organisation_id}/{day}/{row.provider_media_id}{extension}"
     s3.client.put_object(Bucket=s3.bucket, Key=key, Body=content, ContentType=mime_type)
-    conn.execute(
-        sa.text(
-            "UPDATE media SET status = 'stored', s3_bucket = :b, s3_key = :k, mime_type = :mime,"
-            " size_bytes = :size, sha256 = :sha, error = NULL, attempts = attempts + 1"
-            " WHERE id = :id"
-        ),
-        {
-            "id": row.id,
-            "b": s3.bucket,
-            "k": key,
-            "mime": mime_type,
-            "size": len(content),
-            "sha": hashlib.sha256(content).hexdigest(),
-        },
+    media_files.mark_stored(
+        conn,
+        row.id,
+        s3.bucket,
+        key,
+        mime_type,
+        len(content),
+        hashlib.sha256(content).hexdigest(),
     )
     conversation_messages.set_media_key(conn, row.message_id, s3.bucket, key)

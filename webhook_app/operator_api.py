@@ -102,12 +102,14 @@ def operator_of(body: dict[str, Any], who: Caller) -> conversations.Operator:
     return conversations.Operator(named.strip() if named else fallback, who.token_id)
 
 
-def _conversation(conn: sa.Connection, body: dict[str, Any], who: Caller) -> outbound.Conversation:
+def _conversation(
+    conn: sa.Connection, body: dict[str, Any], who: Caller
+) -> conversations.Conversation:
     if body.get("conversation_id") not in (None, ""):
         return _by_id(conn, body["conversation_id"], who)
     phone, user_id = _customer(body)
     organisation_id, visible = _organisation(body, who)
-    found = outbound.find(conn, phone, user_id, organisation_id) if visible else []
+    found = conversations.find(conn, phone, user_id, organisation_id) if visible else []
     if not found:
         raise _refused(
             NotFound,
@@ -122,13 +124,13 @@ def _conversation(conn: sa.Connection, body: dict[str, Any], who: Caller) -> out
     return found[0]
 
 
-def _by_id(conn: sa.Connection, given: Any, who: Caller) -> outbound.Conversation:
+def _by_id(conn: sa.Connection, given: Any, who: Caller) -> conversations.Conversation:
     try:
         conversation_id = int(given)
     except (TypeError, ValueError):
         raise _refused(BadRequest, "conversation_id must be a number") from None
     try:
-        conversation = outbound.load(conn, conversation_id)
+        conversation = conversations.load(conn, conversation_id)
     except sa.exc.NoResultFound:
         conversation = None
     if conversation is None or not who.sees(conversation.organisation_id):
@@ -144,7 +146,7 @@ def act(runtime: Runtime, body: dict[str, Any], who: Caller, move: Move) -> None
     operator = operator_of(body, who)
     with runtime.engine.begin() as conn:
         conversation = _conversation(conn, body, who)
-        outbound.load(conn, conversation.id, lock=True)
+        conversations.load(conn, conversation.id, lock=True)
         move(conn, conversation.id, operator)
 
 
@@ -154,7 +156,7 @@ def send(runtime: Runtime, body: dict[str, Any], who: Caller) -> dict[str, Any]:
     operator = operator_of(body, who)
     with runtime.engine.begin() as conn:
         conversation = _conversation(conn, body, who)
-        conversation = outbound.load(conn, conversation.id, lock=True)
+        conversation = conversations.load(conn, conversation.id, lock=True)
         if body.get("template_id") not in (None, ""):
             try:
                 message, shown = conversations.template_message(

@@ -14,57 +14,15 @@ import json
 import logging
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 import sqlalchemy as sa
 
 from resources import crash_points, outbox
+from resources.conversations import Conversation
 from resources.graph_errors import ErrorClass, classify
 from resources.whatsapp import WhatsAppClient
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Conversation:
-    id: int
-    organisation_id: UUID
-    contact_id: int
-    phone: str | None
-    user_id: str | None
-    phone_number_id: str | None
-    human_takeover: bool
-    opted_out: bool
-    last_inbound_at: Any
-
-
-_SELECT = (
-    "SELECT v.id, v.organisation_id, v.contact_id, c.phone, c.wa_user_id, v.phone_number_id,"
-    " v.human_takeover, c.opted_out, v.last_inbound_at"
-    " FROM conversations v JOIN contacts c ON c.id = v.contact_id"
-)
-
-
-def load(conn: sa.Connection, conversation_id: int, lock: bool = False) -> Conversation:
-    sql = _SELECT + " WHERE v.id = :id" + (" FOR UPDATE OF v" if lock else "")
-    return Conversation(*conn.execute(sa.text(sql), {"id": conversation_id}).one())
-
-
-def find(
-    conn: sa.Connection, phone: str | None, user_id: str | None, organisation_id: str | None
-) -> list[Conversation]:
-    """The conversation of the customer with this phone (E.164) or business-scoped user id
-    in the organisation (one at most), or, with no organisation, in each that has one (the
-    first two: enough to tell that the customer is not one organisation's)."""
-    rows = conn.execute(
-        sa.text(
-            _SELECT + " WHERE (c.phone = :p OR c.wa_user_id = :u)"
-            " AND (CAST(:o AS uuid) IS NULL OR v.organisation_id = CAST(:o AS uuid))"
-            " ORDER BY v.id LIMIT 2"
-        ),
-        {"p": phone, "u": user_id, "o": organisation_id},
-    ).all()
-    return [Conversation(*row) for row in rows]
 
 
 OUTBOX_RETRY_SECONDS = 10.0

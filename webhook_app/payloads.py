@@ -6,6 +6,9 @@ WhatsApp adds fields and message types over time, and those must be stored and s
 refused. The worker's reading (`Event.of`) is as lenient: unknown fields are left in each
 object's `raw`, which is what is stored; a part of the wrong type reads as absent, except a
 `messages` list that is not a list of objects, which fails the event (kept with its error).
+The shapes are those of Meta's webhook references: the `messages` field and its message
+types, the template fields, and the account-level `account_update`,
+`phone_number_quality_update` and `business_capability_update`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from resources.account import Tier, tier
 from resources.graph_errors import Reported, reported
 from resources.queue_message import MEDIA_MESSAGE_TYPES
 from resources.templates import CATEGORY_FIELD, QUALITY_FIELD, STATUS_FIELD
@@ -22,6 +26,9 @@ from webhook_app.bodies import BodyRefused, parse_json
 # What a customer may send with a media file: what we send, and stickers.
 MEDIA_TYPES = (*MEDIA_MESSAGE_TYPES, "sticker")
 TEMPLATE_FIELDS = frozenset({STATUS_FIELD, CATEGORY_FIELD, QUALITY_FIELD})
+ACCOUNT_FIELD = "account_update"
+NUMBER_QUALITY_FIELD = "phone_number_quality_update"
+CAPABILITY_FIELD = "business_capability_update"
 
 
 class BadPayload(ValueError):
@@ -77,6 +84,24 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _str(value: Any) -> str | None:
+    """A string as sent, empty included (an empty reaction emoji is a removed reaction)."""
+    return value if isinstance(value, str) else None
+
+
+def _number(value: Any) -> int | float | None:
+    """A JSON number as sent (a coordinate, a quantity, a price)."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _count(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _dicts(value: Any) -> tuple[dict[str, Any], ...]:
     return tuple(v for v in value if isinstance(v, dict)) if isinstance(value, list) else ()
 
@@ -113,29 +138,123 @@ class System:
 
 @dataclass(frozen=True)
 class Media:
-    """The file of a media message, which we fetch by `id`; `fields` are its attributes as
-    sent (`id`, `mime_type`, `sha256`, `caption`, `filename`, `voice`, `animated`), which
-    `messages.media` keeps."""
+    """The file of a media message, which we fetch by `id`, and what the customer wrote with
+    it; `fields` are its attributes as sent (`id`, `mime_type`, `sha256`, `caption`,
+    `filename`, `voice`, `animated`), which `messages.media` keeps."""
 
     id: str
     mime_type: str | None
     sha256: str | None
+    caption: str | None
+    filename: str | None
     fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An `interactive` message: the customer's answer to one we sent. `type` names the
+    answer's object: `button_reply` (`id`, `title`), `list_reply` (`id`, `title`,
+    `description`) or `nfm_reply`, a WhatsApp Flow's (`name`, `body`, `response_json`)."""
+
+    type: str | None
+    id: str | None
+    title: str | None
+    description: str | None
+    name: str | None
+    body: str | None
+    response_json: str | None
+
+    @classmethod
+    def of(cls, content: dict[str, Any]) -> Reply:
+        kind = _text(content.get("type"))
+        answer = _object(content.get(kind)) if kind else {}
+        return cls(
+            type=kind,
+            id=_id(answer.get("id")),
+            title=_str(answer.get("title")),
+            description=_str(answer.get("description")),
+            name=_str(answer.get("name")),
+            body=_str(answer.get("body")),
+            response_json=_str(answer.get("response_json")),
+        )
+
+
+@dataclass(frozen=True)
+class Button:
+    """A `button` message: the quick-reply button of a template tapped (its `text`, and the
+    `payload` we gave it)."""
+
+    text: str | None
+    payload: str | None
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """A `reaction` message: an `emoji` on one of our messages (`message_id`); an empty
+    emoji takes the reaction back."""
+
+    message_id: str | None
+    emoji: str | None
+
+
+@dataclass(frozen=True)
+class Location:
+    """A `location` message: the coordinates, and the place's name, address and url when
+    the customer picked one."""
+
+    latitude: int | float | None
+    longitude: int | float | None
+    name: str | None
+    address: str | None
+    url: str | None
+
+
+@dataclass(frozen=True)
+class SharedContact:
+    """One card of a `contacts` message, by its `name.formatted_name` (the rest of the card,
+    phones, emails, addresses, stays in the message's `raw`)."""
+
+    formatted_name: str | None
+
+
+@dataclass(frozen=True)
+class OrderItem:
+    """One `product_items[]` entry of an order."""
+
+    product_retailer_id: str | None
+    quantity: int | float | None
+    item_price: int | float | None
+    currency: str | None
+
+
+@dataclass(frozen=True)
+class Order:
+    """An `order` message: the catalog, the customer's note (`text`) and the items."""
+
+    catalog_id: str | None
+    text: str | None
+    items: tuple[OrderItem, ...]
 
 
 @dataclass(frozen=True)
 class Message:
     """A `messages[]` item, a customer's inbound message. Its type's own object (`text`,
-    `image`, `interactive`, …) is `content`, as WhatsApp sent it; the parts we act on are
-    read from it (`media`, `system`); `raw` is the item."""
+    `image`, `interactive`, …) is read into the one part of its type (`text` is a text
+    message's body; the parts of other types are None); `raw` is the item."""
 
     id: str | None
     type: str
     sender_wa_id: str | None
     sender_user_id: str | None
     sent_at: datetime | None
-    content: dict[str, Any]
+    text: str | None
     media: Media | None
+    interactive: Reply | None
+    button: Button | None
+    reaction: Reaction | None
+    location: Location | None
+    contacts: tuple[SharedContact, ...]
+    order: Order | None
     system: System | None
     raw: dict[str, Any]
 
@@ -152,8 +271,24 @@ class Message:
             sender_wa_id=_id(item.get("from")),
             sender_user_id=_id(item.get("from_user_id")),
             sent_at=timestamp(item.get("timestamp")),
-            content=content,
+            text=_str(content.get("body")) if kind == "text" else None,
             media=_media(kind, content),
+            interactive=Reply.of(content) if kind == "interactive" else None,
+            button=Button(_str(content.get("text")), _str(content.get("payload")))
+            if kind == "button"
+            else None,
+            reaction=Reaction(_text(content.get("message_id")), _str(content.get("emoji")))
+            if kind == "reaction"
+            else None,
+            location=_location(content) if kind == "location" else None,
+            # A contacts message's object is the list of cards itself.
+            contacts=tuple(
+                SharedContact(_str(_object(card.get("name")).get("formatted_name")))
+                for card in _dicts(item.get("contacts"))
+            )
+            if kind == "contacts"
+            else (),
+            order=_order(content) if kind == "order" else None,
             system=_system(kind, content),
             raw=item,
         )
@@ -169,7 +304,35 @@ def _media(kind: str, content: dict[str, Any]) -> Media | None:
         media_id,
         _text(content.get("mime_type")),
         _text(content.get("sha256")),
+        _str(content.get("caption")),
+        _str(content.get("filename")),
         {k: content[k] for k in keep if k in content},
+    )
+
+
+def _location(content: dict[str, Any]) -> Location:
+    return Location(
+        latitude=_number(content.get("latitude")),
+        longitude=_number(content.get("longitude")),
+        name=_str(content.get("name")),
+        address=_str(content.get("address")),
+        url=_str(content.get("url")),
+    )
+
+
+def _order(content: dict[str, Any]) -> Order:
+    return Order(
+        _id(content.get("catalog_id")),
+        _str(content.get("text")),
+        tuple(
+            OrderItem(
+                _id(i.get("product_retailer_id")),
+                _number(i.get("quantity")),
+                _number(i.get("item_price")),
+                _text(i.get("currency")),
+            )
+            for i in _dicts(content.get("product_items"))
+        ),
     )
 
 
@@ -283,11 +446,114 @@ def _shown(value: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class QualityUpdate:
+    """The value of `phone_number_quality_update`: a number, named by its display number
+    only, changed its throughput or (in earlier versions) messaging limit. `event` is as
+    sent; the limits are read as Meta's tiers (`TIER_2K`, or a count): the portfolio's
+    `max_daily_conversations_per_business`, `current_limit` (a limit, or on a
+    THROUGHPUT_UPGRADE the throughput) and `old_limit`, the last two while Meta sends them."""
+
+    display_phone_number: str | None
+    event: str | None
+    max_daily_conversations_per_business: Tier | None
+    current_limit: Tier | None
+    old_limit: Tier | None
+
+    @classmethod
+    def of(cls, value: dict[str, Any]) -> QualityUpdate:
+        return cls(
+            display_phone_number=_text(value.get("display_phone_number")),
+            event=_text(value.get("event")),
+            max_daily_conversations_per_business=tier(
+                value.get("max_daily_conversations_per_business")
+            ),
+            current_limit=tier(value.get("current_limit")),
+            old_limit=tier(value.get("old_limit")),
+        )
+
+
+@dataclass(frozen=True)
+class CapabilityUpdate:
+    """The value of `business_capability_update`: the portfolio's messaging limit, as a tier
+    or a count (`max_daily_conversations_per_business`, or the older
+    `max_daily_conversation_per_phone`, -1 = unlimited), and how many phone numbers the
+    portfolio (`max_phone_numbers_per_business`) or the account (`_per_waba`) may have."""
+
+    max_daily_conversations_per_business: Tier | None
+    max_daily_conversation_per_phone: Tier | None
+    max_phone_numbers_per_business: int | None
+    max_phone_numbers_per_waba: int | None
+
+    @classmethod
+    def of(cls, value: dict[str, Any]) -> CapabilityUpdate:
+        return cls(
+            max_daily_conversations_per_business=tier(
+                value.get("max_daily_conversations_per_business")
+            ),
+            max_daily_conversation_per_phone=tier(value.get("max_daily_conversation_per_phone")),
+            max_phone_numbers_per_business=_count(value.get("max_phone_numbers_per_business")),
+            max_phone_numbers_per_waba=_count(value.get("max_phone_numbers_per_waba")),
+        )
+
+
+@dataclass(frozen=True)
+class Ban:
+    """`ban_info` of a DISABLED_UPDATE: `waba_ban_state` (DISABLE, SCHEDULE_FOR_DISABLE,
+    REINSTATE) and `waba_ban_date`, as sent."""
+
+    state: str | None
+    date: str | None
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """One `restriction_info[]` item of an ACCOUNT_RESTRICTION: its `restriction_type`, when
+    it ends (`expiration`, Unix seconds) and what to do about it, if said."""
+
+    type: str
+    expires_at: datetime | None
+    remediation: str | None
+
+
+@dataclass(frozen=True)
+class AccountUpdate:
+    """The value of `account_update`: its `event`, and the part that event carries
+    (`ban_info`, `restriction_info`, `violation_info.violation_type`); the parts of the
+    events we only record (partner, pricing, location…) stay in the value's `raw`."""
+
+    event: str | None
+    ban: Ban | None
+    restrictions: tuple[Restriction, ...]
+    violation_type: str | None
+
+    @classmethod
+    def of(cls, value: dict[str, Any]) -> AccountUpdate:
+        ban = value.get("ban_info")
+        return cls(
+            event=_text(value.get("event")),
+            ban=Ban(_str(ban.get("waba_ban_state")), _text(ban.get("waba_ban_date")))
+            if isinstance(ban, dict)
+            else None,
+            restrictions=tuple(
+                Restriction(
+                    item["restriction_type"],
+                    timestamp(item.get("expiration")) if item.get("expiration") else None,
+                    _text(item.get("remediation")),
+                )
+                for item in _dicts(value.get("restriction_info"))
+                if isinstance(item.get("restriction_type"), str)
+            ),
+            violation_type=_text(_object(value.get("violation_info")).get("violation_type")),
+        )
+
+
+@dataclass(frozen=True)
 class Value:
     """A change's `value`. The parts the messaging fields share are read here (`metadata`,
     `contacts`, `messages`, `statuses`, `errors`, `user_preferences`; `preferences` is None
-    when that is not a list), and a template field's `template`; other fields' own keys (an account update's
-    `event`, a template's name) are read from `raw` by whoever applies that field."""
+    when that is not a list), and the field's own object: a template field's `template`,
+    `account` (account_update), `quality` (phone_number_quality_update), `capability`
+    (business_capability_update). `raw` is the value as sent, which is what is recorded."""
 
     phone_number_id: str | None
     contacts: tuple[Contact, ...]
@@ -296,6 +562,9 @@ class Value:
     errors: tuple[dict[str, Any], ...]
     preferences: tuple[Preference | None, ...] | None
     template: TemplateUpdate | None
+    account: AccountUpdate | None
+    quality: QualityUpdate | None
+    capability: CapabilityUpdate | None
     raw: dict[str, Any]
 
     @classmethod
@@ -317,6 +586,9 @@ class Value:
             if isinstance(preferences, list)
             else None,
             template=TemplateUpdate.of(value) if field in TEMPLATE_FIELDS else None,
+            account=AccountUpdate.of(value) if field == ACCOUNT_FIELD else None,
+            quality=QualityUpdate.of(value) if field == NUMBER_QUALITY_FIELD else None,
+            capability=CapabilityUpdate.of(value) if field == CAPABILITY_FIELD else None,
             raw=value,
         )
 
