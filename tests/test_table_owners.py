@@ -6,7 +6,9 @@ unanswered messages in `resources/message_buffer.py`, what it stores, turns and 
 `resources/conversation_messages.py`, delivery receipts in
 `resources/message_receipts.py`); one on
 `campaign_audience` is in `resources/audience.py` (members as the runs move them) or
-`resources/campaigns.py` (the audience an operator uploads and reads). One on
+`resources/campaigns.py` (the audience an operator uploads and reads); one on `campaigns`
+in `resources/campaigns.py` (its media generation's moves in
+`resources/media_generation.py`), one on `campaign_runs` in `resources/campaign_runs.py`. One on
 `conversations` is in `resources/conversations.py` (the agent's lease on one in
 `resources/message_buffer.py`); one on `contacts` or `consent_events` in
 `resources/consent.py` or `resources/contact_identity.py` (a contact's numbers and merges);
@@ -36,20 +38,20 @@ OWNERS = {
         "resources/outbox.py",
         "resources/message_buffer.py",
         "resources/conversation_messages.py",
+        "resources/message_receipts.py",  # receipts applied to their message
     },
     "campaign_audience": {"resources/audience.py", "resources/campaigns.py"},
     # A campaign's fields and status moves; its media generation's own columns and moves.
     "campaigns": {"resources/campaigns.py", "resources/media_generation.py"},
     "campaign_runs": {"resources/campaign_runs.py"},
+    "conversations": {
+        "resources/conversations.py",
+        "resources/message_buffer.py",  # the agent's lease: a due turn claimed, released
+    },
+    "contacts": {"resources/consent.py", "resources/contact_identity.py"},
+    "consent_events": {"resources/consent.py", "resources/contact_identity.py"},
+    "media": {"resources/media_files.py"},
 }
-OWNERS["messages"].add("resources/message_receipts.py")  # receipts applied to their message
-OWNERS["conversations"] = {
-    "resources/conversations.py",
-    "resources/message_buffer.py",  # the agent's lease: a due turn claimed, released
-}
-OWNERS["contacts"] = {"resources/consent.py", "resources/contact_identity.py"}
-OWNERS["consent_events"] = {"resources/consent.py", "resources/contact_identity.py"}
-OWNERS["media"] = {"resources/media_files.py"}
 # Modules whose SQL names an owned table they do not own, each with why: the archive's moves
 # beside its objects, statements about another table that look into these, and one
 # set-wise statement across two families (the last test keeps the list true).
