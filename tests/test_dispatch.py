@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -132,9 +133,11 @@ def test_text_and_media_payloads_and_presigned_urls(engine, resources, sqs, s3, 
     assert image["messageType"] == "image"
     assert image["caption"] == ""  # always present for media
     query = parse_qs(urlsplit(image["mediaUrl"]).query)
-    assert "Signature" in query
-    # valid for MEDIA_URL_EXPIRY_SECONDS, 7 days by default
-    assert abs(int(query["Expires"][0]) - time.time() - 7 * 24 * 3600) < 600
+    # Signature Version 4, valid for MEDIA_URL_EXPIRY_SECONDS (7 days by default) from now
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and "X-Amz-Signature" in query
+    assert query["X-Amz-Expires"] == [str(7 * 24 * 3600)]
+    signed_at = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    assert abs(signed_at.timestamp() - time.time()) < 600
     assert httpx.get(image["mediaUrl"]).content == b"jpeg bytes"
 
     text_campaign = ready_campaign(engine, [Member("+12025550101", "Alan")], message_type="text")
