@@ -5,7 +5,6 @@ operator would meet it."""
 
 from __future__ import annotations
 
-import time
 import urllib.parse
 import urllib.request
 from typing import Any
@@ -54,11 +53,9 @@ def _call(client, route: str, **body: Any) -> Any:
 
 
 def _lifetime(url: str) -> float:
-    """Seconds a presigned link has left (SigV4's X-Amz-Expires, or SigV2's Expires)."""
+    """Seconds a presigned link is valid for (Signature Version 4's X-Amz-Expires)."""
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
-    if "X-Amz-Expires" in query:
-        return float(query["X-Amz-Expires"][0])
-    return float(query["Expires"][0]) - time.time()
+    return float(query["X-Amz-Expires"][0])
 
 
 def _conversation_of(engine, wa_id: str) -> int:
