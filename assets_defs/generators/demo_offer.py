@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 SIZE = 1080
 BACKGROUND = (18, 140, 126)  # WhatsApp teal
 TEXT = (255, 255, 255)
+QR_SIZE = 560  # at most, in pixels
 
 
 def _font(size):
@@ -22,6 +23,16 @@ def _font(size):
         return ImageFont.truetype("DejaVuSans-Bold.ttf", size)
     except OSError:
         return ImageFont.load_default(size=size)
+
+
+def _qr_code(data):
+    """The QR code drawn at its size, each module a whole number of pixels: scaling a
+    small one up would blur its edges and cost more than drawing it."""
+    qr = qrcode.QRCode()
+    qr.add_data(data)
+    qr.make(fit=True)
+    qr.box_size = QR_SIZE // (qr.modules_count + 2 * qr.border)
+    return qr.make_image().get_image()
 
 
 def generate_asset(attributes, name, msisdn, temp_dir):
@@ -34,8 +45,8 @@ def generate_asset(attributes, name, msisdn, temp_dir):
     draw.text((80, 210), offer, font=_font(52), fill=TEXT)
     draw.text((80, 290), f"Your code: {code}", font=_font(44), fill=TEXT)
 
-    qr = qrcode.make(f"https://example.com/redeem/{code}").convert("RGB").resize((560, 560))
-    card.paste(qr, ((SIZE - 560) // 2, 420))
+    qr = _qr_code(f"https://example.com/redeem/{code}")
+    card.paste(qr, ((SIZE - qr.width) // 2, 420 + (QR_SIZE - qr.height) // 2))
 
     image_path = os.path.join(temp_dir, "offer.jpg")
     card.save(image_path, "JPEG", quality=85)
