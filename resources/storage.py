@@ -7,20 +7,32 @@ in every process that stores a file, for the three settings used here.
 Generated media go up through `put`, not botocore's `put_object`: a campaign uploads two or
 more files a member, and `put_object` cost about 1.4 ms of CPU a file in the run process
 (parameter validation, event hooks, endpoint rules, checksums, signing, and an
-`Expect: 100-continue` round trip for a file body) where a PUT to a URL botocore presigned
-costs about half. botocore still decides the URL and signs it, so every endpoint,
-partition and credential it knows works the same; urllib3 sends the body.
+`Expect: 100-continue` round trip for a file body) where a PUT to a presigned URL costs
+about half; urllib3 sends the body.
+
+Presigned URLs (those uploads, and the media links a campaign sends) are signed by
+`UrlSigner`: botocore presigns one URL when the first is needed, which settles where the
+bucket is (endpoint, partition, path or virtual-host style) and the region it signs for;
+each key's URL is then that URL's base with the key, signed by botocore's own SigV4 query
+signer with the session's current credentials. The same URL `generate_presigned_url` gives
+(`tests/test_storage.py` compares them), for a third of its CPU: it resolves the endpoint
+rules and emits its events on every call.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import parse_qs, quote
 
 import boto3
 import urllib3
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
@@ -31,6 +43,37 @@ from resources.aws_retries import with_retries
 # A presigned upload's URL stays valid over every retry of it.
 UPLOAD_URL_SECONDS = 900
 _UPLOAD_TIMEOUT = urllib3.Timeout(connect=10.0, read=60.0)
+# The key botocore presigns once to show where the bucket's keys are.
+_PROBE_KEY = "probe"
+
+
+@dataclass(frozen=True)
+class UrlSigner:
+    """Presigned URLs of one bucket's keys, from the base of one botocore presigned."""
+
+    base: str
+    region: str
+    credentials: Credentials
+
+    @classmethod
+    def of(cls, client: Any, credentials: Credentials, bucket: str) -> UrlSigner:
+        probe = client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": _PROBE_KEY}
+        )
+        url, _, query = probe.partition("?")
+        # X-Amz-Credential: access key / date / region / service / aws4_request
+        region = parse_qs(query)["X-Amz-Credential"][0].split("/")[2]
+        return cls(url.removesuffix(_PROBE_KEY), region, credentials)
+
+    def url(self, method: str, key: str, expires_in: int, headers: dict[str, str]) -> str:
+        """`method` on `key` for `expires_in` seconds; `headers` are signed too, and the
+        request must send them as given."""
+        request = AWSRequest(method=method, url=self.base + quote(key, safe="/~"), headers=headers)
+        signer = S3SigV4QueryAuth(
+            self.credentials.get_frozen_credentials(), "s3", self.region, expires=expires_in
+        )
+        signer.add_auth(request)
+        return request.prepare().url
 
 
 class S3Storage(ConfigurableResource):
@@ -44,6 +87,8 @@ class S3Storage(ConfigurableResource):
     max_attempts: int = 5
 
     _client: Any = PrivateAttr(default=None)
+    _session: Any = PrivateAttr(default=None)
+    _signer: UrlSigner | None = PrivateAttr(default=None)
     _uploads: urllib3.PoolManager | None = PrivateAttr(default=None)
 
     @classmethod
@@ -59,7 +104,8 @@ class S3Storage(ConfigurableResource):
     def client(self) -> Any:
         if self._client is None:
             self._uploads = urllib3.PoolManager(maxsize=16, timeout=_UPLOAD_TIMEOUT, retries=False)
-            self._client = boto3.session.Session().client(
+            self._session = boto3.session.Session()
+            self._client = self._session.client(
                 "s3",
                 region_name=self.region_name,
                 endpoint_url=self.endpoint_url,
@@ -84,11 +130,7 @@ class S3Storage(ConfigurableResource):
     def put(self, key: str, body: IO[bytes], size: int, content_type: str) -> None:
         """Store `size` bytes read from `body` (from its start, again on each retry) under
         `key` in one PUT, retried as botocore's standard mode retries."""
-        url = self.client.generate_presigned_url(
-            "put_object",
-            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
-            ExpiresIn=UPLOAD_URL_SECONDS,
-        )
+        url = self.signer.url("PUT", key, UPLOAD_URL_SECONDS, {"Content-Type": content_type})
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
 
         def send() -> urllib3.BaseHTTPResponse:
@@ -112,9 +154,15 @@ class S3Storage(ConfigurableResource):
         return True
 
     def presigned_url(self, key: str, expires_in: int) -> str:
-        return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
-        )
+        return self.signer.url("GET", key, expires_in, {})
+
+    @property
+    def signer(self) -> UrlSigner:
+        """Made on first use: without credentials, botocore's error is the call's."""
+        if self._signer is None:
+            client = self.client
+            self._signer = UrlSigner.of(client, self._session.get_credentials(), self.bucket)
+        return self._signer
 
 
 def _error_response(response: urllib3.BaseHTTPResponse) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 retries as botocore's standard mode makes them; against the local S3 server, and a server
 of our own where S3 has to fail."""
 
+import datetime
 import io
 from urllib.parse import parse_qs, urlsplit
 
+import botocore.auth
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 from starlette.applications import Starlette
@@ -43,6 +45,32 @@ def test_a_missing_bucket_is_boto3s_error(s3):
 def test_presigned_urls_use_signature_version_4(s3):
     url = s3.presigned_url("put/offer.jpg", 60)
     assert parse_qs(urlsplit(url).query)["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+
+
+@pytest.mark.parametrize(
+    ("region", "endpoint_url"),
+    [("us-east-1", "http://127.0.0.1:9"), ("eu-west-1", None), ("ap-southeast-2", None)],
+)
+def test_presigned_urls_are_the_ones_botocore_makes(monkeypatch, region, endpoint_url):
+    """Path style on a local endpoint, virtual-host style on AWS's, other regions, temporary
+    credentials, keys that need escaping: each URL is the string botocore gives."""
+    for name, value in {**CREDENTIALS, "AWS_SESSION_TOKEN": "a-session-token"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(
+        botocore.auth, "get_current_datetime", lambda: datetime.datetime(2026, 12, 3, 4, 5, 6)
+    )
+    storage = S3Storage(bucket="media-bucket", region_name=region, endpoint_url=endpoint_url)
+    for key in ("campaigns/c/1/image.jpg", "campaigns/c/a b+c/ü~é?.json", "x//y/%41"):
+        assert storage.presigned_url(key, 600) == storage.client.generate_presigned_url(
+            "get_object", Params={"Bucket": "media-bucket", "Key": key}, ExpiresIn=600
+        )
+        assert storage.signer.url(
+            "PUT", key, 900, {"Content-Type": "image/jpeg"}
+        ) == storage.client.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": "media-bucket", "Key": key, "ContentType": "image/jpeg"},
+            ExpiresIn=900,
+        )
 
 
 def failing_s3(failures: int, status: int, code: str | None) -> Starlette:
