@@ -130,8 +130,9 @@ class S3Storage(ConfigurableResource):
     def put(self, key: str, body: IO[bytes], size: int, content_type: str) -> None:
         """Store `size` bytes read from `body` (from its start, again on each retry) under
         `key` in one PUT, retried as botocore's standard mode retries."""
-        url = self.signer.url("PUT", key, UPLOAD_URL_SECONDS, {"Content-Type": content_type})
-        headers = {"Content-Type": content_type, "Content-Length": str(size)}
+        signed = {"Content-Type": content_type}
+        url = self.signer.url("PUT", key, UPLOAD_URL_SECONDS, signed)
+        headers = {**signed, "Content-Length": str(size)}
 
         def send() -> urllib3.BaseHTTPResponse:
             body.seek(0)
