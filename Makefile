@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml requirements-dev.lock
 	@echo "== creating $(VENV): uv, then the locked dependencies (requirements-dev.lock), then waflow"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --progress-bar on "uv==$(UV_VERSION)"
-	$(BIN)/uv pip install --python $(BIN)/python --require-hashes -r requirements-dev.lock
+	$(BIN)/uv pip install --python $(BIN)/python --require-hashes --compile-bytecode \
+		-r requirements-dev.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	@touch $(STAMP)
 
