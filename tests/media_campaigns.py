@@ -30,6 +30,13 @@ def versioned(version: int) -> str:
     return VERSIONED.format(version=version)
 
 
+def member(i: int, **attributes: object) -> campaigns.Member:
+    """The `i`th member of a campaign made here: its number, name and attributes."""
+    return campaigns.Member(
+        f"+1202555{i:04d}", f"Customer {i}", {"code": f"C{i:04d}", "fail": False, **attributes}
+    )
+
+
 def create_campaign(
     engine: sa.Engine,
     members: int,
@@ -51,14 +58,7 @@ def create_campaign(
         campaigns.add_audience(
             conn,
             campaign,
-            [
-                campaigns.Member(
-                    f"+1202555{i:04d}",
-                    f"Customer {i}",
-                    {"code": f"C{i:04d}", "fail": i < failing, **(attributes or {})},
-                )
-                for i in range(members)
-            ],
+            [member(i, fail=i < failing, **(attributes or {})) for i in range(members)],
         )
         if approve:
             campaigns.set_campaign_status(conn, campaign, "approved")
