@@ -21,6 +21,7 @@ from psycopg2.extras import execute_values
 
 from resources import contact_csv, recurrence
 from resources import templates as meta_templates
+from resources.audience import FIRST_MEMBER
 from resources.errors import Conflict, InvalidInput, NotFound
 from resources.fields import (
     MAX_PAGE,
@@ -436,7 +437,6 @@ def holds_number(conn: sa.Connection, organisation_id: UUID, phone_number_id: st
 # -- What an operator does to a campaign: create it, fill its audience, approve it ----------
 
 MEMBER_STATUSES = tuple(MEMBER_MOVES)
-FIRST_MEMBER = "00000000-0000-0000-0000-000000000000"
 
 
 def require_campaign(conn: sa.Connection, campaign_id: UUID) -> Campaign:

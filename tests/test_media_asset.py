@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from assets_defs.media.asset import objects_check
 from assets_defs.media.runner import CampaignMediaRun, Policy, media_prefix
-from resources import campaigns
+from resources import audience, campaigns
 from resources.sandbox.pool import Limits
 from resources.storage import S3Storage
 from tests.media_campaigns import campaign_row, create_campaign, materialize, members, versioned
@@ -225,6 +225,35 @@ def test_a_new_version_mid_campaign_applies_to_the_members_not_yet_done(engine, 
     for row in rows:
         body = s3.client.get_object(Bucket=s3.bucket, Key=row.generated_asset_urls["json"])
         assert json.loads(body["Body"].read())["version"] == row.generator_version
+
+
+def test_a_member_returned_behind_a_runs_claims_is_generated_by_it(engine, s3):
+    """Claims go on in id order; a member another run's recovery returns to `pending` behind
+    them is found when the run looks from the start again."""
+    campaign_id, _ = create_campaign(engine, 12, versioned(1))
+    lowest = min(r.id for r in members(engine, campaign_id))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE campaign_audience SET status = 'asset_generating',"
+                " claimed_by_run = 'run-other' WHERE id = :m"
+            ),
+            {"m": lowest},
+        )
+
+    class ReleasingTheOtherRunsClaimAfterTheFirstMember(CampaignMediaRun):
+        def _count(self, result):
+            with engine.begin() as conn:
+                audience.release_claims(conn, campaign_id, [self.run_id])
+            return super()._count(result)
+
+    report = ReleasingTheOtherRunsClaimAfterTheFirstMember(
+        engine, s3, campaign_id, Limits(workers=1), Policy(), lambda m: None
+    ).run("run-this", ["run-other"])
+
+    assert report.generated == 12
+    assert {r.status for r in members(engine, campaign_id)} == {"asset_generated"}
+    assert campaign_row(engine, campaign_id).status == "asset_generated"
 
 
 def test_a_run_killed_with_sigkill_loses_nothing_and_the_next_run_finishes(

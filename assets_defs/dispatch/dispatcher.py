@@ -186,7 +186,7 @@ class Dispatch:
                 conn, self.campaign_id, self.run_id, statuses, after, PAGE_SIZE
             )
 
-        for rows in self._pages(page, after="00000000-0000-0000-0000-000000000000"):
+        for rows in self._pages(page, after=audience.FIRST_MEMBER):
             yield [
                 Recipient(
                     member_id=r[0],

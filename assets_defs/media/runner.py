@@ -95,6 +95,7 @@ class CampaignMediaRun:
         self.report = Report(campaign_id)
         self._lock = threading.Lock()
         self._window = limits.workers * 4
+        self._after = audience.FIRST_MEMBER
 
     def run(self, run_id: str | None = None, live_run_ids: Collection[str] = ()) -> Report:
         """Generate until no member is left to claim. `run_id` names this run's claims (a new
@@ -162,12 +163,23 @@ class CampaignMediaRun:
 
     def _claim(self, limit: int) -> tuple[list[audience.ClaimedMember], Generator | None]:
         """The next members, with the generator version active now: a version published
-        mid-campaign applies from the next batch on."""
+        mid-campaign applies from the next batch on.
+
+        Claims go on in id order from the last one; once none is left there, the run looks
+        once more from the first id, for members another run's recovery returned behind it."""
         with self.engine.begin() as conn:
             generator = store.active_generator(conn, self.campaign_id)
             if generator is None:
                 return [], None
-            return audience.claim_members(conn, self.campaign_id, limit, self.run_id), generator
+            claimed = audience.claim_members(
+                conn, self.campaign_id, limit, self.run_id, self._after
+            )
+            if not claimed and self._after != audience.FIRST_MEMBER:
+                self._after = audience.FIRST_MEMBER
+                claimed = audience.claim_members(conn, self.campaign_id, limit, self.run_id)
+        if claimed:
+            self._after = claimed[-1].id
+        return claimed, generator
 
     def _record(self, results: list[audience.MemberResult]) -> None:
         with self.engine.begin() as conn:
