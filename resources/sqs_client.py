@@ -21,7 +21,6 @@ Retries are botocore's standard mode (`resources.aws_retries`): three attempts i
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ import urllib3
 from botocore.credentials import Credentials
 from botocore.exceptions import NoCredentialsError
 
+from resources import sigv4
 from resources.aws_retries import with_retries
 
 _CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -56,7 +56,6 @@ class SQSClient:
         self._path = parts.path or "/"
         self._region = region
         self._credentials = credentials
-        self._signing_keys: dict[tuple[str, str], bytes] = {}
         self._pool = urllib3.connection_from_url(
             endpoint_url, maxsize=max_connections, timeout=_TIMEOUT, retries=False
         )
@@ -89,7 +88,7 @@ class SQSClient:
         if self._credentials is None:
             raise NoCredentialsError()
         credentials = self._credentials.get_frozen_credentials()
-        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        amz_date = time.strftime(sigv4.TIMESTAMP, time.gmtime())
         headers = {
             "content-type": _CONTENT_TYPE,
             "host": self._host,
@@ -112,30 +111,13 @@ class SQSClient:
                 hashlib.sha256(body).hexdigest(),
             ]
         )
-        scope = f"{amz_date[:8]}/{self._region}/sqs/aws4_request"
-        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{_sha256(canonical)}"
-        key = self._signing_key(credentials.secret_key, amz_date[:8])
-        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        scope = sigv4.scope(amz_date, self._region, "sqs")
+        signature = sigv4.signature(credentials.secret_key, amz_date, scope, canonical)
         headers["authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+            f"{sigv4.ALGORITHM} Credential={credentials.access_key}/{scope}, "
             f"SignedHeaders={signed_headers}, Signature={signature}"
         )
         return headers
-
-    def _signing_key(self, secret: str, day: str) -> bytes:
-        """Derived once per secret and day: four HMACs a call otherwise."""
-        cached = self._signing_keys.get((secret, day))
-        if cached is None:
-            key = f"AWS4{secret}".encode()
-            for part in (day, self._region, "sqs", "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._signing_keys = {(secret, day): key}
-            cached = key
-        return cached
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _error_response(response: urllib3.BaseHTTPResponse) -> dict[str, Any]:
