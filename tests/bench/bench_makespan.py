@@ -225,7 +225,6 @@ def campaign_makespan() -> list[Figure]:
             "WHATSAPP_API_BASE_URL": graph_url,
             "WHATSAPP_ACCESS_TOKEN": graph.access_token,
             "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
-            "SENDER_WAIT_SECONDS": "1",
         }
         engine = PostgresResource.from_settings().engine
         split = CpuSplit(markers=(state,)).start()
