@@ -23,6 +23,8 @@ from resources.status import member_sources
 
 # Below every member's id: where a run's claims start.
 FIRST_MEMBER = UUID(int=0)
+# The one status members are claimed from: a claim reads the (campaign, status, id) index.
+(CLAIMABLE,) = member_sources("asset_generating")
 # Members whose media exist, at this stage or any later one.
 GENERATED = ("asset_generated", "ready_to_send")
 
@@ -123,7 +125,7 @@ def claim_members(
             " claimed_by_run = :run"
             " WHERE id IN (SELECT a.id FROM campaign_audience a JOIN campaigns c"
             "   ON c.id = a.campaign_id AND c.status = 'asset_generation'"
-            "   WHERE a.campaign_id = :c AND a.id > :after AND a.status = ANY(:sources)"
+            "   WHERE a.campaign_id = :c AND a.status = :claimable AND a.id > :after"
             "   ORDER BY a.id LIMIT :n FOR UPDATE OF a SKIP LOCKED)"
             " RETURNING id, name, msisdn, attributes"
         ),
@@ -132,7 +134,7 @@ def claim_members(
             "after": after,
             "n": limit,
             "run": run_id,
-            "sources": member_sources("asset_generating"),
+            "claimable": CLAIMABLE,
         },
     )
     return sorted((ClaimedMember(**row._mapping) for row in rows), key=lambda m: m.id)
