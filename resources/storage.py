@@ -124,7 +124,7 @@ class S3Storage(ConfigurableResource):
     _client: Any = PrivateAttr(default=None)
     _session: Any = PrivateAttr(default=None)
     _signer: UrlSigner | None = PrivateAttr(default=None)
-    _uploads: urllib3.PoolManager | None = PrivateAttr(default=None)
+    _uploads: urllib3.HTTPConnectionPool | None = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, source: settings.Source = settings.NOW) -> S3Storage:
@@ -138,7 +138,6 @@ class S3Storage(ConfigurableResource):
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._uploads = urllib3.PoolManager(maxsize=16, timeout=_UPLOAD_TIMEOUT, retries=False)
             self._session = boto3.session.Session()
             self._client = self._session.client(
                 "s3",
@@ -168,10 +167,12 @@ class S3Storage(ConfigurableResource):
         signed = {"Content-Type": content_type}
         url = self.signer.url("PUT", key, UPLOAD_URL_SECONDS, signed)
         headers = {**signed, "Content-Length": str(size)}
+        parts = urlsplit(url)
+        target = f"{parts.path}?{parts.query}"
 
         def send() -> urllib3.BaseHTTPResponse:
             body.seek(0)
-            return self._uploads.urlopen("PUT", url, body=body, headers=headers)
+            return self._uploads.urlopen("PUT", target, body=body, headers=headers)
 
         with_retries(send, self.max_attempts, _error_response, "PutObject", url.split("?")[0])
 
@@ -194,10 +195,15 @@ class S3Storage(ConfigurableResource):
 
     @property
     def signer(self) -> UrlSigner:
-        """Made on first use: without credentials, botocore's error is the call's."""
+        """Made on first use, with the pool of connections uploads go on (to the origin of
+        the signer's URLs): without credentials, botocore's error is the call's."""
         if self._signer is None:
             client = self.client
-            self._signer = UrlSigner.of(client, self._session.get_credentials(), self.bucket)
+            signer = UrlSigner.of(client, self._session.get_credentials(), self.bucket)
+            self._uploads = urllib3.connection_from_url(
+                signer.base, maxsize=16, timeout=_UPLOAD_TIMEOUT, retries=False
+            )
+            self._signer = signer
         return self._signer
 
 
