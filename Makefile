@@ -10,7 +10,9 @@ UV_VERSION := 0.13.9
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements-dev.lock
+# The Makefile too: a change to how the environment is installed (its bytecode compiled, say)
+# reaches an existing .venv.
+$(STAMP): pyproject.toml requirements-dev.lock Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) on PATH (or make PYTHON=python3)"; exit 1; }
 	@echo "== creating $(VENV): uv, then the locked dependencies (requirements-dev.lock), then waflow"
 	$(PYTHON) -m venv $(VENV)
