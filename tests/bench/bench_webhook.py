@@ -4,8 +4,9 @@
 over loopback to the app under uvicorn, against the same-run baseline of a bare Starlette
 endpoint under uvicorn that answers 200 (timed before and after the app, their mean). The
 app runs as deployed (`make dev`, README "Production"): uvicorn in its own process and
-`waflow webhook-worker` beside it, processing the inbox concurrently with the load. Every posted event must be in the inbox afterwards,
-and the workers must have processed them all before the reply figure is taken.
+`waflow webhook-worker` beside it, processing the inbox concurrently with the load. Every
+posted event must be in the inbox afterwards, and the workers must have processed them all
+before the reply figure is taken.
 `webhook_reply_p50_ms`: an inbound text until the agent's reply request reaches the fake
 Graph API (offline responder, 0 s buffer), through the app and the worker process.
 """
