@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 import socket
 import threading
 from datetime import UTC, datetime, timedelta
@@ -8,7 +9,7 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 
-from pipelines.sender.worker import Worker
+from pipelines.sender.worker import TICK_SECONDS, Job, Worker
 from resources import sender_store
 from resources.graph_errors import ErrorClass, GraphAPIError, classify
 from resources.queue_message import MalformedPayload, parse
@@ -418,6 +419,20 @@ def test_throughput_slots_are_shared_by_all_workers_of_a_phone_number(engine):
     assert second.wait_seconds > first.wait_seconds  # the second batch starts after the first
     assert statements.reserve_slots("unregistered", 1).spacing_seconds == pytest.approx(1 / 80)
     statements.close()
+
+
+def test_sends_leave_on_ticks_at_most_a_ticks_worth_of_the_limit_each(engine, sqs, graph):
+    """Slots rounded up to the tick: the sends of a tick share one wake-up, and no tick
+    carries more than the limit allows in it, across batches and lanes."""
+    run = make_run(engine, 40, messages_per_second=80)
+    worker = Worker(engine, sqs, client_for(graph.url))
+    jobs = [Job(None, parse(json.dumps(payload(run, i)))) for i in range(40)]
+    times = [job.send_at for batch in (jobs[:10], jobs[10:]) for job in worker._schedule(batch)]
+    assert times == sorted(times)
+    ticks = [round(t / TICK_SECONDS) for t in times]
+    assert all(math.isclose(t, k * TICK_SECONDS) for t, k in zip(times, ticks, strict=True))
+    assert max(ticks.count(k) for k in ticks) <= 80 * TICK_SECONDS
+    assert times[-1] - times[0] >= 39 / 80 - TICK_SECONDS
 
 
 def test_a_claim_repeated_with_its_token_finds_its_own_rows_again_and_no_others(engine):

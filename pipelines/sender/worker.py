@@ -14,6 +14,7 @@ lifted (`pipelines/sender/release.py`).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -40,6 +41,10 @@ log = logging.getLogger("waflow.sender")
 # Errors the same statement would meet again: retrying them would stall a lane for ever.
 NEVER_PASSES = (sa.exc.IntegrityError, sa.exc.DataError)
 LIMIT_REACHED = "waiting: the organisation's messaging limit (recipients per 24 h) is reached"
+# Each send leaves at its throughput slot rounded up to a tick of this clock, so the sends of
+# a tick (8 at 80 messages/s) share one wake-up of the client's loop. A wake-up for every
+# slot cost more CPU than the sends; rounding up never sends earlier than the limit allows.
+TICK_SECONDS = 0.1
 T = TypeVar("T")
 
 
@@ -457,7 +462,8 @@ class Worker:
         return [job for job in jobs if id(job) not in held]
 
     def _schedule(self, jobs: list[Job]) -> list[Job]:
-        """Give each job its send time from the phone number's shared throughput limit."""
+        """Give each job its send time from the phone number's shared throughput limit, on
+        the tick of its slot (`TICK_SECONDS`)."""
         by_phone: dict[str, list[Job]] = {}
         for job in jobs:
             by_phone.setdefault(job.payload.phone_number_id, []).append(job)
@@ -469,7 +475,7 @@ class Worker:
             )
             start = time.monotonic() + slots.wait_seconds
             scheduled += [
-                Job(job.message, job.payload, start + i * slots.spacing_seconds)
+                Job(job.message, job.payload, _tick(start + i * slots.spacing_seconds))
                 for i, job in enumerate(group)
             ]
         return scheduled
@@ -539,6 +545,10 @@ class Worker:
             self._record([_failure(message_id, None, "Malformed payload", reason)])
         self.sqs.dead_letter(message, reason)
         self._count("dead_lettered")
+
+
+def _tick(slot: float) -> float:
+    return math.ceil(slot / TICK_SECONDS) * TICK_SECONDS
 
 
 def _hold_reason(breaker: Breaker) -> str:
