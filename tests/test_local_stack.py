@@ -3,17 +3,19 @@ a port in use refused in one line, and no server left behind by a stack that has
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
 import psutil
 import pytest
 
-from pipelines.dev.local_aws import LocalAWS
+from pipelines.dev.local_aws import InlineWSGI, LocalAWS
 from pipelines.dev.local_stack import StackError, free_port, local_stack
 from resources.queue import SQSResource
 
@@ -86,6 +88,52 @@ def test_a_deduplication_id_is_remembered_after_its_message_is_deleted(sqs):
     sqs.send_batch([sqs.entry(10, "m10", "+12025550010", "d10")])
 
     assert _receive_all(sqs, 2, time.monotonic() + 3) == ["m10"]
+
+
+def test_an_sqs_receive_waiting_for_messages_holds_up_no_other_request():
+    """moto runs on the server's loop thread, except SQS receives: a long poll there would
+    stop every other request, the send it waits for among them."""
+    waiting, sent = threading.Event(), threading.Event()
+
+    def moto(environ, start_response):
+        if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage":
+            waiting.set()
+            answer = b"received" if sent.wait(30) else b"nothing after 30 s"
+        else:
+            sent.set()
+            answer = b"sent"
+        start_response("200 OK", [("Content-Length", str(len(answer)))])
+        return [answer]
+
+    server = InlineWSGI(moto, threads=2)
+
+    async def call(target: str) -> bytes:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/",
+            "query_string": b"",
+            "http_version": "1.1",
+            "headers": [(b"x-amz-target", target.encode())],
+        }
+        answer = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            answer.append(message.get("body", b""))
+
+        await server(scope, receive, send)
+        return b"".join(answer)
+
+    async def a_receive_then_a_send() -> list[bytes]:
+        receiving = asyncio.create_task(call("AmazonSQS.ReceiveMessage"))
+        await asyncio.get_running_loop().run_in_executor(None, waiting.wait, 30)
+        return await asyncio.gather(receiving, call("AmazonSQS.SendMessageBatch"))
+
+    assert asyncio.run(a_receive_then_a_send()) == [b"received", b"sent"]
+    server.pool.shutdown()
 
 
 def test_a_port_in_use_is_one_line_and_nothing_is_left_running():
