@@ -14,6 +14,9 @@ demo` and each test worker, and the benchmarks start the same server (`tests/ben
   thread and its answer back, and those hand-offs cost a third of the server's CPU: an S3
   PUT took 2.1-2.4 ms of it, and takes 1.5 ms here. Only an SQS receive, which may wait
   up to 20 s for messages, goes to a thread of its own.
+- Two costs of moto's per request are cut: Flask's debug mode, which moto turns on (Flask
+  then builds a class for every request with a body), and the matching of the request's
+  host against every service's URL patterns, twice a request (remembered per host).
 - The stack binds the listening socket itself and hands it to the server, so a port in use
   is a `StackError` at once, and there is no window in which another process could take a
   port found free.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import io
 import os
 import socket
@@ -257,8 +261,18 @@ def serve(fd: int) -> None:
 
     from pipelines.dev.moto_sqs import patch_sqs
 
+    def backend_app(service: str) -> Any:
+        app = create_backend_app(service)
+        app.debug = False  # moto's is on, and Flask in debug mode makes a class per request
+        return app
+
     patch_sqs()
-    app = InlineWSGI(DomainDispatcherApplication(create_backend_app), threads=_THREADS)
+    dispatcher = DomainDispatcherApplication(backend_app)
+    # Which service a host is: moto tries every service's URL patterns, twice a request.
+    dispatcher.get_backend_for_host = functools.lru_cache(maxsize=1024)(
+        dispatcher.get_backend_for_host
+    )
+    app = InlineWSGI(dispatcher, threads=_THREADS)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     uvicorn.Server(config).run(sockets=[socket.socket(fileno=fd)])
 
