@@ -8,10 +8,11 @@ call."""
 
 from __future__ import annotations
 
+import http.client
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import urllib3
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -37,22 +38,32 @@ THROTTLING_CODES = frozenset(
     }
 )
 MAX_BACKOFF_SECONDS = 20.0
+# A request that got no answer: urllib3's errors (the SQS client), http.client's and the
+# socket's (the uploads).
+CONNECTION_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+
+
+class Response(Protocol):
+    status: int
+
+
+R = TypeVar("R", bound=Response)
 
 
 def with_retries(
-    send: Callable[[], urllib3.BaseHTTPResponse],
+    send: Callable[[], R],
     attempts: int,
-    error_response: Callable[[urllib3.BaseHTTPResponse], dict[str, Any]],
+    error_response: Callable[[R], dict[str, Any]],
     operation: str,
     endpoint_url: str,
-) -> urllib3.BaseHTTPResponse:
+) -> R:
     """`send()`'s successful answer, after at most `attempts` tries. `error_response` reads
     a failed answer into botocore's error shape (`{"Error": {"Code", "Message"}, ...}`)."""
     attempt = 1
     while True:
         try:
             response = send()
-        except urllib3.exceptions.HTTPError as error:
+        except CONNECTION_ERRORS as error:
             if attempt == attempts:
                 raise EndpointConnectionError(endpoint_url=endpoint_url, error=error) from error
         else:

@@ -8,7 +8,7 @@ Generated media go up through `put`, not botocore's `put_object`: a campaign upl
 more files a member, and `put_object` cost about 1.4 ms of CPU a file in the run process
 (parameter validation, event hooks, endpoint rules, checksums, signing, and an
 `Expect: 100-continue` round trip for a file body) where a PUT to a presigned URL costs
-about half; urllib3 sends the body.
+a fraction of it (`resources.uploads` sends it).
 
 Presigned URLs (those uploads, and the media links a campaign sends) are signed by
 `UrlSigner`: botocore presigns one URL when the first is needed, which settles where the
@@ -31,7 +31,6 @@ from typing import IO, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import boto3
-import urllib3
 from botocore import auth as botocore_auth
 from botocore.auth import _host_from_url
 from botocore.config import Config
@@ -42,10 +41,10 @@ from pydantic import PrivateAttr
 
 from resources import settings, sigv4
 from resources.aws_retries import with_retries
+from resources.uploads import Answer, Uploads
 
 # A presigned upload's URL stays valid over every retry of it.
 UPLOAD_URL_SECONDS = 900
-_UPLOAD_TIMEOUT = urllib3.Timeout(connect=10.0, read=60.0)
 # The key botocore presigns once to show where the bucket's keys are.
 _PROBE_KEY = "probe"
 
@@ -124,7 +123,7 @@ class S3Storage(ConfigurableResource):
     _client: Any = PrivateAttr(default=None)
     _session: Any = PrivateAttr(default=None)
     _signer: UrlSigner | None = PrivateAttr(default=None)
-    _uploads: urllib3.HTTPConnectionPool | None = PrivateAttr(default=None)
+    _uploads: Uploads | None = PrivateAttr(default=None)
 
     @classmethod
     def from_settings(cls, source: settings.Source = settings.NOW) -> S3Storage:
@@ -170,9 +169,9 @@ class S3Storage(ConfigurableResource):
         parts = urlsplit(url)
         target = f"{parts.path}?{parts.query}"
 
-        def send() -> urllib3.BaseHTTPResponse:
+        def send() -> Answer:
             body.seek(0)
-            return self._uploads.urlopen("PUT", target, body=body, headers=headers)
+            return self._uploads.put(target, body, headers)
 
         with_retries(send, self.max_attempts, _error_response, "PutObject", url.split("?")[0])
 
@@ -195,19 +194,17 @@ class S3Storage(ConfigurableResource):
 
     @property
     def signer(self) -> UrlSigner:
-        """Made on first use, with the pool of connections uploads go on (to the origin of
+        """Made on first use, with the connections uploads go on (to the origin of
         the signer's URLs): without credentials, botocore's error is the call's."""
         if self._signer is None:
             client = self.client
             signer = UrlSigner.of(client, self._session.get_credentials(), self.bucket)
-            self._uploads = urllib3.connection_from_url(
-                signer.base, maxsize=16, timeout=_UPLOAD_TIMEOUT, retries=False
-            )
+            self._uploads = Uploads(signer.base)
             self._signer = signer
         return self._signer
 
 
-def _error_response(response: urllib3.BaseHTTPResponse) -> dict[str, Any]:
+def _error_response(response: Answer) -> dict[str, Any]:
     """botocore's error shape, from S3's XML error (`<Error><Code>…`); by the HTTP status
     when the answer is not one (a proxy's error page)."""
     try:

@@ -4,6 +4,8 @@ of our own where S3 has to fail."""
 
 import datetime
 import io
+import socket
+import threading
 from urllib.parse import parse_qs, urlsplit
 
 import botocore.auth
@@ -130,3 +132,35 @@ def test_an_unreachable_endpoint_is_a_botocore_connection_error(credentials):
     storage = _storage(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(BotoCoreError, match="Could not connect"):
         storage.put("a.jpg", io.BytesIO(JPEG), len(JPEG), "image/jpeg")
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_not_retried(credentials):
+    """S3 closes idle keep-alive connections: the next upload goes on a new one, without
+    spending one of its attempts on the dead one."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    closed, requests = threading.Event(), []
+
+    def answer_once_per_connection():
+        for _ in range(2):
+            connection, _ = listener.accept()
+            with connection, connection.makefile("rb") as stream:
+                head = b"".join(iter(stream.readline, b"\r\n"))
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                requests.append(stream.read(length))
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            closed.set()  # no `Connection: close`: the client learns it from the socket
+
+    server = threading.Thread(target=answer_once_per_connection, daemon=True)
+    server.start()
+    storage = S3Storage(
+        bucket="media",
+        endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}",
+        region_name="us-east-1",
+        max_attempts=1,
+    )
+    storage.put("a.jpg", io.BytesIO(JPEG), len(JPEG), "image/jpeg")
+    assert closed.wait(30)
+    storage.put("b.json", io.BytesIO(b"{}"), 2, "application/json")
+    server.join(30)
+    listener.close()
+    assert requests == [JPEG, b"{}"]
