@@ -357,3 +357,26 @@ def test_the_queue_down_for_30_seconds_mid_run_waits_and_resumes(engine, sqs):
     with engine.connect() as conn:
         counts = run_counts(conn, campaign_id, run.id)
     assert (counts.queued, counts.failed, counts.skipped) == (300, 0, 0)
+
+
+def test_a_large_upload_refreshes_the_audience_tables_statistics(engine):
+    """The planner must know a new campaign's members are there, or it plans dispatch pages
+    and media claims for a campaign of none."""
+
+    def analyses() -> int:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT analyze_count FROM pg_stat_user_tables"
+                    " WHERE relname = 'campaign_audience'"
+                )
+            ).scalar_one()
+
+    before = analyses()
+    ready_campaign(engine, [Member(f"+1202555{i:04d}", f"C{i}") for i in range(10)])
+    assert analyses() == before  # a small upload leaves it to autovacuum
+    ready_campaign(engine, [Member(f"+1202556{i:04d}", f"C{i}") for i in range(1000)])
+    deadline = time.monotonic() + 60
+    while analyses() == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert analyses() > before
