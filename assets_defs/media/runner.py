@@ -118,7 +118,7 @@ class CampaignMediaRun:
             counts = audience_counts(conn, self.campaign_id)
         self.report.total = sum(n for status, n in counts.items() if status != "skipped")
         already_done = self.report.total - counts.get("pending", 0)
-        self.s3.signer  # noqa: B018 - client, signer and pool made before the threads share them
+        self.s3.signer  # noqa: B018 - client, signer, uploads made before the threads share them
         with (
             tempfile.TemporaryDirectory(prefix="waflow-media-") as work_dir,
             WorkerPool(self.limits, Path(work_dir), sandbox) as pool,
