@@ -232,7 +232,13 @@ def candidate_page(
 ) -> list[sa.Row]:
     """Up to `limit` members after the member id `after`, in id order, in `statuses`, not
     yet decided by the run nor stored for it, each with its contact (id, name, attributes,
-    opt-outs)."""
+    opt-outs).
+
+    "Not stored" is one probe of the (member, run) key per member, planned so whatever the
+    statistics say: they never know a run newer than their last ANALYZE, and, expecting it
+    to have one row, the planner compared each member with every row the run had stored
+    (`sql/022_member_run_key.sql`). `OFFSET 0` keeps the probe from becoming a join, and
+    `IS NOT DISTINCT FROM`, which no index serves, keeps it off the indexes led by the run."""
     return conn.execute(
         sa.text(
             "SELECT a.id::text, a.msisdn, a.name, a.attributes, a.generated_asset_urls,"
@@ -242,8 +248,8 @@ def candidate_page(
             " WHERE a.campaign_id = :c AND a.id > CAST(:after AS uuid)"
             " AND a.status = ANY(:statuses)"
             " AND a.dispatch_run_id IS DISTINCT FROM :r"
-            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.campaign_run_id = :r"
-            "   AND m.campaign_audience_id = a.id)"
+            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.campaign_audience_id = a.id"
+            "   AND m.campaign_run_id IS NOT DISTINCT FROM :r OFFSET 0)"
             " ORDER BY a.id LIMIT :n"
         ),
         {

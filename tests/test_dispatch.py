@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
+from uuid import UUID
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from assets_defs.dispatch.dispatcher import Dispatch, run_counts
+from assets_defs.dispatch.dispatcher import CANDIDATE_STATUSES, Dispatch, run_counts
 from pipelines.dev.local_stack import free_port
+from resources import audience
 from resources import campaign_runs as runs
 from resources.campaigns import Member, campaign_spec
 from resources.queue import SQSResource
@@ -380,3 +383,70 @@ def test_a_large_upload_refreshes_the_audience_tables_statistics(engine):
     while analyses() == before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert analyses() > before
+
+
+def test_a_page_reads_no_more_stored_messages_than_it_has_members(engine):
+    """Dispatch asks, page after page, which members the run already stored. A page must
+    cost what its members cost, not what the run stored before it, even for a run newer
+    than the last ANALYZE of `messages`, which the planner believes has one row: a page
+    that read the run's stored rows made a large run's dispatch quadratic."""
+
+    def new_run(exchange: int) -> tuple[UUID, int]:
+        campaign_id = ready_campaign(
+            engine, [Member(f"+1202{exchange}{i:04d}", f"C{i}") for i in range(2000)]
+        )
+        with engine.begin() as conn:
+            return campaign_id, runs.record_run(conn, campaign_id, TODAY).id
+
+    def store(campaign_id: UUID, run_id: int, members: int) -> None:
+        """Pending rows for the run's first `members` members, as dispatch stores them."""
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO messages (organisation_id, campaign_run_id, campaign_audience_id,"
+                    " direction, sender_type, peer_phone, message_type, status)"
+                    " SELECT c.organisation_id, :r, a.id, 'outbound', 'campaign', a.msisdn,"
+                    " 'template', 'pending' FROM campaign_audience a"
+                    " JOIN campaigns c ON c.id = a.campaign_id"
+                    " WHERE a.campaign_id = :c ORDER BY a.id LIMIT :n"
+                ),
+                {"r": run_id, "c": campaign_id, "n": members},
+            )
+
+    store(*new_run(571), 2000)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ANALYZE messages"))
+    campaign_id, run_id = new_run(572)
+    store(campaign_id, run_id, 1000)
+    with engine.connect() as conn:
+        after = conn.execute(
+            sa.text(
+                "SELECT max(campaign_audience_id::text) FROM messages WHERE campaign_run_id = :r"
+            ),
+            {"r": run_id},
+        ).scalar_one()
+
+    statements: list[tuple[str, dict]] = []
+    with engine.connect() as conn:
+        sa.event.listen(
+            conn, "before_cursor_execute", lambda *args: statements.append((args[2], args[3]))
+        )
+        page = audience.candidate_page(conn, campaign_id, run_id, CANDIDATE_STATUSES, after, 100)
+        ((statement, parameters),) = statements
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+        plan = cursor.fetchone()[0][0]["Plan"]
+    assert len(page) == 100 and all(row[0] > after for row in page)
+
+    def nodes(node: dict) -> Iterator[dict]:
+        yield node
+        for child in node.get("Plans", []):
+            yield from nodes(child)
+
+    read = sum(
+        (n["Actual Rows"] + n.get("Rows Removed by Filter", 0)) * n["Actual Loops"]
+        for n in nodes(plan)
+        if n.get("Relation Name") == "messages"
+    )
+    compared = sum(n.get("Rows Removed by Join Filter", 0) for n in nodes(plan))
+    assert read <= 100 and compared == 0
