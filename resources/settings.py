@@ -444,7 +444,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "WEBHOOK_WORKER_NICE",
-        "10",
+        "19",
         "CPU niceness the webhook worker process adds to itself, so the app's request path"
         " comes first on a shared host.",
         kind=int,
