@@ -227,8 +227,8 @@ def add_audience(conn: sa.Connection, campaign_id: UUID, members: Iterable[Membe
     if inserted >= ANALYZE_AFTER_MEMBERS:
         # The planner's picture of the table before these rows says the campaign has none,
         # and plans its runs' claims and pages for none (the dispatch of 50,000 members ran
-        # at a third of its rate until autovacuum's next look). A table not ours to analyze
-        # is skipped with a warning, not an error.
+        # at about two thirds of its rate until autovacuum's next look). A table not ours
+        # to analyze is skipped with a warning, not an error.
         conn.execute(sa.text("ANALYZE campaign_audience"))
     return inserted
 
