@@ -69,8 +69,9 @@ class ClientClosed(ConnectionError):
 
 @dataclass(frozen=True)
 class Reported:
-    """An error WhatsApp reports in a webhook, a failed receipt's or one of a change's
-    `errors[]`: its code, its title (or message) and Meta's details."""
+    """An error WhatsApp reports in a webhook, one of a change's `errors[]`: its code, its
+    title (or message) and Meta's details. A failed receipt's error is read, the same way,
+    by the database (`resources.message_receipts`)."""
 
     code: int | None
     name: str | None
@@ -80,11 +81,6 @@ class Reported:
     def title(self) -> str | None:
         """The title with Meta's details, as a failed message keeps it."""
         return f"{self.name}: {self.details}" if self.name and self.details else self.name
-
-
-def reported(errors: Any) -> Reported:
-    """The first of the `errors` a webhook's status carries (WhatsApp sends one)."""
-    return reported_error((errors or [{}])[0])
 
 
 def reported_error(error: Any) -> Reported:

@@ -1,31 +1,72 @@
-"""The SQL of delivery receipts: `message_receipts` (one row per wamid and status) and their
-application to the outbound message they name, never backwards (`message_status_rank`),
-`failed` final, each status keeping its own time. `webhook_app/receipts.py` decides what to
-record and what follows (consent)."""
+"""The SQL of delivery receipts: `message_receipts` (one row per wamid and status), read from
+the stored webhook events, and their application to the outbound message they name, never
+backwards (`message_status_rank`), `failed` final, each status keeping its own time.
+`webhook_app/receipts.py` decides what follows (consent).
+
+The database reads the receipts, not the worker: a campaign's receipts are most of the
+webhook traffic, and reading each event into Python objects and writing its statuses back as
+JSON cost the worker more CPU than the app spent receiving it."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from typing import Any
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
+# Every `statuses[]` object of the `messages` changes of the stored events `:ids`, read as
+# leniently as the rest of a webhook: a part of the wrong type reads as absent. Tracked
+# statuses are recorded; our message id in `biz_opaque_callback_data` gives a message that
+# has no wamid yet (the sender stopped between its send and its store) the receipt's wamid,
+# once per message and wamid.
 _RECORD = sa.text(
-    "INSERT INTO message_receipts"
-    " (provider_message_id, status, provider_ts, error_code, error_title, raw)"
-    " SELECT x.wamid, x.status, x.ts, x.code, x.title, x.raw"
-    " FROM jsonb_to_recordset(CAST(:rows AS jsonb))"
-    " AS x(wamid text, status text, ts timestamptz, code integer, title text, raw jsonb)"
-    " ON CONFLICT (provider_message_id, status) DO NOTHING"
-    " RETURNING provider_message_id"
-)
-
-# Our message id travels in biz_opaque_callback_data: it finds the row before its wamid does.
-_CLAIM_WAMID = sa.text(
-    "UPDATE messages SET provider_message_id = :wamid"
-    " WHERE id = :id AND direction = 'outbound' AND provider_message_id IS NULL"
-    " AND NOT EXISTS (SELECT 1 FROM messages WHERE provider_message_id = :wamid)"
+    """
+    WITH statuses AS (
+        SELECT s FROM webhook_inbox i, jsonb_path_query(i.payload,
+            'strict $.entry[*].changes[*]
+                ? (@.field == "messages" && @.value.statuses.type() == "array")
+                .value.statuses[*] ? (@.type() == "object")', '{}', true) s
+        WHERE i.id = ANY(:ids)
+    ), tracked AS (
+        SELECT s->>'id' AS wamid, s->>'status' AS status, s AS raw,
+               CASE WHEN s->>'timestamp' ~ '^[0-9]{1,11}$'
+                    THEN to_timestamp((s->>'timestamp')::bigint) END AS ts,
+               CASE WHEN s->>'biz_opaque_callback_data' ~ '^[0-9]{1,18}$'
+                    THEN (s->>'biz_opaque_callback_data')::bigint END AS message_id,
+               CASE WHEN jsonb_typeof(s->'errors'->0->'code') = 'number'
+                     AND s->'errors'->0->>'code' ~ '^-?[0-9]{1,9}$'
+                    THEN (s->'errors'->0->>'code')::integer END AS code,
+               coalesce(nullif(s->'errors'->0->>'title', ''),
+                        nullif(s->'errors'->0->>'message', '')) AS title,
+               nullif(s->'errors'->0->'error_data'->>'details', '') AS details
+        FROM statuses
+        WHERE jsonb_typeof(s->'id') = 'string'
+          AND s->>'status' IN ('sent', 'delivered', 'read', 'failed')
+    ), recorded AS (
+        INSERT INTO message_receipts
+            (provider_message_id, status, provider_ts, error_code, error_title, raw)
+        SELECT wamid, status, ts, code,
+               CASE WHEN status = 'failed' THEN
+                    CASE WHEN details IS NULL THEN title ELSE title || ': ' || details END
+               END,
+               raw
+        FROM tracked
+        ON CONFLICT (provider_message_id, status) DO NOTHING
+        RETURNING provider_message_id
+    ), callbacks AS (
+        SELECT DISTINCT ON (message_id) message_id, wamid
+        FROM (SELECT DISTINCT ON (wamid) wamid, message_id FROM tracked
+              WHERE message_id IS NOT NULL ORDER BY wamid, message_id) c
+        ORDER BY message_id, wamid
+    ), claimed AS (
+        UPDATE messages m SET provider_message_id = c.wamid
+        FROM callbacks c
+        WHERE m.id = c.message_id AND m.direction = 'outbound' AND m.provider_message_id IS NULL
+          AND NOT EXISTS (SELECT 1 FROM messages o WHERE o.provider_message_id = c.wamid)
+    )
+    SELECT (SELECT count(*) FROM statuses) AS read, (SELECT count(*) FROM recorded) AS recorded,
+           ARRAY(SELECT DISTINCT provider_message_id FROM recorded ORDER BY 1) AS wamids
+    """
 )
 
 _APPLY = sa.text(
@@ -78,15 +119,16 @@ _WAITING_KNOWN = sa.text(
 )
 
 
-def record(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[str]:
-    """Records receipts (wamid, status, ts, code, title, raw); the wamids of the new ones (a
-    redelivered receipt is a no-op). One statement for the batch."""
-    return list(conn.execute(_RECORD, {"rows": json.dumps(rows)}).scalars())
+class Recorded(NamedTuple):
+    read: int  # statuses[] objects in the events
+    recorded: int  # new receipts (a redelivered receipt is a no-op)
+    wamids: list[str]  # the wamids of the new receipts
 
 
-def claim_wamid(conn: sa.Connection, wamid: str, message_id: int) -> None:
-    """The outbound message `message_id` carries `wamid`, if it has none yet and no other does."""
-    conn.execute(_CLAIM_WAMID, {"wamid": wamid, "id": message_id})
+def record(conn: sa.Connection, event_ids: Sequence[int]) -> Recorded:
+    """Records the receipts of these stored webhook events, straight from their payloads: one
+    statement for a batch, however many receipts it holds."""
+    return Recorded(*conn.execute(_RECORD, {"ids": list(event_ids)}).one())
 
 
 def apply(conn: sa.Connection, wamids: Sequence[str]) -> list[sa.Row]:

@@ -135,6 +135,8 @@ def test_while_the_database_is_down_the_answer_is_503_and_nothing_is_acknowledge
 ):
     server = EmbeddedPostgres(tmp_path / "pg")
     server.start()
+    # Its own server, not the session's stack, which is what sets development otherwise.
+    monkeypatch.setenv("APP_ENV", "development")
     monkeypatch.setenv("DATABASE_URL", server.url("postgres"))
     engine = sa.create_engine(server.url("postgres"))
     try:
@@ -325,3 +327,130 @@ def test_an_event_that_cannot_be_read_fails_alone_and_the_rest_of_its_batch_is_a
     assert errors[3] is None
     assert "entry must be a non-empty list" in errors[0]
     assert all("messages" in e for e in errors[1:3])
+
+
+def _store(engine, payload, receipts_only):
+    """An event as the app stores it, without a worker running."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO webhook_inbox (payload, receipts_only) VALUES (CAST(:p AS jsonb), :r)"
+            ),
+            {"p": json.dumps(payload), "r": receipts_only},
+        )
+
+
+def test_the_app_marks_the_events_that_hold_only_receipts(engine):
+    add_organisation(engine)
+    with_a_message = p.statuses(p.status("wamid.MIXED", "read"))
+    with_a_message["entry"].append(p.inbound(p.text("hello"))["entry"][0])
+    sent = {
+        "receipts": p.statuses(p.status("wamid.ONLY", "read")),
+        "inbound": p.inbound(p.text("hi")),
+        "mixed": with_a_message,
+        "errors": p.with_errors(p.statuses(p.status("wamid.E", "sent")), p.provider_error()),
+        "template": p.envelope({"event": "APPROVED"}, field="message_template_status_update"),
+    }
+    with webhook_client() as client:
+        for payload in sent.values():
+            assert post(client, payload).status_code == 200
+        wait_until(lambda: inbox_drained(engine))
+    flags = [r.receipts_only for r in rows(engine, "SELECT * FROM webhook_inbox ORDER BY id")]
+    assert dict(zip(sent, flags, strict=True)) == {
+        "receipts": True,
+        "inbound": False,
+        "mixed": False,
+        "errors": False,
+        "template": False,
+    }
+    recorded = rows(engine, "SELECT provider_message_id FROM message_receipts ORDER BY 1")
+    assert [r.provider_message_id for r in recorded] == ["wamid.E", "wamid.MIXED", "wamid.ONLY"]
+    assert scalar(engine, "SELECT count(*) FROM messages WHERE direction = 'inbound'") == 2
+
+
+def test_a_receipt_part_of_the_wrong_type_reads_as_absent(engine):
+    org = add_organisation(engine)
+    late = _outbound(engine, org, "wamid.LATE_TS")
+    failed = _outbound(engine, org, "wamid.CODE")
+    odd = [
+        {**p.status("wamid.LATE_TS", "delivered"), "timestamp": "soon"},
+        {**p.status("wamid.CODE", "failed"), "errors": [{"code": "131026", "title": "Gone"}]},
+        {**p.status("wamid.NUMBER_ID", "read"), "id": 12345},
+        p.status("wamid.DELETED", "deleted"),
+        {**p.status("wamid.CALLBACK", "sent"), "biz_opaque_callback_data": "12abc"},
+        "not an object",
+    ]
+    payload = p.statuses(*odd)
+    payload["entry"][0]["changes"].append(
+        {"field": "messages", "value": {"statuses": p.status("wamid.NOT_A_LIST", "read")}}
+    )
+    _store(engine, payload, receipts_only=True)
+    tally = processing.process_batch(engine)
+    assert (tally["events"], tally["failed"], tally["receipts"]) == (1, 0, 3)
+    recorded = rows(
+        engine,
+        "SELECT provider_message_id AS wamid, status, provider_ts, error_code, error_title"
+        " FROM message_receipts ORDER BY 1",
+    )
+    assert [tuple(r) for r in recorded] == [
+        ("wamid.CALLBACK", "sent", recorded[0].provider_ts, None, None),
+        ("wamid.CODE", "failed", recorded[1].provider_ts, None, "Gone"),
+        ("wamid.LATE_TS", "delivered", None, None, None),
+    ]
+    assert (_message(engine, late).status, _message(engine, late).delivered_at) == (
+        "delivered",
+        None,
+    )
+    assert (_message(engine, failed).status, _message(engine, failed).error_title) == (
+        "failed",
+        "Gone",
+    )
+
+
+def test_callbacks_in_one_batch_give_each_message_its_wamid_once(engine):
+    org = add_organisation(engine)
+    waiting = [_outbound(engine, org, None, status="sending") for _ in range(3)]
+    taken = _outbound(engine, org, "wamid.TAKEN")
+    for i, message_id in enumerate(waiting):
+        _store(
+            engine,
+            p.statuses(
+                p.status(f"wamid.CB{i}", "sent", callback=str(message_id)),
+                p.status(f"wamid.CB{i}", "delivered", callback=str(message_id)),
+            ),
+            receipts_only=True,
+        )
+    # A receipt naming a message that already has another wamid leaves it alone.
+    _store(engine, p.statuses(p.status("wamid.OTHER", "read", callback=str(taken))), True)
+    tally = processing.process_batch(engine)
+    assert (tally["events"], tally["receipts"]) == (4, 7)
+    assert [
+        (_message(engine, m).provider_message_id, _message(engine, m).status) for m in waiting
+    ] == [(f"wamid.CB{i}", "delivered") for i in range(3)]
+    assert (_message(engine, taken).provider_message_id, _message(engine, taken).status) == (
+        "wamid.TAKEN",
+        "sent",
+    )
+
+
+def test_a_batch_of_receipts_that_fails_is_applied_one_by_one_and_only_the_bad_event_fails(
+    engine,
+):
+    org = add_organisation(engine)
+    good = [_outbound(engine, org, f"wamid.GOOD{i}") for i in range(2)]
+    with engine.begin() as conn:
+        # A receipt the database refuses: the batch's statement fails as a whole.
+        conn.execute(
+            sa.text(
+                "ALTER TABLE message_receipts ADD CONSTRAINT no_poison"
+                " CHECK (provider_message_id <> 'wamid.POISON')"
+            )
+        )
+    for wamid in ("wamid.GOOD0", "wamid.POISON", "wamid.GOOD1"):
+        _store(engine, p.statuses(p.status(wamid, "read")), receipts_only=True)
+    tally = processing.process_batch(engine)
+    assert (tally["events"], tally["failed"], tally["receipts"]) == (3, 1, 2)
+    assert [_message(engine, m).status for m in good] == ["read", "read"]
+    inbox = rows(engine, "SELECT processed_at, retry_at, error FROM webhook_inbox ORDER BY id")
+    assert [r.processed_at is not None for r in inbox] == [True, False, True]
+    assert inbox[1].retry_at is not None and "no_poison" in inbox[1].error

@@ -5,7 +5,8 @@ waits for its own batch's commit before it answers, so nothing is acknowledged u
 while the database sees a few large commits instead of one per event. It uses psycopg 3's
 async pool, so waiting for Postgres never ties up a thread. A batch travels as one JSON
 array of the raw bodies (each already checked to be JSON), so its cost in this process is
-a join, not a per-event conversion; Postgres splits it into rows.
+a join, not a per-event conversion; Postgres splits it into rows, each with its flag
+`receipts_only` from the array beside it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ MAX_BATCH = 500
 # their arrival order (`now()` would give them the batch's one), and agent turns are read in
 # that order.
 _INSERT = (
-    "INSERT INTO webhook_inbox (payload, received_at)"
-    " SELECT e, clock_timestamp() FROM jsonb_array_elements(convert_from(%b, 'UTF8')::jsonb) e"
+    "INSERT INTO webhook_inbox (payload, receipts_only, received_at)"
+    " SELECT e, r, clock_timestamp()"
+    " FROM ROWS FROM (jsonb_array_elements(convert_from(%b, 'UTF8')::jsonb), unnest(%s::boolean[]))"
+    " AS x(e, r)"
 )
 
 
@@ -58,6 +61,7 @@ def open_pool(database_url: str, max_size: int = 4) -> psycopg_pool.AsyncConnect
 @dataclass
 class _Pending:
     body: bytes
+    receipts_only: bool
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -71,9 +75,10 @@ class InboxWriter:
         self._tasks = [asyncio.create_task(self._flush_forever()) for _ in range(flushers)]
         self.stored = 0
 
-    async def store(self, body: bytes) -> None:
-        """`body` must be one JSON value (the caller has parsed it)."""
-        pending = _Pending(body)
+    async def store(self, body: bytes, receipts_only: bool) -> None:
+        """`body` must be one JSON value (the caller has parsed it); `receipts_only` says it
+        holds only delivery receipts (`payloads.receipts_only`)."""
+        pending = _Pending(body, receipts_only)
         self._queue.append(pending)
         self._ready.set()
         await pending.done
@@ -94,7 +99,7 @@ class InboxWriter:
 
     async def _flush(self, batch: list[_Pending]) -> None:
         try:
-            await self._insert([p.body for p in batch])
+            await self._insert(batch)
         except psycopg.DataError:
             # One event Postgres cannot hold as jsonb (e.g. a \u0000 escape) must not sink
             # the others: store them one by one and refuse only the bad one.
@@ -112,7 +117,7 @@ class InboxWriter:
 
     async def _flush_one(self, pending: _Pending) -> None:
         try:
-            await self._insert([pending.body])
+            await self._insert([pending])
         except psycopg.DataError as error:
             reason = str(error).splitlines()[0]
             _fail([pending], BadPayload(f"the database cannot store this payload: {reason}"))
@@ -123,17 +128,17 @@ class InboxWriter:
             if not pending.done.done():
                 pending.done.set_result(None)
 
-    async def _insert(self, bodies: list[bytes]) -> None:
+    async def _insert(self, batch: list[_Pending]) -> None:
         """One INSERT and commit; once more on a fresh connection if the pooled one had died
         (a server restart). A retried batch that had in fact committed is stored twice,
         which processing tolerates: every effect of an event is idempotent."""
-        array = b"[" + b",".join(bodies) + b"]"
+        params = [b"[" + b",".join(p.body for p in batch) + b"]", [p.receipts_only for p in batch]]
         try:
             async with self._pool.connection() as conn:
-                await conn.execute(_INSERT, [array])
+                await conn.execute(_INSERT, params)
         except psycopg.OperationalError:
             async with self._pool.connection() as conn:
-                await conn.execute(_INSERT, [array])
+                await conn.execute(_INSERT, params)
 
 
 def _fail(batch: list[_Pending], error: Exception) -> None:

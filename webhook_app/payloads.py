@@ -6,6 +6,8 @@ WhatsApp adds fields and message types over time, and those must be stored and s
 refused. The worker's reading (`Event.of`) is as lenient: unknown fields are left in each
 object's `raw`, which is what is stored; a part of the wrong type reads as absent, except a
 `messages` list that is not a list of objects, which fails the event (kept with its error).
+Delivery receipts (`statuses`) are not read here: the database reads them from the stored
+event (`resources.message_receipts`).
 The shapes are those of Meta's webhook references: the `messages` field and its message
 types, the template fields, and the account-level `account_update`,
 `phone_number_quality_update` and `business_capability_update`.
@@ -18,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from resources.account import Tier, tier
-from resources.graph_errors import Reported, reported
 from resources.queue_message import MEDIA_MESSAGE_TYPES
 from resources.templates import CATEGORY_FIELD, QUALITY_FIELD, STATUS_FIELD
 from webhook_app.bodies import BodyRefused, parse_json
@@ -44,6 +45,19 @@ def parse(body: bytes) -> dict[str, Any]:
     if problem:
         raise BadPayload(f"not a WhatsApp webhook payload: {problem}")
     return payload
+
+
+def receipts_only(payload: dict[str, Any]) -> bool:
+    """Whether a checked envelope holds only delivery receipts: every change is a `messages`
+    change without `messages` or `errors`. That is the bulk of the traffic, and the inbox
+    workers apply such events in the database without reading them (`message_receipts`)."""
+    return all(
+        change["field"] == "messages"
+        and not change["value"].get("messages")
+        and not change["value"].get("errors")
+        for entry in payload["entry"]
+        for change in entry["changes"]
+    )
 
 
 def envelope_problem(payload: Any) -> str | None:
@@ -343,32 +357,6 @@ def _system(kind: str, content: dict[str, Any]) -> System | None:
 
 
 @dataclass(frozen=True)
-class Status:
-    """A `statuses[]` item: what became of a message we sent (`status`: sent, delivered,
-    read, failed, or one we do not track), with the failure's error."""
-
-    wamid: str | None
-    status: str | None
-    at: datetime | None
-    callback: str
-    error: Reported
-    raw: dict[str, Any]
-
-    @classmethod
-    def of(cls, item: dict[str, Any]) -> Status:
-        wamid, status, errors = item.get("id"), item.get("status"), item.get("errors")
-        return cls(
-            wamid=wamid if isinstance(wamid, str) else None,
-            status=status if isinstance(status, str) else None,
-            at=timestamp(item.get("timestamp")),
-            # Our message id, which the sender puts in biz_opaque_callback_data.
-            callback=str(item.get("biz_opaque_callback_data") or ""),
-            error=reported(errors if isinstance(errors, list) else None),
-            raw=item,
-        )
-
-
-@dataclass(frozen=True)
 class Preference:
     """A `user_preferences[]` item: the customer (`wa_id` and/or `user_id`) stops or resumes
     (`value`) a `category` of messages. Category and value are as sent: the one applying
@@ -550,15 +538,14 @@ class AccountUpdate:
 @dataclass(frozen=True)
 class Value:
     """A change's `value`. The parts the messaging fields share are read here (`metadata`,
-    `contacts`, `messages`, `statuses`, `errors`, `user_preferences`; `preferences` is None
-    when that is not a list), and the field's own object: a template field's `template`,
+    `contacts`, `messages`, `errors`, `user_preferences`; `preferences` is None when that is
+    not a list), and the field's own object: a template field's `template`,
     `account` (account_update), `quality` (phone_number_quality_update), `capability`
     (business_capability_update). `raw` is the value as sent, which is what is recorded."""
 
     phone_number_id: str | None
     contacts: tuple[Contact, ...]
     messages: tuple[Message, ...]
-    statuses: tuple[Status, ...]
     errors: tuple[dict[str, Any], ...]
     preferences: tuple[Preference | None, ...] | None
     template: TemplateUpdate | None
@@ -580,7 +567,6 @@ class Value:
             else None,
             contacts=tuple(Contact.of(c) for c in _dicts(value.get("contacts"))),
             messages=tuple(Message.of(m) for m in messages or ()),
-            statuses=tuple(Status.of(s) for s in _dicts(value.get("statuses"))),
             errors=_dicts(value.get("errors")),
             preferences=tuple(Preference.of(p) for p in preferences)
             if isinstance(preferences, list)
@@ -638,10 +624,3 @@ class Event:
     def changes(self) -> list[Change]:
         """Every change of every entry, in order."""
         return [change for entry in self.entries for change in entry.changes]
-
-    def receipts_only(self) -> bool:
-        """Only statuses: the bulk of the traffic, which can be applied set-wise."""
-        return all(
-            c.field == "messages" and not c.value.messages and not c.value.errors
-            for c in self.changes()
-        )

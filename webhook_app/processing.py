@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -32,8 +31,10 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 BATCH = 500
 
+# A receipts-only event's payload stays in the database, which reads its receipts.
 _CLAIM = sa.text(
-    "SELECT id, payload, received_at FROM webhook_inbox"
+    "SELECT id, received_at, receipts_only, CASE WHEN receipts_only THEN NULL ELSE payload END"
+    " AS payload FROM webhook_inbox"
     " WHERE processed_at IS NULL AND (retry_at IS NULL OR retry_at <= now())"
     " ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
 )
@@ -52,32 +53,31 @@ _FAILED = sa.text(
 def process_batch(engine: sa.Engine, limit: int = BATCH) -> Counter:
     """Apply up to `limit` inbox events; the tally of what they held ('events' = rows done).
 
-    Each event is read once, here (`payloads.Event`). Events that hold only statuses (most of
-    the traffic) are applied together in a few set-based statements; the rest, or all of
-    them if that fails, one by one.
+    Events that hold only receipts (most of the traffic) are applied together, by the
+    database, in a few statements; the rest, or all of them if that fails, one by one, each
+    read once, here (`payloads.Event`).
     """
     tally: Counter = Counter()
     with engine.begin() as conn:
-        claimed = [(row, _read(row.payload)) for row in conn.execute(_CLAIM, {"n": limit})]
-        receipts_only, one_by_one = [], []
-        for row, event in claimed:
-            kind = receipts_only if event and event.receipts_only() else one_by_one
-            kind.append((row, event))
+        claimed = conn.execute(_CLAIM, {"n": limit}).all()
+        receipts_only = [row.id for row in claimed if row.receipts_only]
+        one_by_one = [row for row in claimed if not row.receipts_only]
         if receipts_only:
             try:
                 with conn.begin_nested():
-                    tally.update(_apply_receipts(conn, receipts_only))
+                    recorded = receipts.record(conn, receipts_only)
+                    conn.execute(_DONE, {"id": receipts_only})
             except Exception as error:
                 log.warning(
                     "batch of receipts failed, retrying one by one: %s", safe_errors.describe(error)
                 )
                 one_by_one = claimed
-        for row, event in one_by_one:
+            else:
+                tally.update(recorded, events=len(receipts_only))
+        for row in one_by_one:
             try:
                 with conn.begin_nested():
-                    # An event that could not be read is read again here, to fail with why.
-                    event = event or Event.of(row.payload)
-                    tally.update(apply_event(conn, event, row.id, row.received_at))
+                    tally.update(_apply_row(conn, row))
             except Exception as error:
                 log.warning(
                     "webhook event %s failed: %s (in webhook_inbox.error)",
@@ -98,35 +98,20 @@ def apply_early_receipts(engine: sa.Engine) -> int:
         return receipts.apply_waiting(conn)
 
 
-def _read(payload: Any) -> Event | None:
-    try:
-        return Event.of(payload)
-    except ValueError:
-        return None
+def _apply_row(conn: sa.Connection, row: sa.Row) -> Counter:
+    """One claimed event: its receipts, then (unless it holds only receipts) the rest of it."""
+    tally = receipts.record(conn, [row.id])
+    if not row.receipts_only:
+        tally.update(apply_event(conn, Event.of(row.payload), row.id, row.received_at))
+    return tally
 
 
-def _apply_receipts(conn: sa.Connection, events: list[tuple[sa.Row, Event]]) -> Counter:
-    statuses = [
-        s for _, event in events for change in event.changes() for s in change.value.statuses
-    ]
-    recorded = receipts.record(conn, statuses)
-    conn.execute(_DONE, {"id": [row.id for row, _ in events]})
-    return Counter(
-        events=len(events), receipts=recorded, duplicate_receipts=len(statuses) - recorded
-    )
-
-
-def apply_event(
-    conn: sa.Connection,
-    event: Event,
-    event_id: int | None = None,
-    received_at: datetime | None = None,
-) -> Counter:
-    """Every change of every entry: statuses, inbound messages (and a customer's change of
-    number), the customer's marketing preferences (`user_preferences`), template status,
-    category and quality, and the errors WhatsApp reports beside them; other fields are
-    skipped. Inbound messages keep `received_at`, when the event reached us: workers apply
-    events out of that order."""
+def apply_event(conn: sa.Connection, event: Event, event_id: int, received_at: datetime) -> Counter:
+    """Every change of every entry but its receipts (`receipts.record`): inbound messages
+    (and a customer's change of number), the customer's marketing preferences
+    (`user_preferences`), template status, category and quality, and the errors WhatsApp
+    reports beside them; other fields are skipped. Inbound messages keep `received_at`, when
+    the event reached us: workers apply events out of that order."""
     tally: Counter = Counter()
     tally.update(provider_errors.keep(conn, event, event_id))
     tally.update(template_webhooks.apply(conn, event, event_id))
@@ -146,9 +131,8 @@ def apply_event(
     return tally
 
 
-def _apply_messages(conn: sa.Connection, value: Value, received_at: datetime | None) -> Counter:
-    recorded = receipts.record(conn, list(value.statuses))
-    tally = Counter(receipts=recorded, duplicate_receipts=len(value.statuses) - recorded)
+def _apply_messages(conn: sa.Connection, value: Value, received_at: datetime) -> Counter:
+    tally: Counter = Counter()
     if not value.messages:
         return tally
     organisation_id = inbound.organisation_of(conn, value.phone_number_id)

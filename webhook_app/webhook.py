@@ -17,7 +17,7 @@ from resources import settings
 from webhook_app import signature
 from webhook_app.bodies import BodyTooLarge, read_capped
 from webhook_app.inbox import InboxUnavailable
-from webhook_app.payloads import BadPayload, parse
+from webhook_app.payloads import BadPayload, parse, receipts_only
 from webhook_app.runtime import Runtime
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -48,8 +48,7 @@ async def receive(request: Request) -> Response:
     if not signature.is_valid(runtime.app_secret, body, header):
         return _error(403, "X-Hub-Signature-256 does not match the body")
     try:
-        parse(body)
-        await runtime.writer.store(body)
+        await runtime.writer.store(body, receipts_only(parse(body)))
     except BadPayload as error:
         return _error(400, str(error))
     except InboxUnavailable as error:

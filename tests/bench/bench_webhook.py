@@ -104,7 +104,9 @@ async def _post_all(port: int, bodies: list[bytes], latencies: list[float]) -> l
 def _requests(port: int, prefix: str) -> list[bytes]:
     requests = []
     for i in range(EVENTS):
-        event = payloads.statuses(payloads.status(f"wamid.{prefix}{i}", "delivered"))
+        # As WhatsApp sends them for our messages: with our message id as the callback data.
+        status = payloads.status(f"wamid.{prefix}{i}", "delivered", callback=str(i + 1))
+        event = payloads.statuses(status)
         body, headers = payloads.signed(event, SECRET)
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         requests.append(
