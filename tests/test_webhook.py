@@ -35,6 +35,18 @@ def _message(engine, message_id):
     return rows(engine, "SELECT * FROM messages WHERE id = :id", id=message_id)[0]
 
 
+def _store(engine, payload, receipts_only=False):
+    """An event in the inbox, no worker running: marked as the app marks it, or not, as are
+    events stored before the mark existed."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO webhook_inbox (payload, receipts_only) VALUES (CAST(:p AS jsonb), :r)"
+            ),
+            {"p": json.dumps(payload), "r": receipts_only},
+        )
+
+
 def test_the_verification_handshake_echoes_the_challenge_only_for_the_right_token(database_url):
     with webhook_client() as client:
         ok = client.get(
@@ -250,12 +262,8 @@ def test_several_workers_share_the_inbox_without_doing_an_event_twice(engine):
     org = add_organisation(engine)
     for i in range(60):
         _outbound(engine, org, f"wamid.W{i}")
-    with engine.begin() as conn:
-        for i in range(60):
-            conn.execute(
-                sa.text("INSERT INTO webhook_inbox (payload) VALUES (CAST(:p AS jsonb))"),
-                {"p": json.dumps(p.statuses(p.status(f"wamid.W{i}", "delivered")))},
-            )
+    for i in range(60):
+        _store(engine, p.statuses(p.status(f"wamid.W{i}", "delivered")))
     tallies = []
 
     def work():
@@ -279,21 +287,13 @@ def test_several_workers_share_the_inbox_without_doing_an_event_twice(engine):
 def test_unprocessed_events_are_picked_up_after_a_restart(engine):
     org = add_organisation(engine)
     message_id = _outbound(engine, org, "wamid.RESTART")
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text("INSERT INTO webhook_inbox (payload) VALUES (CAST(:p AS jsonb))"),
-            {"p": json.dumps(p.statuses(p.status("wamid.RESTART", "read")))},
-        )
+    _store(engine, p.statuses(p.status("wamid.RESTART", "read")))
     with webhook_client():
         wait_until(lambda: _message(engine, message_id).status == "read")
 
 
 def test_an_event_that_keeps_failing_is_retried_then_closed_with_its_error(engine):
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text("INSERT INTO webhook_inbox (payload) VALUES (CAST(:p AS jsonb))"),
-            {"p": json.dumps(p.inbound(p.text("hi")))},
-        )
+    _store(engine, p.inbound(p.text("hi")))
     tally = processing.process_batch(engine)
     assert tally["failed"] == 1
     row = rows(engine, "SELECT * FROM webhook_inbox")[0]
@@ -314,12 +314,8 @@ def test_an_event_that_cannot_be_read_fails_alone_and_the_rest_of_its_batch_is_a
         p.envelope({"messages": {"not": "a list"}}),
         p.envelope({"messages": ["not an object"]}),
     ]
-    with engine.begin() as conn:
-        for payload in [*unreadable, p.statuses(p.status("wamid.BESIDE", "read"))]:
-            conn.execute(
-                sa.text("INSERT INTO webhook_inbox (payload) VALUES (CAST(:p AS jsonb))"),
-                {"p": json.dumps(payload)},
-            )
+    for payload in [*unreadable, p.statuses(p.status("wamid.BESIDE", "read"))]:
+        _store(engine, payload)
     tally = processing.process_batch(engine)
     assert (tally["events"], tally["failed"], tally["receipts"]) == (4, 3, 1)
     assert _message(engine, message_id).status == "read"
@@ -327,17 +323,6 @@ def test_an_event_that_cannot_be_read_fails_alone_and_the_rest_of_its_batch_is_a
     assert errors[3] is None
     assert "entry must be a non-empty list" in errors[0]
     assert all("messages" in e for e in errors[1:3])
-
-
-def _store(engine, payload, receipts_only):
-    """An event as the app stores it, without a worker running."""
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO webhook_inbox (payload, receipts_only) VALUES (CAST(:p AS jsonb), :r)"
-            ),
-            {"p": json.dumps(payload), "r": receipts_only},
-        )
 
 
 def test_the_app_marks_the_events_that_hold_only_receipts(engine):
@@ -421,7 +406,9 @@ def test_callbacks_in_one_batch_give_each_message_its_wamid_once(engine):
             receipts_only=True,
         )
     # A receipt naming a message that already has another wamid leaves it alone.
-    _store(engine, p.statuses(p.status("wamid.OTHER", "read", callback=str(taken))), True)
+    _store(
+        engine, p.statuses(p.status("wamid.OTHER", "read", callback=str(taken))), receipts_only=True
+    )
     tally = processing.process_batch(engine)
     assert (tally["events"], tally["receipts"]) == (4, 7)
     assert [
