@@ -22,13 +22,13 @@ import sqlalchemy as sa
 _RECORD = sa.text(
     """
     WITH statuses AS (
-        SELECT s FROM webhook_inbox i, jsonb_path_query(i.payload,
+        SELECT i.id AS event_id, s FROM webhook_inbox i, jsonb_path_query(i.payload,
             'strict $.entry[*].changes[*]
                 ? (@.field == "messages" && @.value.statuses.type() == "array")
                 .value.statuses[*] ? (@.type() == "object")', '{}', true) s
         WHERE i.id = ANY(:ids)
     ), tracked AS (
-        SELECT s->>'id' AS wamid, s->>'status' AS status, s AS raw,
+        SELECT event_id, s->>'id' AS wamid, s->>'status' AS status,
                CASE WHEN s->>'timestamp' ~ '^[0-9]{1,11}$'
                     THEN to_timestamp((s->>'timestamp')::bigint) END AS ts,
                CASE WHEN s->>'biz_opaque_callback_data' ~ '^[0-9]{1,18}$'
@@ -44,12 +44,12 @@ _RECORD = sa.text(
           AND s->>'status' IN ('sent', 'delivered', 'read', 'failed')
     ), recorded AS (
         INSERT INTO message_receipts
-            (provider_message_id, status, provider_ts, error_code, error_title, raw)
+            (provider_message_id, status, provider_ts, error_code, error_title, event_id)
         SELECT wamid, status, ts, code,
                CASE WHEN status = 'failed' THEN
                     CASE WHEN details IS NULL THEN title ELSE title || ': ' || details END
                END,
-               raw
+               event_id
         FROM tracked
         ON CONFLICT (provider_message_id, status) DO NOTHING
         RETURNING provider_message_id

@@ -40,8 +40,8 @@ def _event(conn, age_days: float, state: str) -> int:
 def _receipt(conn, wamid: str, age_days: float, applied: bool) -> None:
     conn.execute(
         sa.text(
-            "INSERT INTO message_receipts (provider_message_id, status, raw, received_at,"
-            " applied_at) VALUES (:w, 'delivered', '{}', now() - make_interval(days => :age),"
+            "INSERT INTO message_receipts (provider_message_id, status, received_at, applied_at)"
+            " VALUES (:w, 'delivered', now() - make_interval(days => :age),"
             " CASE WHEN :applied THEN now() - make_interval(days => :age) END)"
         ),
         {"w": wamid, "age": age_days, "applied": applied},
