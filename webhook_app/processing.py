@@ -31,16 +31,32 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 BATCH = 500
 
-# A receipts-only event's payload stays in the database, which reads its receipts.
+# The oldest events due, locked; those that hold only receipts are closed at once (when
+# `:close`), as their receipts will be recorded in the same transaction, by the database.
+# Only the ids travel: a pass over a burst of receipts returns two arrays, not 500 rows.
 _CLAIM = sa.text(
+    """
+    WITH claimed AS (
+        SELECT id, receipts_only FROM webhook_inbox
+        WHERE processed_at IS NULL AND (retry_at IS NULL OR retry_at <= now())
+        ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED
+    ), closed AS (
+        UPDATE webhook_inbox i SET processed_at = now(), attempts = i.attempts + 1, error = NULL
+        FROM claimed c WHERE i.id = c.id AND c.receipts_only AND :close
+        RETURNING i.id
+    )
+    SELECT ARRAY(SELECT id FROM closed) AS closed,
+           ARRAY(SELECT id FROM claimed WHERE NOT (receipts_only AND :close) ORDER BY id) AS rest
+    """
+)
+# A receipts-only event's payload stays in the database, which reads its receipts.
+_LOAD = sa.text(
     "SELECT id, received_at, receipts_only, CASE WHEN receipts_only THEN NULL ELSE payload END"
-    " AS payload FROM webhook_inbox"
-    " WHERE processed_at IS NULL AND (retry_at IS NULL OR retry_at <= now())"
-    " ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
+    " AS payload FROM webhook_inbox WHERE id = ANY(:ids) ORDER BY id"
 )
 _DONE = sa.text(
     "UPDATE webhook_inbox SET processed_at = now(), attempts = attempts + 1, error = NULL"
-    " WHERE id = ANY(:id)"
+    " WHERE id = :id"
 )
 _FAILED = sa.text(
     "UPDATE webhook_inbox SET attempts = attempts + 1, error = :error,"
@@ -53,28 +69,25 @@ _FAILED = sa.text(
 def process_batch(engine: sa.Engine, limit: int = BATCH) -> Counter:
     """Apply up to `limit` inbox events; the tally of what they held ('events' = rows done).
 
-    Events that hold only receipts (most of the traffic) are applied together, by the
-    database, in a few statements; the rest, or all of them if that fails, one by one, each
-    read once, here (`payloads.Event`).
+    Events that hold only receipts (most of the traffic) are claimed, closed and recorded
+    together, by the database, in a few statements; the rest, or all of them if that fails,
+    one by one, each read once, here (`payloads.Event`).
     """
     tally: Counter = Counter()
     with engine.begin() as conn:
-        claimed = conn.execute(_CLAIM, {"n": limit}).all()
-        receipts_only = [row.id for row in claimed if row.receipts_only]
-        one_by_one = [row for row in claimed if not row.receipts_only]
-        if receipts_only:
-            try:
-                with conn.begin_nested():
-                    recorded = receipts.record(conn, receipts_only)
-                    conn.execute(_DONE, {"id": receipts_only})
-            except Exception as error:
-                log.warning(
-                    "batch of receipts failed, retrying one by one: %s", safe_errors.describe(error)
-                )
-                one_by_one = claimed
-            else:
-                tally.update(recorded, events=len(receipts_only))
-        for row in one_by_one:
+        try:
+            with conn.begin_nested():
+                closed, rest = _claim(conn, limit, close_receipts_only=True)
+                recorded = receipts.record(conn, closed) if closed else Counter()
+        except Exception as error:
+            log.warning(
+                "batch of receipts failed, applying its events one by one: %s",
+                safe_errors.describe(error),
+            )
+            _, rest = _claim(conn, limit, close_receipts_only=False)
+        else:
+            tally.update(recorded, events=len(closed))
+        for row in rest:
             try:
                 with conn.begin_nested():
                     tally.update(_apply_row(conn, row))
@@ -87,9 +100,19 @@ def process_batch(engine: sa.Engine, limit: int = BATCH) -> Counter:
                 conn.execute(_FAILED, {"id": row.id, "error": str(error), "max": MAX_ATTEMPTS})
                 tally["failed"] += 1
             else:
-                conn.execute(_DONE, {"id": [row.id]})
+                conn.execute(_DONE, {"id": row.id})
             tally["events"] += 1
     return tally
+
+
+def _claim(
+    conn: sa.Connection, limit: int, close_receipts_only: bool
+) -> tuple[list[int], list[sa.Row]]:
+    """Lock the oldest due events: the ids of those closed as receipts-only, and the rows of
+    the rest, to apply one by one."""
+    closed, rest = conn.execute(_CLAIM, {"n": limit, "close": close_receipts_only}).one()
+    rows = conn.execute(_LOAD, {"ids": rest}).all() if rest else []
+    return closed, rows
 
 
 def apply_early_receipts(engine: sa.Engine) -> int:
