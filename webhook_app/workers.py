@@ -60,6 +60,9 @@ RETRY_TURN_SECONDS = 30.0
 OUTBOX_POLL_SECONDS = 2.0
 BURST_EVENTS = 20
 GATHER_SECONDS = 0.1
+# While webhooks pour in, every batch the app stores notifies; one wake-up per this many
+# seconds serves them all (the inbox loops poll again after every busy pass anyway).
+NOTIFY_COALESCE_SECONDS = 0.05
 BEAT_SECONDS = 2.0
 MAX_CONCURRENT_TURNS = 8
 
@@ -208,15 +211,20 @@ class Workers:
         return await asyncio.to_thread(media.copy_pending, self.engine, self.client, self.s3) > 0
 
     async def _listen_step(self) -> bool:
-        """Wake the inbox loops on every notification; returns only by raising (the
+        """Wake the inbox loops on a notification, at once; the ones that arrive within
+        `NOTIFY_COALESCE_SECONDS` after it are read together. Returns only by raising (the
         connection is lost), after which the loop reconnects with backoff."""
         async with await psycopg.AsyncConnection.connect(
             conninfo(self.database_url), autocommit=True, connect_timeout=3
         ) as conn:
             await conn.execute(f"LISTEN {CHANNEL}")
             self.inbox_ready.set()
-            async for _ in conn.notifies():
+            while not conn.closed:
+                # Whatever notifications have arrived, read at once.
+                async for _ in conn.notifies(stop_after=1):
+                    pass
                 self.inbox_ready.set()
+                await asyncio.sleep(NOTIFY_COALESCE_SECONDS)
         raise ConnectionError("the notification connection closed")
 
     async def beat(self) -> None:
