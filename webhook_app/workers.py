@@ -60,8 +60,9 @@ RETRY_TURN_SECONDS = 30.0
 OUTBOX_POLL_SECONDS = 2.0
 BURST_EVENTS = 20
 GATHER_SECONDS = 0.1
-# While webhooks pour in, every batch the app stores notifies; one wake-up per this many
-# seconds serves them all (the inbox loops poll again after every busy pass anyway).
+# While webhooks pour in, every batch the app stores notifies. A notification that comes
+# while the inbox loops are still to take the last one adds nothing: the listener then
+# reads those of the next this many seconds together.
 NOTIFY_COALESCE_SECONDS = 0.05
 BEAT_SECONDS = 2.0
 MAX_CONCURRENT_TURNS = 8
@@ -211,8 +212,7 @@ class Workers:
         return await asyncio.to_thread(media.copy_pending, self.engine, self.client, self.s3) > 0
 
     async def _listen_step(self) -> bool:
-        """Wake the inbox loops on a notification, at once; the ones that arrive within
-        `NOTIFY_COALESCE_SECONDS` after it are read together. Returns only by raising (the
+        """Wake the inbox loops on a notification, at once. Returns only by raising (the
         connection is lost), after which the loop reconnects with backoff."""
         async with await psycopg.AsyncConnection.connect(
             conninfo(self.database_url), autocommit=True, connect_timeout=3
@@ -223,8 +223,10 @@ class Workers:
                 # Whatever notifications have arrived, read at once.
                 async for _ in conn.notifies(stop_after=1):
                     pass
+                if self.inbox_ready.is_set():
+                    # The loops are busy with a batch and have yet to take the last wake-up.
+                    await asyncio.sleep(NOTIFY_COALESCE_SECONDS)
                 self.inbox_ready.set()
-                await asyncio.sleep(NOTIFY_COALESCE_SECONDS)
         raise ConnectionError("the notification connection closed")
 
     async def beat(self) -> None:
